@@ -1,0 +1,121 @@
+"""The ``tritune`` command line: search, spaces, results."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from ..search.job import Job
+    from ..search.run import run_search
+
+    job = Job.from_yaml(args.job)
+    result = run_search(
+        job, run_dir=args.run_dir, resume=args.resume, executor="ray" if args.ray else None,
+        workers=args.workers, address=args.address, progress=not args.quiet,
+    )
+    problem = job.problem()
+    print(f"\n{job.name}: {result.evaluations} evaluations ({result.replayed} replayed from the store), "
+          f"{len(result.records)} trials, costly queries {result.queries['costly']}, cheap queries {result.queries['cheap']}")
+    print(f"Pareto front ({len(result.front)} candidates):")
+    print(result.table(problem))
+    print(f"\nwritten: {result.run_dir}/trials.csv, pareto.json, pareto.png, trials.db")
+    return 0
+
+
+def _cmd_spaces(args: argparse.Namespace) -> int:
+    from ..spaces import create, list_spaces
+
+    if args.action == "list":
+        for name, description in list_spaces().items():
+            print(f"{name:18s} {description}")
+        return 0
+    if not args.name:
+        raise ValueError(f"spaces {args.action}: give a space name; allowed: {', '.join(list_spaces())}")
+    space = create(args.name)
+    if args.action == "show":
+        info = space.describe()
+        info["size"] = f"{space.size():.4g}"
+        print(json.dumps(info, indent=2))
+        return 0
+    rng = np.random.default_rng(args.seed)
+    for _ in range(args.n):
+        candidate = space.sample(rng)
+        if args.layers:
+            for layer in space.layers(candidate):
+                print(f"  {layer.name:22s} {layer.op:11s} {layer.in_channels:5d}->{layer.out_channels:<5d} "
+                      f"{layer.in_h}x{layer.in_w} k{layer.kernel} s{layer.stride} {layer.pattern}@{layer.sparsity:g} w{layer.w_bits}a{layer.a_bits}")
+        print(candidate.dumps())
+    return 0
+
+
+def _cmd_results(args: argparse.Namespace) -> int:
+    from ..search.job import Job
+    from ..search.report import format_front, front, knee
+    from ..search.store import TrialStore
+
+    run = Path(args.run)
+    db = run / "trials.db"
+    if not db.exists():
+        raise ValueError(f"results show: {str(run)!r} holds no trials.db (is it a run directory?)")
+    with TrialStore(db) as store:
+        job = Job.from_dict(json.loads(store.get_meta("job") or "{}"))
+        records = [r for r in store.all() if r.status != "running"]
+    problem = job.problem()
+    best = front(records, problem)
+    k = knee(best, problem)
+    counts = {s: sum(r.status == s for r in records) for s in ("complete", "infeasible", "failed")}
+    print(f"{job.name}: strategy {job.strategy}, {len(records)} trials {counts}")
+    print(format_front(best, problem, None if k is None else k.number, limit=args.limit))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tritune", description="Hardware-aware architecture and compression search.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("search", help="run or resume a search job")
+    p.add_argument("job", help="job YAML file")
+    p.add_argument("--address", help="address of an existing Ray cluster (implies the Ray executor)")
+    p.add_argument("--ray", action="store_true", help="use the Ray Tune executor on a local Ray")
+    p.add_argument("--workers", type=int, help="parallel evaluations (Ray)")
+    p.add_argument("--resume", action="store_true", help="continue the run in the job's run_dir")
+    p.add_argument("--run-dir", help="override the job's run_dir")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_search)
+
+    p = sub.add_parser("spaces", help="list, describe or sample search spaces")
+    p.add_argument("action", choices=("list", "show", "sample"))
+    p.add_argument("name", nargs="?")
+    p.add_argument("--n", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--layers", action="store_true", help="also print the layer IR")
+    p.set_defaults(func=_cmd_spaces)
+
+    p = sub.add_parser("results", help="show the Pareto front of a run")
+    p.add_argument("action", choices=("show",))
+    p.add_argument("run", help="run directory")
+    p.add_argument("--limit", type=int, default=50)
+    p.set_defaults(func=_cmd_results)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"tritune: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tritune: interrupted; finished trials are saved, continue with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

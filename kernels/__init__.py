@@ -1,0 +1,1 @@
+"""Sparsity patterns, quantizers and compiled sparse / low-bit kernels (compression issue). Nothing here yet."""

@@ -1,0 +1,1 @@
+"""Latency / energy / accuracy predictors (predictor issue). Nothing here yet."""

@@ -1,0 +1,438 @@
+"""`PredictorGuidedEvolution`: a surrogate screens many candidates, only the most promising is evaluated.
+
+In the spirit of LINAS (Cummings et al. 2022) and SimQ-NAS (Sarah et al. 2024): evaluations
+(training + measuring a network) are expensive while predicting is nearly free, so every
+proposal is chosen from a large pool by predicted benefit instead of by blind variation.
+
+* Objectives the oracle provides (e.g. tabulated latency) are taken exactly from it; one
+  surrogate per remaining objective (and per constrained metric the oracle lacks) is fitted on
+  the encodings of evaluated candidates. The surrogate is a bagged tree ensemble, whose members'
+  spread serves as the uncertainty.
+* The pool is the whole space minus what was evaluated when the space is small
+  (``size() <= 10 * pool_size``; enumeration and encodings are cached), else 1-3-step mutants and
+  crossovers of the current non-dominated set plus random samples.
+* A pool member scores the hypervolume improvement of its optimistic estimate
+  (``mean - kappa * std`` towards better) over the front of observed feasible values, with a
+  reference point just beyond the worst observed values. Members that improve nothing are ranked
+  by how far they are from doing so, so the pick is always informative.
+* Pending proposals (batch asks) join the front with their predicted means ("fantasies"), so the
+  next ask of the same batch goes elsewhere. The model and pool are rebuilt once per batch of
+  tells, not per ask; an ask is then just vectorised scoring.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from ...spaces import Candidate, SearchSpace
+from ..pareto import hypervolume, non_dominated_sort, pareto_mask
+from ..problem import Problem
+from ._common import TrackedStrategy, check_float, check_int
+from .base import Oracle, Outcome
+
+MODELS = ("gp", "extra_trees", "xgboost")
+#: Predicted-infeasible pool members rank below every predicted-feasible one by this much.
+_INFEASIBLE_PENALTY = 1e6
+#: Pool members re-scored by exact hypervolume improvement when there are 3 objectives.
+_SHORTLIST = 32
+
+
+# --------------------------------------------------------------------------- #
+# hypervolume improvement (all arrays in minimization form)
+# --------------------------------------------------------------------------- #
+def _front_of(values: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Distinct non-dominated rows strictly inside the reference box, sorted by the first column."""
+    inside = values[np.all(values < ref, axis=1)]
+    if inside.shape[0] == 0:
+        return inside
+    front = np.unique(inside[pareto_mask(inside, ["minimize"] * inside.shape[1])], axis=0)
+    return front[np.lexsort(front.T[::-1])]
+
+
+def hv_improvement(points: np.ndarray, front_values: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Hypervolume each point alone would add to ``front_values`` (bounded by ``ref``).
+
+    1 and 2 objectives: exact and vectorised (2-D integrates the uncovered staircase interval by
+    interval, O(n m)). 3 objectives: exact per point via `hypervolume`. More: not supported here.
+    """
+    n, k = points.shape
+    front = _front_of(front_values, ref)
+    if k == 1:
+        best = front[0, 0] if front.shape[0] else ref[0]
+        return np.maximum(0.0, best - points[:, 0])
+    if k == 2:
+        starts = np.concatenate([[-np.inf], front[:, 0]])
+        ends = np.concatenate([front[:, 0], [ref[0]]])
+        heights = np.concatenate([[ref[1]], front[:, 1]])  # f1 bound of the uncovered region per interval
+        width = np.clip(ends[None, :] - np.maximum(starts[None, :], points[:, :1]), 0.0, None)
+        height = np.clip(heights[None, :] - points[:, 1:2], 0.0, None)
+        return (width * height).sum(axis=1)
+    if k == 3:
+        base = hypervolume(front, ["minimize"] * 3, ref) if front.shape[0] else 0.0
+        out = np.zeros(n)
+        for i in range(n):
+            if np.all(points[i] < ref):
+                out[i] = hypervolume(np.vstack([front, points[i : i + 1]]), ["minimize"] * 3, ref) - base
+        return out
+    raise ValueError(f"hv_improvement: {k} objectives not supported (1, 2 or 3)")
+
+
+def epsilon_margin(points: np.ndarray, front_values: np.ndarray) -> np.ndarray:
+    """Additive epsilon of each point against the front: ``max over s of min_j (p_j - s_j)``.
+
+    Positive exactly when some front member is better in every objective (the point needs that
+    uniform shift to stop being dominated); negative when the point beats the front by that
+    margin; -inf with an empty front.
+    """
+    eps = np.full(points.shape[0], -np.inf)
+    for s in front_values:
+        np.maximum(eps, (points - s[None, :]).min(axis=1), out=eps)
+    return eps
+
+
+# --------------------------------------------------------------------------- #
+# surrogate
+# --------------------------------------------------------------------------- #
+def _sq_dists(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    return np.clip((A * A).sum(1)[:, None] + (B * B).sum(1)[None, :] - 2.0 * A @ B.T, 0.0, None)
+
+
+def gp_fit_predict(X: np.ndarray, y: np.ndarray, Xq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Gaussian process with an RBF kernel on the encodings; mean and standard deviation at ``Xq``.
+
+    Length scale (relative to the median pairwise distance) and noise ratio are picked from a small
+    grid by the marginal likelihood with the signal variance profiled out, so there is nothing to
+    tune and nothing random. A GP gives calibrated uncertainty from few points, which is what the
+    optimistic acquisition needs early on.
+    """
+    from scipy.linalg import cho_solve, solve_triangular
+
+    n = X.shape[0]
+    mean, scale = float(y.mean()), float(y.std())
+    scale = scale if scale > 0 else 1.0
+    z = (y - mean) / scale
+    D = _sq_dists(X, X)
+    off = D[np.triu_indices(n, 1)]
+    base = float(np.sqrt(np.median(off[off > 0]))) if np.any(off > 0) else 1.0
+    best: tuple[float, float, float, np.ndarray, np.ndarray, float] | None = None
+    for rel in (0.25, 0.5, 1.0, 2.0, 4.0):
+        ls = rel * base
+        Kf = np.exp(-D / (2.0 * ls * ls))
+        for noise in (1e-4, 1e-3, 1e-2, 1e-1, 0.3):
+            try:
+                L = np.linalg.cholesky(Kf + (noise + 1e-8) * np.eye(n))
+            except np.linalg.LinAlgError:
+                continue
+            alpha = cho_solve((L, True), z)
+            sig2 = max(float(z @ alpha) / n, 1e-12)
+            ll = -0.5 * n * math.log(sig2) - float(np.log(np.diag(L)).sum())
+            if best is None or ll > best[0]:
+                best = (ll, ls, noise, L, alpha, sig2)
+    if best is None:  # pragma: no cover - the 0.3 noise ratio always factorises
+        return np.full(Xq.shape[0], mean), np.full(Xq.shape[0], scale)
+    _, ls, _, L, alpha, sig2 = best
+    Kq = np.exp(-_sq_dists(Xq, X) / (2.0 * ls * ls))
+    mu = Kq @ alpha
+    v = solve_triangular(L, Kq.T, lower=True)
+    var = np.clip(1.0 - (v * v).sum(axis=0), 0.0, None)
+    return mean + scale * mu, scale * np.sqrt(sig2 * var)
+
+
+def fit_predict(model: str, X: np.ndarray, y: np.ndarray, Xq: np.ndarray, n_estimators: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fit the surrogate on (X, y); predicted mean and uncertainty at ``Xq``."""
+    if model == "gp":
+        return gp_fit_predict(X, y, Xq)
+    if model == "extra_trees":
+        from sklearn.ensemble import ExtraTreesRegressor
+
+        est = ExtraTreesRegressor(n_estimators=n_estimators, bootstrap=True, max_features=0.7, min_samples_leaf=1, random_state=seed, n_jobs=1)
+        est.fit(X, y)
+        Xq32 = np.ascontiguousarray(Xq, dtype=np.float32)  # the trees' own dtype: skips per-tree validation
+        preds = np.stack([tree.tree_.predict(Xq32).reshape(-1) for tree in est.estimators_])
+    else:
+        import xgboost as xgb
+
+        rng = np.random.default_rng(seed)
+        members = max(2, n_estimators // 8)
+        preds = np.empty((members, Xq.shape[0]))
+        for j in range(members):
+            rows = rng.integers(0, X.shape[0], X.shape[0])
+            reg = xgb.XGBRegressor(
+                n_estimators=120, max_depth=4, learning_rate=0.1, subsample=0.8, colsample_bytree=0.8,
+                random_state=seed + j, n_jobs=1, tree_method="hist", verbosity=0,
+            )
+            reg.fit(X[rows], y[rows])
+            preds[j] = reg.predict(Xq)
+    return preds.mean(axis=0), preds.std(axis=0)
+
+
+class PredictorGuidedEvolution(TrackedStrategy):
+    """Surrogate-screened proposals: pick the pool member with the best optimistic hypervolume gain."""
+
+    name = "predictor"
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        problem: Problem,
+        seed: int = 0,
+        oracle: Oracle | None = None,
+        *,
+        n_initial: int = 20,
+        pool_size: int = 2000,
+        kappa: float = 1.0,
+        model: str = "gp",
+        n_estimators: int = 64,
+        ref_margin: float = 0.1,
+    ) -> None:
+        n_initial = check_int(self.name, "n_initial", n_initial, 1)
+        pool_size = check_int(self.name, "pool_size", pool_size, 1)
+        kappa = check_float(self.name, "kappa", kappa, 0.0)
+        n_estimators = check_int(self.name, "n_estimators", n_estimators, 2)
+        ref_margin = check_float(self.name, "ref_margin", ref_margin, 0.0)
+        if model not in MODELS:
+            raise ValueError(f"strategy {self.name}: option model={model!r} not allowed; allowed: {', '.join(MODELS)}")
+        if len(problem.objectives) > 3:
+            raise ValueError(f"strategy {self.name}: at most 3 objectives are supported, got {len(problem.objectives)}")
+        super().__init__(
+            space, problem, seed, oracle, n_initial=n_initial, pool_size=pool_size, kappa=kappa, model=model,
+            n_estimators=n_estimators, ref_margin=ref_margin,
+        )
+        self.n_initial, self.pool_size, self.kappa, self.model = n_initial, pool_size, kappa, model
+        self.n_estimators, self.ref_margin = n_estimators, ref_margin
+        self._asked = 0
+        self._fits = 0
+        self._stale = True
+        self._oracle_keys: frozenset[str] | None = None
+        self._encodings: dict[Candidate, np.ndarray] = {}
+        # whole-space mode (small spaces): enumeration, encodings, oracle values, computed once
+        self._enum: list[Candidate] | None = None
+        self._enum_pos: dict[Candidate, int] = {}
+        self._enum_X: np.ndarray | None = None
+        self._enum_oracle = np.zeros((0, 0))
+        self._enum_screen = np.zeros(0, dtype=bool)
+        # per refit: pool, its predictions (own units) and which members may still be picked
+        self._pool: list[Candidate] = []
+        self._pool_mu = np.zeros((0, 0))
+        self._pool_sd = np.zeros((0, 0))
+        self._pool_ok = np.zeros(0, dtype=bool)
+        self._fantasy: dict[Candidate, np.ndarray] = {}
+        self._ready = False
+
+    # ----- which metric comes from where ------------------------------------------------------
+    @property
+    def _metrics(self) -> list[str]:
+        """Every metric the scoring needs: objectives, then constrained metrics not among them."""
+        out = list(self.problem.metrics)
+        out += [m for m in self.problem.constrained_metrics if m not in out]
+        return out
+
+    def _oracle_provides(self) -> frozenset[str]:
+        if self._oracle_keys is None:
+            probe = self.cheap_metrics(self.space.sample(np.random.default_rng(self.seed))) if self.oracle else None
+            self._oracle_keys = frozenset(probe or ())
+        return self._oracle_keys
+
+    # ----- pool -------------------------------------------------------------------------------
+    def _encode(self, candidates: list[Candidate]) -> np.ndarray:
+        if not candidates:
+            return np.zeros((0, self.space.encoding_length))
+        if self._enum_X is not None:
+            return self._enum_X[[self._enum_pos[c] for c in candidates]]
+        missing = [c for c in candidates if c not in self._encodings]
+        for c, row in zip(missing, self.space.encode_batch(missing)):
+            self._encodings[c] = row
+        return np.stack([self._encodings[c] for c in candidates])
+
+    def _oracle_matrix(self, candidates: list[Candidate]) -> np.ndarray:
+        """Oracle values (own units) of every needed metric the oracle provides; NaN elsewhere."""
+        provided = self._oracle_provides()
+        out = np.full((len(candidates), len(self._metrics)), np.nan)
+        cols = [(j, m) for j, m in enumerate(self._metrics) if m in provided]
+        for i, c in enumerate(candidates):
+            cheap = self.cheap_metrics(c) or {}
+            for j, m in cols:
+                value = cheap.get(m)
+                if value is not None:
+                    out[i, j] = float(value)
+        return out
+
+    def _whole_space(self) -> bool:
+        """Enumerate and encode a small space once (and screen it once); False for large spaces."""
+        if self._enum is None:
+            try:
+                small = self.space.size() <= 10 * self.pool_size
+            except (NotImplementedError, OverflowError, ValueError):
+                small = False
+            self._enum = list(self.space.enumerate()) if small else []
+            if self._enum:
+                self._enum_pos = {c: i for i, c in enumerate(self._enum)}
+                self._enum_X = self.space.encode_batch(self._enum)
+                self._enum_oracle = self._oracle_matrix(self._enum)
+                self._enum_screen = np.array([self.passes_screen(c) for c in self._enum], dtype=bool)
+        return bool(self._enum)
+
+    def _generate_pool(self, parents: list[Candidate]) -> list[Candidate]:
+        """Mutants (1-3 steps) and crossovers of ``parents`` plus random samples, new and screen-passing."""
+        pool: dict[Candidate, None] = {}
+        n_mut = int(0.6 * self.pool_size) if parents else 0
+        n_cx = int(0.2 * self.pool_size) if len(parents) >= 2 else 0
+        for _ in range(n_mut):
+            child = parents[int(self.rng.integers(len(parents)))]
+            for _ in range(int(self.rng.integers(1, 4))):
+                child = self.space.mutate(child, self.rng)
+            pool[child] = None
+        for _ in range(n_cx):
+            i, j = self.rng.choice(len(parents), size=2, replace=False)
+            child = self.space.crossover(parents[int(i)], parents[int(j)], self.rng)
+            if self.rng.random() < 0.5:
+                child = self.space.mutate(child, self.rng)
+            pool[child] = None
+        for _ in range(self.pool_size - n_mut - n_cx):
+            pool[self.space.sample(self.rng)] = None
+        return [c for c in pool if not self.is_known(c) and self.passes_screen(c)]
+
+    def _parents(self) -> list[Candidate]:
+        """The non-dominated usable results, topped up with the next fronts to at least 8."""
+        cands, values = self.usable_results()
+        if not cands:
+            return []
+        out: list[Candidate] = []
+        for front in non_dominated_sort(values, ["minimize"] * values.shape[1]):
+            out += [cands[int(i)] for i in front]
+            if len(out) >= 8:
+                break
+        return out
+
+    # ----- model ------------------------------------------------------------------------------
+    def _refresh(self) -> bool:
+        """Refit the surrogates and rebuild the pool; False while there is too little data."""
+        self._stale = False
+        self._ready = False
+        metrics = self._metrics
+        provided = self._oracle_provides()
+        modelled = [m for m in metrics if m not in provided]
+        train: dict[str, tuple[list[Candidate], list[float]]] = {m: ([], []) for m in modelled}
+        for cand, outcome in self.results.items():
+            full = self.full_metrics(cand, outcome)
+            if full is None:
+                continue
+            for m in modelled:
+                try:
+                    value = float(full[m])
+                except (KeyError, TypeError, ValueError):
+                    continue
+                if math.isfinite(value):
+                    train[m][0].append(cand)
+                    train[m][1].append(value)
+        if any(len(train[m][1]) < 2 for m in modelled):
+            return False
+
+        pending = list(dict.fromkeys(self._pending.values()))
+        if self._whole_space():
+            assert self._enum is not None
+            allowed = self._enum_screen.copy()
+            allowed[[self._enum_pos[c] for c in list(self.results) + pending if c in self._enum_pos]] = False
+            idx = np.flatnonzero(allowed)
+            pool = [self._enum[i] for i in idx]
+            pool_oracle = self._enum_oracle[idx]
+        else:
+            pool = self._generate_pool(self._parents())
+            self._encodings = {c: self._encodings[c] for c in self._encodings if c in self.results}
+            pool_oracle = self._oracle_matrix(pool)
+        if not pool:
+            return False
+        query = pool + pending
+        mu = np.vstack([pool_oracle, self._oracle_matrix(pending)])
+        sd = np.zeros_like(mu)
+        if modelled:
+            Xq = self._encode(query)
+            self._fits += 1
+            for j, m in enumerate(metrics):
+                if m in modelled:
+                    cands, ys = train[m]
+                    fit_seed = (self.seed * 1_000_003 + self._fits * 7919 + j) % (2**31 - 1)
+                    mu[:, j], sd[:, j] = fit_predict(self.model, self._encode(cands), np.asarray(ys), Xq, self.n_estimators, fit_seed)
+        n = len(pool)
+        self._pool, self._pool_mu, self._pool_sd = pool, mu[:n], sd[:n]
+        self._pool_ok = np.isfinite(mu[:n]).all(axis=1)
+        self._fantasy = {c: mu[n + i] for i, c in enumerate(pending)}
+        self._ready = bool(self._pool_ok.any())
+        return self._ready
+
+    # ----- scoring ----------------------------------------------------------------------------
+    def _scores(self) -> np.ndarray:
+        """Score every pool member (higher is better; -inf = not allowed)."""
+        k = len(self.problem.objectives)
+        mu = self._pool_mu[:, :k] * self._signs
+        optimistic = mu - self.kappa * self._pool_sd[:, :k]
+        _, observed = self.usable_results()
+        fantasies = [v[:k] * self._signs for c, v in self._fantasy.items() if np.all(np.isfinite(v[:k]))]
+        front = np.vstack([observed, *[f[None, :] for f in fantasies]]) if fantasies else observed
+
+        # Normalise by the observed spread so the reference margin and the gap are scale-free.
+        seen = self._observed_objectives()
+        basis = seen if seen.shape[0] else mu[self._pool_ok]
+        lo, hi = basis.min(axis=0), basis.max(axis=0)
+        span = np.where(hi - lo > 0, hi - lo, np.maximum(np.abs(hi), 1.0))
+        ref = np.full(k, 1.0 + self.ref_margin)
+        pts = (optimistic - lo) / span
+        fr = (front - lo) / span
+
+        eps = epsilon_margin(pts, fr)
+        gap = np.clip(eps, 0.0, None) + np.clip(pts - ref, 0.0, None).sum(axis=1)
+        if k <= 2:
+            score = np.where(gap > 0, -gap, hv_improvement(pts, fr, ref))
+        else:
+            score = -gap
+            live = np.flatnonzero(self._pool_ok & (gap <= 0))
+            if live.size:  # exact 3-D improvement only for the members with the largest margins
+                short = live[np.lexsort((pts[live].sum(axis=1), eps[live]))][:_SHORTLIST]
+                score[short] = 1.0 + hv_improvement(pts[short], fr, ref)
+        # Expensive constraints: predicted-infeasible members only when nothing else is left.
+        for c in self.problem.constraints:
+            if c.metric in self._oracle_provides():
+                continue
+            j = self._metrics.index(c.metric)
+            viol = np.array([c.violation(float(v)) for v in self._pool_mu[:, j]])
+            score = np.where(viol > 0, score - _INFEASIBLE_PENALTY * (1.0 + viol), score)
+        return np.where(self._pool_ok, score, -np.inf)
+
+    def _observed_objectives(self) -> np.ndarray:
+        """Minimization vectors of every evaluated result with all objectives finite (feasible or not)."""
+        rows = []
+        for cand, outcome in self.results.items():
+            full = self.full_metrics(cand, outcome)
+            if full is None:
+                continue
+            try:
+                vec = np.array([float(full[m]) for m in self.problem.metrics]) * self._signs
+            except (KeyError, TypeError, ValueError):
+                continue
+            if np.all(np.isfinite(vec)):
+                rows.append(vec)
+        return np.stack(rows) if rows else np.zeros((0, len(self.problem.objectives)))
+
+    # ----- contract -----------------------------------------------------------------------------
+    def _propose(self) -> Candidate:
+        self._asked += 1
+        if self._asked <= self.n_initial:
+            return self.fresh(self.sample_feasible)
+        if self._stale:
+            self._refresh()
+        if not self._ready:
+            return self.fresh(self.sample_feasible)
+        score = self._scores()
+        best = int(np.argmax(score))  # first maximum: deterministic ties
+        if not np.isfinite(score[best]):
+            return self.fresh(self.sample_feasible)
+        candidate = self._pool[best]
+        self._pool_ok[best] = False
+        self._fantasy[candidate] = self._pool_mu[best].copy()
+        return candidate
+
+    def _observe(self, key: int, candidate: Candidate, outcome: Outcome) -> None:
+        self._stale = True
+        self._fantasy.pop(candidate, None)

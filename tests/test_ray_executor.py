@@ -1,0 +1,23 @@
+"""The Ray Tune executor on a real local Ray with 2 CPUs runs exactly the in-process trials."""
+from __future__ import annotations
+
+import pytest
+
+from tritune.search.job import Job
+from tritune.search.run import run_search
+
+from .test_search_run import job_dict, trial_sequence
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.mark.parametrize("strategy", [{"name": "evolution", "population": 8, "sample_size": 3}, {"name": "nsga2", "population_size": 8}])
+def test_ray_tune_runs_the_same_trials_as_in_process(tmp_path, strategy):
+    data = job_dict(tmp_path, strategy=strategy, budget={"evaluations": 16}, batch_size=4)
+    local = run_search(Job.from_dict(data), run_dir=tmp_path / "local", progress=False)
+    remote = run_search(Job.from_dict(data), run_dir=tmp_path / "ray", executor="ray", workers=2, progress=False)
+    assert not ray.is_initialized()  # the executor shut down the Ray it started
+    assert trial_sequence(remote.records) == trial_sequence(local.records)
+    assert [r.metrics for r in remote.records] == [r.metrics for r in local.records]
+    workers = {r.worker for r in remote.records}
+    assert len(workers) >= 2, f"expected evaluations on more than one Ray worker process, got {workers}"

@@ -1,0 +1,165 @@
+"""Spaces: validity under mutation/crossover, exact JSON, encodings, sizes, IR, Optuna."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import optuna
+import pytest
+
+from tritune.spaces import Candidate, CompressionMenu, LayerCompression, create, list_spaces, pattern_allowed
+from tritune.spaces.mobilenet import SLOTS, MobileNetSpace
+
+SPACE_NAMES = ["nb201", "mobilenet", "mobilenet-small"]
+
+
+@pytest.mark.parametrize("name", SPACE_NAMES)
+def test_10k_mutations_and_crossovers_stay_valid(name):
+    space = create(name)
+    rng = np.random.default_rng(1)
+    population = [space.sample(rng) for _ in range(20)]
+    changed = 0
+    for step in range(10_000):
+        a = population[rng.integers(len(population))]
+        if step % 2:
+            child = space.mutate(a, rng)
+            changed += child != a
+        else:
+            child = space.crossover(a, population[rng.integers(len(population))], rng)
+        assert space.validate(child) == child  # valid and already canonical
+        population[rng.integers(len(population))] = child
+    assert changed >= 4900  # a mutation always changes something
+
+
+@pytest.mark.parametrize("name", SPACE_NAMES)
+def test_json_round_trip_is_exact_and_id_is_stable(name):
+    space = create(name)
+    rng = np.random.default_rng(2)
+    for _ in range(200):
+        c = space.sample(rng)
+        text = c.dumps()
+        back = Candidate.loads(text)
+        assert back == c and hash(back) == hash(c) and back.dumps() == text and back.id == c.id
+        assert Candidate.loads(json.dumps(json.loads(text), indent=3)) == c  # formatting does not matter
+    assert len(c.id) == 12
+
+
+@pytest.mark.parametrize("name", SPACE_NAMES)
+def test_encoding_has_fixed_length(name):
+    space = create(name)
+    rng = np.random.default_rng(3)
+    cands = [space.sample(rng) for _ in range(100)]
+    X = space.encode_batch(cands)
+    assert X.shape == (100, space.encoding_length)
+    assert np.isfinite(X).all()
+    assert len({tuple(row) for row in X}) == len(set(cands))  # distinct candidates encode differently
+
+
+def test_nb201_index_and_strings_match_the_benchmark():
+    space = create("nb201")
+    assert space.size() == 15625
+    c = space.from_index(6111)  # the best CIFAR-10 cell in NATS-Bench TSS
+    assert space.arch_str(c) == "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_1x1~2|"
+    assert space.index(space.from_arch_str(space.arch_str(c))) == 6111
+    all_ids = {space.index(x) for x in space.enumerate()}
+    assert all_ids == set(range(15625))
+    with pytest.raises(ValueError, match="arch_str"):
+        space.from_arch_str("|conv~0|")
+
+
+def test_mobilenet_size_matches_enumeration_on_a_tiny_configuration():
+    space = MobileNetSpace(resolutions=(32,), widths=(1.0,), depths=(1, 2), expands=(3,), kernels=(3, 5), compression={"enabled": False})
+    enumerated = list(space.enumerate())
+    assert len(enumerated) == len(set(enumerated)) == space.size() == (2 + 2**2) ** 5
+    # with compression: 2 choices per slot (dense w8a8, unstructured 50% w8a8) -> 6 fixed slots, 3 per block
+    menu = CompressionMenu(patterns=("dense", "unstructured"), sparsities=(0.5,), w_bits=(8,), a_bits=(8,))
+    tiny = MobileNetSpace(resolutions=(32,), widths=(1.0,), depths=(1, 2), expands=(3,), kernels=(3,), compression=menu)
+    assert tiny.size() == 2**6 * (2**3 + 2**6) ** 5
+    big = create("mobilenet")
+    assert math.isclose(big.log10_size(), math.log10(big.size()))
+    with pytest.raises(ValueError, match="enumeration limit"):
+        next(big.enumerate())
+
+
+def test_mobilenet_layers_follow_the_candidate():
+    space = create("mobilenet")
+    rng = np.random.default_rng(4)
+    for _ in range(50):
+        c = space.sample(rng)
+        layers = space.layers(c)
+        # one layer per active compression slot, carrying that slot's plan
+        slotted = [layer for layer in layers if layer.slot >= 0]
+        assert len(slotted) == 6 + 3 * sum(c["depth"])
+        for layer in slotted:
+            plan = c.compression[layer.slot]
+            assert (layer.pattern, layer.sparsity, layer.w_bits, layer.a_bits) == (plan.pattern, plan.sparsity, plan.w_bits, plan.a_bits)
+            assert pattern_allowed(layer.pattern, SLOTS[layer.slot][1], SLOTS[layer.slot][2])
+            assert layer.macs == pytest.approx(layer.dense_macs * (1 - layer.sparsity))
+        # shapes chain: the classifier sees the feature-mix width and the final spatial size is >= 1
+        assert layers[-1].op == "linear" and layers[-1].out_channels == 1000
+        assert all(layer.in_h >= 1 for layer in layers)
+    dense = space.largest()
+    assert all(c.pattern == "dense" for c in dense.compression)
+    assert sum(layer.macs for layer in space.layers(dense)) > sum(layer.macs for layer in space.layers(space.smallest()))
+
+
+def test_depthwise_never_gets_nm_or_block_and_kernel_pattern_only_on_3x3():
+    space = create("mobilenet")
+    for gene in space.genes():
+        if not gene.name.startswith("comp:"):
+            continue
+        slot = gene.name[5:]
+        patterns = {c.pattern for c in gene.choices}
+        if slot.endswith(".dw"):
+            assert patterns == {"dense", "unstructured"}
+        if "kernel_pattern" in patterns:
+            assert slot == "stem"
+        if slot.endswith("project") or slot == "classifier":
+            assert "channel" not in patterns
+
+
+def test_validate_names_field_and_allowed_values():
+    space = create("mobilenet")
+    c = space.sample(np.random.default_rng(5))
+    bad = c.replace(arch={"resolution": 100})
+    with pytest.raises(ValueError, match=r"resolution.*100.*allowed: 160, 176"):
+        space.validate(bad)
+    plan = list(c.compression)
+    plan[1] = LayerCompression("nm2:4", 0.5, 8, 8)  # N:M on a depthwise layer
+    with pytest.raises(ValueError, match=r"comp:first.dw.*allowed"):
+        space.validate(c.replace(compression=plan))
+    with pytest.raises(ValueError, match="candidate.space"):
+        create("nb201").validate(c)
+    with pytest.raises(ValueError, match="candidate.schema"):
+        Candidate.from_json({"schema": 99, "space": "nb201", "arch": {}})
+    with pytest.raises(ValueError, match="space: 'nope' not allowed; allowed"):
+        create("nope")
+    with pytest.raises(ValueError, match="compression.w_bits"):
+        CompressionMenu(w_bits=(9,))
+
+
+@pytest.mark.parametrize("name", SPACE_NAMES)
+def test_suggest_is_define_by_run_and_round_trips_params(name):
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = create(name)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(30):
+        trial = study.ask()
+        c = space.suggest(trial)
+        assert space.validate(c) == c
+        assert trial.params == space.params(c)  # only active genes became parameters
+        study.tell(trial, 0.0)
+    if name != "nb201":
+        depth_params = [t.params for t in study.trials]
+        assert any(sum(1 for k in p if k.startswith("s0.b3.")) == 0 for p in depth_params)
+
+
+def test_registry_lists_the_spaces():
+    assert set(SPACE_NAMES) <= set(list_spaces())
+
+
+def test_compression_off_gives_architecture_only_space():
+    space = MobileNetSpace(compression={"enabled": False})
+    c = space.sample(np.random.default_rng(0))
+    assert all(x == LayerCompression() for x in c.compression)
