@@ -1,4 +1,4 @@
-"""The ``tritune`` command line: search, spaces, results."""
+"""The ``tritune`` command line: search, spaces, results, profile."""
 from __future__ import annotations
 
 import argparse
@@ -96,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--layers", action="store_true", help="also print the layer IR")
     p.set_defaults(func=_cmd_spaces)
+
+    from .profile import add_parser as add_profile_parser
+
+    add_profile_parser(sub)
 
     p = sub.add_parser("results", help="show the Pareto front of a run")
     p.add_argument("action", choices=("show",))

@@ -1,10 +1,11 @@
 """Evaluators: candidates in, named metrics out; and the pipeline that runs them for a problem."""
 from .base import Evaluator, Metrics
+from .problem import Constraint, Objective, Problem
 from .pipeline import STATUSES, Evaluation, EvaluationPipeline
 from .registry import create_evaluator, list_evaluators, register_evaluator
 from .tabular import TabularAccuracy, TargetLatency
 
 __all__ = [
-    "Evaluation", "EvaluationPipeline", "Evaluator", "Metrics", "STATUSES", "TabularAccuracy", "TargetLatency",
+    "Constraint", "Evaluation", "EvaluationPipeline", "Evaluator", "Metrics", "Objective", "Problem", "STATUSES", "TabularAccuracy", "TargetLatency",
     "create_evaluator", "list_evaluators", "register_evaluator",
 ]

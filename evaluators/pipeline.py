@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from ..search.problem import Problem
+from .problem import Problem
 from ..spaces.candidate import Candidate
 from .base import Evaluator, Metrics
 

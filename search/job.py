@@ -15,7 +15,7 @@ import yaml
 
 from ..spaces import SearchSpace
 from ..spaces import create as create_space
-from .problem import Problem
+from ..evaluators.problem import Problem
 
 JOB_SCHEMA_VERSION = 1
 EXECUTORS = ("inprocess", "ray")

@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 
 from .pareto import knee_point, pareto_mask
-from .problem import Problem
+from ..evaluators.problem import Problem
 from .store import TrialRecord
 
 PARETO_SCHEMA_VERSION = 1

@@ -12,6 +12,7 @@ import itertools
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -37,6 +38,11 @@ class Gene:
             raise ValueError(f"gene {self.name}: no choices")
         if self.default is None:
             object.__setattr__(self, "default", self.choices[0])
+
+    @cached_property
+    def choice_set(self) -> frozenset:
+        """For O(1) membership checks (compression genes have ~100 choices)."""
+        return frozenset(self.choices)
 
     def is_active(self, genome: Genome) -> bool:
         return self.active is None or bool(self.active(genome))
@@ -178,12 +184,13 @@ class SearchSpace(ABC):
         genome = self.to_genome(candidate)
         for gene in self._genes:
             value = genome.get(gene.name)
-            if value not in gene.choices:
+            if value not in gene.choice_set:
                 allowed = ", ".join(str(gene.to_param(c)) for c in gene.choices[:12])
                 more = f" (and {len(gene.choices) - 12} more)" if len(gene.choices) > 12 else ""
                 shown = gene.to_param(value) if isinstance(value, LayerCompression) else value
                 raise ValueError(f"candidate {gene.name}: {shown!r} not allowed; allowed: {allowed}{more}")
-        return self._make(genome)
+        canonical = self.canonical_genome(genome)
+        return candidate if canonical == genome else self.from_genome(canonical)
 
     def suggest(self, trial: Any) -> Candidate:
         """Define-by-run for Optuna: only active genes become trial parameters."""

@@ -89,7 +89,11 @@ class LayerSpec:
     # ----- effective costs ----------------------------------------------------------------
     @property
     def density(self) -> float:
-        return 1.0 - self.sparsity if self.has_weights else 1.0
+        """Share of weights kept. Channel pruning is already in the shape (the IR is the physical
+        network), so a ``channel`` layer counts as dense here."""
+        if not self.has_weights or self.pattern == "channel":
+            return 1.0
+        return 1.0 - self.sparsity
 
     @property
     def macs(self) -> float:

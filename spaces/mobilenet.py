@@ -33,6 +33,24 @@ def make_divisible(value: float, divisor: int = 8) -> int:
     return rounded
 
 
+#: Channel pruning keeps multiples of this many filters (vector width of every CPU kernel tritune
+#: targets; a depthwise convolution with a channel count off this grid falls to a much slower path).
+CHANNEL_MULTIPLE = 4
+
+
+def pruned_channels(channels: int, sparsity: float, multiple: int = CHANNEL_MULTIPLE) -> int:
+    """Filters kept when ``channel`` pruning at ``sparsity`` removes ``round(s * C)`` of ``C``.
+
+    The kept count is rounded to the nearest multiple of ``multiple`` (ties keep more) and clamped
+    to ``[multiple, channels]``; layers narrower than ``multiple`` keep the exact count (>= 1)."""
+    if not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"channel pruning: sparsity {sparsity} not in [0, 1)")
+    kept = channels - int(math.floor(sparsity * channels + 0.5))
+    if channels >= multiple and multiple > 1:
+        kept = min(channels, max(multiple, int(math.floor(kept / multiple + 0.5)) * multiple))
+    return max(1, kept)
+
+
 def _slots() -> list[tuple[str, str, int]]:
     """(slot name, role, kernel-for-rules) in plan order."""
     slots = [("stem", "stem", 3), ("first.dw", "dwconv", 0), ("first.project", "project", 1)]
@@ -180,6 +198,8 @@ class MobileNetSpace(SearchSpace):
         }
 
     def layers(self, candidate: Candidate) -> list[LayerSpec]:
+        """The IR of the *physical* network: ``channel``-pruned layers already have their kept
+        width (`pruned_channels`) and their consumers follow, so shapes are what a runtime runs."""
         cand = self.validate(candidate)
         plan = cand.compression
         width, hw = float(cand["width"]), int(cand["resolution"])  # type: ignore[arg-type]
@@ -189,15 +209,18 @@ class MobileNetSpace(SearchSpace):
             c = plan[SLOT_INDEX[slot_name]]
             return {"pattern": c.pattern, "sparsity": c.sparsity, "w_bits": c.w_bits, "a_bits": c.a_bits, "slot": SLOT_INDEX[slot_name]}
 
+        def kept(slot_name: str, nominal: int) -> int:
+            c = plan[SLOT_INDEX[slot_name]]
+            return pruned_channels(nominal, c.sparsity) if c.pattern == "channel" else nominal
+
         out: list[LayerSpec] = []
-        c_in = self.in_channels
-        out.append(LayerSpec("stem", "conv", c_in, ch["stem"], hw, hw, kernel=3, stride=self.stem_stride, bn=True, act="hswish", **comp("stem")))
+        stem = kept("stem", ch["stem"])
+        out.append(LayerSpec("stem", "conv", self.in_channels, stem, hw, hw, kernel=3, stride=self.stem_stride, bn=True, act="hswish", **comp("stem")))
         hw = (hw + self.stem_stride - 1) // self.stem_stride
-        c = ch["stem"]
-        out.append(LayerSpec("first.dw", "dwconv", c, c, hw, hw, kernel=3, groups=c, bn=True, act="relu", **comp("first.dw")))
-        out.append(LayerSpec("first.project", "conv", c, ch["first"], hw, hw, bn=True, **comp("first.project")))
-        if c == ch["first"]:
-            out.append(LayerSpec("first.add", "add", c, c, hw, hw))
+        out.append(LayerSpec("first.dw", "dwconv", stem, stem, hw, hw, kernel=3, groups=stem, bn=True, act="relu", **comp("first.dw")))
+        out.append(LayerSpec("first.project", "conv", stem, ch["first"], hw, hw, bn=True, **comp("first.project")))
+        if stem == ch["first"]:
+            out.append(LayerSpec("first.add", "add", stem, stem, hw, hw))
         c = ch["first"]
         for s, (_, stride, act, se) in enumerate(STAGES):
             c_out = ch[f"s{s}"]
@@ -205,14 +228,15 @@ class MobileNetSpace(SearchSpace):
                 idx = s * MAX_DEPTH + b
                 k, e = int(cand["kernel"][idx]), int(cand["expand"][idx])  # type: ignore[index]
                 st = stride if b == 0 else 1
-                mid = make_divisible(c * e)
                 p = f"s{s}.b{b}"
+                nominal_mid = make_divisible(c * e)
+                mid = kept(f"{p}.expand", nominal_mid)
                 out.append(LayerSpec(f"{p}.expand", "conv", c, mid, hw, hw, bn=True, act=act, **comp(f"{p}.expand")))
                 dw = comp(f"{p}.dw")
                 out.append(LayerSpec(f"{p}.dw", "dwconv", mid, mid, hw, hw, kernel=k, stride=st, groups=mid, bn=True, act=act, **dw))
                 hw_out = (hw + st - 1) // st
                 if se:
-                    red = make_divisible(mid // 4)
+                    red = make_divisible(nominal_mid // 4)
                     bits = {"w_bits": dw["w_bits"], "a_bits": dw["a_bits"]}
                     out += [
                         LayerSpec(f"{p}.se.pool", "global_pool", mid, mid, hw_out, hw_out),
@@ -224,11 +248,12 @@ class MobileNetSpace(SearchSpace):
                 if st == 1 and c == c_out:
                     out.append(LayerSpec(f"{p}.add", "add", c_out, c_out, hw_out, hw_out))
                 c, hw = c_out, hw_out
-        out.append(LayerSpec("final_expand", "conv", c, ch["final_expand"], hw, hw, bn=True, act="hswish", **comp("final_expand")))
-        c = ch["final_expand"]
-        out.append(LayerSpec("pool", "global_pool", c, c, hw, hw))
-        out.append(LayerSpec("feature_mix", "linear", c, ch["feature_mix"], act="hswish", **comp("feature_mix")))
-        out.append(LayerSpec("classifier", "linear", ch["feature_mix"], self.num_classes, **comp("classifier")))
+        final = kept("final_expand", ch["final_expand"])
+        out.append(LayerSpec("final_expand", "conv", c, final, hw, hw, bn=True, act="hswish", **comp("final_expand")))
+        out.append(LayerSpec("pool", "global_pool", final, final, hw, hw))
+        mix = kept("feature_mix", ch["feature_mix"])
+        out.append(LayerSpec("feature_mix", "linear", final, mix, act="hswish", **comp("feature_mix")))
+        out.append(LayerSpec("classifier", "linear", mix, self.num_classes, **comp("classifier")))
         return out
 
     # ----- convenience -----------------------------------------------------------------------

@@ -10,6 +10,8 @@ import gzip
 from functools import lru_cache
 from importlib import resources
 
+import numpy as np
+
 from .base import Gene, Genome, SearchSpace
 from .candidate import Candidate
 from .layers import LayerSpec
@@ -90,6 +92,36 @@ class NB201Space(SearchSpace):
 
     def from_genome(self, genome: Genome) -> Candidate:
         return Candidate.make(self.name, {"ops": tuple(genome[f"edge{d}<-{s}"] for d, s in EDGES)})
+
+    # ----- numeric encoding -----------------------------------------------------------------
+    #: The four input->output paths of the cell, as indices into the edge list.
+    PATHS = ((3,), (0, 4), (1, 5), (0, 2, 5))
+    _PATH_OPS = ("skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
+
+    @property
+    def encoding_length(self) -> int:
+        return 6 * len(OPS) + len(self.PATHS) * (1 + len(self._PATH_OPS)) + 3
+
+    def encode(self, candidate: Candidate) -> np.ndarray:
+        """One-hot ops (30) plus path features (after BANANAS' path encoding, White et al. 2021):
+        for each input->output path whether it is alive (no ``none`` edge) and its op counts, then
+        the alive-path count, the convolutions on alive paths and the deepest alive conv chain.
+        Accuracy depends on what reaches the output, which the one-hot alone hides."""
+        ops = candidate["ops"]
+        onehot = [1.0 if op == choice else 0.0 for op in ops for choice in OPS]  # type: ignore[union-attr]
+        paths: list[float] = []
+        alive_paths, convs_alive, deepest = 0, 0, 0
+        for path in self.PATHS:
+            path_ops = [ops[e] for e in path]  # type: ignore[index]
+            alive = "none" not in path_ops
+            paths.append(1.0 if alive else 0.0)
+            paths.extend(float(alive) * path_ops.count(op) for op in self._PATH_OPS)
+            if alive:
+                convs = sum(op.startswith("nor_conv") for op in path_ops)
+                alive_paths += 1
+                convs_alive += convs
+                deepest = max(deepest, convs)
+        return np.asarray(onehot + paths + [alive_paths / 4.0, convs_alive / 7.0, deepest / 3.0])
 
     # ----- benchmark identities ------------------------------------------------------------
     def arch_str(self, candidate: Candidate) -> str:

@@ -17,6 +17,7 @@ from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Callable
 
 from .base import Target, check_target
+from .ort_cpu import OrtCpuTarget
 from .tables import NB201TableTarget
 
 ENTRY_POINT_GROUP = "tritune.targets"
@@ -107,4 +108,9 @@ register_target(
     "nb201-table",
     NB201TableTarget,
     "Published NAS-Bench-201 latencies (HELP / HW-NAS-Bench / nn-Meter) looked up by index; choose a column",
+)
+register_target(
+    "ort-cpu",
+    OrtCpuTarget,
+    "ONNX Runtime on this CPU (fp32 + int8 QDQ): builds and times mobilenet candidates for real (slow; profile, then predict)",
 )

@@ -15,7 +15,7 @@ from tritune.evaluators import (
     create_evaluator,
     list_evaluators,
 )
-from tritune.search.problem import Problem
+from tritune.evaluators.problem import Problem
 from tritune.spaces import NB201Space
 from tritune.targets import NB201Table, NB201TableTarget
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...spaces import SearchSpace
-from ..problem import Problem
+from ...evaluators.problem import Problem
 from ._common import strategy_options
 from .base import Oracle, Outcome, Proposal, Strategy
 from .evolution import RegularizedEvolution

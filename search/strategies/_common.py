@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from ...spaces import Candidate, SearchSpace
-from ..problem import Problem
+from ...evaluators.problem import Problem
 from .base import Oracle, Outcome, Strategy
 
 #: Tries before a strategy gives up avoiding duplicates (and then falls back, see `fresh`).
@@ -141,3 +141,12 @@ class TrackedStrategy(Strategy):
                 if fallback is None:
                     fallback = candidate
         return fallback if fallback is not None else self.sample_feasible()
+
+
+def hv_contributions(front: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Exclusive hypervolume of each row of one front (minimization values, 2 or 3 columns)."""
+    from ..pareto import hypervolume
+
+    directions = ["minimize"] * front.shape[1]
+    total = hypervolume(front, directions, ref)
+    return np.array([total - hypervolume(np.delete(front, j, axis=0), directions, ref) for j in range(len(front))])

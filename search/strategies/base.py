@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from ...spaces import Candidate, SearchSpace
-from ..problem import Problem
+from ...evaluators.problem import Problem
 
 Oracle = Callable[[Candidate], Mapping[str, float]]
 

@@ -4,10 +4,8 @@ The baseline every other strategy must beat, and the warm-up most of them start 
 """
 from __future__ import annotations
 
-from typing import Any
-
 from ...spaces import Candidate, SearchSpace
-from ..problem import Problem
+from ...evaluators.problem import Problem
 from ._common import TrackedStrategy
 from .base import Oracle
 

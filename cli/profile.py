@@ -1,0 +1,59 @@
+"""``tritune profile``: measure a stratified sample of a space on a real target (resumable).
+
+    tritune profile --target ort-cpu --space mobilenet-small --n 700 --out profiles/ort-small
+
+Wire it into the main parser with ``add_parser(subparsers)``. See `tritune.targets.profiling`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def _cmd_profile(args: argparse.Namespace) -> int:
+    from ..spaces.registry import create
+    from ..targets.measure import Protocol
+    from ..targets.profiling import STRATA, profile
+    from ..targets.registry import create_target
+
+    protocol = Protocol(threads=args.threads, warmup=args.warmup, rounds=args.rounds, runs_per_round=args.runs_per_round)
+    try:
+        target = create_target(args.target, threads=args.threads)
+    except ValueError as exc:
+        if "bad options" not in str(exc) or args.threads != 1:
+            raise
+        target = create_target(args.target)  # a target without a threads option
+    space = create(args.space)
+    strata = [s.strip() for s in args.strata.split(",") if s.strip()] if args.strata else list(STRATA)
+    result = profile(target, space, args.n, args.out, seed=args.seed, protocol=protocol, strata=strata,
+                     group_size=args.group_size, progress=not args.quiet)
+    per = lambda key: result.seconds.get(key, 0.0) / max(1, result.measured)  # noqa: E731
+    print(json.dumps({
+        "out": str(result.out_dir), "candidates": len(result.candidates), "measured": result.measured,
+        "skipped": result.skipped, "build_s_per_model": round(per("build"), 3), "measure_s_per_model": round(per("measure"), 3),
+    }))
+    return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``profile`` on a ``parser.add_subparsers()`` object; returns the sub-parser."""
+    p = subparsers.add_parser(
+        "profile", help="measure a stratified sample of a space on a real target (resumable)",
+        description="Build and time N stratified candidates of a space on a target; appends to OUT/measurements.jsonl "
+                    "and re-runs skip what is already measured.",
+    )
+    p.add_argument("--target", required=True, help="target name, e.g. ort-cpu")
+    p.add_argument("--space", required=True, help="space name, e.g. mobilenet-small")
+    p.add_argument("--n", type=int, required=True, help="number of candidates")
+    p.add_argument("--out", required=True, help="output directory (metadata.json, measurements.jsonl)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads of the runtime (default 1)")
+    p.add_argument("--rounds", type=int, default=5, help="timing rounds per model (default 5)")
+    p.add_argument("--runs-per-round", type=int, default=20, help="runs per round (default 20)")
+    p.add_argument("--warmup", type=int, default=10, help="warm-up runs per model (default 10)")
+    p.add_argument("--group-size", type=int, default=8, help="models built and timed interleaved together (default 8)")
+    p.add_argument("--strata", default="", help="comma-separated gene groups to balance (default: all of "
+                   "resolution,width,depth,kernel,expand,pattern,bits)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_profile)
+    return p

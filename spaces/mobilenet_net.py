@@ -1,0 +1,378 @@
+"""A standalone PyTorch network for one candidate of the mobilenet space (for export and timing).
+
+`build_subnet(space, candidate)` returns an eval-mode ``torch.nn.Module`` whose layers are exactly
+the layer IR of the candidate (`MobileNetSpace.layers`), with the compression plan applied to
+its weights:
+
+* Batch-norm is folded: every convolution carries a bias, as a deployed network does.
+* Every IR layer that has weights is a module named after the IR layer (``s2.b1.expand`` is
+  ``net.s2.b1.expand``, holding ``.conv`` / ``.linear`` and ``.act``). The ONNX exporter keeps
+  that path in node names (``/s2/b1/expand/conv/Conv``), which is how a target maps IR layers
+  (and their plan slots) to ONNX nodes, e.g. to quantize only some layers.
+* ``channel`` pruning is *physical*: the layer has fewer output filters and its consumers fewer
+  input channels (the IR already shows the kept widths, see `effective_channels`). Every other sparsity pattern
+  is a magnitude mask of the pattern's exact ratio on the random weights (`magnitude_mask`):
+  the zeros are real, the shapes stay dense, which is what a dense runtime executes anyway.
+* Weights are random, seeded and deterministic (same space, candidate and seed -> same tensors).
+
+Channel pruning is decided by the space: `MobileNetSpace.layers` already gives the physical
+widths (`tritune.spaces.mobilenet.pruned_channels`), so this module builds exactly the IR.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import math
+import operator
+import zlib
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .candidate import Candidate
+from .compression import parse_pattern
+from .layers import LayerSpec
+from .mobilenet import MAX_DEPTH, SLOTS, STAGES, MobileNetSpace, make_divisible
+
+#: Kept channel counts are rounded to a multiple of this (see the module docstring).
+
+_ACTIVATIONS = {"relu": nn.ReLU, "hswish": nn.Hardswish, "hsigmoid": nn.Hardsigmoid}
+
+
+@functools.lru_cache(maxsize=None)
+def _parse(pattern: str) -> Any:
+    return parse_pattern(pattern)
+
+
+# ----- channel pruning ------------------------------------------------------------------------
+def _check(space: Any, candidate: Candidate) -> tuple[MobileNetSpace, Candidate]:
+    if not isinstance(space, MobileNetSpace):
+        raise ValueError(f"build_subnet: space {getattr(space, 'name', space)!r} is not a mobilenet space (MobileNetSpace)")
+    return space, space.validate(candidate)
+
+
+def effective_channels(space: MobileNetSpace, candidate: Candidate) -> dict[str, int]:
+    """Physical output channels of every slot layer the candidate has, by slot name (read off the
+    IR, which already applies `pruned_channels`)."""
+    space, cand = _check(space, candidate)
+    return {layer.name: layer.out_channels for layer in space.layers(cand) if layer.slot >= 0}
+
+
+# ----- sparsity masks -------------------------------------------------------------------------
+def magnitude_mask(weight: torch.Tensor, pattern: str, sparsity: float) -> torch.Tensor:
+    """Boolean keep-mask zeroing exactly ``round(s * numel)`` weights in the pattern's structure.
+
+    ``weight`` is ``[out, in, kh, kw]`` (conv) or ``[out, in]`` (linear). Groups are scored by
+    magnitude (L1) and the weakest are pruned:
+
+    * ``unstructured``, ``gather_scatter``: single weights (gather-scatter kernels index
+      individual non-zeros along the reduction axis; the mask structure is irrelevant to a dense
+      runtime);
+    * ``nmN:M``: in every run of M consecutive input channels (per output filter and tap) the
+      M-N smallest; the ratio is then 1 - N/M, whatever ``sparsity`` says;
+    * ``blockRxC``: blocks of R output filters x C input channels (per tap);
+    * ``kernel_pattern``: each k x k kernel keeps its 4 strongest taps (PatDNN-style patterns),
+      then whole kernels (connectivity pruning) are dropped weakest first;
+    * ``dense`` / ``channel``: nothing (channel pruning is physical, see `tritune.spaces.mobilenet.pruned_channels`).
+
+    Then single weights are pruned (weakest surviving) or restored (strongest pruned) until the
+    count is exact, so the ratio is exact even where a structure does not divide the shape."""
+    spec = _parse(pattern)
+    if spec.family in ("dense", "channel"):
+        return torch.ones_like(weight, dtype=torch.bool)
+    if spec.family == "nm":
+        sparsity = 1.0 - spec.n / spec.m
+    w = weight.detach().abs().float()
+    w4 = w.reshape(w.shape[0], w.shape[1], -1) if w.dim() >= 2 else w.reshape(1, -1, 1)  # [O, I, T]
+    O, I, T = w4.shape
+    k = int(math.floor(sparsity * w.numel() + 0.5))
+    keep = torch.ones_like(w4, dtype=torch.bool)
+    if spec.family == "nm":
+        pad = (-I) % spec.m
+        padded = torch.cat([w4, torch.full((O, pad, T), float("inf"))], 1) if pad else w4
+        groups = padded.permute(0, 2, 1).reshape(O, T, -1, spec.m)  # [O, T, I/M, M]
+        weakest = groups.topk(spec.m - spec.n, dim=-1, largest=False).indices
+        drop = torch.zeros_like(groups, dtype=torch.bool)
+        drop.scatter_(-1, weakest, True)
+        drop = drop.reshape(O, T, -1)[:, :, :I].permute(0, 2, 1)
+        keep = ~drop
+    elif spec.family == "block":
+        R, C = spec.rows, spec.cols
+        pad_o, pad_i = (-O) % R, (-I) % C
+        padded = torch.nn.functional.pad(w4.permute(2, 0, 1), (0, pad_i, 0, pad_o))  # [T, O', I']
+        Tn, Op, Ip = padded.shape
+        scores = padded.reshape(Tn, Op // R, R, Ip // C, C).sum(dim=(2, 4))  # [T, O'/R, I'/C]
+        n_blocks = int(math.floor(k / (R * C)))
+        drop_blocks = torch.zeros(scores.numel(), dtype=torch.bool)
+        if n_blocks:
+            drop_blocks[scores.flatten().topk(n_blocks, largest=False).indices] = True
+        drop = drop_blocks.reshape(Tn, Op // R, 1, Ip // C, 1).expand(Tn, Op // R, R, Ip // C, C).reshape(Tn, Op, Ip)
+        keep = ~drop[:, :O, :I].permute(1, 2, 0)
+    elif spec.family == "kernel_pattern":
+        if T > 4:
+            keep = torch.ones_like(w4, dtype=torch.bool)
+            keep.scatter_(-1, w4.topk(T - 4, dim=-1, largest=False).indices, False)
+        kept_per_kernel = keep.sum(-1)
+        norms = (w4 * keep).sum(-1).flatten()
+        zeros = int((~keep).sum())
+        for idx in norms.argsort().tolist():  # connectivity pruning, weakest kernel first
+            if zeros >= k:
+                break
+            o, i = divmod(idx, I)
+            keep[o, i] = False
+            zeros += int(kept_per_kernel[o, i])
+    keep = keep.reshape(-1)
+    flat = w.reshape(-1)
+    zeros = int((~keep).sum())
+    if zeros < k:  # prune the weakest survivors
+        alive = keep.nonzero().flatten().numpy()
+        vals = flat.numpy()[alive]
+        extra = alive[np.argpartition(vals, k - zeros - 1)[: k - zeros]] if k - zeros < vals.size else alive
+        keep[torch.from_numpy(extra)] = False
+    elif zeros > k:  # restore the strongest pruned weights
+        dead = (~keep).nonzero().flatten().numpy()
+        vals = -flat.numpy()[dead]
+        back = dead[np.argpartition(vals, zeros - k - 1)[: zeros - k]] if zeros - k < vals.size else dead
+        keep[torch.from_numpy(back)] = True
+    return keep.reshape(weight.shape)
+
+
+# ----- modules --------------------------------------------------------------------------------
+class ConvAct(nn.Module):
+    """One IR ``conv`` / ``dwconv`` layer: convolution (BN folded into its bias) + activation."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int = 1, stride: int = 1, groups: int = 1, act: str = "none") -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, groups=groups, bias=True)
+        self.act = _ACTIVATIONS[act]() if act != "none" else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        return self.act(x) if self.act is not None else x
+
+
+class LinearAct(nn.Module):
+    """One IR ``linear`` layer (+ activation)."""
+
+    def __init__(self, c_in: int, c_out: int, act: str = "none") -> None:
+        super().__init__()
+        self.linear = nn.Linear(c_in, c_out, bias=True)
+        self.act = _ACTIVATIONS[act]() if act != "none" else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.linear(x)
+        return self.act(x) if self.act is not None else x
+
+
+class SqueezeExcite(nn.Module):
+    """IR ``se.pool`` (global pool), ``se.reduce`` (1x1 conv + relu), ``se.expand`` (1x1 conv +
+    hsigmoid), ``se.scale`` (multiply)."""
+
+    def __init__(self, channels: int, reduced: int) -> None:
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.reduce = ConvAct(channels, reduced, act="relu")
+        self.expand = ConvAct(reduced, channels, act="hsigmoid")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.expand(self.reduce(self.pool(x)))
+
+
+class InvertedResidual(nn.Module):
+    """``expand`` (optional: the first block has none), ``dw``, optional ``se``, ``project``, and
+    the residual sum when ``residual``."""
+
+    def __init__(self, expand: ConvAct | None, dw: ConvAct, se: SqueezeExcite | None, project: ConvAct, residual: bool) -> None:
+        super().__init__()
+        self.expand = expand
+        self.dw = dw
+        self.se = se
+        self.project = project
+        self.residual = residual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.expand(x) if self.expand is not None else x
+        y = self.dw(y)
+        if self.se is not None:
+            y = self.se(y)
+        y = self.project(y)
+        return y + x if self.residual else y
+
+
+class MobileNetSubnet(nn.Module):
+    """``stem``, ``first``, stages ``s0``..``s4`` (blocks ``b0``..), ``final_expand``, ``pool``,
+    ``feature_mix``, ``classifier``; ``layers`` holds the IR it was built from."""
+
+    def __init__(self, layers: list[LayerSpec], n_stages: int) -> None:
+        super().__init__()
+        self.layers = layers
+        by_name = {layer.name: layer for layer in layers}
+
+        def conv(name: str) -> ConvAct:
+            L = by_name[name]
+            return ConvAct(L.in_channels, L.out_channels, L.kernel, L.stride, L.groups, L.act)
+
+        def block(prefix: str, has_expand: bool) -> InvertedResidual:
+            se = None
+            if f"{prefix}.se.reduce" in by_name:
+                red = by_name[f"{prefix}.se.reduce"]
+                se = SqueezeExcite(red.in_channels, red.out_channels)
+            return InvertedResidual(
+                conv(f"{prefix}.expand") if has_expand else None, conv(f"{prefix}.dw"), se,
+                conv(f"{prefix}.project"), f"{prefix}.add" in by_name,
+            )
+
+        self.stem = conv("stem")
+        self.first = block("first", has_expand=False)
+        for s in range(n_stages):
+            blocks = nn.Sequential()
+            b = 0
+            while f"s{s}.b{b}.dw" in by_name:
+                blocks.add_module(f"b{b}", block(f"s{s}.b{b}", has_expand=True))
+                b += 1
+            self.add_module(f"s{s}", blocks)
+        self.n_stages = n_stages
+        self.final_expand = conv("final_expand")
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        fm, cl = by_name["feature_mix"], by_name["classifier"]
+        self.feature_mix = LinearAct(fm.in_channels, fm.out_channels, fm.act)
+        self.classifier = LinearAct(cl.in_channels, cl.out_channels, cl.act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.first(self.stem(x))
+        for s in range(self.n_stages):
+            x = getattr(self, f"s{s}")(x)
+        x = self.pool(self.final_expand(x)).flatten(1)
+        return self.classifier(self.feature_mix(x))
+
+
+def _init_weights(net: MobileNetSubnet, seed: int) -> None:
+    """Seeded fan-in scaled normal weights (variance-preserving through relu/hswish, damped on
+    residual branches, as trained BN-folded networks are), small random biases."""
+    gen = torch.Generator().manual_seed(int(seed))
+    with torch.no_grad():
+        for name, module in net.named_modules():
+            if not isinstance(module, (ConvAct, LinearAct)):
+                continue
+            op = module.conv if isinstance(module, ConvAct) else module.linear
+            fan_in = op.weight[0].numel()
+            gain = math.sqrt(2.0) if isinstance(module.act, (nn.ReLU, nn.Hardswish)) else 1.0
+            if name.endswith(".project"):
+                gain = 0.5
+            op.weight.copy_(torch.randn(op.weight.shape, generator=gen) * (gain / math.sqrt(fan_in)))
+            op.bias.copy_(torch.randn(op.bias.shape, generator=gen) * 0.05)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run a block with ``n`` torch intra-op threads (restored after). Building small tensors
+    with several threads on a busy machine is up to 100x slower, and idle OpenMP threads that
+    spin would disturb timings taken right after."""
+    before = torch.get_num_threads()
+    if before != n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if before != n:
+            torch.set_num_threads(before)
+
+
+def build_subnet(space: MobileNetSpace, candidate: Candidate, seed: int = 0) -> MobileNetSubnet:
+    """The candidate's network in eval mode: structure = `space.layers(candidate)`, random seeded weights, sparsity masks applied (see module doc).
+    Built with one torch thread (see `torch_threads`)."""
+    space, cand = _check(space, candidate)
+    with torch_threads(1):
+        return _build(space, cand, seed)
+
+
+def _build(space: MobileNetSpace, cand: Candidate, seed: int) -> MobileNetSubnet:
+    layers = space.layers(cand)
+    net = MobileNetSubnet(layers, len(STAGES))
+    # The seed stream also depends on the candidate, so two candidates differ in their weights
+    # even where shapes agree, yet a (candidate, seed) pair always gives the same tensors.
+    _init_weights(net, zlib.crc32(cand.dumps().encode()) ^ (int(seed) & 0xFFFFFFFF))
+    modules = dict(net.named_modules())
+    with torch.no_grad():
+        for layer in layers:
+            if not layer.has_weights or layer.slot < 0 or layer.sparsity <= 0.0:
+                continue
+            family = _parse(layer.pattern).family
+            if family in ("dense", "channel"):
+                continue
+            module = modules[layer.name]
+            op = module.conv if isinstance(module, ConvAct) else module.linear
+            op.weight.mul_(magnitude_mask(op.weight, layer.pattern, layer.sparsity))
+    return net.eval().requires_grad_(False)
+
+
+def input_shape(space: MobileNetSpace, candidate: Candidate, batch: int = 1) -> tuple[int, int, int, int]:
+    """``(batch, in_channels, resolution, resolution)`` of the candidate's input."""
+    res = int(candidate["resolution"])  # type: ignore[arg-type]
+    return (batch, space.in_channels, res, res)
+
+
+# ----- structure read back from a module (tests, debugging) -------------------------------------
+def trace_layers(net: nn.Module, shape: Sequence[int]) -> list[dict[str, Any]]:
+    """The executed layers of any network, read from its torch.fx graph in execution order:
+    ``{"name", "op", "in_channels", "out_channels", "in_h", "kernel", "stride", "groups", "act"}``
+    for convolutions (``dwconv`` when depthwise), linear layers, global pools, adds and
+    multiplies; an activation module right after a layer fills that layer's ``act``. Shapes come
+    from shape propagation (on fake tensors, without compute, for inputs over 50k values)."""
+    from torch.fx import symbolic_trace
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    gm = symbolic_trace(net)
+    fake = None
+    if math.prod(shape) > 50_000:  # large inputs: fake tensors (shapes only, no compute)
+        try:
+            from torch._subclasses.fake_tensor import FakeTensorMode
+
+            fake = FakeTensorMode()
+        except ImportError:
+            fake = None
+    with torch.no_grad(), torch_threads(1):
+        if fake is not None:
+            ShapeProp(gm, fake_mode=fake).propagate(fake.from_tensor(torch.zeros(*shape)))
+        else:
+            ShapeProp(gm).propagate(torch.zeros(*shape))
+    modules = dict(gm.named_modules())
+    acts = {nn.ReLU: "relu", nn.Hardswish: "hswish", nn.Hardsigmoid: "hsigmoid"}
+    out: list[dict[str, Any]] = []
+    producer: dict[str, dict[str, Any]] = {}
+
+    def shape_of(node: Any) -> tuple[int, ...]:
+        return tuple(node.meta["tensor_meta"].shape)
+
+    for node in gm.graph.nodes:
+        rec: dict[str, Any] | None = None
+        if node.op == "call_module":
+            m = modules[node.target]
+            src = node.args[0]
+            ins = shape_of(src)
+            if isinstance(m, nn.Conv2d):
+                dw = m.groups > 1 and m.groups == m.in_channels == m.out_channels
+                rec = {"name": node.target.rsplit(".", 1)[0], "op": "dwconv" if dw else "conv", "in_channels": m.in_channels,
+                       "out_channels": m.out_channels, "in_h": ins[2], "kernel": m.kernel_size[0], "stride": m.stride[0],
+                       "groups": m.groups, "act": "none", "input_channels_seen": ins[1]}
+            elif isinstance(m, nn.Linear):
+                rec = {"name": node.target.rsplit(".", 1)[0], "op": "linear", "in_channels": m.in_features,
+                       "out_channels": m.out_features, "in_h": 1, "kernel": 1, "stride": 1, "groups": 1, "act": "none",
+                       "input_channels_seen": ins[1]}
+            elif isinstance(m, nn.AdaptiveAvgPool2d):
+                rec = {"name": node.target, "op": "global_pool", "in_channels": ins[1], "out_channels": ins[1], "in_h": ins[2],
+                       "kernel": 1, "stride": 1, "groups": 1, "act": "none"}
+            elif type(m) in acts and getattr(src, "name", None) in producer:
+                producer[src.name]["act"] = acts[type(m)]
+                producer[node.name] = producer[src.name]
+        elif node.op == "call_function" and node.target in (operator.add, operator.mul, torch.add, torch.mul):
+            shp = shape_of(node)
+            rec = {"name": node.name, "op": "add" if node.target in (operator.add, torch.add) else "mul", "in_channels": shp[1],
+                   "out_channels": shp[1], "in_h": shp[2], "kernel": 1, "stride": 1, "groups": 1, "act": "none"}
+        if rec is not None:
+            out.append(rec)
+            producer[node.name] = rec
+    return out

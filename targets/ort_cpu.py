@@ -1,0 +1,441 @@
+"""``ort-cpu``: ONNX Runtime on this machine's CPU, measured for real.
+
+Build (`OrtCpuTarget.build`), for a candidate of a mobilenet space:
+
+1. `tritune.spaces.mobilenet_net.build_subnet` -- the candidate as a standalone PyTorch network
+   (random seeded weights; ``channel`` pruning physically removes filters, other sparsity
+   patterns are zero masks, which this runtime executes at dense speed);
+2. ONNX export with the TorchScript exporter (``torch.onnx.export(..., dynamo=False)``, opset
+   17). In torch 2.13 it still works (with a deprecation warning, silenced here), takes about
+   0.3-0.5 s for a mobilenet-small network against 3-5.5 s for ``dynamo=True``, and names every
+   node after its module path (``/s2/b1/expand/conv/Conv``). ``exporter="dynamo"`` is available
+   (module paths are then read from the ``pkg.torch.onnx.name_scopes`` node metadata);
+3. for IR layers with ``w_bits <= 8`` (any lower bit-width runs as int8 here), static QDQ
+   quantization with `onnxruntime.quantization.quantize_static`: per-channel symmetric QInt8
+   weights, QUInt8 activations (MinMax over a small seeded random calibration set), and
+   ``nodes_to_quantize`` restricted to the ONNX nodes of those layers (conv/gemm and its
+   activation), found by module path = IR layer name. A layer's ``a_bits`` is not used: ONNX
+   Runtime's int8 convolutions need int8 activations, and a weight-only int8 layer would run as
+   float after dequantization, so a layer runs int8 when ``w_bits <= 8`` and float otherwise
+   (SE convs follow their depthwise slot's bits, as the IR says). Element-wise ops (adds, SE
+   multiply, pools) are left to ONNX Runtime, which fuses them into int8 kernels when their
+   neighbours are quantized;
+4. an `onnxruntime.InferenceSession`: ORT_ENABLE_ALL (the only fast level: 3.3-4.5x over the
+   others), ``intra_op_num_threads=threads``, ``inter_op_num_threads=1``, sequential execution,
+   denormals flushed to zero, CPUExecutionProvider.
+
+`OrtRunnable.run(x)` returns the numpy output; `measure` times runnables with the interleaved
+protocol of `tritune.targets.measure`. `latency(candidates)` does all of that (mobilenet-small:
+about 0.4 s to build a float model, 1.2-2 s with int8 layers -- quantization's per-channel
+parameter search dominates -- plus about 0.25 s of timing) -- it is the slow ground truth;
+searches should use a predictor trained on `tritune.targets.profiling` data and call this target
+to check.
+
+What int8 buys here is decided at graph level: int8 convolutions run NHWC (QLinearConv) and the
+float ones NCHWc, so every int8<->float boundary costs a Q/DQ pair, transposes and reorders
+(11-15 us each), and hswish/hsigmoid have no int8 kernel (they run float between Q/DQ). On
+sub-millisecond mobilenet-small models, int8 on the 1x1 convs alone (the depthwise ones float)
+measured ~1.2x *slower* than float, all layers int8 ~1.0x: a predictor needs the boundaries as
+features, not a per-layer int8 speed-up.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import platform
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..spaces.candidate import Candidate
+from .base import Target
+from .measure import Measurement, Protocol, measure_many
+
+#: Spaces whose candidates this target can build (any `MobileNetSpace` works when passed in).
+SUPPORTED_SPACES = ("mobilenet", "mobilenet-small")
+GRAPH_OPTIMIZATION = "ORT_ENABLE_ALL"
+OPSET = 17
+EXPORTERS = ("torchscript", "dynamo")
+#: ISA flags of /proc/cpuinfo that matter to ONNX Runtime's kernels (fp32 and int8 GEMM/conv).
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16")
+QUANTIZED_OPS = ("Conv", "Gemm", "MatMul")
+
+
+def _cpuinfo() -> dict[str, str]:
+    """First processor block of /proc/cpuinfo (empty off Linux)."""
+    info: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if not line.strip():
+                    if info:
+                        break
+                    continue
+                key, _, value = line.partition(":")
+                info.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    return info
+
+
+def cpu_fingerprint() -> dict[str, Any]:
+    """CPU model, vendor, family/model numbers and the ISA flags of interest."""
+    info = _cpuinfo()
+    flags = set(info.get("flags", "").split())
+    isa = {flag: flag in flags for flag in ISA_FLAGS}
+    isa["amx"] = any(f.startswith("amx") for f in flags)
+    return {
+        "model": info.get("model name") or platform.processor() or platform.machine(),
+        "vendor": info.get("vendor_id"),
+        "family": info.get("cpu family"),
+        "model_number": info.get("model"),
+        "machine": platform.machine(),
+        "isa": isa,
+    }
+
+
+def onnx_module_path(node: Any) -> str:
+    """The PyTorch module path an exported ONNX node came from (``''`` at the top level).
+
+    TorchScript exporter: the node name ``/s2/b1/expand/conv/Conv`` -> ``s2.b1.expand.conv``.
+    Dynamo exporter: the last module scope of the ``pkg.torch.onnx.name_scopes`` metadata."""
+    for prop in getattr(node, "metadata_props", ()):
+        if prop.key == "pkg.torch.onnx.name_scopes":
+            import ast
+
+            try:
+                scopes = ast.literal_eval(prop.value)
+            except (ValueError, SyntaxError):
+                break
+            return str(scopes[-2]) if len(scopes) >= 2 else ""
+    name = node.name or ""
+    if name.startswith("/"):
+        return ".".join(name.strip("/").split("/")[:-1])
+    return ""
+
+
+def nodes_of_layers(model: Any, layer_names: Sequence[str]) -> dict[str, list[str]]:
+    """ONNX node names per IR layer name: the nodes whose module path is the layer or inside it
+    (``s0.b1.expand`` owns ``s0.b1.expand.conv`` and ``s0.b1.expand.act``, not ``s0.b1.se.expand``)."""
+    wanted = set(layer_names)
+    out: dict[str, list[str]] = {name: [] for name in layer_names}
+    for node in model.graph.node:
+        path = onnx_module_path(node)
+        while path:
+            if path in wanted:
+                out[path].append(node.name)
+                break
+            path = path.rpartition(".")[0]
+    return out
+
+
+class _Calibration:
+    """`CalibrationDataReader` over a few seeded standard-normal inputs."""
+
+    def __init__(self, input_name: str, shape: Sequence[int], n: int, seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        self._items = iter([{input_name: rng.standard_normal(tuple(shape)).astype(np.float32)} for _ in range(n)])
+
+    def get_next(self) -> dict | None:
+        return next(self._items, None)
+
+    def rewind(self) -> None:  # not needed by MinMax
+        pass
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence the exporter's deprecation warnings and the quantizer's pre-processing advice."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        root.setLevel(level)
+
+
+@dataclass
+class OrtRunnable:
+    """A built model: an InferenceSession with a fixed input, plus how it was built.
+
+    ``quantized_layers``: IR layers running int8; ``build_s``: seconds per build step
+    (``net``, ``export``, ``quantize``, ``session``, ``total``); ``onnx_bytes``: the final ONNX
+    model (save it with `save`)."""
+
+    session: Any
+    input_name: str
+    input_shape: tuple[int, ...]
+    threads: int
+    name: str = "model"
+    candidate: Candidate | None = None
+    quantized_layers: tuple[str, ...] = ()
+    build_s: dict[str, float] = field(default_factory=dict)
+    onnx_bytes: bytes = b""
+    exporter: str = "torchscript"
+    seed: int = 0
+    _feed: dict | None = field(default=None, repr=False)
+
+    def example_input(self) -> np.ndarray:
+        """The fixed (seeded) input used for timing."""
+        return np.random.default_rng(self.seed).standard_normal(self.input_shape).astype(np.float32)
+
+    def run(self, x: Any = None) -> np.ndarray:
+        """Run once on ``x`` (numpy or torch, shape ``input_shape``; default: `example_input`)."""
+        if x is None:
+            x = self.example_input()
+        elif hasattr(x, "detach"):
+            x = x.detach().cpu().numpy()
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        return self.session.run(None, {self.input_name: x})[0]
+
+    def bench_fn(self) -> Callable[[], Any]:
+        """A zero-argument function running the model once on a fixed input (what is timed)."""
+        if self._feed is None:
+            self._feed = {self.input_name: self.example_input()}
+        run, feed = self.session.run, self._feed
+        return lambda: run(None, feed)
+
+    def save(self, path: str | os.PathLike) -> None:
+        with open(path, "wb") as fh:
+            fh.write(self.onnx_bytes)
+
+
+class OrtCpuTarget(Target):
+    """ONNX Runtime CPU (``CPUExecutionProvider``) on this machine, timed with `Protocol`."""
+
+    name = "ort-cpu"
+    description = "ONNX Runtime on this CPU (fp32 + int8 QDQ); builds and times mobilenet candidates (slow: use a predictor)"
+
+    def __init__(self, threads: int = 1, seed: int = 0, exporter: str = "torchscript", calibration_samples: int = 4,
+                 group_size: int = 8, protocol: Protocol | dict | None = None) -> None:
+        if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+            raise ValueError(f"ort-cpu.threads: {threads!r} must be an integer >= 1")
+        if exporter not in EXPORTERS:
+            raise ValueError(f"ort-cpu.exporter: {exporter!r} not allowed; allowed: {', '.join(EXPORTERS)}")
+        if calibration_samples < 1 or group_size < 1:
+            raise ValueError("ort-cpu: calibration_samples and group_size must be >= 1")
+        self.threads, self.seed, self.exporter = threads, int(seed), exporter
+        self.calibration_samples, self.group_size = int(calibration_samples), int(group_size)
+        if isinstance(protocol, dict):
+            protocol = Protocol.from_json(protocol)
+        self.protocol = protocol or Protocol(threads=threads)
+        if self.protocol.threads != threads:
+            raise ValueError(f"ort-cpu: protocol.threads={self.protocol.threads} differs from threads={threads}")
+        self._spaces: dict[str, Any] = {}
+
+    # ----- identity -----------------------------------------------------------------------
+    def fingerprint(self) -> dict[str, Any]:
+        import onnxruntime as ort
+        import torch
+
+        cpu = cpu_fingerprint()
+        return {
+            "target": self.name,
+            "device": cpu["model"],
+            "runtime": "onnxruntime",
+            "version": ort.__version__,
+            "threads": self.threads,
+            "cpu": cpu,
+            "isa": cpu["isa"],
+            "execution_provider": "CPUExecutionProvider",
+            "graph_optimization": GRAPH_OPTIMIZATION,
+            "inter_op_threads": 1,
+            "execution_mode": "sequential",
+            "denormal_as_zero": True,
+            "exporter": f"{self.exporter} opset {OPSET}" if self.exporter == "torchscript" else self.exporter,
+            "torch": torch.__version__.split("+")[0],
+            "quantization": "static QDQ, per-channel symmetric QInt8 weights, QUInt8 activations, MinMax",
+        }
+
+    def capabilities(self) -> dict[str, Any]:
+        return {
+            "spaces": list(SUPPORTED_SPACES),
+            # Faster than dense float: physically removed channels. unstructured / N:M / block /
+            # kernel-pattern / gather-scatter masks run at dense speed: no sparse kernels here.
+            "patterns": ["dense", "channel"],
+            "dense_speed_patterns": ["unstructured", "nm", "block", "kernel_pattern", "gather_scatter"],
+            # 32 = float; 8 = int8 QDQ. Weight bit-widths 2-7 run as int8, 16 as float.
+            "bit_widths": [32, 8],
+            "lower_bits_run_as": 8,
+            "activation_bits": "ignored: a layer runs int8 (u8 activations) iff w_bits <= 8",
+            "builds": True,
+            "measures": True,
+        }
+
+    def supports(self, space_name: str) -> bool:
+        if space_name in SUPPORTED_SPACES:
+            return True
+        try:
+            return self._is_mobilenet(self._space(space_name))
+        except ValueError:
+            return False
+
+    # ----- building -----------------------------------------------------------------------
+    @staticmethod
+    def _is_mobilenet(space: Any) -> bool:
+        from ..spaces.mobilenet import MobileNetSpace
+
+        return isinstance(space, MobileNetSpace)
+
+    def _space(self, name: str) -> Any:
+        if name not in self._spaces:
+            from ..spaces.registry import create
+
+            self._spaces[name] = create(name)
+        return self._spaces[name]
+
+    def _resolve_space(self, candidate: Candidate, space: Any) -> Any:
+        if space is None:
+            try:
+                space = self._space(candidate.space)
+            except ValueError:
+                space = None
+        if space is None or not self._is_mobilenet(space):
+            raise ValueError(
+                f"ort-cpu: cannot build candidates of space {candidate.space!r}; supported: "
+                f"{', '.join(SUPPORTED_SPACES)} (or any MobileNetSpace passed as space=)"
+            )
+        if candidate.space != space.name:
+            raise ValueError(f"ort-cpu: candidate of space {candidate.space!r} given with space {space.name!r}")
+        return space
+
+    def export(self, module: Any, input_shape: Sequence[int]) -> Any:
+        """ONNX ``ModelProto`` of a module for a float input of ``input_shape`` (input ``input``,
+        output ``output``)."""
+        import onnx
+        import torch
+
+        from ..spaces.mobilenet_net import torch_threads
+
+        x = torch.zeros(*input_shape)
+        with _quiet(), torch_threads(1), torch.no_grad():
+            if self.exporter == "torchscript":
+                buf = io.BytesIO()
+                try:
+                    torch.onnx.export(module, (x,), buf, dynamo=False, opset_version=OPSET, input_names=["input"],
+                                      output_names=["output"], do_constant_folding=True)
+                except TypeError as exc:  # a torch without the legacy exporter
+                    raise RuntimeError(f"ort-cpu: the TorchScript ONNX exporter is unavailable ({exc}); use exporter='dynamo'") from exc
+                return onnx.load_from_string(buf.getvalue())
+            program = torch.onnx.export(module, (x,), dynamo=True, input_names=["input"], output_names=["output"], verbose=False)
+            return program.model_proto
+
+    def build(self, candidate: Any, space: Any = None, input_shape: Sequence[int] | None = None, *,
+              quantize: Sequence[str] | None = None, name: str | None = None) -> OrtRunnable:
+        """Build a runnable from a candidate (of a mobilenet space) or from a ``torch.nn.Module``.
+
+        Candidate: layers with ``w_bits <= 8`` run int8; ``space`` defaults to the registered
+        space of ``candidate.space``; ``input_shape`` to ``(1, in_channels, res, res)``.
+        Module: ``input_shape`` is required; ``quantize`` lists module paths (IR layer names) to
+        run int8 (default none). ``quantize`` given with a candidate overrides its plan."""
+        t0 = time.perf_counter()
+        times: dict[str, float] = {}
+        if isinstance(candidate, Candidate):
+            from ..spaces.mobilenet_net import build_subnet
+            from ..spaces.mobilenet_net import input_shape as shape_of
+
+            space = self._resolve_space(candidate, space)
+            cand = space.validate(candidate)
+            module = build_subnet(space, cand, seed=self.seed)
+            shape = tuple(input_shape or shape_of(space, cand))
+            if quantize is None:
+                quantize = [L.name for L in module.layers if L.has_weights and L.w_bits <= 8]
+            label = name or cand.id
+        else:
+            import torch
+
+            if not isinstance(candidate, torch.nn.Module):
+                raise ValueError(f"ort-cpu.build: expected a Candidate or a torch.nn.Module, got {type(candidate).__name__}")
+            if input_shape is None:
+                raise ValueError("ort-cpu.build: input_shape is required to build a torch module")
+            cand, module, shape = None, candidate.eval(), tuple(input_shape)
+            label = name or type(candidate).__name__
+        times["net"] = time.perf_counter() - t0
+        quantize = list(quantize or [])
+
+        t = time.perf_counter()
+        model = self.export(module, shape)
+        times["export"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        if quantize:
+            model = self._quantize(model, quantize, shape)
+        times["quantize"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        data = model.SerializeToString()
+        session = self.session(data)
+        times["session"] = time.perf_counter() - t
+        times["total"] = time.perf_counter() - t0
+        return OrtRunnable(
+            session=session, input_name=session.get_inputs()[0].name, input_shape=shape, threads=self.threads, name=label,
+            candidate=cand, quantized_layers=tuple(quantize), build_s=times, onnx_bytes=data, exporter=self.exporter,
+            seed=self.seed,
+        )
+
+    def _quantize(self, model: Any, layers: Sequence[str], shape: Sequence[int]) -> Any:
+        import onnx
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+        owned = nodes_of_layers(model, layers)
+        node_types = {n.name: n.op_type for n in model.graph.node}
+        missing = [layer for layer, nodes in owned.items() if not any(node_types[n] in QUANTIZED_OPS for n in nodes)]
+        if missing:
+            raise ValueError(f"ort-cpu: no Conv/Gemm/MatMul node found for layers {missing[:5]} (module paths must equal IR layer names)")
+        selected = [n for nodes in owned.values() for n in nodes]
+        input_name = model.graph.input[0].name
+        with tempfile.TemporaryDirectory(prefix="tritune-ort-") as tmp, _quiet():
+            out = os.path.join(tmp, "int8.onnx")
+            quantize_static(
+                model, out, _Calibration(input_name, shape, self.calibration_samples, self.seed + 1),
+                quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=False,
+                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                nodes_to_quantize=selected, calibrate_method=CalibrationMethod.MinMax,
+                extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
+            )
+            return onnx.load(out)
+
+    def session(self, model: bytes | str) -> Any:
+        """An InferenceSession with this target's settings (ORT_ENABLE_ALL, threads, sequential)."""
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.intra_op_num_threads = self.threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.log_severity_level = 3
+        so.add_session_config_entry("session.set_denormal_as_zero", "1")
+        return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+
+    # ----- timing -------------------------------------------------------------------------
+    def measure(self, runnables: Any, protocol: Protocol | None = None, **options: Any) -> Measurement | list[Measurement]:
+        """Time runnables with the interleaved protocol: a list gives a list of `Measurement`,
+        one runnable gives one `Measurement`."""
+        if options:
+            raise ValueError(f"ort-cpu.measure: unknown options {sorted(options)}; allowed: protocol")
+        protocol = protocol or self.protocol
+        if isinstance(runnables, (list, tuple)):
+            return measure_many(runnables, protocol)
+        return measure_many([runnables], protocol)[0]
+
+    def latency(self, candidates: Sequence[Candidate], space: Any = None) -> np.ndarray:
+        """Build and time every candidate (groups of ``group_size`` interleaved): seconds per
+        candidate, so this is ground truth for checks, not for a search loop."""
+        out = np.full(len(candidates), np.nan, dtype=np.float64)
+        for start in range(0, len(candidates), self.group_size):
+            group = list(candidates[start:start + self.group_size])
+            runnables = [self.build(c, space=space) for c in group]
+            for i, m in enumerate(self.measure(runnables)):
+                out[start + i] = m.latency_ms
+            del runnables
+        return out

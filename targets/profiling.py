@@ -1,0 +1,398 @@
+"""Latency profiling: measure a stratified sample of a space on a real target, resumably.
+
+``profile(target, space, n, out_dir)`` draws ``n`` candidates with `stratified_candidates`,
+builds and times them in interleaved groups (``group_size`` models per group, protocol of
+`tritune.targets.measure`) and appends one JSON line per candidate to
+``out_dir/measurements.jsonl``; ``out_dir/metadata.json`` says what produced the numbers.
+
+Files
+-----
+``metadata.json`` (schema `SCHEMA_VERSION`)::
+
+    {"schema_version": 1, "tritune_version": "0.1.0",
+     "target": {"name": "ort-cpu", "fingerprint": {...}},
+     "space": {"name": "mobilenet-small", "config": {...}},
+     "protocol": {"threads": 1, "warmup": 10, "rounds": 5, "runs_per_round": 20},
+     "created": "2026-...Z", "seed": 0, "runs": [{"started": ..., "seed": 0, "n": 700, "strata": [...],
+     "group_size": 8, "host": {...}}, ...]}
+
+``measurements.jsonl``: one object per measured candidate::
+
+    {"schema_version": 1, "candidate_id": "3f2a...", "candidate": {<Candidate.to_json()>},
+     "index": 17, "seed": 0, "run": 0, "group": 2, "latency_ms": 1.92, "median_ms": ..., "p10_ms": ...,
+     "p90_ms": ..., "spread": 0.04, "round_medians_ms": [...], "runs": 100, "warmup": 10,
+     "threads": 1, "cpu_latency_ms": 1.90, "cpu_share": 0.99,
+     "build_s": {"net": ..., "export": ..., "quantize": ..., "session": ..., "total": ...},
+     "quantized_layers": 12, "timestamp": "2026-...Z"}
+
+Resuming: a re-run skips candidate ids already in ``measurements.jsonl`` (rows are flushed
+after every group, so an interruption loses at most one group). The candidate list for ``(space,
+seed, strata)`` is prefix-stable: the first m candidates are the same for every ``n >= m``, so a
+re-run with a larger ``n`` extends a profile. A re-run whose target fingerprint, space config or
+protocol differs from ``metadata.json`` is refused (`ProfileMismatchError`): those numbers must
+not be mixed; use another ``out_dir``. Seed, n, strata and group size may change between runs
+(each run is listed under ``runs``).
+
+Stratified sampling
+-------------------
+`stratified_candidates` balances every gene group named in ``strata``:
+
+* architecture genes (``resolution``, ``width``, ``depth`` per stage, ``kernel`` and ``expand``
+  per block): each gene's column is a concatenation of independent random permutations of its
+  choices -- randomised cycling, i.e. a Latin-hypercube design for categorical genes: in every
+  prefix of the sample each choice of each gene appears within +-1 of equally often, and genes
+  are paired at random. A block's kernel/expand only count where the block exists;
+* compression (``pattern``, ``bits``): per-slot choices would otherwise be independent, so every
+  candidate would mix ~2/3 low-bit layers and ~all patterns and the extremes (all float, all
+  int8, all dense) would never be seen. So each candidate first draws, from balanced cycles, a
+  *low-bit fraction* and a *patterned fraction* in {0, 1/4, 1/2, 3/4, 1}; each slot then is
+  low-bit / patterned with those probabilities, and among the slot's menu options of that kind
+  the *least used so far at that slot* is taken (ties at random) -- a greedy fill that covers
+  every pattern, ratio, weight and activation bit-width of every slot.
+
+Genes outside ``strata`` are drawn uniformly. Duplicates (same candidate id) are skipped.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import time
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from ..spaces.base import Genome, SearchSpace
+from ..spaces.candidate import Candidate
+from ..spaces.compression import LayerCompression, parse_pattern
+from .measure import Protocol
+
+SCHEMA_VERSION = 1
+METADATA_FILE = "metadata.json"
+MEASUREMENTS_FILE = "measurements.jsonl"
+STRATA = ("resolution", "width", "depth", "kernel", "expand", "pattern", "bits")
+#: Candidate-level fractions of low-bit / patterned slots (see the module docstring).
+MIX_LEVELS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+class ProfileMismatchError(ValueError):
+    """``out_dir`` holds measurements of another target, space or protocol."""
+
+
+# ----- stratified sampling -----------------------------------------------------------------------
+def gene_group(name: str) -> str:
+    """Stratum of a gene: ``comp:*`` -> ``compression``; ``s1.depth`` -> ``depth``;
+    ``s1.b2.kernel`` -> ``kernel``; ``s1.b2.ratio`` -> ``expand``; else the gene's name."""
+    if name.startswith("comp:"):
+        return "compression"
+    last = name.rsplit(".", 1)[-1]
+    return {"depth": "depth", "kernel": "kernel", "ratio": "expand"}.get(last, name)
+
+
+class _Cycle:
+    """Concatenated random permutations of ``choices`` from a stream of its own (prefix-stable)."""
+
+    def __init__(self, choices: Sequence[Any], seed: int, key: str) -> None:
+        self.choices = list(choices)
+        self.rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, zlib.crc32(key.encode())])
+        self.buffer: list[Any] = []
+
+    def next(self) -> Any:
+        if not self.buffer:
+            self.buffer = [self.choices[i] for i in self.rng.permutation(len(self.choices))]
+        return self.buffer.pop()
+
+
+def stratified_candidates(space: SearchSpace, n: int, seed: int = 0, strata: Iterable[str] = STRATA) -> list[Candidate]:
+    """``n`` distinct candidates covering every choice of every gene group in ``strata`` (see the
+    module docstring). Deterministic and prefix-stable in ``(space, seed, strata)``."""
+    strata = set(strata)
+    unknown = strata - set(STRATA)
+    if unknown:
+        raise ValueError(f"profile.strata: {sorted(unknown)} not allowed; allowed: {', '.join(STRATA)}")
+    genes = space._genes
+    cycles = {g.name: _Cycle(g.choices, seed, g.name) for g in genes if not g.name.startswith("comp:") and gene_group(g.name) in strata}
+    balance_bits, balance_patterns = "bits" in strata, "pattern" in strata
+    bits_levels = _Cycle(MIX_LEVELS, seed, "#bits-level")
+    pattern_levels = _Cycle(MIX_LEVELS, seed, "#pattern-level")
+    used: dict[str, Counter] = {g.name: Counter() for g in genes if g.name.startswith("comp:")}
+    out: list[Candidate] = []
+    seen: set[str] = set()
+    index = 0
+    limit = 50 * n + 1000
+    while len(out) < n:
+        if index >= limit:
+            raise ValueError(f"profile: could not draw {n} distinct candidates from space {space.name} (size {space.size()})")
+        rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, 0x5EED, index])
+        index += 1
+        q_bits = bits_levels.next() if balance_bits else None
+        q_pattern = pattern_levels.next() if balance_patterns else None
+        genome: Genome = {}
+        for gene in genes:
+            if gene.name.startswith("comp:"):
+                # Every candidate consumes the same random numbers, active gene or not, so the
+                # stream of one slot does not depend on others being active.
+                u_bits, u_pattern, u_pick = rng.random(), rng.random(), rng.random()
+                if not gene.is_active(genome):
+                    genome[gene.name] = gene.default
+                    continue
+                genome[gene.name] = _pick_compression(gene.choices, used[gene.name], q_bits, q_pattern, u_bits, u_pattern, u_pick, rng)
+                continue
+            value = cycles[gene.name].next() if gene.name in cycles else gene.choices[rng.integers(len(gene.choices))]
+            genome[gene.name] = value if gene.is_active(genome) else gene.default
+        cand = space.from_genome(space.canonical_genome(genome))
+        if cand.id in seen:
+            continue
+        seen.add(cand.id)
+        for gene in genes:
+            if gene.name.startswith("comp:") and gene.is_active(genome):
+                used[gene.name][genome[gene.name]] += 1
+        out.append(cand)
+    return out
+
+
+def _pick_compression(options: Sequence[LayerCompression], used: Counter, q_bits: float | None, q_pattern: float | None,
+                      u_bits: float, u_pattern: float, u_pick: float, rng: np.random.Generator) -> LayerCompression:
+    if q_bits is None and q_pattern is None:
+        return options[min(int(u_pick * len(options)), len(options) - 1)]
+    top_w = max(o.w_bits for o in options)
+    pool = list(options)
+    if q_bits is not None:
+        want = u_bits < q_bits
+        match = [o for o in pool if (o.w_bits < top_w) == want]
+        pool = match or pool
+    if q_pattern is not None:
+        want = u_pattern < q_pattern
+        match = [o for o in pool if (parse_pattern(o.pattern).family != "dense") == want]
+        pool = match or pool
+    least = min(used[o] for o in pool)
+    ties = [o for o in pool if used[o] == least]
+    return ties[int(rng.integers(len(ties)))]
+
+
+def coverage(space: SearchSpace, candidates: Sequence[Candidate]) -> dict[str, Counter]:
+    """How often each choice occurs among active genes: ``resolution``, ``width``, ``depth``,
+    ``kernel``, ``expand`` (values), ``pattern`` (names), ``sparsity``, ``w_bits``, ``a_bits``
+    (over active compression slots), plus ``quantized_fraction`` (share of a candidate's slots
+    with w_bits <= 8, rounded to 0.1)."""
+    out: dict[str, Counter] = {}
+    for cand in candidates:
+        genome = space.to_genome(cand)
+        active = {}
+        for gene in space._genes:
+            if gene.is_active(active):
+                active[gene.name] = genome[gene.name]
+        low = total = 0
+        for name, value in active.items():
+            group = gene_group(name)
+            if group == "compression":
+                out.setdefault("pattern", Counter())[value.pattern] += 1
+                out.setdefault("sparsity", Counter())[value.sparsity] += 1
+                out.setdefault("w_bits", Counter())[value.w_bits] += 1
+                out.setdefault("a_bits", Counter())[value.a_bits] += 1
+                total += 1
+                low += value.w_bits <= 8
+            else:
+                out.setdefault(group, Counter())[value] += 1
+        if total:
+            out.setdefault("quantized_fraction", Counter())[round(low / total, 1)] += 1
+    return out
+
+
+# ----- profiling ---------------------------------------------------------------------------------
+def tritune_version() -> str:
+    """The installed distribution's version, else pyproject.toml's, else ``'unknown'``."""
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+
+        return version("tritune")
+    except Exception:  # PackageNotFoundError or a broken environment
+        pass
+    try:
+        import tomllib
+
+        with open(Path(__file__).resolve().parents[1] / "pyproject.toml", "rb") as fh:
+            return str(tomllib.load(fh)["project"]["version"])
+    except Exception:
+        return "unknown"
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _host() -> dict[str, Any]:
+    """Informative only (not compared on resume)."""
+    return {"hostname": platform.node(), "python": platform.python_version(), "cpus": os.cpu_count(),
+            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+
+
+def _canonical(data: Any) -> Any:
+    """JSON round trip so tuples/lists and int/float keys compare as they are stored."""
+    return json.loads(json.dumps(data, sort_keys=True))
+
+
+def read_measurements(out_dir: str | os.PathLike) -> list[dict]:
+    """Rows of ``measurements.jsonl`` (an unreadable line, e.g. cut by a crash, is skipped)."""
+    path = Path(out_dir) / MEASUREMENTS_FILE
+    rows: list[dict] = []
+    if not path.exists():
+        return rows
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
+def _check_metadata(old: dict, new: dict, path: Path) -> None:
+    problems = []
+    if old.get("schema_version") != new["schema_version"]:
+        problems.append(f"schema_version {old.get('schema_version')!r} != {new['schema_version']!r}")
+    if old.get("target", {}).get("name") != new["target"]["name"]:
+        problems.append(f"target {old.get('target', {}).get('name')!r} != {new['target']['name']!r}")
+    else:
+        a, b = old.get("target", {}).get("fingerprint", {}), new["target"]["fingerprint"]
+        diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        if diff:
+            problems.append("target fingerprint differs in " + ", ".join(f"{k} ({a.get(k)!r} != {b.get(k)!r})" for k in diff))
+    if old.get("space", {}).get("name") != new["space"]["name"]:
+        problems.append(f"space {old.get('space', {}).get('name')!r} != {new['space']['name']!r}")
+    elif old.get("space", {}).get("config") != new["space"]["config"]:
+        a, b = old["space"].get("config", {}), new["space"]["config"]
+        diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        problems.append("space config differs in " + ", ".join(diff))
+    if old.get("protocol") != new["protocol"]:
+        problems.append(f"protocol {old.get('protocol')} != {new['protocol']}")
+    if problems:
+        raise ProfileMismatchError(
+            f"profile: {path} holds measurements of another setup: " + "; ".join(problems)
+            + ". Numbers from different setups must not be mixed: use another --out directory."
+        )
+
+
+@dataclass
+class ProfileResult:
+    out_dir: Path
+    candidates: list[Candidate]
+    measured: int  # rows written by this call
+    skipped: int  # candidates already in measurements.jsonl
+    builds: int
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def profile(target: Any, space: Any, n: int, out_dir: str | os.PathLike, seed: int = 0, protocol: Protocol | None = None,
+            strata: Iterable[str] = STRATA, group_size: int = 8, progress: bool = True) -> ProfileResult:
+    """Measure ``n`` stratified candidates of ``space`` on ``target`` into ``out_dir`` (resumable).
+
+    ``target``: a `Target` with ``build(candidate, space=...)`` and ``measure(runnables,
+    protocol=...)``, or a registered name (created with ``threads=protocol.threads``).
+    ``space``: a `SearchSpace` or a registered name. See the module docstring for the files."""
+    from tqdm.auto import tqdm
+
+    protocol = protocol or Protocol()
+    if isinstance(space, str):
+        from ..spaces.registry import create
+
+        space = create(space)
+    if isinstance(target, str):
+        from .registry import create_target
+
+        target = create_target(target, threads=protocol.threads)
+    if not hasattr(target, "build") or not hasattr(target, "measure"):
+        raise ValueError(f"profile: target {getattr(target, 'name', target)!r} cannot build and measure models")
+    if not target.supports(space.name):
+        raise ValueError(f"profile: target {target.name!r} does not support space {space.name!r}")
+    if n < 1 or group_size < 1:
+        raise ValueError("profile: n and group_size must be >= 1")
+    strata = list(strata)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    meta_path = out / METADATA_FILE
+    meta = _canonical({
+        "schema_version": SCHEMA_VERSION,
+        "tritune_version": tritune_version(),
+        "target": {"name": target.name, "fingerprint": target.fingerprint()},
+        "space": {"name": space.name, "config": space.config()},
+        "protocol": protocol.to_json(),
+    })
+    run_info = {"started": _now(), "seed": seed, "n": n, "strata": strata, "group_size": group_size, "host": _host()}
+    if meta_path.exists():
+        with open(meta_path, encoding="utf-8") as fh:
+            old = json.load(fh)
+        _check_metadata(old, meta, meta_path)
+        old.setdefault("runs", []).append(run_info)
+        meta = old
+    else:
+        meta["created"] = run_info["started"]
+        meta["seed"] = seed  # of the first run; every run's seed is under "runs"
+        meta["runs"] = [run_info]
+    tmp = meta_path.with_suffix(".json.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(meta, fh, indent=2, sort_keys=True)
+    os.replace(tmp, meta_path)
+
+    candidates = stratified_candidates(space, n, seed, strata)
+    done = {row.get("candidate_id") for row in read_measurements(out) if row.get("latency_ms") is not None}
+    todo = [(i, c) for i, c in enumerate(candidates) if c.id not in done]
+    result = ProfileResult(out, candidates, 0, len(candidates) - len(todo), 0, {"build": 0.0, "measure": 0.0})
+    rows_path = out / MEASUREMENTS_FILE
+    if rows_path.exists() and rows_path.stat().st_size:
+        with open(rows_path, "rb") as fh:  # a line cut by a crash must not swallow the next row
+            fh.seek(-1, os.SEEK_END)
+            if fh.read(1) != b"\n":
+                with open(rows_path, "a", encoding="utf-8") as fa:
+                    fa.write("\n")
+    run_no = len(meta["runs"]) - 1
+    group_no = 0
+    with tqdm(total=len(candidates), initial=result.skipped, desc=f"profile {space.name} on {target.name}", unit="model",
+              disable=not progress, dynamic_ncols=True) as bar:
+        for start in range(0, len(todo), group_size):
+            group = todo[start:start + group_size]
+            t0 = time.perf_counter()
+            runnables = []
+            for _, cand in group:
+                runnables.append(target.build(cand, space=space))
+                result.builds += 1
+            t1 = time.perf_counter()
+            measurements = target.measure(runnables, protocol=protocol)
+            t2 = time.perf_counter()
+            result.seconds["build"] += t1 - t0
+            result.seconds["measure"] += t2 - t1
+            stamp = _now()
+            lines = []
+            for (index, cand), runnable, m in zip(group, runnables, measurements):
+                row = {
+                    "schema_version": SCHEMA_VERSION,
+                    "candidate_id": cand.id,
+                    "candidate": cand.to_json(),
+                    "index": index,
+                    "seed": seed,
+                    "run": run_no,
+                    "group": group_no,
+                    **{k: v for k, v in m.to_json().items() if k != "name"},
+                    "build_s": dict(getattr(runnable, "build_s", {}) or {}),
+                    "quantized_layers": len(getattr(runnable, "quantized_layers", ()) or ()),
+                    "timestamp": stamp,
+                }
+                lines.append(json.dumps(row, sort_keys=True) + "\n")
+            with open(rows_path, "a", encoding="utf-8") as fh:
+                fh.writelines(lines)
+                fh.flush()
+                os.fsync(fh.fileno())
+            result.measured += len(group)
+            group_no += 1
+            del runnables
+            bar.update(len(group))
+            bar.set_postfix(build_s=f"{(t1 - t0) / len(group):.2f}", measure_s=f"{(t2 - t1) / len(group):.2f}")
+    return result

@@ -1,0 +1,211 @@
+"""The standalone mobilenet network: structure = layer IR, physical channel pruning, exact masks."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from tritune.spaces import LayerCompression, create
+from tritune.spaces.compression import parse_pattern
+from tritune.spaces.mobilenet import CHANNEL_MULTIPLE, SLOT_INDEX, SLOTS, pruned_channels
+from tritune.spaces.mobilenet_net import build_subnet, effective_channels, input_shape, magnitude_mask, trace_layers
+
+FIELDS = ("op", "in_channels", "out_channels", "in_h", "kernel", "stride", "groups", "act")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _without_channel(candidate):
+    plan = [LayerCompression("dense", 0.0, c.w_bits, c.a_bits) if c.pattern == "channel" else c for c in candidate.compression]
+    return candidate.replace(compression=plan)
+
+
+def _ir_rows(layers):
+    return [tuple(getattr(L, f) for f in FIELDS) for L in layers]
+
+
+def _traced_rows(net, shape):
+    return [tuple(r[f] for f in FIELDS) for r in trace_layers(net, shape)]
+
+
+def _assert_structure(net, layers, shape):
+    traced = trace_layers(net, shape)
+    assert [tuple(r[f] for f in FIELDS) for r in traced] == _ir_rows(layers)
+    # weighted layers and pools are named after the IR layers (adds/muls have graph names)
+    for r, L in zip(traced, layers):
+        if L.op in ("conv", "dwconv", "linear", "global_pool"):
+            assert r["name"] == L.name
+        if "input_channels_seen" in r:  # the tensor flowing in really has that many channels
+            assert r["input_channels_seen"] == L.in_channels
+
+
+def test_structure_equals_ir_for_50_small_candidates():
+    space = create("mobilenet-small")
+    rng = np.random.default_rng(0)
+    with_channel = 0
+    for i in range(50):
+        cand = space.sample(rng)
+        if i % 2:  # no channel pruning: the module must be space.layers exactly
+            cand = _without_channel(cand)
+            assert space.layers(cand) == space.layers(cand)
+            layers = space.layers(cand)
+        else:
+            layers = space.layers(cand)
+            with_channel += any(c.pattern == "channel" for c in cand.compression)
+        net = build_subnet(space, cand, seed=i)
+        _assert_structure(net, layers, input_shape(space, cand))
+        assert not net.training
+    assert with_channel >= 10
+
+
+def test_structure_equals_ir_for_large_candidates():
+    space = create("mobilenet")
+    rng = np.random.default_rng(1)
+    cands = [space.sample(rng) for _ in range(3)] + [space.largest(), space.smallest()]
+    for k, cand in enumerate(cands):
+        net = build_subnet(space, cand)
+        _assert_structure(net, space.layers(cand), input_shape(space, cand))
+        if k == 0:  # one real 224-px-class forward pass
+            with torch.no_grad():
+                y = net(torch.randn(*input_shape(space, cand)))
+            assert y.shape == (1, 1000) and torch.isfinite(y).all()
+
+
+def test_channel_pruning_changes_only_widths_in_the_ir():
+    space = create("mobilenet-small")
+    rng = np.random.default_rng(2)
+    for _ in range(100):
+        cand = space.sample(rng)
+        phys = space.layers(cand)
+        plain = space.layers(_without_channel(cand))
+        eff = effective_channels(space, cand)
+        by_name = {L.name: L for L in phys}
+        for name, channels in eff.items():
+            assert by_name[name].out_channels == channels
+        # only channel-related fields change (and first.add may disappear)
+        names = [L.name for L in plain]
+        assert [L.name for L in phys] == [n for n in names if n in by_name]
+        for L, P in zip([L for L in plain if L.name in by_name], phys):
+            assert (L.op, L.kernel, L.stride, L.in_h, L.act, L.w_bits, L.a_bits, L.slot) == (P.op, P.kernel, P.stride, P.in_h, P.act, P.w_bits, P.a_bits, P.slot)
+
+
+def test_effective_channels_keys_are_the_active_slots():
+    space = create("mobilenet-small")
+    cand = space.sample(np.random.default_rng(3))
+    eff = effective_channels(space, cand)
+    slot_layers = [L.name for L in space.layers(cand) if L.slot >= 0]
+    assert sorted(eff) == sorted(slot_layers)
+    assert all(name in SLOT_INDEX for name in eff)
+    assert eff["classifier"] == space.num_classes
+
+
+@pytest.mark.parametrize("channels,sparsity,kept", [(40, 0.75, 12), (24, 0.9, 4), (1280, 0.9, 128), (96, 0.5, 48), (16, 0.75, 4), (72, 0.9, 8)])
+def test_pruned_channel_rule(channels, sparsity, kept):
+    assert pruned_channels(channels, sparsity) == kept
+    assert kept % CHANNEL_MULTIPLE == 0
+    removed_exact = math.floor(sparsity * channels + 0.5)
+    assert abs((channels - kept) - removed_exact) <= CHANNEL_MULTIPLE // 2 or kept == CHANNEL_MULTIPLE
+
+
+def _all_channel(space, cand, sparsity):
+    plan = []
+    for (name, role, k), comp in zip(SLOTS, cand.compression):
+        opt = LayerCompression("channel", sparsity, 32, 32)
+        plan.append(opt if opt in space.menu.options(role, k) else LayerCompression())
+    return cand.replace(compression=plan)
+
+
+def test_channel_pruning_physically_shrinks_the_network():
+    space = create("mobilenet-small")
+    cand = space.validate(space.largest())
+    dense = cand.replace(compression=[LayerCompression()] * len(SLOTS))
+    pruned = _all_channel(space, cand, 0.75)
+    assert sum(c.pattern == "channel" for c in pruned.compression) > 10
+    net_d, net_p = build_subnet(space, dense), build_subnet(space, pruned)
+    params = lambda net: sum(p.numel() for p in net.parameters())  # noqa: E731
+    assert params(net_p) < 0.5 * params(net_d)
+    eff = effective_channels(space, pruned)
+    nominal = {L.name: L.out_channels for L in space.layers(dense)}
+    for name, channels in eff.items():
+        role = SLOTS[SLOT_INDEX[name]][1]
+        if role in ("conv", "stem", "linear"):
+            assert channels == pruned_channels(nominal[name], 0.75) < nominal[name]
+    # the consumers shrink with the producers
+    blk = net_p.s0.b0
+    assert blk.expand.conv.out_channels == blk.dw.conv.in_channels == blk.dw.conv.groups == blk.project.conv.in_channels
+    assert net_p.final_expand.conv.out_channels == net_p.feature_mix.linear.in_features
+    assert net_p.feature_mix.linear.out_features == net_p.classifier.linear.in_features
+    assert net_p.stem.conv.out_channels == net_p.first.dw.conv.in_channels
+    # a pruned stem no longer matches the first block's width: no residual sum there
+    assert not net_p.first.residual and net_d.first.residual
+    assert "first.add" not in [L.name for L in space.layers(pruned)]
+    # SE bottleneck keeps its nominal width; its input/output follow the pruned expand
+    se_block = net_p.s1.b0
+    assert se_block.se.reduce.conv.in_channels == se_block.expand.conv.out_channels == se_block.se.expand.conv.out_channels
+    with torch.no_grad():
+        assert net_p(torch.randn(*input_shape(space, pruned))).shape == (1, 10)
+
+
+PATTERNS = ["unstructured", "nm2:4", "nm1:4", "nm2:8", "block4x1", "block8x1", "block16x1", "block1x4", "kernel_pattern", "gather_scatter"]
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+@pytest.mark.parametrize("shape", [(48, 24, 1, 1), (32, 16, 3, 3), (20, 40)])
+def test_magnitude_masks_have_the_exact_ratio(pattern, shape):
+    w = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    for sparsity in (0.5, 0.75, 0.9):
+        keep = magnitude_mask(w, pattern, sparsity)
+        spec = parse_pattern(pattern)
+        s = 1 - spec.n / spec.m if spec.family == "nm" else sparsity
+        assert int((~keep).sum()) == math.floor(s * w.numel() + 0.5)
+        # by magnitude: the kept weights are the strong ones on average
+        assert w.abs()[keep].mean() > w.abs()[~keep].mean()
+        if spec.family in ("unstructured", "gather_scatter"):
+            assert w.abs()[~keep].max() <= w.abs()[keep].min()
+    if parse_pattern(pattern).family == "nm" and shape[1] % parse_pattern(pattern).m == 0:
+        spec = parse_pattern(pattern)
+        w4 = keep.reshape(shape[0], shape[1], -1).permute(0, 2, 1).reshape(shape[0], -1, spec.m)
+        assert (w4.sum(-1) == spec.n).all()  # N of every M kept
+
+
+def test_masks_are_applied_and_zeros_stay_zeros():
+    space = create("mobilenet-small")
+    cand = space.sample(np.random.default_rng(5))
+    net = build_subnet(space, cand)
+    modules = dict(net.named_modules())
+    checked = 0
+    for L in space.layers(cand):
+        if L.slot < 0 or not L.has_weights or L.sparsity == 0 or L.pattern in ("dense", "channel"):
+            continue
+        m = modules[L.name]
+        w = (m.conv if hasattr(m, "conv") else m.linear).weight
+        assert int((w == 0).sum()) == math.floor(L.sparsity * w.numel() + 0.5)
+        checked += 1
+    assert checked >= 10
+
+
+def test_weights_are_deterministic_and_seeded():
+    space = create("mobilenet-small")
+    cand = space.sample(np.random.default_rng(6))
+    a, b, c = build_subnet(space, cand, seed=0), build_subnet(space, cand, seed=0), build_subnet(space, cand, seed=1)
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+
+
+def test_rejects_other_spaces():
+    nb = create("nb201")
+    cand = nb.sample(np.random.default_rng(0))
+    with pytest.raises(ValueError, match="mobilenet"):
+        build_subnet(nb, cand)
+    small = create("mobilenet-small")
+    with pytest.raises(ValueError):
+        build_subnet(small, create("mobilenet").sample(np.random.default_rng(0)))

@@ -1,0 +1,156 @@
+"""Profiling: stratified coverage, rows + metadata, resume without rebuilding, refusing mixed setups."""
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from tritune.spaces import create
+from tritune.targets.measure import Protocol
+from tritune.targets.ort_cpu import OrtCpuTarget
+from tritune.targets.profiling import (
+    METADATA_FILE,
+    MEASUREMENTS_FILE,
+    SCHEMA_VERSION,
+    ProfileMismatchError,
+    coverage,
+    profile,
+    read_measurements,
+    stratified_candidates,
+)
+
+TINY = Protocol(threads=1, warmup=1, rounds=2, runs_per_round=3)
+
+
+class CountingTarget(OrtCpuTarget):
+    """The real target, counting builds."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.builds = 0
+
+    def build(self, candidate, space=None, input_shape=None, **kw):
+        self.builds += 1
+        return super().build(candidate, space=space, input_shape=input_shape, **kw)
+
+
+def test_stratified_sample_covers_every_choice():
+    space = create("mobilenet-small")
+    cands = stratified_candidates(space, 60, seed=0)
+    assert len({c.id for c in cands}) == 60
+    cov = coverage(space, cands)
+    # architecture: every choice, balanced within one per gene (resolution, width are per candidate)
+    assert set(cov["resolution"]) == set(space.resolutions) and max(cov["resolution"].values()) - min(cov["resolution"].values()) <= 1
+    assert set(cov["width"]) == set(space.widths) and max(cov["width"].values()) - min(cov["width"].values()) <= 1
+    for group, choices in (("depth", space.depths), ("kernel", space.kernels), ("expand", space.expands)):
+        assert set(cov[group]) == set(choices)
+        assert min(cov[group].values()) >= 0.2 * sum(cov[group].values()) / len(choices)
+    # compression: every pattern, ratio and bit-width of the menu; all-float and all-low-bit mixes
+    assert set(cov["pattern"]) == set(space.menu.patterns)
+    assert set(cov["w_bits"]) == set(space.menu.w_bits) and set(cov["a_bits"]) == set(space.menu.a_bits)
+    assert set(cov["sparsity"]) == {0.0, *space.menu.sparsities}
+    assert cov["quantized_fraction"][0.0] >= 3 and cov["quantized_fraction"][1.0] >= 3
+
+
+def test_stratified_sample_is_deterministic_and_prefix_stable():
+    space = create("mobilenet-small")
+    a = stratified_candidates(space, 30, seed=4)
+    assert stratified_candidates(space, 30, seed=4) == a
+    assert stratified_candidates(space, 12, seed=4) == a[:12]
+    assert stratified_candidates(space, 12, seed=5) != a[:12]
+    with pytest.raises(ValueError, match="strata"):
+        stratified_candidates(space, 3, strata=("colour",))
+
+
+def test_profile_writes_rows_and_resumes_without_rebuilding(tmp_path):
+    space = create("mobilenet-small")
+    target = CountingTarget()
+    res = profile(target, space, 3, tmp_path, seed=1, protocol=TINY, group_size=2, progress=False)
+    assert target.builds == 3 and res.measured == 3 and res.skipped == 0
+    rows = read_measurements(tmp_path)
+    assert len(rows) == 3
+    ids = [c.id for c in stratified_candidates(space, 3, seed=1)]
+    assert [r["candidate_id"] for r in rows] == ids
+    for row in rows:
+        for key in ("candidate", "latency_ms", "spread", "round_medians_ms", "timestamp", "median_ms", "p10_ms", "p90_ms", "build_s"):
+            assert key in row, key
+        assert row["latency_ms"] > 0 and len(row["round_medians_ms"]) == 2
+        assert row["candidate"]["space"] == "mobilenet-small"
+    meta = json.loads((tmp_path / METADATA_FILE).read_text())
+    assert meta["schema_version"] == SCHEMA_VERSION
+    assert meta["target"]["name"] == "ort-cpu" and meta["target"]["fingerprint"]["threads"] == 1
+    assert meta["space"] == {"name": "mobilenet-small", "config": json.loads(json.dumps(space.config()))}
+    assert meta["protocol"] == TINY.to_json() and meta["tritune_version"]
+    assert meta["runs"][0]["seed"] == 1
+
+    # same arguments: nothing rebuilt
+    target.builds = 0
+    res = profile(target, space, 3, tmp_path, seed=1, protocol=TINY, group_size=2, progress=False)
+    assert target.builds == 0 and res.skipped == 3 and res.measured == 0
+    assert len(read_measurements(tmp_path)) == 3
+    # a larger n extends the same (prefix-stable) list: only the new candidate is built
+    res = profile(target, space, 4, tmp_path, seed=1, protocol=TINY, group_size=2, progress=False)
+    assert target.builds == 1 and res.skipped == 3
+    assert len(read_measurements(tmp_path)) == 4
+    assert len(json.loads((tmp_path / METADATA_FILE).read_text())["runs"]) == 3
+
+    # the command line on the same directory: everything already measured
+    from tritune.cli.profile import add_parser
+
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["profile", "--target", "ort-cpu", "--space", "mobilenet-small", "--n", "4", "--out", str(tmp_path),
+                              "--seed", "1", "--rounds", "2", "--runs-per-round", "3", "--warmup", "1", "--group-size", "2", "--quiet"])
+    assert args.func(args) == 0
+    assert len(read_measurements(tmp_path)) == 4
+
+
+def _seed_metadata(tmp_path, space, target):
+    """A metadata file as profile() writes it, without measuring anything."""
+    meta = {
+        "schema_version": SCHEMA_VERSION, "tritune_version": "0",
+        "target": {"name": target.name, "fingerprint": json.loads(json.dumps(target.fingerprint()))},
+        "space": {"name": space.name, "config": json.loads(json.dumps(space.config()))},
+        "protocol": TINY.to_json(), "runs": [],
+    }
+    (tmp_path / METADATA_FILE).write_text(json.dumps(meta))
+    return meta
+
+
+class NeverBuilds(OrtCpuTarget):
+    def build(self, *a, **k):  # pragma: no cover - must not be reached
+        raise AssertionError("a mismatched profile must be refused before building")
+
+
+def test_mismatched_metadata_is_refused(tmp_path):
+    space = create("mobilenet-small")
+    target = NeverBuilds()
+    meta = _seed_metadata(tmp_path, space, target)
+
+    meta["target"]["fingerprint"]["version"] = "0.0.1"  # another onnxruntime
+    (tmp_path / METADATA_FILE).write_text(json.dumps(meta))
+    with pytest.raises(ProfileMismatchError, match="fingerprint differs in version"):
+        profile(target, space, 2, tmp_path, protocol=TINY, progress=False)
+
+    _seed_metadata(tmp_path, space, target)
+    other_space = create("mobilenet-small", resolutions=(28, 32))
+    with pytest.raises(ProfileMismatchError, match="space config differs in resolutions"):
+        profile(target, other_space, 2, tmp_path, protocol=TINY, progress=False)
+    with pytest.raises(ProfileMismatchError, match="threads"):
+        profile(OrtCpuTarget(threads=2), space, 2, tmp_path, protocol=Protocol(threads=2, warmup=1, rounds=2, runs_per_round=3),
+                progress=False)
+    with pytest.raises(ProfileMismatchError, match="protocol"):
+        profile(target, space, 2, tmp_path, protocol=Protocol(), progress=False)
+    assert not (tmp_path / MEASUREMENTS_FILE).exists()
+
+
+def test_truncated_last_line_is_tolerated(tmp_path):
+    (tmp_path / MEASUREMENTS_FILE).write_text('{"candidate_id": "a", "latency_ms": 1.0}\n{"candidate_id": "b", "lat')
+    rows = read_measurements(tmp_path)
+    assert [r["candidate_id"] for r in rows] == ["a"]
+
+
+def test_unsupported_space_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="does not support space 'nb201'"):
+        profile(NeverBuilds(), create("nb201"), 2, tmp_path, protocol=TINY, progress=False)
