@@ -1,4 +1,4 @@
-"""The ``tritune`` command line: search, spaces, results, profile."""
+"""The ``tritune`` command line: search, spaces, results, profile, predict."""
 from __future__ import annotations
 
 import argparse
@@ -97,9 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", action="store_true", help="also print the layer IR")
     p.set_defaults(func=_cmd_spaces)
 
+    from .predict import add_parser as add_predict_parser
     from .profile import add_parser as add_profile_parser
 
     add_profile_parser(sub)
+    add_predict_parser(sub)
 
     p = sub.add_parser("results", help="show the Pareto front of a run")
     p.add_argument("action", choices=("show",))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -24,7 +25,14 @@ EvaluateFn = Callable[[Candidate], Any]  # returns an object with .status, .metr
 
 
 def _worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """``host:pid`` of the evaluating process; inside Ray the host is the Ray node's IP."""
+    host = socket.gethostname()
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            host = ray.util.get_node_ip_address()
+    return f"{host}:{os.getpid()}"
 
 
 class InProcessExecutor:
@@ -128,6 +136,16 @@ def _searcher_class():
     return StrategySearcher
 
 
+def _loopback_only() -> None:
+    """Keep a local Ray on 127.0.0.1. Ray binds a single-node cluster to the machine's outward
+    address unless clusters are switched off (its own switch for laptops); a local search has
+    no business listening on the network. Processes Ray starts inherit the environment."""
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    from ray._private import ray_constants  # read at import time; ray may be imported already
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
 class RayExecutor:
     name = "ray"
 
@@ -149,7 +167,8 @@ class RayExecutor:
         if self.address:
             ray.init(address=self.address, **kwargs)
         else:
-            ray.init(num_cpus=self.workers, _node_ip_address="127.0.0.1", **kwargs)
+            _loopback_only()
+            ray.init(num_cpus=self.workers, **kwargs)
         return True
 
     def run(self, driver: SearchDriver, job_json: str) -> None:

@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import pytest
+import ray
 
 from tritune.search.job import Job
 from tritune.search.run import run_search
 
 from .test_search_run import job_dict, trial_sequence
-
-ray = pytest.importorskip("ray")
 
 
 @pytest.mark.parametrize("strategy", [{"name": "evolution", "population": 8, "sample_size": 3}, {"name": "nsga2", "population_size": 8}])
@@ -21,3 +20,4 @@ def test_ray_tune_runs_the_same_trials_as_in_process(tmp_path, strategy):
     assert [r.metrics for r in remote.records] == [r.metrics for r in local.records]
     workers = {r.worker for r in remote.records}
     assert len(workers) >= 2, f"expected evaluations on more than one Ray worker process, got {workers}"
+    assert all(w.startswith("127.0.0.1:") for w in workers), f"local Ray must stay on loopback, got {workers}"
