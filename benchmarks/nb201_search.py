@@ -48,8 +48,22 @@ def true_front(device: str, data: str | None) -> dict:
     return {"indices": sorted(int(i) for i in front_idx), "reference": ref, "hv": hv}
 
 
+def parse_strategy(label: str) -> dict:
+    """``predictor`` or ``predictor:acquisition=pnd,n_initial=30`` -> a job's strategy field."""
+    name, _, opts = label.partition(":")
+    strategy: dict = {"name": name}
+    for pair in filter(None, opts.split(",")):
+        key, _, value = pair.partition("=")
+        try:
+            strategy[key] = json.loads(value)
+        except json.JSONDecodeError:
+            strategy[key] = value
+    return strategy
+
+
 def one_run(args: tuple) -> dict:
-    strategy, device, seed, budget, batch_size, data = args
+    label, device, seed, budget, batch_size, data = args
+    strategy = parse_strategy(label)
     from tritune.search.job import Job
     from tritune.search.run import run_search
     from tritune.spaces import create
@@ -59,7 +73,7 @@ def one_run(args: tuple) -> dict:
     if data:
         acc_ev["path"] = lat_ev["path"] = data
     job = Job.from_dict({
-        "name": f"{strategy}-{device}-{seed}", "space": "nb201", "evaluators": [acc_ev, lat_ev],
+        "name": f"{strategy['name']}-{device}-{seed}", "space": "nb201", "evaluators": [acc_ev, lat_ev],
         "objectives": [{"metric": "accuracy", "direction": "maximize"}, {"metric": "latency", "direction": "minimize"}],
         "strategy": strategy, "budget": {"evaluations": budget}, "batch_size": batch_size, "seed": seed,
     })
@@ -69,7 +83,7 @@ def one_run(args: tuple) -> dict:
         result = run_search(job, run_dir=Path(tmp) / "run", progress=False)
         wall = time.perf_counter() - t0
     evaluated = [(space.index(r.candidate), r.metrics["accuracy"], r.metrics["latency"]) for r in result.records if r.status == "complete"]
-    return {"strategy": strategy, "device": device, "seed": seed, "evaluated": evaluated, "wall_s": wall}
+    return {"strategy": label, "device": device, "seed": seed, "evaluated": evaluated, "wall_s": wall}
 
 
 def score(evaluated: list, truth: dict, budget: int) -> tuple[float, float]:
@@ -85,7 +99,7 @@ def score(evaluated: list, truth: dict, budget: int) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES))
+    parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), help="names, optionally with options: predictor:acquisition=pnd")
     parser.add_argument("--devices", nargs="+", default=list(DEVICES))
     parser.add_argument("--budgets", nargs="+", type=int, default=[50, 100, 300])
     parser.add_argument("--seeds", type=int, default=10)

@@ -83,8 +83,9 @@ def plot_pareto(records: Sequence[TrialRecord], problem: Problem, path: Path, ti
         ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-" if len(names) == 2 else "o", color="tab:red", ms=4, lw=1, label=f"Pareto front ({len(best)})")
         if k is not None:
             ax.scatter([k.metrics[xi]], [k.metrics[yi]], s=120, facecolors="none", edgecolors="black", label="knee")
-        ax.set_xlabel(f"{xi} ({problem.directions[i][:3]})")
-        ax.set_ylabel(f"{yi} ({problem.directions[j][:3]})")
+        better = {"maximize": "higher is better", "minimize": "lower is better"}
+        ax.set_xlabel(f"{xi} ({better[problem.directions[i]]})")
+        ax.set_ylabel(f"{yi} ({better[problem.directions[j]]})")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     if not pairs:

@@ -326,10 +326,10 @@ def random_mean_hv() -> float:
 # is on par with random search at 100 evaluations: one random generation plus one generation of
 # children. With the latency budget, the screened suggestions it learns from for free let it
 # progress further; see the report in the strategy module.)
-QUALITY_CASES = [("evolution", {}), ("nsga2", {}), ("tpe", {}), ("predictor", {})]
+QUALITY_CASES = [("evolution", {}), ("nsga2", {}), ("tpe", {}), ("predictor", {}), ("predictor", {"acquisition": "hv"})]
 
 
-@pytest.mark.parametrize(("name", "opts"), QUALITY_CASES, ids=[n for n, _ in QUALITY_CASES])
+@pytest.mark.parametrize(("name", "opts"), QUALITY_CASES, ids=[n + "".join(f"-{v}" for v in o.values()) for n, o in QUALITY_CASES])
 def test_beats_random_search(name: str, opts: dict) -> None:
     """Latency budget + latency oracle, 100 evaluations, mean hypervolume over 5 seeds."""
     baseline = random_mean_hv()
@@ -386,3 +386,8 @@ def test_direct_construction_rejects_bad_options() -> None:
         NSGA2Strategy(SPACE, PROBLEM, population=3)  # type: ignore[call-arg]
     with pytest.raises(ValueError, match="crowded_tournament"):
         NSGA2Strategy(SPACE, PROBLEM, crowded_tournament="yes")  # type: ignore[arg-type]
+
+
+def test_predictor_rejects_unknown_acquisition() -> None:
+    with pytest.raises(ValueError, match=r"acquisition='ei' not allowed; allowed: hv, pnd"):
+        create_strategy("predictor", SPACE, PROBLEM, acquisition="ei")
