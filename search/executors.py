@@ -25,14 +25,15 @@ EvaluateFn = Callable[[Candidate], Any]  # returns an object with .status, .metr
 
 
 def _worker_name() -> str:
-    """``host:pid`` of the evaluating process; inside Ray the host is the Ray node's IP."""
-    host = socket.gethostname()
+    """``host:pid`` of the evaluating process; inside Ray ``ip:pid@node`` (the Ray node's IP and
+    the first 8 hex digits of its node id, which tells apart nodes sharing one IP)."""
     if "ray" in sys.modules:
         import ray
 
         if ray.is_initialized():
-            host = ray.util.get_node_ip_address()
-    return f"{host}:{os.getpid()}"
+            node = ray.get_runtime_context().get_node_id()[:8]
+            return f"{ray.util.get_node_ip_address()}:{os.getpid()}@{node}"
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 class InProcessExecutor:
@@ -168,7 +169,9 @@ class RayExecutor:
             ray.init(address=self.address, **kwargs)
         else:
             _loopback_only()
-            ray.init(num_cpus=self.workers, **kwargs)
+            # "local" starts a fresh Ray even when `ray start` left a cluster on this machine
+            # (ray.init() would otherwise join it and refuse num_cpus).
+            ray.init(address="local", num_cpus=self.workers, **kwargs)
         return True
 
     def run(self, driver: SearchDriver, job_json: str) -> None:
