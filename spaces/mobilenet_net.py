@@ -11,8 +11,9 @@ its weights:
   (and their plan slots) to ONNX nodes, e.g. to quantize only some layers.
 * ``channel`` pruning is *physical*: the layer has fewer output filters and its consumers fewer
   input channels (the IR already shows the kept widths, see `effective_channels`). Every other sparsity pattern
-  is a magnitude mask of the pattern's exact ratio on the random weights (`magnitude_mask`):
-  the zeros are real, the shapes stay dense, which is what a dense runtime executes anyway.
+  is a magnitude mask with the pattern's exact structure and nearest achievable ratio on the random
+  weights (`tritune.kernels.patterns.make_mask`): the zeros are real, the shapes stay dense, which
+  is what a dense runtime executes anyway.
 * Weights are random, seeded and deterministic (same space, candidate and seed -> same tensors).
 
 Channel pruning is decided by the space: `MobileNetSpace.layers` already gives the physical
@@ -28,10 +29,10 @@ import operator
 import zlib
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
+from ..kernels.patterns import make_mask
 from .candidate import Candidate
 from .compression import parse_pattern
 from .layers import LayerSpec
@@ -59,85 +60,6 @@ def effective_channels(space: MobileNetSpace, candidate: Candidate) -> dict[str,
     IR, which already applies `pruned_channels`)."""
     space, cand = _check(space, candidate)
     return {layer.name: layer.out_channels for layer in space.layers(cand) if layer.slot >= 0}
-
-
-# ----- sparsity masks -------------------------------------------------------------------------
-def magnitude_mask(weight: torch.Tensor, pattern: str, sparsity: float) -> torch.Tensor:
-    """Boolean keep-mask zeroing exactly ``round(s * numel)`` weights in the pattern's structure.
-
-    ``weight`` is ``[out, in, kh, kw]`` (conv) or ``[out, in]`` (linear). Groups are scored by
-    magnitude (L1) and the weakest are pruned:
-
-    * ``unstructured``, ``gather_scatter``: single weights (gather-scatter kernels index
-      individual non-zeros along the reduction axis; the mask structure is irrelevant to a dense
-      runtime);
-    * ``nmN:M``: in every run of M consecutive input channels (per output filter and tap) the
-      M-N smallest; the ratio is then 1 - N/M, whatever ``sparsity`` says;
-    * ``blockRxC``: blocks of R output filters x C input channels (per tap);
-    * ``kernel_pattern``: each k x k kernel keeps its 4 strongest taps (PatDNN-style patterns),
-      then whole kernels (connectivity pruning) are dropped weakest first;
-    * ``dense`` / ``channel``: nothing (channel pruning is physical, see `tritune.spaces.mobilenet.pruned_channels`).
-
-    Then single weights are pruned (weakest surviving) or restored (strongest pruned) until the
-    count is exact, so the ratio is exact even where a structure does not divide the shape."""
-    spec = _parse(pattern)
-    if spec.family in ("dense", "channel"):
-        return torch.ones_like(weight, dtype=torch.bool)
-    if spec.family == "nm":
-        sparsity = 1.0 - spec.n / spec.m
-    w = weight.detach().abs().float()
-    w4 = w.reshape(w.shape[0], w.shape[1], -1) if w.dim() >= 2 else w.reshape(1, -1, 1)  # [O, I, T]
-    O, I, T = w4.shape
-    k = int(math.floor(sparsity * w.numel() + 0.5))
-    keep = torch.ones_like(w4, dtype=torch.bool)
-    if spec.family == "nm":
-        pad = (-I) % spec.m
-        padded = torch.cat([w4, torch.full((O, pad, T), float("inf"))], 1) if pad else w4
-        groups = padded.permute(0, 2, 1).reshape(O, T, -1, spec.m)  # [O, T, I/M, M]
-        weakest = groups.topk(spec.m - spec.n, dim=-1, largest=False).indices
-        drop = torch.zeros_like(groups, dtype=torch.bool)
-        drop.scatter_(-1, weakest, True)
-        drop = drop.reshape(O, T, -1)[:, :, :I].permute(0, 2, 1)
-        keep = ~drop
-    elif spec.family == "block":
-        R, C = spec.rows, spec.cols
-        pad_o, pad_i = (-O) % R, (-I) % C
-        padded = torch.nn.functional.pad(w4.permute(2, 0, 1), (0, pad_i, 0, pad_o))  # [T, O', I']
-        Tn, Op, Ip = padded.shape
-        scores = padded.reshape(Tn, Op // R, R, Ip // C, C).sum(dim=(2, 4))  # [T, O'/R, I'/C]
-        n_blocks = int(math.floor(k / (R * C)))
-        drop_blocks = torch.zeros(scores.numel(), dtype=torch.bool)
-        if n_blocks:
-            drop_blocks[scores.flatten().topk(n_blocks, largest=False).indices] = True
-        drop = drop_blocks.reshape(Tn, Op // R, 1, Ip // C, 1).expand(Tn, Op // R, R, Ip // C, C).reshape(Tn, Op, Ip)
-        keep = ~drop[:, :O, :I].permute(1, 2, 0)
-    elif spec.family == "kernel_pattern":
-        if T > 4:
-            keep = torch.ones_like(w4, dtype=torch.bool)
-            keep.scatter_(-1, w4.topk(T - 4, dim=-1, largest=False).indices, False)
-        kept_per_kernel = keep.sum(-1)
-        norms = (w4 * keep).sum(-1).flatten()
-        zeros = int((~keep).sum())
-        for idx in norms.argsort().tolist():  # connectivity pruning, weakest kernel first
-            if zeros >= k:
-                break
-            o, i = divmod(idx, I)
-            keep[o, i] = False
-            zeros += int(kept_per_kernel[o, i])
-    keep = keep.reshape(-1)
-    flat = w.reshape(-1)
-    zeros = int((~keep).sum())
-    if zeros < k:  # prune the weakest survivors
-        alive = keep.nonzero().flatten().numpy()
-        vals = flat.numpy()[alive]
-        extra = alive[np.argpartition(vals, k - zeros - 1)[: k - zeros]] if k - zeros < vals.size else alive
-        keep[torch.from_numpy(extra)] = False
-    elif zeros > k:  # restore the strongest pruned weights
-        dead = (~keep).nonzero().flatten().numpy()
-        vals = -flat.numpy()[dead]
-        back = dead[np.argpartition(vals, zeros - k - 1)[: zeros - k]] if zeros - k < vals.size else dead
-        keep[torch.from_numpy(back)] = True
-    return keep.reshape(weight.shape)
 
 
 # ----- modules --------------------------------------------------------------------------------
@@ -305,7 +227,7 @@ def _build(space: MobileNetSpace, cand: Candidate, seed: int) -> MobileNetSubnet
                 continue
             module = modules[layer.name]
             op = module.conv if isinstance(module, ConvAct) else module.linear
-            op.weight.mul_(magnitude_mask(op.weight, layer.pattern, layer.sparsity))
+            op.weight.mul_(make_mask(op.weight, layer.pattern, layer.sparsity))
     return net.eval().requires_grad_(False)
 
 
