@@ -80,5 +80,24 @@ def _latency(target: str | Target | None = None, metric: str = "latency", cheap:
     return TargetLatency(built, metric=metric, cheap=cheap)
 
 
+def _lazy(module: str, name: str, kind: str) -> Callable[..., Evaluator]:
+    """A factory importing its class on first use (torch is only loaded by jobs that need it)."""
+
+    def factory(**options: Any) -> Evaluator:
+        import importlib
+
+        cls = getattr(importlib.import_module(f"{__package__}.{module}"), name)
+        _check_options(kind, cls, options)
+        return cls(**options)
+
+    return factory
+
+
 register_evaluator("nb201-accuracy", TabularAccuracy, "NAS-Bench-201 test accuracy from the NATS-Bench table (costly query)")
 register_evaluator("latency", _latency, "latency (ms) of a hardware target: target: NAME plus the target's options (cheap)")
+register_evaluator("supernet-accuracy", _lazy("supernet_accuracy", "SupernetAccuracy", "supernet-accuracy"),
+                   "mobilenet accuracy (%) with weights inherited from a supernet checkpoint + BN recalibration (costly)")
+register_evaluator("supernet-finetune", _lazy("supernet_accuracy", "FinetuneAccuracy", "supernet-finetune"),
+                   "mobilenet accuracy (%) after a short fine-tune from supernet weights, compression kept (costly)")
+register_evaluator("predicted-accuracy", _lazy("predicted", "PredictedMetric", "predicted-accuracy"),
+                   "accuracy from a saved accuracy predictor file: path: FILE (cheap)")

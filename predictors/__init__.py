@@ -7,6 +7,7 @@
 * `LayerwiseLatencyPredictor` -- ONNX Runtime CPU latency as a sum of fused-kernel costs (kernels
   from `fusion.kernels` with rules measured on the runtime) plus a per-model correction.
 * `WholeModelPredictor` -- XGBoost on the candidate encoding (``space.encode``), the baseline.
+* `AccuracyPredictor` -- the same model for accuracy (fitted on evaluated candidates).
 * `score_report` -- the error summary every predictor is judged and shipped with.
 * `load(path, expected_fingerprint=None)` -- read any saved predictor (signed JSON, see `io`).
 """
@@ -27,10 +28,11 @@ from .nb201_features import FEATURE_NAMES as NB201_FEATURE_NAMES
 from .nb201_features import nb201_features
 from .ort_layerwise import LayerwiseLatencyPredictor
 from .whole_model import WholeModelPredictor
+from .accuracy import AccuracyPredictor
 from .registry import PREDICTORS, predictor_class, register_predictor
 
 __all__ = [
-    "DEFAULT_RULES", "FusionRules", "KERNEL_TYPES", "Kernel", "KernelBatch", "LayerwiseLatencyPredictor", "WholeModelPredictor",
+    "AccuracyPredictor", "DEFAULT_RULES", "FusionRules", "KERNEL_TYPES", "Kernel", "KernelBatch", "LayerwiseLatencyPredictor", "WholeModelPredictor",
     "detect_fusion_rules", "kernels",
     "DevicePrior", "FORMAT", "FewShotLatencyPredictor", "KEY_FIELDS", "LayerBatch", "LayerwiseTablePredictor",
     "NB201_FEATURE_NAMES", "NotFittedError", "PREDICTORS", "Predictor", "PredictorFileError", "REPORT_KEYS", "SCHEMA",

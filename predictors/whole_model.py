@@ -8,7 +8,7 @@ It knows nothing about which genes are inactive or which layers fuse, so it need
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 import numpy as np
 import xgboost as xgb
@@ -40,6 +40,9 @@ class WholeModelPredictor(Predictor):
     learns from every row."""
 
     kind = "whole-model-latency"
+    #: Regress ``log(y)`` (latency spans decades and is positive); subclasses for bounded
+    #: metrics such as accuracy regress ``y`` itself.
+    log_target: ClassVar[bool] = True
 
     def __init__(self, space: Any = None, n_estimators: int = 600, max_depth: int = 4, learning_rate: float = 0.05,
                  subsample: float = 0.8, colsample_bytree: float = 0.5, min_child_weight: float = 2.0,
@@ -62,7 +65,11 @@ class WholeModelPredictor(Predictor):
                 "seed": self.seed}
 
     def _train(self, E: np.ndarray, y: np.ndarray) -> xgb.Booster:
-        return xgb.train(self._params(), xgb.DMatrix(E, label=np.log(y), nthread=self.nthread), num_boost_round=self.n_estimators)
+        label = np.log(y) if self.log_target else y
+        return xgb.train(self._params(), xgb.DMatrix(E, label=label, nthread=self.nthread), num_boost_round=self.n_estimators)
+
+    def _output(self, raw: np.ndarray) -> np.ndarray:
+        return np.exp(raw) if self.log_target else raw
 
     def fit(self, X: Any, y: Any, space: Any = None, target: Any = None, strata: Any = None) -> "WholeModelPredictor":
         """Learn from candidates ``X`` (or their encodings) and measured values ``y`` (> 0)."""
@@ -73,13 +80,13 @@ class WholeModelPredictor(Predictor):
             raise ValueError(f"WholeModelPredictor.fit: {E.shape[0]} candidates but {y.size} values")
         if y.size < 20:
             raise ValueError("WholeModelPredictor.fit: need at least 20 measured candidates")
-        if not np.all(np.isfinite(y)) or np.any(y <= 0):
-            raise ValueError("WholeModelPredictor.fit: values must be finite and positive (the regressor works in logs)")
+        if not np.all(np.isfinite(y)) or (self.log_target and np.any(y <= 0)):
+            raise ValueError(f"{type(self).__name__}.fit: values must be finite" + (" and positive (the regressor works in logs)" if self.log_target else ""))
         if strata is None:
             strata = E[:, 0] if E.shape[1] else np.zeros(y.size)  # the first gene of mobilenet / ordinal spaces: resolution
         test = stratified_split(np.asarray(strata), self.holdout, self.seed)
         booster = self._train(E[~test], y[~test])
-        held = np.exp(booster.inplace_predict(E[test]))
+        held = self._output(booster.inplace_predict(E[test]))
         self.error_ = {**score_report(y[test], held), "on": f"{int(test.sum())} held-out candidates ({self.holdout:.0%})"}
         self.booster_ = self._train(E, y) if self.refit else booster
         self.n_features_ = int(E.shape[1])
@@ -96,7 +103,7 @@ class WholeModelPredictor(Predictor):
             return np.zeros(0)
         if E.shape[1] != self.n_features_:
             raise ValueError(f"WholeModelPredictor: encodings have {E.shape[1]} columns, the model was fitted on {self.n_features_}")
-        return np.exp(self.booster_.inplace_predict(E)).astype(np.float64)
+        return self._output(self.booster_.inplace_predict(E)).astype(np.float64)
 
     def to_state(self) -> dict[str, Any]:
         if self.booster_ is None:

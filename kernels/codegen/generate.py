@@ -1,0 +1,597 @@
+"""C source for one lowered layer (see `tritune.kernels.codegen.plan`), one function per variant.
+
+Every exported function has the signature ``void tt_run_<variant>(const float *x, float *y,
+float *ws)``: ``x`` the input ``[C, H, W]``, ``y`` the output ``[O, Ho, Wo]`` (both contiguous
+float32, not overlapping), ``ws`` a zero-initialised, 64-byte aligned workspace of
+``tt_workspace_floats()`` floats owned by the caller (the staged input, whose zero border is
+never written, and K-tile partial sums; it must not be shared by two calls running at once).
+
+Design choices, after a feasibility probe on an AVX-512 CPU (issue 4):
+
+* accumulators live in registers for a whole tile of ``nv`` SIMD vectors of pixels and a whole
+  block row (``r`` output channels): each activation vector load feeds ``r`` FMAs, each
+  weight broadcast ``nv`` FMAs; the register code is unrolled here in Python, not left to the
+  compiler;
+* pixel tiles are the outer loop, so the input tile (``K x nv`` vectors) stays in L1/L2 while all
+  block rows stream their weights; with ``k_tile`` the reduction is split into tiles of columns
+  (partial sums of the pixel tile go through a workspace buffer, per thread), which keeps larger
+  pixel tiles in L1 (the probe saw 1.2-2.2x for CSR);
+* ``unroll`` independent accumulator sets break the FMA latency chain when a tile has few
+  accumulators (CSR with small tiles, N:M, kernel patterns without sharing);
+* weights and indices are ``static const`` arrays (bit patterns, smallest integer type), loops
+  are not unrolled over the weights: fully unrolled code with weights as immediates was about
+  2x slower in the probe (instruction cache);
+* bias and the activation are applied when a tile of an output row is stored;
+* the 3x3 kernel-pattern loop runs over the units of one library pattern at a time, so the tap
+  shifts are constants and no per-kernel branch is taken.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .csource import ABI_VERSION, activation, float_array, int_array, prelude
+from .plan import Bsr, Geometry, KernelPattern, Lowered, Nm
+
+#: Most accumulator vectors one tile may hold (AVX-512 has 32 vector registers; the rest hold
+#: the loaded activations and broadcasts).
+MAX_ACCUMULATORS = 28
+#: Bytes of input tile K tiling aims for (L1 data cache of current x86 cores: 32-48 KiB).
+L1_TARGET = 32 * 1024
+
+
+@dataclass(frozen=True)
+class Variant:
+    """Tiling of one generated kernel: ``nv`` SIMD vectors of pixels per tile, ``unroll``
+    independent accumulator sets, ``k_tile`` reduction columns per K tile (kernel_pattern: input
+    channels; 0: no K tiling; not for narrow layers)."""
+
+    nv: int = 2
+    unroll: int = 1
+    k_tile: int = 0
+
+    def __post_init__(self) -> None:
+        for name, lo in (("nv", 1), ("unroll", 1), ("k_tile", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
+                raise ValueError(f"variant.{name}: {value!r} not allowed; allowed: an integer >= {lo}")
+        if self.nv > 16 or self.unroll > 8:
+            raise ValueError(f"variant: nv={self.nv}, unroll={self.unroll} not allowed; allowed: nv <= 16, unroll <= 8")
+
+    @property
+    def name(self) -> str:
+        return f"t{self.nv}u{self.unroll}k{self.k_tile}"
+
+    def to_json(self) -> dict:
+        return {"nv": int(self.nv), "unroll": int(self.unroll), "k_tile": int(self.k_tile)}
+
+    @classmethod
+    def coerce(cls, value: "Variant | dict | None") -> "Variant":
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, dict):
+            unknown = set(value) - {"nv", "unroll", "k_tile"}
+            if unknown:
+                raise ValueError(f"tile: unknown fields {sorted(unknown)}; allowed: nv, unroll, k_tile")
+            return cls(**value)
+        raise ValueError(f"tile: {value!r} not allowed; allowed: a Variant, a dict(nv=, unroll=, k_tile=) or None")
+
+
+def rows_per_tile(low: Lowered) -> int:
+    """Output rows sharing a tile's accumulators (the block height, the pattern share)."""
+    if isinstance(low, Bsr):
+        return low.r
+    if isinstance(low, KernelPattern):
+        return low.share
+    return 1
+
+
+def check_variant(geo: Geometry, low: Lowered, var: Variant) -> None:
+    """Reject a variant the layer cannot run (too many accumulators, K tiling where unsupported)."""
+    rows = rows_per_tile(low)
+    if geo.mode != "narrow" and rows * var.nv * var.unroll > MAX_ACCUMULATORS:
+        raise ValueError(
+            f"tile: nv={var.nv} x unroll={var.unroll} x {rows} rows per tile = {rows * var.nv * var.unroll} "
+            f"accumulator vectors; allowed: at most {MAX_ACCUMULATORS}"
+        )
+    if var.k_tile and geo.mode == "narrow":
+        raise ValueError(f"tile.k_tile: {var.k_tile} not allowed for a narrow (few pixels) layer; allowed: 0")
+
+
+def l1_k_tile(geo: Geometry, low: Lowered, tile_floats: int) -> int:
+    """Reduction columns per K tile so the input tile is about `L1_TARGET` bytes (0: not needed)."""
+    if isinstance(low, KernelPattern):
+        per_channel = tile_floats * 4 * 3  # three row shifts of one channel's plane
+        channels = max(4, L1_TARGET // max(1, per_channel))
+        return channels if channels < geo.cin else 0
+    cols = max(16, (L1_TARGET // (tile_floats * 4)) // 16 * 16)
+    if isinstance(low, Nm):
+        cols = max(low.m, cols // low.m * low.m)
+    return cols if cols < geo.k else 0
+
+
+class _Writer:
+    """Emits the source; one instance per `generate` call."""
+
+    def __init__(self, geo: Geometry, low: Lowered, variants: list[Variant], bias: np.ndarray | None, act: str,
+                 threads: int, vw: int) -> None:
+        self.geo, self.low, self.variants, self.bias, self.act, self.threads, self.vw = geo, low, variants, bias, act, threads, vw
+        self.out: list[str] = []
+
+    # ----- helpers ------------------------------------------------------------------------------
+    def emit(self, *lines: str) -> None:
+        self.out.extend(lines)
+
+    def par(self) -> str:
+        return f"#pragma omp parallel for num_threads({self.threads}) schedule(static)" if self.threads > 1 else ""
+
+    def bias_of(self, row: str) -> str:
+        return f"BIAS[{row}]" if self.bias is not None else "0.0f"
+
+    def tile(self, var: Variant) -> int:
+        return var.nv * self.vw
+
+    @staticmethod
+    def acc(u: int, r: int, v: int) -> str:
+        return f"a{u}_{r}_{v}"
+
+    def declare(self, sets: int, rows: int, nv: int) -> list[str]:
+        names = [self.acc(u, r, v) for u in range(sets) for r in range(rows) for v in range(nv)]
+        return [f"vf {', '.join(names[i:i + 8])};" for i in range(0, len(names), 8)]
+
+    def zero(self, sets: int, rows: int, nv: int, first_set: int = 0) -> list[str]:
+        return [f"{self.acc(u, r, v)} = z_;" for u in range(first_set, sets) for r in range(rows) for v in range(nv)]
+
+    def reduce(self, sets: int, rows: int, nv: int) -> list[str]:
+        lines = []
+        for u in range(1, sets):
+            lines += [f"{self.acc(0, r, v)} += {self.acc(u, r, v)};" for r in range(rows) for v in range(nv)]
+        return lines
+
+    @property
+    def rows_per_tile(self) -> int:
+        return rows_per_tile(self.low)
+
+    def block_rows(self) -> tuple[int, int]:
+        """(full block rows, rows of the last partial block row or 0)."""
+        low, R = self.low, self.rows_per_tile
+        n = low.n_rows if isinstance(low, Bsr) else self.geo.cout
+        return n // R, n % R
+
+    def n_ktiles(self, var: Variant) -> int:
+        if not var.k_tile:
+            return 1
+        low, geo = self.low, self.geo
+        if isinstance(low, Bsr):
+            cols = -(-geo.k // low.c)
+            return max(1, -(-cols // -(-var.k_tile // low.c)))
+        if isinstance(low, KernelPattern):
+            return -(-geo.cin // var.k_tile)
+        groups = -(-geo.k // low.m)
+        return max(1, -(-groups // max(1, var.k_tile // low.m)))
+
+    def planes_floats(self) -> int:
+        geo = self.geo
+        longest = max(-(-geo.q // self.tile(v)) * self.tile(v) for v in self.variants)
+        need = (geo.cin - 1) * geo.ps + geo.max_tap_offset + longest + self.vw
+        return -(-max(need, geo.planes * geo.cin * geo.ps) // 16) * 16
+
+    def partial_floats(self) -> int:
+        """K tiling: partial sums of one pixel tile for every output row, per thread."""
+        tiled = [v for v in self.variants if self.n_ktiles(v) > 1]
+        if not tiled:
+            return 0
+        return self.threads * self.geo.cout * max(self.tile(v) for v in tiled)
+
+    def workspace_floats(self) -> int:
+        return self.pt_offset() + self.partial_floats() + 16
+
+    def pt_offset(self) -> int:
+        return self.planes_floats() if self.geo.mode == "staged" else 0
+
+    # ----- arrays and constants ---------------------------------------------------------------------
+    def arrays(self) -> None:
+        geo, low = self.geo, self.low
+        if self.bias is not None:
+            self.emit(float_array("BIAS", self.bias))
+        if geo.kind == "conv3x3" and not isinstance(low, KernelPattern) and not self.entry_offsets:
+            self.emit(int_array("OFFK", geo.column_offsets(), "int32_t"))
+        if isinstance(low, Bsr):
+            if self.entry_offsets:  # one load less per entry than IDX -> OFFK
+                self.emit(int_array("XOFF", geo.column_offsets()[low.cols.astype(np.int64)], "int32_t"))
+            else:
+                self.emit(int_array("IDX", low.cols))
+            self.emit(int_array("IP", low.indptr, "int32_t"), float_array("WV", low.values))
+            if low.rows is not None:
+                self.emit(int_array("ROWMAP", low.rows))
+                unmapped = np.setdiff1d(np.arange(geo.cout), low.rows)
+                if len(unmapped):
+                    self.emit(int_array("EMPTY", unmapped))
+            for var in self.variants:
+                if self.n_ktiles(var) > 1:
+                    self.emit(int_array(f"KP_{var.name}", self.bsr_kpointers(var), "int32_t"))
+        elif isinstance(low, Nm):
+            self.emit(float_array("NMV", low.values), int_array("NMI", low.indices, "uint8_t"))
+        else:
+            self.emit(int_array("UPTR", low.uptr, "int32_t"), int_array("UOFF", low.uin.astype(np.int64) * geo.ps, "int32_t"),
+                      float_array("UW", low.values))
+            for var in self.variants:
+                if self.n_ktiles(var) > 1:
+                    self.emit(int_array(f"KP_{var.name}", self.kpat_kpointers(var), "int32_t"))
+
+    def kpat_kpointers(self, var: Variant) -> np.ndarray:
+        """Unit ranges per (group, pattern, K tile of input channels): [g, p, kt .. kt + 1]."""
+        low = self.low
+        bounds = np.arange(self.n_ktiles(var) + 1) * var.k_tile
+        out = np.empty((len(low.uptr) - 1, len(bounds)), dtype=np.int64)
+        for gp in range(len(low.uptr) - 1):
+            lo, hi = int(low.uptr[gp]), int(low.uptr[gp + 1])
+            out[gp] = lo + np.searchsorted(low.uin[lo:hi], bounds, side="left")
+        return out.reshape(-1)
+
+    def bsr_kpointers(self, var: Variant) -> np.ndarray:
+        low = self.low
+        per_tile = -(-var.k_tile // low.c)
+        bounds = np.arange(self.n_ktiles(var) + 1) * per_tile
+        out = np.empty((low.n_block_rows, len(bounds)), dtype=np.int64)
+        for b in range(low.n_block_rows):
+            lo, hi = int(low.indptr[b]), int(low.indptr[b + 1])
+            out[b] = lo + np.searchsorted(low.cols[lo:hi], bounds, side="left")
+        return out.reshape(-1)
+
+    def constants(self) -> None:
+        geo = self.geo
+        self.emit(f"#define K {geo.k}", f"#define CI {geo.cin}", f"#define CO {geo.cout}", f"#define HW {geo.hw}",
+                  f"#define HWO {geo.out_pixels}", f"#define WS_FLOATS {self.workspace_floats()}")
+        if geo.mode == "staged":
+            h, w = geo.in_hw
+            self.emit(f"#define H {h}", f"#define W {w}", f"#define WP {geo.wp}", f"#define HQ {geo.hq}",
+                      f"#define PS {geo.ps}", f"#define WO {geo.out_width}", f"#define Q {geo.q}",
+                      )
+        self.emit(f"#define PT_OFF {self.pt_offset()}")
+        if self.threads > 1:
+            self.emit("#include <omp.h>")
+
+    # ----- staging and stores ----------------------------------------------------------------------
+    def stage(self) -> None:
+        """Copy the input into the aligned, zero-bordered planes (see `Geometry`); borders stay zero."""
+        geo = self.geo
+        self.emit("static void stage(const float *restrict x, float *restrict xs) {", self.par(),
+                  "for (int i = 0; i < CI; ++i) {")
+        if geo.kind != "conv3x3":
+            self.emit("memcpy(xs + (size_t)i * PS, x + (size_t)i * HW, HW * sizeof(float));")
+        else:
+            s = geo.stride
+            w, wo = geo.in_hw[1], geo.out_width
+            for a in range(s):
+                for dx in range(3):
+                    plane = a * 3 + dx
+                    self.emit("{", f"float *pl = xs + ((size_t){plane} * CI + i) * PS;",
+                              "for (int u = 0; u < HQ; ++u) {", f"const int r = {s} * u + {a - 1};",
+                              "if (r < 0 || r >= H) continue;", "const float *xr = x + ((size_t)i * H + r) * W;")
+                    if s == 1:
+                        lo, hi = max(0, 1 - dx), min(wo, w + 1 - dx)
+                        self.emit(f"memcpy(pl + u * WP + {lo}, xr + {lo + dx - 1}, {hi - lo} * sizeof(float));")
+                    else:
+                        lo, hi = (1 if dx == 0 else 0), min(wo, (w - dx) // 2 + 1)
+                        self.emit(f"for (int v = {lo}; v < {hi}; ++v) pl[u * WP + v] = xr[2 * v + {dx - 1}];")
+                    self.emit("}", "}")
+        self.emit("}", "}")
+
+    def store_helper(self) -> None:
+        """Staged: store one output vector at grid position q (skip past the grid, clip past WO)."""
+        if self.geo.wp == self.geo.out_width:  # no padding columns: the grid is the output
+            self.emit(
+                "INL void store_q(float *restrict yrow, const int q, const vf v) {",
+                "if (q + VW <= Q) { vst(yrow + q, v); return; }",
+                "if (q >= Q) return;",
+                "float t_[VW]; vst(t_, v);",
+                "for (int i = 0; i < Q - q; ++i) yrow[q + i] = t_[i];",
+                "}",
+            )
+            return
+        self.emit(
+            "INL void store_q(float *restrict yrow, const int q, const vf v) {",
+            "if (q >= Q) return;",
+            "const int yy = q / WP, xx = q - yy * WP;",
+            "float *d = yrow + yy * WO + xx;",
+            "if (xx + VW <= WO) { vst(d, v); return; }",
+            "float t_[VW]; vst(t_, v);",
+            "for (int i = 0; i < WO - xx; ++i) d[i] = t_[i];",
+            "}",
+        )
+
+    def fill_empty_rows(self) -> list[str]:
+        """Channel pruning: rows without weights are act(bias) everywhere."""
+        low = self.low
+        if not isinstance(low, Bsr) or low.rows is None or len(low.rows) == self.geo.cout:
+            return []
+        n = self.geo.cout - len(low.rows)
+        return [f"for (int e = 0; e < {n}; ++e) {{ const float v_ = act_s({self.bias_of('EMPTY[e]')});",
+                "for (int t = 0; t < HWO; ++t) y[(size_t)EMPTY[e] * HWO + t] = v_; }"]
+
+    # ----- the accumulation loops of each family -----------------------------------------------------
+    def xaddr(self, k: str) -> str:
+        if self.geo.kind == "conv3x3":
+            return f"xs + OFFK[{k}] + q0"
+        return f"xs + (size_t)({k}) * {'HW' if self.geo.mode == 'direct' else 'PS'} + q0"
+
+    def col_expr(self, c: int) -> str:
+        C, K = self.low.c, self.geo.k
+        if c == 0:
+            return "kb_"
+        if K % C:
+            return f"(kb_ + {c} < {K} ? kb_ + {c} : {K - 1})"
+        return f"kb_ + {c}"
+
+    @property
+    def entry_offsets(self) -> bool:
+        """3x3 single-column blocks store each block's workspace offset instead of its column."""
+        return self.geo.kind == "conv3x3" and isinstance(self.low, Bsr) and self.low.c == 1
+
+    def bsr_entry(self, j: str, u: int, rp: int, nv: int) -> list[str]:
+        R, C = self.low.r, self.low.c
+        lines = ["{", f"const float *w_ = WV + (size_t)({j}) * {R * C};"]
+        if self.entry_offsets:
+            lines.append(f"const float *x0_ = xs + XOFF[{j}] + q0;")
+        else:
+            lines.append(f"const int kb_ = (int)IDX[{j}]{f' * {C}' if C > 1 else ''};")
+        for c in range(C):
+            if not self.entry_offsets:
+                lines.append(f"const float *x{c}_ = {self.xaddr(self.col_expr(c))};")
+            lines += [f"const vf xv{c}_{v} = vld(x{c}_ + {v * self.vw});" for v in range(nv)]
+        for c in range(C):
+            for r in range(rp):
+                lines += [f"{self.acc(u, r, v)} += w_[{r * C + c}] * xv{c}_{v};" for v in range(nv)]
+        return lines + ["}"]
+
+    def bsr_loop(self, var: Variant, rp: int, nv: int) -> list[str]:
+        sets = var.unroll
+        uniform = self.low.uniform
+        if self.n_ktiles(var) > 1:
+            n = self.n_ktiles(var) + 1
+            jb, je = f"KP_{var.name}[b * {n} + kt]", f"KP_{var.name}[b * {n} + kt + 1]"
+        elif uniform is not None:
+            jb, je = f"b * {uniform}", f"b * {uniform} + {uniform}"
+        else:
+            jb, je = "IP[b]", "IP[b + 1]"
+        lines = [f"int j = {jb}; const int je_ = {je};"]
+        if sets > 1:
+            lines.append(f"for (; j + {sets} <= je_; j += {sets}) {{")
+            for u in range(sets):
+                lines += self.bsr_entry(f"j + {u}", u, rp, nv)
+            lines.append("}")
+        lines.append("for (; j < je_; ++j)")
+        return lines + self.bsr_entry("j", 0, rp, nv)
+
+    def nm_entries(self, g: str, sets: int, nv: int, gi: int = 0) -> list[str]:
+        N, M = self.low.n, self.low.m
+        lines = []
+        for n in range(N):
+            u = (gi * N + n) % sets
+            e = f"({g}) * {N} + {n}"
+            lines += ["{", f"const float *x_ = {self.xaddr(f'({g}) * {M} + ix_[{e}]')};", f"const float w_ = wv_[{e}];"]
+            lines += [f"{self.acc(u, 0, v)} += w_ * vld(x_ + {v * self.vw});" for v in range(nv)]
+            lines.append("}")
+        return lines
+
+    def nm_loop(self, var: Variant, nv: int) -> list[str]:
+        N, M = self.low.n, self.low.m
+        groups = -(-self.geo.k // M)
+        per = max(1, var.k_tile // M) if self.n_ktiles(var) > 1 else groups
+        gn = self.low.values.shape[1]
+        sets = var.unroll
+        gu = max(1, sets // N, 4 // N)  # at least four entries per iteration
+        lines = [f"const float *wv_ = NMV + (size_t)b * {gn}; const uint8_t *ix_ = NMI + (size_t)b * {gn};",
+                 f"int g = kt * {per}; const int ge_ = kt * {per} + {per} < {groups} ? kt * {per} + {per} : {groups};"]
+        if gu > 1:
+            lines.append(f"for (; g + {gu} <= ge_; g += {gu}) {{")
+            for gi in range(gu):
+                lines += self.nm_entries(f"g + {gi}", sets, nv, gi)
+            lines.append("}")
+        lines.append("for (; g < ge_; ++g) {")
+        return lines + self.nm_entries("g", sets, nv) + ["}"]
+
+    def kpat_loop(self, var: Variant, rp: int, nv: int) -> list[str]:
+        low, geo = self.low, self.geo
+        S, P, sets = low.share, len(low.library), var.unroll
+        n_taps = low.values.shape[2]
+        taps = low.taps
+        n_kt = self.n_ktiles(var)
+        lines = []
+        for p in low.used_patterns:
+            if n_kt > 1:
+                at = f"(b * {P} + {p}) * {n_kt + 1} + kt"
+                lo, hi = f"KP_{var.name}[{at}]", f"KP_{var.name}[{at} + 1]"
+            else:
+                lo, hi = f"UPTR[b * {P} + {p}]", f"UPTR[b * {P} + {p + 1}]"
+            lines += [f"for (int u = {lo}; u < {hi}; ++u) {{",
+                      "const float *xb_ = xs + UOFF[u] + q0;",
+                      f"const float *w_ = UW + (size_t)u * {S * n_taps};"]
+            for ti, t in enumerate(taps[p]):
+                u_set = ti % sets
+                off = geo.tap_offset(t)
+                lines += ["{", *[f"const vf xv{v} = vld(xb_ + {off + v * self.vw});" for v in range(nv)]]
+                for s in range(rp):
+                    lines += [f"{self.acc(u_set, s, v)} += w_[{s * n_taps + ti}] * xv{v};" for v in range(nv)]
+                lines.append("}")
+            lines.append("}")
+        return lines
+
+    # ----- one tile of one block row -------------------------------------------------------------
+    def row_of(self, r: int) -> str:
+        R = self.rows_per_tile
+        if isinstance(self.low, Bsr) and self.low.rows is not None:
+            return f"(int)ROWMAP[b * {R} + {r}]"
+        return f"(b * {R} + {r})"
+
+    def block_fn(self, var: Variant, nv: int, rp: int) -> str:
+        """``blk_<variant>_<nv>_<rp>(xs, y, pt, q0, b, kt)``: rows ``b*R .. b*R+rp`` at positions
+        ``q0 .. q0 + nv*VW`` for K tile ``kt``; partial sums go to ``y`` (direct) or ``pt``."""
+        vw, sets, geo = self.vw, var.unroll, self.geo
+        n_kt = self.n_ktiles(var)
+        T = self.tile(var)
+        name = f"blk_{var.name}_{nv}_{rp}"
+        self.emit(f"INL void {name}(const float *restrict xs, float *restrict y, float *restrict pt, const int q0, "
+                  "const int b, const int kt) {",
+                  "const vf z_ = {0}; (void)kt; (void)pt;", *self.declare(sets, rp, nv),
+                  *[f"const int row{r}_ = {self.row_of(r)};" for r in range(rp)])
+
+        def partial(r: int, v: int) -> str:
+            return f"pt + (size_t)row{r}_ * {T} + {v * vw}"
+
+        if n_kt > 1:
+            self.emit("if (kt == 0) {", *self.zero(1, rp, nv), "} else {",
+                      *[f"{self.acc(0, r, v)} = vld({partial(r, v)});" for r in range(rp) for v in range(nv)],
+                      "}", *self.zero(sets, rp, nv, first_set=1))
+        else:
+            self.emit(*self.zero(sets, rp, nv))
+        if isinstance(self.low, Bsr):
+            self.emit(*self.bsr_loop(var, rp, nv))
+        elif isinstance(self.low, Nm):
+            self.emit(*self.nm_loop(var, nv))
+        else:
+            self.emit(*self.kpat_loop(var, rp, nv))
+        self.emit(*self.reduce(sets, rp, nv))
+        if n_kt > 1:
+            self.emit(f"if (kt < {n_kt - 1}) {{",
+                      *[f"vst({partial(r, v)}, {self.acc(0, r, v)});" for r in range(rp) for v in range(nv)], "return;", "}")
+        for r in range(rp):
+            bias = self.bias_of(f"row{r}_")
+            for v in range(nv):
+                val = f"act_v({self.acc(0, r, v)} + {bias})"
+                if geo.mode == "direct":
+                    self.emit(f"vst(y + (size_t)row{r}_ * HW + q0 + {v * vw}, {val});")
+                else:
+                    self.emit(f"store_q(y + (size_t)row{r}_ * HWO, q0 + {v * vw}, {val});")
+        self.emit("}")
+        return name
+
+    def tile_fn(self, var: Variant, nv: int) -> str:
+        """``tile_<variant>_<nv>(xs, y, pt, q0)``: every row at positions ``q0 .. q0 + nv*VW``."""
+        full, last = self.block_rows()
+        R = self.rows_per_tile
+        fns = [(self.block_fn(var, nv, R), f"for (int b = 0; b < {full}; ++b)", "b")] if full else []
+        if last:
+            fns.append((self.block_fn(var, nv, last), "", str(full)))
+        name = f"tile_{var.name}_{nv}"
+        self.emit(f"static void {name}(const float *restrict xs, float *restrict y, float *restrict pt, const int q0) {{",
+                  f"for (int kt = 0; kt < {self.n_ktiles(var)}; ++kt) {{")
+        for fn, loop, b in fns:
+            self.emit(f"{loop} {fn}(xs, y, pt, q0, {b}, kt);")
+        self.emit("}", "}")
+        return name
+
+    # ----- entry points -----------------------------------------------------------------------------
+    def direct(self, var: Variant) -> None:
+        vw, T = self.vw, self.tile(var)
+        hw = self.geo.hw
+        nt, rem = divmod(hw, T)
+        tails = [(rem // vw, nt * T)] if rem // vw else []
+        if rem % vw:  # the last vector overlaps the previous one (recomputes a few pixels)
+            tails.append((1, hw - vw))
+        names = {nv: self.tile_fn(var, nv) for nv in sorted({var.nv} | {nv for nv, _ in tails})}
+        tiled = self.n_ktiles(var) > 1
+        thread = "omp_get_thread_num()" if self.threads > 1 else "0"
+        pt = f"ws + PT_OFF + (size_t){thread} * CO * {T}" if tiled else "0"
+        self.emit(f"void tt_run_{var.name}(const float *restrict x, float *restrict y, float *restrict ws) {{",
+                  "(void)ws;", *self.fill_empty_rows(), self.par(),
+                  f"for (int t = 0; t < {nt}; ++t) {names[var.nv]}(x, y, {pt}, t * {T});",
+                  *[f"{names[nv]}(x, y, {'ws + PT_OFF' if tiled else '0'}, {p});" for nv, p in tails], "}")
+
+    def staged(self, var: Variant) -> None:
+        T = self.tile(var)
+        n_tiles = -(-self.geo.q // T)
+        fn = self.tile_fn(var, var.nv)
+        tiled = self.n_ktiles(var) > 1
+        thread = "omp_get_thread_num()" if self.threads > 1 else "0"
+        pt = f"ws + PT_OFF + (size_t){thread} * CO * {T}" if tiled else "0"
+        self.emit(f"void tt_run_{var.name}(const float *restrict x, float *restrict y, float *restrict ws) {{",
+                  *self.fill_empty_rows(), "stage(x, ws);", self.par(),
+                  f"for (int t = 0; t < {n_tiles}; ++t) {fn}(ws, y, {pt}, t * {T});", "}")
+
+    # ----- narrow (a few pixels): scalar loops the compiler vectorises over rows ----------------------
+    def narrow_bsr(self, var: Variant) -> None:
+        low, geo = self.low, self.geo
+        R, C, sets = low.r, low.c, var.unroll
+        full, last = self.block_rows()
+        nbr = full + (1 if last else 0)
+        clamp = f" if (k >= {geo.k}) k = {geo.k - 1};" if geo.k % C else ""
+        row = "(int)ROWMAP[b * R_ + r]" if low.rows is not None else "b * R_ + r"
+        self.emit(f"void tt_run_{var.name}(const float *restrict x, float *restrict y, float *restrict ws) {{",
+                  "(void)ws;", *self.fill_empty_rows(), f"enum {{ R_ = {R}, C_ = {C}, U_ = {sets} }};", self.par(),
+                  f"for (int b = 0; b < {nbr}; ++b) {{",
+                  f"const int rp = b < {full} ? R_ : {last or R};",
+                  "float acc[U_][R_][HW];", "memset(acc, 0, sizeof acc);",
+                  "for (int j = IP[b]; j < IP[b + 1]; ++j) {",
+                  "const int u = (j - IP[b]) % U_;",
+                  "const float *w = WV + (size_t)j * R_ * C_;",
+                  "for (int c = 0; c < C_; ++c) {",
+                  f"int k = (int)IDX[j] * C_ + c;{clamp}",
+                  "const float *xr = x + (size_t)k * HW;",
+                  "for (int r = 0; r < R_; ++r) for (int t = 0; t < HW; ++t) acc[u][r][t] += w[r * C_ + c] * xr[t];",
+                  "}", "}",
+                  "for (int r = 0; r < rp; ++r) {",
+                  f"const int o = {row};",
+                  "for (int t = 0; t < HW; ++t) {",
+                  "float s = 0.0f; for (int u = 0; u < U_; ++u) s += acc[u][r][t];",
+                  f"y[(size_t)o * HW + t] = act_s(s + {self.bias_of('o')});",
+                  "}", "}", "}", "}")
+
+    def narrow_nm(self, var: Variant) -> None:
+        low = self.low
+        N, M, sets = low.n, low.m, var.unroll
+        groups = -(-self.geo.k // M)
+        gn = low.values.shape[1]
+        self.emit(f"void tt_run_{var.name}(const float *restrict x, float *restrict y, float *restrict ws) {{",
+                  "(void)ws;", self.par(), "for (int o = 0; o < CO; ++o) {",
+                  f"const float *wv_ = NMV + (size_t)o * {gn}; const uint8_t *ix_ = NMI + (size_t)o * {gn};",
+                  f"float acc[{sets}][HW];", "memset(acc, 0, sizeof acc);",
+                  f"for (int e = 0; e < {groups * N}; ++e) {{",
+                  f"const float *xr = x + (size_t)((e / {N}) * {M} + ix_[e]) * HW;",
+                  f"for (int t = 0; t < HW; ++t) acc[e % {sets}][t] += wv_[e] * xr[t];",
+                  "}",
+                  "for (int t = 0; t < HW; ++t) {",
+                  f"float s = 0.0f; for (int u = 0; u < {sets}; ++u) s += acc[u][t];",
+                  f"y[(size_t)o * HW + t] = act_s(s + {self.bias_of('o')});",
+                  "}", "}", "}")
+
+    def source(self) -> str:
+        geo = self.geo
+        self.emit(prelude(self.vw), activation(self.act))
+        self.constants()
+        self.arrays()
+        if geo.mode == "staged":
+            self.stage()
+            self.store_helper()
+        for var in self.variants:
+            if geo.mode == "direct":
+                self.direct(var)
+            elif geo.mode == "staged":
+                self.staged(var)
+            elif isinstance(self.low, Bsr):
+                self.narrow_bsr(var)
+            else:
+                self.narrow_nm(var)
+        self.emit(f"int tt_abi_version(void) {{ return {ABI_VERSION}; }}",
+                  "long tt_workspace_floats(void) { return WS_FLOATS; }",
+                  "int tt_vector_width(void) { return VW; }")
+        return "\n".join(line for line in self.out if line) + "\n"
+
+
+def generate(geo: Geometry, low: Lowered, variants: list[Variant], *, bias: np.ndarray | None = None, act: str = "none",
+             threads: int = 1, vector_width: int = 16) -> str:
+    """The C source of a layer with one ``tt_run_<variant.name>`` per variant (names must differ)."""
+    if not variants:
+        raise ValueError("variants: at least one variant is required")
+    names = [v.name for v in variants]
+    if len(set(names)) != len(names):
+        raise ValueError(f"variants: duplicate variants {names}")
+    if isinstance(low, KernelPattern) and geo.mode != "staged":
+        raise ValueError("kernel_pattern: only 3x3 (staged) layers")
+    for var in variants:
+        check_variant(geo, low, var)
+    return _Writer(geo, low, list(variants), bias, act, threads, vector_width).source()

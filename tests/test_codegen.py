@@ -1,0 +1,238 @@
+"""Generated C kernels: every family against dense torch, odd shapes, the compile cache, compiler errors, autotuning."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tritune.kernels import make_mask, pack
+from tritune.kernels.codegen import (
+    CompilerError,
+    Variant,
+    aligned_empty,
+    autotune,
+    compile_layer,
+    compiler_available,
+    find_compiler,
+    openmp_supported,
+)
+from tritune.kernels.codegen import compiler as cc_mod
+
+pytestmark = pytest.mark.skipif(not compiler_available(), reason="no working C compiler")
+
+REL_TOL = 1e-4
+_ACTS = {"none": lambda t: t, "relu": F.relu, "hswish": F.hardswish, "hsigmoid": F.hardsigmoid}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("kernels")
+
+
+def _layer(pattern, shape, sparsity, seed, **opts):
+    w = torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+    mask = make_mask(w, pattern, sparsity, **opts)
+    return pack(w * mask, pattern, mask, **opts)
+
+
+def _reference(packed, kind, x, bias, stride, act):
+    w = torch.from_numpy(packed.unpack()).double()
+    xt = torch.from_numpy(x).double()
+    b = None if bias is None else torch.from_numpy(bias).double()
+    if kind == "linear":
+        y = F.linear(xt, w, b)
+    else:
+        y = F.conv2d(xt[None], w, b, stride=stride, padding=w.shape[-1] // 2)[0]
+    return _ACTS[act](y).numpy()
+
+
+def _check(packed, kind, in_hw, cache, stride=1, act="none", bias=True, tile=None, seed=0):
+    rng = np.random.default_rng(seed)
+    b = rng.standard_normal(packed.shape[0]).astype(np.float32) if bias else None
+    kernel = compile_layer(packed, kind, in_hw, stride, b, act, tile=tile, cache_dir=cache)
+    x = rng.standard_normal(kernel.in_shape).astype(np.float32)
+    y = kernel.run(x)
+    ref = _reference(packed, kind, x, b, stride, act)
+    assert y.shape == ref.shape == kernel.out_shape
+    err = np.abs(y - ref).max() / max(np.abs(ref).max(), 1e-6)
+    assert err <= REL_TOL, f"{packed.pattern} {kind} {packed.shape} {in_hw} s{stride} {kernel.variant.name}: rel err {err:.2e}"
+    return kernel
+
+
+def _random_cases():
+    """Random shapes per family (seeded), sparsity 50/75/90 in turn, odd sizes on purpose."""
+    rng = np.random.default_rng(1234)
+    families = [
+        ("block4x1", {}), ("block8x1", {}), ("block16x1", {}), ("block1x4", {}), ("unstructured", {}), ("nm2:4", {}),
+        ("nm1:4", {}), ("nm2:8", {}), ("gather_scatter", {}), ("gather_scatter", {"group": 3}), ("dense", {}), ("channel", {}),
+    ]
+    ratios = (0.5, 0.75, 0.9)
+    acts = tuple(_ACTS)
+    cases = []
+    i = 0
+    for pattern, opts in families:
+        for hw in ((7, 7), (4, 12), (1, 3)):  # staged (49 px), direct (48 px, a tile tail), narrow (3 px)
+            o, k = int(rng.integers(3, 70)), int(rng.integers(2, 90))
+            cases.append(pytest.param(pattern, opts, (o, k, 1, 1), "conv1x1", hw, 1, ratios[i % 3], acts[i % 4], i % 5 != 4,
+                                      id=f"{pattern}{opts or ''}-1x1-{o}x{k}-{hw[0]}x{hw[1]}"))
+            i += 1
+        o, k = int(rng.integers(3, 70)), int(rng.integers(2, 90))
+        cases.append(pytest.param(pattern, opts, (o, k), "linear", None, 1, ratios[i % 3], acts[i % 4], True,
+                                  id=f"{pattern}{opts or ''}-linear-{o}x{k}"))
+        i += 1
+    for pattern, opts in [("kernel_pattern", {}), ("kernel_pattern", {"share": 4}), ("kernel_pattern", {"share": 8}),
+                          ("block4x1", {}), ("block8x1", {}), ("unstructured", {}), ("nm2:4", {})]:
+        for stride in (1, 2):
+            o, c = int(rng.integers(3, 40)), int(rng.integers(1, 20))
+            h, w = int(rng.integers(3, 20)), int(rng.integers(3, 20))
+            ratio = (0.7, 0.8, 0.9)[i % 3] if pattern == "kernel_pattern" else ratios[i % 3]
+            cases.append(pytest.param(pattern, opts, (o, c, 3, 3), "conv3x3", (h, w), stride, ratio, acts[i % 4], True,
+                                      id=f"{pattern}{opts or ''}-3x3-{o}x{c}-{h}x{w}-s{stride}"))
+            i += 1
+    return cases
+
+
+@pytest.mark.parametrize("pattern,opts,shape,kind,in_hw,stride,ratio,act,bias", _random_cases())
+def test_kernel_matches_dense_torch(cache, pattern, opts, shape, kind, in_hw, stride, ratio, act, bias):
+    packed = _layer(pattern, shape, ratio, seed=sum(shape), **opts)
+    _check(packed, kind, in_hw, cache, stride=stride, act=act, bias=bias)
+
+
+@pytest.mark.parametrize("pattern,shape,kind,in_hw,stride,tile", [
+    ("unstructured", (37, 150, 1, 1), "conv1x1", (8, 10), 1, Variant(3, 2, 32)),  # K tiles, 80 px: a 1-vector tail
+    ("unstructured", (37, 150, 1, 1), "conv1x1", (9, 9), 1, Variant(2, 1, 48)),  # staged + K tiles (partials in ws)
+    ("nm2:4", (21, 150, 1, 1), "conv1x1", (8, 10), 1, Variant(4, 2, 40)),
+    ("nm2:8", (21, 147, 1, 1), "conv1x1", (5, 9), 1, Variant(2, 4, 24)),
+    ("block8x1", (45, 150, 1, 1), "conv1x1", (16, 6), 1, Variant(3, 1, 50)),
+    ("block1x4", (45, 150, 1, 1), "conv1x1", (16, 6), 1, Variant(2, 3, 33)),
+    ("block4x1", (30, 20, 3, 3), "conv3x3", (13, 11), 2, Variant(2, 2, 45)),
+    ("kernel_pattern", (30, 20, 3, 3), "conv3x3", (13, 11), 1, Variant(2, 2, 7)),
+])
+def test_tile_variants_match(cache, pattern, shape, kind, in_hw, stride, tile):
+    packed = _layer(pattern, shape, 0.75, seed=3)
+    kernel = _check(packed, kind, in_hw, cache, stride=stride, act="relu", tile=tile)
+    assert kernel.variant == tile
+
+
+def test_large_layer_and_aligned_buffers(cache):
+    packed = _layer("block8x1", (128, 128, 1, 1), 0.9, seed=5)
+    kernel = compile_layer(packed, "conv1x1", (14, 16), cache_dir=cache)
+    x, out = aligned_empty(kernel.in_shape), aligned_empty(kernel.out_shape)
+    assert x.ctypes.data % 64 == 0 and out.ctypes.data % 64 == 0 and x.flags.c_contiguous
+    x[...] = np.random.default_rng(0).standard_normal(x.shape)
+    run = kernel.bind(x, out)
+    run()
+    np.testing.assert_allclose(out, _reference(packed, "conv1x1", x, None, 1, "none"), rtol=0, atol=1e-4 * np.abs(out).max())
+    assert kernel.run(x) is not out and np.array_equal(kernel.run(x), out)
+
+
+def test_second_compile_hits_the_cache(cache):
+    packed = _layer("block4x1", (24, 40, 1, 1), 0.75, seed=11)
+    first = compile_layer(packed, "conv1x1", (6, 6), act="relu", cache_dir=cache)
+    before = cc_mod.stats()
+    again = compile_layer(packed, "conv1x1", (6, 6), act="relu", cache_dir=cache)
+    after = cc_mod.stats()
+    assert after["compiles"] == before["compiles"] and after["hits"] == before["hits"] + 1
+    assert again.cached and again.compile_s == 0.0 and again.source_hash == first.source_hash
+    assert again.library == first.library
+    other = compile_layer(_layer("block4x1", (24, 40, 1, 1), 0.75, seed=12), "conv1x1", (6, 6), act="relu", cache_dir=cache)
+    assert other.source_hash != first.source_hash  # the weights are part of the source
+
+
+def test_cache_dir_from_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRITUNE_KERNEL_CACHE", str(tmp_path / "env-cache"))
+    assert cc_mod.cache_dir() == tmp_path / "env-cache"
+    assert cc_mod.cache_dir(tmp_path / "arg") == tmp_path / "arg"
+
+
+def test_broken_source_reports_the_compiler_output(tmp_path):
+    with pytest.raises(CompilerError) as info:
+        cc_mod.compile_library("int broken( {\n", cache=tmp_path)
+    message = str(info.value)
+    assert "-march=native" in message and "error" in message.lower()
+    assert not list(tmp_path.glob("*.so"))  # nothing half-written left behind
+
+
+def test_missing_compiler_is_reported(tmp_path, monkeypatch):
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    assert not compiler_available()
+    with pytest.raises(CompilerError, match="no-such-cc"):
+        find_compiler()
+    with pytest.raises(CompilerError, match="no-such-cc"):
+        compile_layer(_layer("block4x1", (8, 8, 1, 1), 0.5, seed=0), "conv1x1", (4, 4), cache_dir=tmp_path)
+    assert not compiler_available("false")  # exists, but is not a compiler
+
+
+def test_run_checks_its_buffers(cache):
+    kernel = compile_layer(_layer("unstructured", (6, 5, 3, 3), 0.5, seed=2), "conv3x3", (4, 6), cache_dir=cache)
+    x = np.zeros((5, 4, 6), np.float32)
+    transposed = np.zeros((5, 6, 4), np.float32).transpose(0, 2, 1)
+    for bad, match in [(x.astype(np.float64), "dtype"), (x[:, :3], "shape"), (transposed, "contiguous"), (x.tolist(), "numpy")]:
+        with pytest.raises(ValueError, match=match):
+            kernel.run(bad)
+    with pytest.raises(ValueError, match="out: shape"):
+        kernel.run(x, np.zeros((6, 4, 5), np.float32))
+    buf = np.zeros(6 * 4 * 6 + 5 * 4 * 6, np.float32)
+    with pytest.raises(ValueError, match="overlaps"):
+        kernel.run(buf[:120].reshape(5, 4, 6), buf[100:244].reshape(6, 4, 6))
+
+
+def test_bad_layer_arguments(cache):
+    packed = _layer("block4x1", (8, 6, 1, 1), 0.5, seed=1)
+    for kwargs, match in [
+        ({"kind": "conv5x5"}, "kind"), ({"act": "gelu"}, "act"), ({"stride": 2}, "stride"), ({"bias": np.zeros(3)}, "bias"),
+        ({"in_hw": (0, 4)}, "in_hw"), ({"tile": {"nv": 0}}, "nv"), ({"tile": {"nv": 16, "unroll": 4}}, "accumulator"),
+        ({"threads": 0}, "threads"),
+    ]:
+        args = {"kind": "conv1x1", "in_hw": (4, 4), **kwargs}
+        with pytest.raises(ValueError, match=match):
+            compile_layer(packed, cache_dir=cache, **args)
+    with pytest.raises(ValueError, match=r"allowed: \[out, in, 1, 1\]"):
+        compile_layer(_layer("kernel_pattern", (4, 4, 3, 3), 0.7, seed=0), "conv1x1", (4, 4), cache_dir=cache)
+    with pytest.raises(ValueError, match="weight shape"):
+        compile_layer(packed, "conv3x3", (4, 4), cache_dir=cache)
+    with pytest.raises(ValueError, match="PackedWeight"):
+        compile_layer(np.zeros((4, 4)), "linear", cache_dir=cache)
+
+
+def test_autotune_times_variants_and_reuses_its_record(cache):
+    packed = _layer("unstructured", (40, 64, 1, 1), 0.75, seed=21)
+    variants = [Variant(1, 2), Variant(2, 1), Variant(2, 1, 32)]
+    first = autotune(packed, "conv1x1", (6, 8), act="relu", variants=variants, cache_dir=cache)
+    assert not first.from_record and set(first.timings_ms) == {v.name for v in variants}
+    assert first.variant.name == min(first.timings_ms, key=first.timings_ms.get)
+    assert first.record.exists() and first.kernel.variant == first.variant
+    before = cc_mod.stats()
+    again = autotune(packed, "conv1x1", (6, 8), act="relu", variants=variants, cache_dir=cache)
+    assert again.from_record and again.variant == first.variant and again.timings_ms == first.timings_ms
+    assert cc_mod.stats()["compiles"] == before["compiles"]  # neither compiled nor timed again
+    x = np.random.default_rng(0).standard_normal((64, 6, 8)).astype(np.float32)
+    np.testing.assert_allclose(again.kernel.run(x), _reference(packed, "conv1x1", x, None, 1, "relu"), atol=1e-4 * 64)
+
+
+def test_autotune_default_candidates(cache):
+    packed = _layer("kernel_pattern", (16, 12, 3, 3), 0.8, seed=4, share=4)
+    result = autotune(packed, "conv3x3", (10, 10), stride=2, cache_dir=cache)
+    assert len(result.timings_ms) >= 2 and result.variant.name in result.timings_ms
+    x = np.random.default_rng(1).standard_normal((12, 10, 10)).astype(np.float32)
+    ref = _reference(packed, "conv3x3", x, None, 2, "none")
+    assert np.abs(result.kernel.run(x) - ref).max() <= REL_TOL * np.abs(ref).max()
+
+
+@pytest.mark.skipif(not openmp_supported(), reason="compiler without OpenMP")
+def test_threads_give_the_same_result(cache):
+    packed = _layer("unstructured", (33, 40, 3, 3), 0.75, seed=8)
+    kernel = _check(packed, "conv3x3", (9, 10), cache, stride=1, act="hswish", tile=Variant(2, 1, 72))
+    threaded = compile_layer(packed, "conv3x3", (9, 10), 1, None, "hswish", tile=Variant(2, 1, 72), threads=2, cache_dir=cache)
+    assert threaded.threads == 2 and threaded.source_hash != kernel.source_hash
+    x = np.random.default_rng(2).standard_normal(kernel.in_shape).astype(np.float32)
+    ref = _reference(packed, "conv3x3", x, None, 1, "hswish")
+    assert np.abs(threaded.run(x) - ref).max() <= REL_TOL * np.abs(ref).max()
+    # direct 1x1 with K tiles (per-thread partial sums) and an overlapping pixel tail
+    packed = _layer("block4x1", (30, 70, 1, 1), 0.5, seed=9)
+    threaded = compile_layer(packed, "conv1x1", (9, 9), tile=Variant(2, 1, 24), threads=2, cache_dir=cache)
+    assert threaded.geometry.mode == "direct"
+    x = np.random.default_rng(3).standard_normal(threaded.in_shape).astype(np.float32)
+    ref = _reference(packed, "conv1x1", x, None, 1, "none")
+    assert np.abs(threaded.run(x) - ref).max() <= REL_TOL * np.abs(ref).max()
