@@ -55,6 +55,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..spaces.compression import KNOWN_PATTERNS, LayerCompression, parse_pattern, pattern_allowed
+from .batchnorm import batchnorms, cumulative_batchnorm_stats
 from .patterns import achieved_sparsity, check_mask, make_mask
 
 if TYPE_CHECKING:  # kernels must not import evaluators at run time (dependency direction)
@@ -552,25 +553,21 @@ def recalibrate_batchnorm(model: nn.Module, data: "ImageData", *, batches: int =
     """Re-estimate every BatchNorm's running statistics on ``batches`` training batches (exact
     averages, no weight changes): a hard prune shifts the activation statistics, and a network
     with stale ones understates what the pruned weights can do (as in supernet evaluation)."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not bns:
+    if not batchnorms(model):
         return
-    saved = [(bn.momentum, bn.training) for bn in bns]
     was_training = model.training
     x = data.train.tensors[0]
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[: batches * batch_size]
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None  # cumulative average over the batches
-    model.eval()
-    for bn in bns:
-        bn.train()
-    with torch.no_grad():
-        for i in range(0, len(order), batch_size):
-            model(x[order[i:i + batch_size]])
-    for bn, (momentum, training) in zip(bns, saved):
-        bn.momentum = momentum
-        bn.train(training)
+    with cumulative_batchnorm_stats(model) as bns:
+        states = [bn.training for bn in bns]
+        model.eval()
+        for bn in bns:
+            bn.train()
+        with torch.no_grad():
+            for i in range(0, len(order), batch_size):
+                model(x[order[i:i + batch_size]])
+        for bn, training in zip(bns, states):
+            bn.train(training)
     model.train(was_training)
 
 

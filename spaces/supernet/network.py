@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...kernels.quant import CALIBRATION_METHODS as CALIBRATIONS
+from ...kernels.batchnorm import cumulative_batchnorm_stats
 from ...kernels.quant import ActFakeQuant, calibrate
 from ..candidate import Candidate
 from ..compression import FLOAT_BITS
@@ -238,9 +239,6 @@ class MobileNetSupernet(nn.Module):
         return self.classifier(x, plan["classifier"])
 
     # ----- statistics -----------------------------------------------------------------------------
-    def batchnorms(self) -> list[nn.BatchNorm2d]:
-        return [m.bn for _, m in self.named_elastic() if m.bn is not None]
-
     def candidate_quantizers(self, candidate: Candidate) -> list[ActFakeQuant]:
         """The activation quantizers ``candidate`` runs (one per layer with ``a_bits < 32``)."""
         elastic = dict(self.named_elastic())
@@ -274,22 +272,16 @@ class MobileNetSupernet(nn.Module):
         if not batches:
             raise ValueError("recalibrate: batches is empty; pass at least one batch of images")
         was_training = self.training
-        bns = self.batchnorms()
-        momenta = [bn.momentum for bn in bns]
         try:
-            for bn in bns:
-                bn.reset_running_stats()
-                bn.momentum = None
-            self.train()
-            for x in batches:
-                self(x, candidate)
+            with cumulative_batchnorm_stats(self):
+                self.train()
+                for x in batches:
+                    self(x, candidate)
             self.eval()
             quantizers = self.candidate_quantizers(candidate)
             if quantizers:
                 calibrate(_Calibration(self, candidate, quantizers), batches, method=self.config.calibration)
         finally:
-            for bn, momentum in zip(bns, momenta):
-                bn.momentum = momentum
             self.train(was_training)
 
 
