@@ -1,4 +1,4 @@
-"""The ``tritune`` command line: search, spaces, results, profile, predict."""
+"""The ``tritune`` command line: search, spaces, results, profile, predict, supernet."""
 from __future__ import annotations
 
 import argparse
@@ -99,9 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .predict import add_parser as add_predict_parser
     from .profile import add_parser as add_profile_parser
+    from .supernet import add_parser as add_supernet_parser
 
     add_profile_parser(sub)
     add_predict_parser(sub)
+    add_supernet_parser(sub)
 
     p = sub.add_parser("results", help="show the Pareto front of a run")
     p.add_argument("action", choices=("show",))

@@ -11,7 +11,7 @@ Subclasses implement `_evaluate`; the public `evaluate` counts queries and check
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Sequence
+from typing import Any, Sequence
 
 from ..spaces.candidate import Candidate
 
@@ -35,6 +35,11 @@ class Evaluator(ABC):
     def label(self) -> str:
         """``ClassName/metric[,metric]``: how query counts name this evaluator."""
         return f"{type(self).__name__}/{','.join(self.metrics)}"
+
+    def bind_space(self, space: Any) -> None:
+        """Told the job's configured space before the search starts. Evaluators that build
+        networks need it: a candidate names its space, not the options (channels, classes,
+        resolutions) the job configured it with."""
 
     @abstractmethod
     def _evaluate(self, candidates: list[Candidate]) -> list[Metrics]:

@@ -1,6 +1,8 @@
 """Evaluators backed by tables and targets: benchmark accuracy and target latency."""
 from __future__ import annotations
 
+import inspect
+
 import math
 import os
 import time
@@ -79,13 +81,20 @@ class TargetLatency(Evaluator):
             raise ValueError(f"latency metric: {metric!r} must be a non-empty name")
         self.target, self.metric, self.cheap = target, metric, bool(cheap)
         self.metrics = (metric,)
+        self.space: Any = None
+
+    def bind_space(self, space: Any) -> None:
+        # Plug-in targets written against the one-argument `latency` keep working.
+        takes_space = "space" in inspect.signature(self.target.latency).parameters
+        self.space = space if takes_space else None
 
     def _evaluate(self, candidates: list[Candidate]) -> list[Metrics]:
         spaces = sorted({c.space for c in candidates if isinstance(c, Candidate)})
         for space in spaces:
             if not self.target.supports(space):
                 raise ValueError(f"latency: target {self.target.name!r} does not support space {space!r}")
-        values = np.asarray(self.target.latency(candidates), dtype=np.float64).reshape(-1)
+        extra = {} if self.space is None else {"space": self.space}
+        values = np.asarray(self.target.latency(candidates, **extra), dtype=np.float64).reshape(-1)
         if values.shape != (len(candidates),):
             raise RuntimeError(f"latency: target {self.target.name!r} returned {values.size} values for {len(candidates)} candidates")
         return [{self.metric: float(v)} for v in values]

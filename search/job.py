@@ -61,7 +61,9 @@ class Job:
 
     # ----- loading --------------------------------------------------------------------------------
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "Job":
+    def from_yaml(cls, path: str | Path, validate: bool = True) -> "Job":
+        """Read a job file; ``validate=False`` skips building its parts (a tool that prepares
+        an input of the job, such as its supernet checkpoint, reads the job before it exists)."""
         path = Path(path)
         if not path.is_file():
             raise JobError(f"job file {str(path)!r}: not found")
@@ -72,10 +74,10 @@ class Job:
         _expect(isinstance(data, Mapping), f"job file {str(path)!r}: expected a mapping of fields {', '.join(TOP_LEVEL)}")
         data = dict(data)
         data.setdefault("name", path.stem)
-        return cls.from_dict(data)
+        return cls.from_dict(data, validate=validate)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Job":
+    def from_dict(cls, data: Mapping[str, Any], validate: bool = True) -> "Job":
         unknown = sorted(set(data) - set(TOP_LEVEL))
         _expect(not unknown, f"job: unknown fields {unknown}; allowed: {', '.join(TOP_LEVEL)}")
         for required in ("space", "evaluators", "objectives"):
@@ -126,7 +128,8 @@ class Job:
             batch_size=batch_size, seed=seed, run_dir=str(data.get("run_dir") or f"runs/{name}"),
             executor=kind, workers=workers, address=executor.get("address"),
         )
-        job.validate()
+        if validate:
+            job.validate()
         return job
 
     def validate(self) -> None:
@@ -151,6 +154,7 @@ class Job:
     def build_pipeline(self, space: SearchSpace | None = None, problem: Problem | None = None):
         from ..evaluators import EvaluationPipeline, create_evaluator
 
+        space = space if space is not None else self.build_space()
         evaluators = []
         for i, spec in enumerate(self.evaluators):
             options = {k: v for k, v in spec.items() if k != "kind"}
@@ -158,6 +162,7 @@ class Job:
                 evaluators.append(create_evaluator(spec["kind"], **options))
             except ValueError as exc:
                 raise JobError(f"job.evaluators[{i}]: {exc}") from None
+            evaluators[-1].bind_space(space)
         return EvaluationPipeline(evaluators, problem or self.problem())
 
     def build_strategy(self, space: SearchSpace, problem: Problem, oracle=None):

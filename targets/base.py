@@ -62,8 +62,10 @@ class Target(ABC):
         """True when `latency` can answer for candidates of the space named ``space_name``."""
 
     @abstractmethod
-    def latency(self, candidates: Sequence[Candidate]) -> np.ndarray:
-        """Latency in ms for each candidate (float64 array of shape ``(len(candidates),)``)."""
+    def latency(self, candidates: Sequence[Candidate], space: Any = None) -> np.ndarray:
+        """Latency in ms for each candidate (float64 array of shape ``(len(candidates),)``).
+        ``space``: the configured space the candidates come from (None: the space registered
+        under the candidates' space name, with its default options)."""
 
     # ----- optional: targets that run models ------------------------------------------------
     def _cannot(self, what: str) -> str:

@@ -410,7 +410,7 @@ class NB201TableTarget(Target):
         """The NAS-Bench-201 index of a candidate (ValueError for candidates the table cannot hold)."""
         return nb201_index(candidate, self.name)
 
-    def latency(self, candidates: Sequence[Candidate]) -> np.ndarray:
+    def latency(self, candidates: Sequence[Candidate], space: Any = None) -> np.ndarray:
         if isinstance(candidates, Candidate):
             raise ValueError("nb201-table latency: expected a sequence of candidates, got one Candidate; pass [candidate]")
         idx = np.fromiter((self.index(c) for c in candidates), dtype=np.int64)
