@@ -17,6 +17,7 @@ from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Callable
 
 from .base import Target, check_target
+from .codegen_cpu import CodegenCpuTarget
 from .ort_cpu import OrtCpuTarget
 from .tables import NB201TableTarget
 
@@ -113,4 +114,9 @@ register_target(
     "ort-cpu",
     OrtCpuTarget,
     "ONNX Runtime on this CPU (fp32 + int8 QDQ): builds and times mobilenet candidates for real (slow; profile, then predict)",
+)
+register_target(
+    "codegen-cpu",
+    CodegenCpuTarget,
+    "Generated sparse C kernels on this CPU (float32): block / unstructured / N:M / kernel-pattern sparsity runs faster",
 )

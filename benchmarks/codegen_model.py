@@ -1,0 +1,110 @@
+"""Whole-model benchmark: a block-sparse mobilenet on `codegen-cpu` against its dense version on ONNX Runtime.
+
+The largest architecture of the mobilenet space (width 1.2, depth 4, expand 6; depthwise kernel 7,
+and the same with kernel 3) with
+75% ``block8x1`` sparsity on every 1x1 convolution, at 224 px and 128 px, single thread. Timed in
+one interleaved group (`tritune.targets.measure`): the dense candidate on ``ort-cpu`` (the
+fastest dense library here), the dense candidate on ``codegen-cpu`` and the sparse one on
+``codegen-cpu``. Goal (issue 4): sparse on codegen-cpu >= 2.5x faster than dense on ORT.
+Also prints where the sparse model's time goes (each op timed alone, grouped by kind).
+
+    PYTHONPATH=... python -m tritune.benchmarks.codegen_model [--resolutions 224 128] [--pattern block8x1]
+
+Writes docs/results/codegen_model.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tritune.spaces import LayerCompression
+from tritune.spaces.mobilenet import SLOTS, MobileNetSpace
+from tritune.targets.codegen_cpu import CodegenCpuTarget
+from tritune.targets.measure import Protocol
+from tritune.targets.ort_cpu import OrtCpuTarget
+
+RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results" / "codegen_model.json"
+
+
+def sparse_plan(candidate, pattern: str, sparsity: float):
+    """Every 1x1 convolution (expand / project / final_expand) at ``pattern``, the rest dense."""
+    plan = [LayerCompression(pattern, sparsity) if role in ("conv", "project") and k == 1 else LayerCompression()
+            for (name, role, k) in SLOTS]
+    return candidate.replace(compression=plan)
+
+
+def dense_plan(candidate):
+    return candidate.replace(compression=[LayerCompression() for _ in SLOTS])
+
+
+def run(resolution: int, kernel: int, pattern: str, sparsity: float, protocol: Protocol) -> dict:
+    space = MobileNetSpace(resolutions=(resolution,), kernels=(kernel,))
+    base = space.largest()
+    dense, sparse = dense_plan(base), sparse_plan(base, pattern, sparsity)
+    ort, cg = OrtCpuTarget(threads=1), CodegenCpuTarget(threads=1)
+    r_ort = ort.build(dense, space=space, name="ort dense")
+    r_cgd = cg.build(dense, space=space, name="codegen dense")
+    r_cgs = cg.build(sparse, space=space, name=f"codegen {pattern}@{sparsity:g}")
+    x = np.random.default_rng(0).standard_normal(r_cgs.input_shape, dtype=np.float32)
+    with torch.no_grad():  # the sparse runnable must compute what torch computes
+        from tritune.spaces.mobilenet_net import build_subnet
+        ref = build_subnet(space, sparse).eval()(torch.from_numpy(x)).numpy()
+    err = float(np.abs(r_cgs.run(x) - ref).max() / np.abs(ref).max())
+    ms = cg.measure([r_ort, r_cgd, r_cgs], protocol=protocol)
+    base_ms = ms[0].latency_ms
+    rows = [{"model": m.name, "latency_ms": m.latency_ms, "median_ms": m.median_ms, "spread": m.spread,
+             "cpu_share": m.cpu_share, "speedup_vs_ort_dense": base_ms / m.latency_ms} for m in ms]
+    prof = r_cgs.profile(repeats=10)
+    by_kind: dict[str, float] = defaultdict(float)
+    for p in prof:
+        key = p["kind"] if p["kind"] != "conv1x1" else f"conv1x1 {p['family']}"
+        by_kind[key] += p["ms"]
+    total = sum(by_kind.values())
+    return {
+        "resolution": resolution, "kernel": kernel, "pattern": pattern, "sparsity": sparsity, "candidate": sparse.to_json(),
+        "rel_error_vs_torch": err, "build_s": {"ort": r_ort.build_s, "codegen_dense": r_cgd.build_s, "codegen_sparse": r_cgs.build_s},
+        "rows": rows, "breakdown_ms": dict(sorted(by_kind.items(), key=lambda kv: -kv[1])), "breakdown_total_ms": total,
+        "top_ops": sorted(prof, key=lambda p: -p["ms"])[:10],
+        "fingerprint": {"codegen": cg.fingerprint(), "ort": ort.fingerprint()},
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--resolutions", type=int, nargs="+", default=[224, 128])
+    parser.add_argument("--kernels", type=int, nargs="+", default=[7, 3], help="depthwise kernel of every block")
+    parser.add_argument("--pattern", default="block8x1")
+    parser.add_argument("--sparsity", type=float, default=0.75)
+    parser.add_argument("--out", default=str(RESULTS))
+    args = parser.parse_args(argv)
+    protocol = Protocol(threads=1)
+    results = [run(r, k, args.pattern, args.sparsity, protocol) for k in args.kernels for r in args.resolutions]
+    print("| res | dw kernel | model | ms (min of round medians) | spread | cpu share | speedup vs ORT dense |")
+    print("|---|---|---|---|---|---|---|")
+    for res in results:
+        for row in res["rows"]:
+            print(f"| {res['resolution']} | {res['kernel']} | {row['model']} | {row['latency_ms']:.2f} | {row['spread']:.1%} | "
+                  f"{row['cpu_share']:.2f} | {row['speedup_vs_ort_dense']:.2f}x |")
+    for res in results:
+        total = res["breakdown_total_ms"]
+        print(f"\nwhere the sparse model's time goes at {res['resolution']} px, dw k{res['kernel']} (ops timed alone, sum {total:.2f} ms; "
+              f"rel. error vs torch {res['rel_error_vs_torch']:.1e}):")
+        print("| op kind | ms | share |")
+        print("|---|---|---|")
+        for kind, v in res["breakdown_ms"].items():
+            print(f"| {kind} | {v:.2f} | {v / total:.0%} |")
+        print("top ops: " + ", ".join(f"{p['name']} ({p['kind']}) {p['ms']:.2f} ms" for p in res["top_ops"][:6]))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    with open(args.out, "w") as fh:
+        json.dump({"protocol": protocol.to_json(), "results": results}, fh, indent=1, default=str)
+    print(f"\nwrote {os.path.relpath(args.out)}")
+
+
+if __name__ == "__main__":
+    main()

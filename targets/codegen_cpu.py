@@ -1,0 +1,499 @@
+"""``codegen-cpu``: a whole compressed mobilenet run layer by layer on generated C kernels.
+
+ONNX Runtime executes pruned weights at dense speed; this target runs each layer on a kernel
+generated for *its* sparsity pattern (`tritune.kernels.codegen`), so block / unstructured / N:M /
+kernel-pattern sparsity turns into latency.
+
+Build (`CodegenCpuTarget.build`) from a candidate of a mobilenet space (via
+`tritune.spaces.mobilenet_net.build_subnet`) or from a `MobileNetSubnet` already built or
+extracted from a supernet (`tritune.spaces.supernet.extract`; int8 weight codes are dequantized
+to float, the ``weight_mask`` buffer gives the pattern's structure):
+
+1. walk the layer IR (``net.layers``, execution order) and plan one op list; every activation
+   buffer is allocated once, 64-byte aligned (`aligned_empty`), and reused after its last reader;
+2. 1x1 convolutions, the 3x3 stem and the linear layers (SE reduce / expand too) are packed in
+   the pattern the IR names for them (`tritune.kernels.formats.pack`) and compiled with bias and
+   activation fused (`compile_layer`, or `autotune` with ``autotune=True``); dense and
+   channel-pruned layers (physically narrower) run on the generated dense 8x1-block kernel;
+3. depthwise convolutions run on generated depthwise kernels (`kernels.codegen.depthwise`);
+   global pools, the SE channel multiply and residual adds are numpy ufuncs writing in place.
+
+`CodegenRunnable.run(x)` returns the logits; ``bench_fn()`` is what `tritune.targets.measure`
+times; ``plan`` lists each op (name, family, variant, compile seconds); ``profile()`` times each
+op alone, for a breakdown of where the time goes.
+
+Limits, stated rather than hidden: the target runs float32 only. Layers with ``w_bits <= 8`` run
+float here (extracted int8 codes are dequantized; activation fake-quantizers of extracted modules
+are not applied, so such a module's outputs differ from torch by its activation rounding).
+Batch 1. ``threads > 1`` parallelises the generated conv / linear kernels with OpenMP; depthwise
+kernels and element-wise ops stay on one thread.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..spaces.candidate import Candidate
+from .base import Target
+from .measure import Measurement, Protocol, measure_many
+from .ort_cpu import cpu_fingerprint
+
+SUPPORTED_SPACES = ("mobilenet", "mobilenet-small")
+#: Patterns running on generated sparse kernels, per layer kind (see `capabilities`).
+SPARSE_PATTERNS = {
+    "conv1x1": ["block", "unstructured", "nm", "gather_scatter"],
+    "linear": ["block", "unstructured", "nm", "gather_scatter"],
+    "conv3x3": ["kernel_pattern", "block", "unstructured", "nm", "gather_scatter"],
+}
+
+
+#: Dense linear layers with more weights run on numpy's BLAS: a matrix-vector product is memory
+#: bound either way, and a generated kernel would carry megabytes of weights as C source
+#: (feature_mix of the largest net: 1.8M weights, minutes of compilation).
+BLAS_LINEAR_WEIGHTS = 1 << 18
+
+
+def _version() -> str:
+    try:
+        return metadata.version("tritune")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+@dataclass
+class Op:
+    """One planned step: ``fn`` runs it on its bound buffers; the rest describes it."""
+
+    name: str
+    family: str
+    kind: str
+    fn: Callable[[], Any] = field(repr=False)
+    pattern: str = "dense"
+    variant: str = ""
+    compile_s: float = 0.0
+    cached: bool = False
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "family": self.family, "kind": self.kind, "pattern": self.pattern,
+                "variant": self.variant, "compile_s": round(self.compile_s, 4), "cached": self.cached}
+
+
+@dataclass(eq=False)
+class CodegenRunnable:
+    """A planned network: ``run(x)`` -> logits, ``bench_fn()`` for timing, ``plan`` per op."""
+
+    name: str
+    ops: list[Op]
+    input_shape: tuple[int, ...]
+    threads: int
+    candidate: Candidate | None
+    build_s: dict[str, float]
+    autotuned: bool
+    _input: np.ndarray = field(repr=False)
+    _output: np.ndarray = field(repr=False)
+    _buffers: list[np.ndarray] = field(default_factory=list, repr=False)
+
+    @property
+    def plan(self) -> list[dict[str, Any]]:
+        return [op.describe() for op in self.ops]
+
+    def _forward(self) -> None:
+        for op in self.ops:
+            op.fn()
+
+    def run(self, x: Any) -> np.ndarray:
+        """Logits ``[1, classes]`` for one input ``[1, C, H, W]`` (numpy or torch)."""
+        arr = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+        if tuple(arr.shape) != self.input_shape:
+            raise ValueError(f"x: shape {tuple(arr.shape)} not allowed; allowed: {self.input_shape} (batch 1)")
+        self._input[...] = arr.reshape(self._input.shape)
+        self._forward()
+        return self._output.copy().reshape(1, -1)
+
+    def example_input(self, seed: int = 0) -> np.ndarray:
+        return np.random.default_rng(seed).standard_normal(self.input_shape, dtype=np.float32)
+
+    def bench_fn(self) -> Callable[[], None]:
+        """Runs the network once on the input currently in its buffer (a seeded one at first)."""
+        self._input[...] = self.example_input().reshape(self._input.shape)
+        fns = [op.fn for op in self.ops]
+
+        def run(fns=fns) -> None:
+            for fn in fns:
+                fn()
+
+        return run
+
+    def profile(self, repeats: int = 20) -> list[dict[str, Any]]:
+        """Median milliseconds of each op timed alone (after one full warm-up run), in plan order."""
+        self.bench_fn()()
+        out = []
+        clock = time.perf_counter
+        for op in self.ops:
+            ts = []
+            for _ in range(repeats):
+                t0 = clock()
+                op.fn()
+                ts.append(clock() - t0)
+            out.append({**op.describe(), "ms": float(np.median(ts)) * 1e3})
+        return out
+
+
+class _Buffers:
+    """Activation buffers allocated once: a released buffer is reused by a later op of no larger size."""
+
+    def __init__(self) -> None:
+        from ..kernels.codegen import aligned_empty
+
+        self._new = aligned_empty
+        self.all: list[np.ndarray] = []
+        self.free: list[np.ndarray] = []
+
+    def get(self, shape: Sequence[int]) -> np.ndarray:
+        n = int(np.prod(shape))
+        fits = [b for b in self.free if b.size >= n]
+        if fits:
+            flat = min(fits, key=lambda b: b.size)
+            self.free = [b for b in self.free if b is not flat]
+        else:
+            flat = self._new((n,))
+            flat[:] = 0.0
+            self.all.append(flat)
+        return flat[:n].reshape(tuple(shape))
+
+    def release(self, view: np.ndarray) -> None:
+        base = view.base if view.base is not None else view
+        for b in self.all:
+            if b is base or np.shares_memory(b, view):
+                if not any(f is b for f in self.free):
+                    self.free.append(b)
+                return
+
+
+def _act_name(module: Any) -> str:
+    from torch import nn
+
+    act = getattr(module, "act", None)
+    if act is None:
+        return "none"
+    for cls, name in ((nn.ReLU, "relu"), (nn.Hardswish, "hswish"), (nn.Hardsigmoid, "hsigmoid")):
+        if isinstance(act, cls):
+            return name
+    raise ValueError(f"codegen-cpu: activation {type(act).__name__} of {module!r} not allowed; allowed: ReLU, Hardswish, Hardsigmoid")
+
+
+def _weights(module: Any) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Float weight, bias and structure mask of a ConvAct / LinearAct (plain or extracted/quantized)."""
+    op = module.conv if hasattr(module, "conv") else module.linear
+    w = op.dequantized_weight() if hasattr(op, "dequantized_weight") else op.weight
+    mask = getattr(op, "weight_mask", None)
+    to = lambda t: None if t is None else np.ascontiguousarray(t.detach().cpu().numpy(), dtype=np.float32)  # noqa: E731
+    w_np, m_np = to(w), to(mask)
+    if m_np is not None:
+        w_np = w_np * (m_np != 0)
+    return w_np, to(op.bias), None if m_np is None else m_np != 0
+
+
+class CodegenCpuTarget(Target):
+    """Generated sparse C kernels on this CPU (float32), timed with `Protocol`."""
+
+    name = "codegen-cpu"
+    description = "Generated sparse C kernels on this CPU (float32): runs whole compressed mobilenet candidates layer by layer"
+
+    def __init__(self, threads: int = 1, seed: int = 0, autotune: bool = False, cc: str | None = None,
+                 cache_dir: str | None = None, protocol: Protocol | dict | None = None) -> None:
+        if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+            raise ValueError(f"codegen-cpu.threads: {threads!r} must be an integer >= 1")
+        if not isinstance(autotune, bool):
+            raise ValueError(f"codegen-cpu.autotune: {autotune!r} not allowed; allowed: True, False")
+        self.threads, self.seed, self.autotune, self.cc, self.cache_dir = threads, int(seed), autotune, cc, cache_dir
+        if isinstance(protocol, dict):
+            protocol = Protocol.from_json(protocol)
+        self.protocol = protocol or Protocol(threads=threads)
+        if self.protocol.threads != threads:
+            raise ValueError(f"codegen-cpu: protocol.threads={self.protocol.threads} differs from threads={threads}")
+        self._spaces: dict[str, Any] = {}
+
+    # ----- identity -----------------------------------------------------------------------
+    def available(self) -> bool:
+        """Whether a working C compiler is found (``$CC`` or cc/gcc/clang)."""
+        from ..kernels.codegen import compiler_available
+
+        return compiler_available(self.cc)
+
+    def unavailable_reason(self) -> str | None:
+        """Why the target cannot build (None when it can)."""
+        from ..kernels.codegen import CompilerError, compiler_available, find_compiler
+
+        try:
+            comp = find_compiler(self.cc)
+        except CompilerError as exc:
+            return str(exc)
+        if not compiler_available(self.cc):
+            return f"C compiler {' '.join(comp.command)!r} cannot build a shared library"
+        return None
+
+    def fingerprint(self) -> dict[str, Any]:
+        from ..kernels.codegen import CompilerError, find_compiler, vector_width
+        from ..kernels.codegen.compiler import BASE_FLAGS, OPENMP_FLAG
+
+        cpu = cpu_fingerprint()
+        try:
+            comp = find_compiler(self.cc)
+            banner, command, lanes = comp.version, " ".join(comp.command), vector_width(self.cc)
+        except CompilerError as exc:
+            banner, command, lanes = f"unavailable: {exc}", None, None
+        flags = list(BASE_FLAGS) + ([OPENMP_FLAG] if self.threads > 1 else [])
+        return {
+            "target": self.name, "device": cpu["model"], "runtime": "tritune generated C", "version": _version(),
+            "threads": self.threads, "cpu": cpu, "isa": cpu["isa"], "compiler": command, "compiler_version": banner,
+            "flags": flags, "vector_width": lanes, "autotune": self.autotune,
+        }
+
+    def capabilities(self) -> dict[str, Any]:
+        return {
+            "spaces": list(SUPPORTED_SPACES),
+            "patterns": ["dense", "channel", "block", "unstructured", "nm", "gather_scatter", "kernel_pattern"],
+            # which patterns run on generated sparse kernels, per layer kind; everything else dense
+            "sparse_kernels": {k: list(v) for k, v in SPARSE_PATTERNS.items()},
+            "dense_kernels": {"dwconv": "generated depthwise (k 3/5/7, stride 1/2)", "channel": "generated dense on the kept channels",
+                              "global_pool/add/mul": "numpy"},
+            "bit_widths": [32],
+            "lower_bits_run_as": 32,
+            "activation_bits": "ignored: float32 activations (w_bits <= 8 layers run float on this target)",
+            "builds": True,
+            "measures": True,
+            "available": self.available(),
+        }
+
+    def supports(self, space_name: str) -> bool:
+        if space_name in SUPPORTED_SPACES:
+            return True
+        try:
+            return self._mobilenet(self._space(space_name))
+        except ValueError:
+            return False
+
+    # ----- building -----------------------------------------------------------------------
+    @staticmethod
+    def _mobilenet(space: Any) -> bool:
+        from ..spaces.mobilenet import MobileNetSpace
+
+        return isinstance(space, MobileNetSpace)
+
+    def _space(self, name: str) -> Any:
+        if name not in self._spaces:
+            from ..spaces.registry import create
+
+            self._spaces[name] = create(name)
+        return self._spaces[name]
+
+    def build(self, candidate: Any, space: Any = None, input_shape: Sequence[int] | None = None, *,
+              name: str | None = None) -> CodegenRunnable:
+        """A runnable from a candidate of a mobilenet space, or from a `MobileNetSubnet`
+        (``input_shape`` required). Raises `CompilerError` (clear message) without a compiler."""
+        from ..kernels.codegen import CompilerError
+        from ..spaces.mobilenet_net import MobileNetSubnet, build_subnet, torch_threads
+        from ..spaces.mobilenet_net import input_shape as shape_of
+
+        reason = self.unavailable_reason()
+        if reason is not None:
+            raise CompilerError(f"codegen-cpu: target unavailable: {reason}")
+        t0 = time.perf_counter()
+        if isinstance(candidate, Candidate):
+            if space is None:
+                try:
+                    space = self._space(candidate.space)
+                except ValueError:
+                    space = None
+            if space is None or not self._mobilenet(space):
+                raise ValueError(f"codegen-cpu: cannot build candidates of space {candidate.space!r}; supported: "
+                                 f"{', '.join(SUPPORTED_SPACES)} (or any MobileNetSpace passed as space=)")
+            cand = space.validate(candidate)
+            net = build_subnet(space, cand, seed=self.seed)
+            shape = tuple(input_shape or shape_of(space, cand))
+            label = name or cand.id
+        elif isinstance(candidate, MobileNetSubnet):
+            if input_shape is None:
+                raise ValueError("codegen-cpu.build: input_shape is required to build a MobileNetSubnet")
+            cand, net, shape, label = None, candidate.eval(), tuple(int(v) for v in input_shape), name or "MobileNetSubnet"
+        else:
+            raise ValueError(f"codegen-cpu.build: expected a Candidate or a MobileNetSubnet, got {type(candidate).__name__}")
+        if len(shape) != 4 or shape[0] != 1:
+            raise ValueError(f"input_shape: {shape} not allowed; allowed: (1, C, H, W) (batch 1)")
+        t_net = time.perf_counter() - t0
+        with torch_threads(1):
+            ops, buffers, x_in, logits = self._plan(net, shape)
+        times = {"net": t_net, "compile": sum(op.compile_s for op in ops), "total": time.perf_counter() - t0}
+        return CodegenRunnable(label, ops, shape, self.threads, cand, times, self.autotune, x_in, logits, buffers)
+
+    def _kernel(self, w: np.ndarray, mask: np.ndarray | None, pattern: str, kind: str, in_hw: Any, stride: int,
+                bias: np.ndarray | None, act: str) -> Any:
+        from ..kernels.codegen import autotune, compile_layer
+        from ..kernels.formats import pack
+
+        if pattern == "dense":  # exact zeros (a trained weight, dequantized codes) stay inside a dense layer
+            mask = np.ones(w.shape, dtype=bool)
+        packed = pack(w, pattern, mask)
+        opts = dict(bias=bias, act=act, threads=self.threads, cache_dir=self.cache_dir, cc=self.cc)
+        if self.autotune:
+            return autotune(packed, kind, in_hw, stride, **opts).kernel
+        return compile_layer(packed, kind, in_hw, stride, **opts)
+
+    def _plan(self, net: Any, shape: tuple[int, ...]) -> tuple[list[Op], list[np.ndarray], np.ndarray, np.ndarray]:
+        from ..kernels.codegen.depthwise import compile_depthwise
+        from ..spaces.compression import parse_pattern
+
+        modules = dict(net.named_modules())
+        bufs = _Buffers()
+        ops: list[Op] = []
+        x = x_in = bufs.get(shape[1:])
+        layers = list(net.layers)
+        with_add = {L.name.rsplit(".", 1)[0] for L in layers if L.op == "add"}
+        residual: dict[str, np.ndarray] = {}  # block -> its input, kept until the block's add
+
+        def consumed(buf: np.ndarray) -> None:
+            if buf is not x_in and not any(buf is r for r in residual.values()):  # the input stays for bench_fn
+                bufs.release(buf)
+
+        for L in layers:
+            prefix = L.name.rsplit(".", 1)[0].removesuffix(".se")
+            if L.name.startswith(f"{prefix}.se.") and L.op != "global_pool":
+                continue  # SE reduce / expand / scale are planned with the SE pool
+            if prefix in with_add and prefix not in residual and L.op in ("conv", "dwconv"):
+                residual[prefix] = x
+            if L.op in ("conv", "linear"):
+                module = modules[L.name]
+                w, b, mask = _weights(module)
+                family = parse_pattern(L.pattern).family
+                pattern = L.pattern
+                if family == "channel" or L.sparsity <= 0.0:
+                    family, pattern, mask = "dense", "dense", None  # channel: the kept weights are dense
+                if L.op == "linear":
+                    kind, in_hw = "linear", None
+                elif L.groups == 1 and L.kernel in (1, 3):
+                    kind, in_hw = f"conv{L.kernel}x{L.kernel}", (x.shape[1], x.shape[2])
+                else:
+                    raise ValueError(f"codegen-cpu: layer {L.name}: conv with kernel {L.kernel}, groups {L.groups} not allowed; "
+                                     "allowed: 1x1 / 3x3 full convolutions, depthwise k 3/5/7")
+                if kind == "linear" and family == "dense" and w.size > BLAS_LINEAR_WEIGHTS:
+                    y = bufs.get((w.shape[0],))
+                    ops.append(Op(L.name, "dense", "linear", _blas_linear(w, b, _act_name(module), x.reshape(-1), y), "dense", "numpy"))
+                    consumed(x)
+                    x = y
+                    continue
+                k = self._kernel(w, mask, pattern, kind, in_hw, L.stride, b, _act_name(module))
+                y = bufs.get(k.out_shape)
+                ops.append(Op(L.name, family, kind, k.bind(x.reshape(k.in_shape), y), pattern, k.variant.name, k.compile_s, k.cached))
+                consumed(x)
+                x = y
+            elif L.op == "dwconv":
+                module = modules[L.name]
+                w, b, _ = _weights(module)
+                k = compile_depthwise(w, b, (x.shape[1], x.shape[2]), L.stride, _act_name(module), cache_dir=self.cache_dir, cc=self.cc)
+                y = bufs.get(k.out_shape)
+                ops.append(Op(L.name, "dense", "dwconv", k.bind(x, y), "dense", f"k{L.kernel}s{L.stride}", k.compile_s, k.cached))
+                consumed(x)
+                x = y
+            elif L.op == "global_pool":
+                v = bufs.get((x.shape[0],))
+                ops.append(Op(L.name, "dense", "global_pool", _mean(x.reshape(x.shape[0], -1), v)))
+                if L.name.endswith(".se.pool"):
+                    ops.extend(self._se(modules, prefix, v, x, bufs))
+                else:
+                    consumed(x)
+                    x = v
+            elif L.op == "add":
+                res = residual.pop(prefix)
+                ops.append(Op(L.name, "dense", "add", _add(x, res)))
+                bufs.release(res)
+            else:
+                raise ValueError(f"codegen-cpu: layer {L.name}: op {L.op!r} not allowed; allowed: conv, dwconv, linear, global_pool, add, mul")
+        return ops, bufs.all, x_in, x
+
+    def _se(self, modules: dict, prefix: str, pooled: np.ndarray, x: np.ndarray, bufs: _Buffers) -> list[Op]:
+        """SE reduce (linear + relu), expand (linear + hsigmoid), then x *= scale in place."""
+        ops = []
+        v = pooled
+        for part in ("reduce", "expand"):
+            name = f"{prefix}.se.{part}"
+            module = modules[name]
+            w, b, _ = _weights(module)
+            w = w.reshape(w.shape[0], -1)
+            k = self._kernel(w, None, "dense", "linear", None, 1, b, _act_name(module))
+            y = bufs.get(k.out_shape)
+            ops.append(Op(name, "dense", "linear", k.bind(v, y), "dense", k.variant.name, k.compile_s, k.cached))
+            bufs.release(v)
+            v = y
+        ops.append(Op(f"{prefix}.se.scale", "dense", "mul", _scale(x, v)))
+        bufs.release(v)
+        return ops
+
+    # ----- timing -------------------------------------------------------------------------
+    def measure(self, runnables: Any, protocol: Protocol | None = None, **options: Any) -> Measurement | list[Measurement]:
+        """Time runnables with the interleaved protocol of `tritune.targets.measure` (a list gives a list)."""
+        if options:
+            raise ValueError(f"codegen-cpu.measure: unknown options {sorted(options)}; allowed: protocol")
+        protocol = protocol or self.protocol
+        if isinstance(runnables, (list, tuple)):
+            return measure_many(runnables, protocol)
+        return measure_many([runnables], protocol)[0]
+
+    def latency(self, candidates: Sequence[Candidate], space: Any = None) -> np.ndarray:
+        """Build and time every candidate (ground truth, seconds per candidate)."""
+        out = np.full(len(candidates), np.nan, dtype=np.float64)
+        for i, c in enumerate(candidates):
+            out[i] = self.measure(self.build(c, space=space)).latency_ms
+        return out
+
+
+def _mean(flat: np.ndarray, out: np.ndarray) -> Callable[[], None]:
+    inv = np.float32(1.0 / flat.shape[1])
+    add, mul = np.add.reduce, np.multiply
+
+    def run() -> None:
+        add(flat, axis=1, out=out)
+        mul(out, inv, out=out)
+
+    return run
+
+
+def _blas_linear(w: np.ndarray, b: np.ndarray | None, act: str, x: np.ndarray, out: np.ndarray) -> Callable[[], None]:
+    w = np.ascontiguousarray(w, dtype=np.float32)
+    b = np.zeros(w.shape[0], np.float32) if b is None else b
+    dot, add, mx, mn, mul = np.dot, np.add, np.maximum, np.minimum, np.multiply
+    tmp = np.empty_like(out)
+
+    def run() -> None:
+        dot(w, x, out=out)
+        add(out, b, out=out)
+        if act == "relu":
+            mx(out, 0.0, out=out)
+        elif act in ("hswish", "hsigmoid"):
+            add(out, 3.0, out=tmp)
+            mx(tmp, 0.0, out=tmp)
+            mn(tmp, 6.0, out=tmp)
+            mul(tmp, np.float32(1.0 / 6.0), out=tmp)
+            if act == "hswish":
+                mul(out, tmp, out=out)
+            else:
+                out[...] = tmp
+
+    return run
+
+
+def _add(x: np.ndarray, res: np.ndarray) -> Callable[[], None]:
+    add = np.add
+    return lambda: add(x, res, out=x)
+
+
+def _scale(x: np.ndarray, s: np.ndarray) -> Callable[[], None]:
+    mul, s3 = np.multiply, s.reshape(-1, 1, 1)
+    return lambda: mul(x, s3, out=x)
+
+
+__all__ = ["CodegenCpuTarget", "CodegenRunnable", "Op"]
