@@ -40,9 +40,9 @@ import numpy as np
 from ..spaces.candidate import Candidate
 from .base import Target
 from .measure import Measurement, Protocol, measure_many
+from .mobilenet_support import SUPPORTED_SPACES, BuildsMobileNets
 from .ort_cpu import cpu_fingerprint
 
-SUPPORTED_SPACES = ("mobilenet", "mobilenet-small")
 #: Patterns running on generated sparse kernels, per layer kind (see `capabilities`).
 SPARSE_PATTERNS = {
     "conv1x1": ["block", "unstructured", "nm", "gather_scatter"],
@@ -198,7 +198,7 @@ def _weights(module: Any) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | N
     return w_np, to(op.bias), None if m_np is None else m_np != 0
 
 
-class CodegenCpuTarget(Target):
+class CodegenCpuTarget(BuildsMobileNets, Target):
     """Generated sparse C kernels on this CPU (float32), timed with `Protocol`."""
 
     name = "codegen-cpu"
@@ -216,7 +216,6 @@ class CodegenCpuTarget(Target):
         self.protocol = protocol or Protocol(threads=threads)
         if self.protocol.threads != threads:
             raise ValueError(f"codegen-cpu: protocol.threads={self.protocol.threads} differs from threads={threads}")
-        self._spaces: dict[str, Any] = {}
 
     # ----- identity -----------------------------------------------------------------------
     def available(self) -> bool:
@@ -270,27 +269,7 @@ class CodegenCpuTarget(Target):
             "available": self.available(),
         }
 
-    def supports(self, space_name: str) -> bool:
-        if space_name in SUPPORTED_SPACES:
-            return True
-        try:
-            return self._mobilenet(self._space(space_name))
-        except ValueError:
-            return False
-
     # ----- building -----------------------------------------------------------------------
-    @staticmethod
-    def _mobilenet(space: Any) -> bool:
-        from ..spaces.mobilenet import MobileNetSpace
-
-        return isinstance(space, MobileNetSpace)
-
-    def _space(self, name: str) -> Any:
-        if name not in self._spaces:
-            from ..spaces.registry import create
-
-            self._spaces[name] = create(name)
-        return self._spaces[name]
 
     def build(self, candidate: Any, space: Any = None, input_shape: Sequence[int] | None = None, *,
               name: str | None = None) -> CodegenRunnable:
@@ -305,14 +284,7 @@ class CodegenCpuTarget(Target):
             raise CompilerError(f"codegen-cpu: target unavailable: {reason}")
         t0 = time.perf_counter()
         if isinstance(candidate, Candidate):
-            if space is None:
-                try:
-                    space = self._space(candidate.space)
-                except ValueError:
-                    space = None
-            if space is None or not self._mobilenet(space):
-                raise ValueError(f"codegen-cpu: cannot build candidates of space {candidate.space!r}; supported: "
-                                 f"{', '.join(SUPPORTED_SPACES)} (or any MobileNetSpace passed as space=)")
+            space = self.resolve_space(candidate, space)
             cand = space.validate(candidate)
             net = build_subnet(space, cand, seed=self.seed)
             shape = tuple(input_shape or shape_of(space, cand))

@@ -56,9 +56,9 @@ import numpy as np
 from ..spaces.candidate import Candidate
 from .base import Target
 from .measure import Measurement, Protocol, measure_many
+from .mobilenet_support import SUPPORTED_SPACES, BuildsMobileNets
 
 #: Spaces whose candidates this target can build (any `MobileNetSpace` works when passed in).
-SUPPORTED_SPACES = ("mobilenet", "mobilenet-small")
 GRAPH_OPTIMIZATION = "ORT_ENABLE_ALL"
 OPSET = 17
 EXPORTERS = ("torchscript", "dynamo")
@@ -209,7 +209,7 @@ class OrtRunnable:
             fh.write(self.onnx_bytes)
 
 
-class OrtCpuTarget(Target):
+class OrtCpuTarget(BuildsMobileNets, Target):
     """ONNX Runtime CPU (``CPUExecutionProvider``) on this machine, timed with `Protocol`."""
 
     name = "ort-cpu"
@@ -230,7 +230,6 @@ class OrtCpuTarget(Target):
         self.protocol = protocol or Protocol(threads=threads)
         if self.protocol.threads != threads:
             raise ValueError(f"ort-cpu: protocol.threads={self.protocol.threads} differs from threads={threads}")
-        self._spaces: dict[str, Any] = {}
 
     # ----- identity -----------------------------------------------------------------------
     def fingerprint(self) -> dict[str, Any]:
@@ -271,42 +270,7 @@ class OrtCpuTarget(Target):
             "measures": True,
         }
 
-    def supports(self, space_name: str) -> bool:
-        if space_name in SUPPORTED_SPACES:
-            return True
-        try:
-            return self._is_mobilenet(self._space(space_name))
-        except ValueError:
-            return False
-
     # ----- building -----------------------------------------------------------------------
-    @staticmethod
-    def _is_mobilenet(space: Any) -> bool:
-        from ..spaces.mobilenet import MobileNetSpace
-
-        return isinstance(space, MobileNetSpace)
-
-    def _space(self, name: str) -> Any:
-        if name not in self._spaces:
-            from ..spaces.registry import create
-
-            self._spaces[name] = create(name)
-        return self._spaces[name]
-
-    def _resolve_space(self, candidate: Candidate, space: Any) -> Any:
-        if space is None:
-            try:
-                space = self._space(candidate.space)
-            except ValueError:
-                space = None
-        if space is None or not self._is_mobilenet(space):
-            raise ValueError(
-                f"ort-cpu: cannot build candidates of space {candidate.space!r}; supported: "
-                f"{', '.join(SUPPORTED_SPACES)} (or any MobileNetSpace passed as space=)"
-            )
-        if candidate.space != space.name:
-            raise ValueError(f"ort-cpu: candidate of space {candidate.space!r} given with space {space.name!r}")
-        return space
 
     def export(self, module: Any, input_shape: Sequence[int]) -> Any:
         """ONNX ``ModelProto`` of a module for a float input of ``input_shape`` (input ``input``,
@@ -343,7 +307,7 @@ class OrtCpuTarget(Target):
             from ..spaces.mobilenet_net import build_subnet
             from ..spaces.mobilenet_net import input_shape as shape_of
 
-            space = self._resolve_space(candidate, space)
+            space = self.resolve_space(candidate, space)
             cand = space.validate(candidate)
             module = build_subnet(space, cand, seed=self.seed)
             shape = tuple(input_shape or shape_of(space, cand))
