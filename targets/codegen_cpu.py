@@ -39,7 +39,7 @@ import numpy as np
 
 from ..spaces.candidate import Candidate
 from .base import Target
-from .measure import Measurement, Protocol, measure_many
+from .measure import Measurement, Protocol, measure_target
 from .mobilenet_support import SUPPORTED_SPACES, BuildsMobileNets
 from .ort_cpu import cpu_fingerprint
 
@@ -408,12 +408,7 @@ class CodegenCpuTarget(BuildsMobileNets, Target):
     # ----- timing -------------------------------------------------------------------------
     def measure(self, runnables: Any, protocol: Protocol | None = None, **options: Any) -> Measurement | list[Measurement]:
         """Time runnables with the interleaved protocol of `tritune.targets.measure` (a list gives a list)."""
-        if options:
-            raise ValueError(f"codegen-cpu.measure: unknown options {sorted(options)}; allowed: protocol")
-        protocol = protocol or self.protocol
-        if isinstance(runnables, (list, tuple)):
-            return measure_many(runnables, protocol)
-        return measure_many([runnables], protocol)[0]
+        return measure_target(self.name, runnables, protocol or self.protocol, options)
 
     def latency(self, candidates: Sequence[Candidate], space: Any = None) -> np.ndarray:
         """Build and time every candidate (ground truth, seconds per candidate)."""

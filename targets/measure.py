@@ -179,3 +179,13 @@ def measure_many(runnables: Sequence[Any], protocol: Protocol | None = None, nam
     one_thread = protocol.threads == 1
     return [summarize_rounds(labels[i], times[i], protocol.warmup, protocol.threads, cpu_times[i] if one_thread else None)
             for i in range(len(fns))]
+
+
+def measure_target(target_name: str, runnables: Any, protocol: Protocol, options: dict[str, Any]) -> Measurement | list[Measurement]:
+    """What a target's ``measure`` does: a list of runnables gives a list of `Measurement`
+    (timed interleaved), one runnable gives one; any other option is refused by name."""
+    if options:
+        raise ValueError(f"{target_name}.measure: unknown options {sorted(options)}; allowed: protocol")
+    if isinstance(runnables, (list, tuple)):
+        return measure_many(runnables, protocol)
+    return measure_many([runnables], protocol)[0]

@@ -55,7 +55,7 @@ import numpy as np
 
 from ..spaces.candidate import Candidate
 from .base import Target
-from .measure import Measurement, Protocol, measure_many
+from .measure import Measurement, Protocol, measure_target
 from .mobilenet_support import SUPPORTED_SPACES, BuildsMobileNets
 
 #: Spaces whose candidates this target can build (any `MobileNetSpace` works when passed in).
@@ -385,12 +385,7 @@ class OrtCpuTarget(BuildsMobileNets, Target):
     def measure(self, runnables: Any, protocol: Protocol | None = None, **options: Any) -> Measurement | list[Measurement]:
         """Time runnables with the interleaved protocol: a list gives a list of `Measurement`,
         one runnable gives one `Measurement`."""
-        if options:
-            raise ValueError(f"ort-cpu.measure: unknown options {sorted(options)}; allowed: protocol")
-        protocol = protocol or self.protocol
-        if isinstance(runnables, (list, tuple)):
-            return measure_many(runnables, protocol)
-        return measure_many([runnables], protocol)[0]
+        return measure_target(self.name, runnables, protocol or self.protocol, options)
 
     def latency(self, candidates: Sequence[Candidate], space: Any = None) -> np.ndarray:
         """Build and time every candidate (groups of ``group_size`` interleaved): seconds per
