@@ -112,6 +112,27 @@ def throughput(pred: Any, nets: list, space: Any, cands: list, n_target: int = 2
     return {"networks": len(many), "predict_per_s": 1.0 / per_pred, "ir_per_s": 1.0 / ir, "with_ir_per_s": 1.0 / (ir + per_pred)}
 
 
+def fusion_table(rules: Any, built_in: Any, seconds: float) -> list[str]:
+    """Markdown: the timed fusion probes (increment of adding an op to a conv against running it
+    alone) next to the graph verdicts, and whether the measured rules differ from the built-in ones."""
+    ev = rules.evidence
+    out = ["", f"**Fusion rules measured now** ({rules.runtime}; graph inspection + timed micro-benchmarks, {seconds:.0f} s)", "",
+           "| probe | + µs over the conv alone | one element-wise pass µs | folded by timing |", "|---|---|---|---|"]
+    for name, v in ev.get("timing_verdicts", {}).items():
+        if "increment_us" in v:
+            out.append(f"| {name} | {v['increment_us']:.1f} | {v['standalone_us']:.1f} | {'yes' if v['folded'] else 'no'} |")
+    out += ["", "| int8 probe | int8 µs | fp32 µs |", "|---|---|---|"]
+    for name, v in ev.get("timing_verdicts", {}).items():
+        if "fp32_us" in v:
+            out.append(f"| {name} | {v['us']:.1f} | {v['fp32_us']:.1f} |")
+    skip = {"source", "runtime", "evidence"}
+    a, b = rules.to_json(), built_in.to_json()
+    diff = {k: (b[k], a[k]) for k in a if k not in skip and a[k] != b[k]}
+    out += ["", f"- graph verdicts: {ev.get('graph_verdicts')}",
+            "- measured rules equal the built-in ones" if not diff else f"- differs from the built-in rules (built-in, measured): {diff}"]
+    return out
+
+
 def fmt_row(name: str, r: dict[str, Any]) -> str:
     return (f"| {name} | {r['n']} | {100 * r['within_10']:.1f} | {100 * r['within_5']:.1f} | {r['mape']:.2f} | "
             f"{r['spearman']:.3f} | {r['kendall']:.3f} |")
@@ -126,10 +147,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="docs/results/predictors_ort.json")
     ap.add_argument("--remeasure", type=int, default=0, help="measure this many held-out models again (noise floor)")
     ap.add_argument("--target", choices=("latency_ms", "cpu_latency_ms"), default="latency_ms")
+    ap.add_argument("--detect-fusion", action="store_true",
+                    help="probe the runtime first (optimised graphs + timed micro-benchmarks) and fit the layer-wise "
+                         "predictors with the rules measured now instead of the built-in ones")
     args = ap.parse_args(argv)
 
     from tritune.predictors import LayerwiseLatencyPredictor, WholeModelPredictor
-    from tritune.predictors.fusion import DEFAULT_RULES, KernelBatch
+    from tritune.predictors.fusion import DEFAULT_RULES, KernelBatch, detect_fusion_rules
     from tritune.predictors.ort_layerwise import stratified_split
     from tritune.spaces.candidate import Candidate
 
@@ -163,13 +187,18 @@ def main(argv: list[str] | None = None) -> int:
     base = flops_baseline(macs[tr], y[tr])
     preds["flops"] = base(macs[te])
 
-    naive = dataclasses.replace(DEFAULT_RULES, source="naive (no promotion, no sum fusion)", promote_acts=(), fp32_add_fused=False)
+    rules, fusion_lines = DEFAULT_RULES, []
+    if args.detect_fusion:
+        t0 = time.perf_counter()
+        rules = detect_fusion_rules(timing=True)
+        fusion_lines = fusion_table(rules, DEFAULT_RULES, time.perf_counter() - t0)
+    naive = dataclasses.replace(rules, source="naive (no promotion, no sum fusion)", promote_acts=(), fp32_add_fused=False)
     models = {
         "whole-model": lambda: WholeModelPredictor(space=space).fit(c_tr, y[tr], target=fp),
-        "layerwise": lambda: LayerwiseLatencyPredictor(space=space).fit(nets_tr, y[tr], target=fp),
-        "layerwise-additive": lambda: LayerwiseLatencyPredictor(space=space, correction=False).fit(nets_tr, y[tr], target=fp),
-        "layerwise+groups": lambda: LayerwiseLatencyPredictor(space=space).fit(nets_tr, y[tr], target=fp, groups=groups[tr]),
-        "layerwise-additive+groups": lambda: LayerwiseLatencyPredictor(space=space, correction=False).fit(nets_tr, y[tr], target=fp, groups=groups[tr]),
+        "layerwise": lambda: LayerwiseLatencyPredictor(space=space, rules=rules).fit(nets_tr, y[tr], target=fp),
+        "layerwise-additive": lambda: LayerwiseLatencyPredictor(space=space, rules=rules, correction=False).fit(nets_tr, y[tr], target=fp),
+        "layerwise+groups": lambda: LayerwiseLatencyPredictor(space=space, rules=rules).fit(nets_tr, y[tr], target=fp, groups=groups[tr]),
+        "layerwise-additive+groups": lambda: LayerwiseLatencyPredictor(space=space, rules=rules, correction=False).fit(nets_tr, y[tr], target=fp, groups=groups[tr]),
         "layerwise-naive-rules": lambda: LayerwiseLatencyPredictor(space=space, rules=naive).fit(nets_tr, y[tr], target=fp),
     }
     fit_s = {}
@@ -246,11 +275,12 @@ def main(argv: list[str] | None = None) -> int:
               f"- predict from layer IR: {tp['predict_per_s']:.0f} networks/s ({tp['networks']} networks; kernel grouping alone {tp['kernel_grouping_per_s']:.0f}/s)",
               f"- IR building (`space.layers`): {tp['ir_per_s']:.0f} networks/s; end to end from candidates {tp['with_ir_per_s']:.0f}/s",
               f"- whole-model predictor from candidates (encoding included): {tp_whole['predict_per_s']:.0f}/s"]
+    lines += fusion_lines
     text = "\n".join(lines)
     print(text)
 
     out = {"profile": str(args.profile), "rows": n, "train": int(tr.sum()), "test": int(te.sum()), "seed": args.seed, "target": args.target,
-           "results": results, "noise": noise, "throughput": {"layerwise": tp, "whole_model": tp_whole}, "best": best, "markdown": text}
+           "results": results, "noise": noise, "rules": rules.to_json(), "throughput": {"layerwise": tp, "whole_model": tp_whole}, "best": best, "markdown": text}
     if args.out:
         p = Path(args.out)
         p.parent.mkdir(parents=True, exist_ok=True)

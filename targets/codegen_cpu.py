@@ -15,8 +15,12 @@ to float, the ``weight_mask`` buffer gives the pattern's structure):
    the pattern the IR names for them (`tritune.kernels.formats.pack`) and compiled with bias and
    activation fused (`compile_layer`, or `autotune` with ``autotune=True``); dense and
    channel-pruned layers (physically narrower) run on the generated dense 8x1-block kernel;
-3. depthwise convolutions run on generated depthwise kernels (`kernels.codegen.depthwise`);
-   global pools, the SE channel multiply and residual adds are numpy ufuncs writing in place.
+3. depthwise convolutions run on generated depthwise kernels (`kernels.codegen.depthwise`); a
+   depthwise kernel followed by a squeeze-excite pool also writes the channel means, so the
+   pool costs no pass over the tensor; other global pools, the SE channel multiply, residual adds and dense linear layers too large to
+   compile as constants run on the small element-wise C library of `kernels.codegen.chain`;
+4. every op is a C step with one calling convention, and the whole network runs as one
+   `OpChain`: one ctypes call per inference, no Python or numpy between ops.
 
 `CodegenRunnable.run(x)` returns the logits; ``bench_fn()`` is what `tritune.targets.measure`
 times; ``plan`` lists each op (name, family, variant, compile seconds); ``profile()`` times each
@@ -72,6 +76,8 @@ class Op:
     family: str
     kind: str
     fn: Callable[[], Any] = field(repr=False)
+    step: Any = field(repr=False)  # `tritune.kernels.codegen.chain.CStep`
+    keep: Any = field(repr=False)  # the kernel / library owning the step's code and workspace
     pattern: str = "dense"
     variant: str = ""
     compile_s: float = 0.0
@@ -96,14 +102,19 @@ class CodegenRunnable:
     _input: np.ndarray = field(repr=False)
     _output: np.ndarray = field(repr=False)
     _buffers: list[np.ndarray] = field(default_factory=list, repr=False)
+    _chain: Any = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        from ..kernels.codegen.chain import OpChain
+
+        self._chain = OpChain([op.step for op in self.ops], keep=[self._buffers, [op.keep for op in self.ops]])
 
     @property
     def plan(self) -> list[dict[str, Any]]:
         return [op.describe() for op in self.ops]
 
     def _forward(self) -> None:
-        for op in self.ops:
-            op.fn()
+        self._chain()
 
     def run(self, x: Any) -> np.ndarray:
         """Logits ``[1, classes]`` for one input ``[1, C, H, W]`` (numpy or torch)."""
@@ -120,13 +131,7 @@ class CodegenRunnable:
     def bench_fn(self) -> Callable[[], None]:
         """Runs the network once on the input currently in its buffer (a seeded one at first)."""
         self._input[...] = self.example_input().reshape(self._input.shape)
-        fns = [op.fn for op in self.ops]
-
-        def run(fns=fns) -> None:
-            for fn in fns:
-                fn()
-
-        return run
+        return self._chain
 
     def profile(self, repeats: int = 20) -> list[dict[str, Any]]:
         """Median milliseconds of each op timed alone (after one full warm-up run), in plan order."""
@@ -317,8 +322,11 @@ class CodegenCpuTarget(BuildsMobileNets, Target):
         return compile_layer(packed, kind, in_hw, stride, **opts)
 
     def _plan(self, net: Any, shape: tuple[int, ...]) -> tuple[list[Op], list[np.ndarray], np.ndarray, np.ndarray]:
+        from ..kernels.codegen.chain import add_step, matvec_step, mean_step
         from ..kernels.codegen.depthwise import compile_depthwise
         from ..spaces.compression import parse_pattern
+
+        lib = {"cc": self.cc, "cache_dir": self.cache_dir}
 
         modules = dict(net.named_modules())
         bufs = _Buffers()
@@ -332,7 +340,10 @@ class CodegenCpuTarget(BuildsMobileNets, Target):
             if buf is not x_in and not any(buf is r for r in residual.values()):  # the input stays for bench_fn
                 bufs.release(buf)
 
-        for L in layers:
+        fused_pool: np.ndarray | None = None  # channel means written by the previous depthwise kernel
+        for i, L in enumerate(layers):
+            if L.op not in ("dwconv", "global_pool"):
+                fused_pool = None
             prefix = L.name.rsplit(".", 1)[0].removesuffix(".se")
             if L.name.startswith(f"{prefix}.se.") and L.op != "global_pool":
                 continue  # SE reduce / expand / scale are planned with the SE pool
@@ -354,26 +365,37 @@ class CodegenCpuTarget(BuildsMobileNets, Target):
                                      "allowed: 1x1 / 3x3 full convolutions, depthwise k 3/5/7")
                 if kind == "linear" and family == "dense" and w.size > BLAS_LINEAR_WEIGHTS:
                     y = bufs.get((w.shape[0],))
-                    ops.append(Op(L.name, "dense", "linear", _blas_linear(w, b, _act_name(module), x.reshape(-1), y), "dense", "numpy"))
+                    st = matvec_step(w, b, _act_name(module), x.reshape(-1), y, **lib)
+                    ops.append(Op(L.name, "dense", "linear", st, st.step, st, "dense", "matvec"))
                     consumed(x)
                     x = y
                     continue
                 k = self._kernel(w, mask, pattern, kind, in_hw, L.stride, b, _act_name(module))
                 y = bufs.get(k.out_shape)
-                ops.append(Op(L.name, family, kind, k.bind(x.reshape(k.in_shape), y), pattern, k.variant.name, k.compile_s, k.cached))
+                xin = x.reshape(k.in_shape)
+                ops.append(Op(L.name, family, kind, k.bind(xin, y), k.step(xin, y), k, pattern, k.variant.name, k.compile_s, k.cached))
                 consumed(x)
                 x = y
             elif L.op == "dwconv":
                 module = modules[L.name]
                 w, b, _ = _weights(module)
-                k = compile_depthwise(w, b, (x.shape[1], x.shape[2]), L.stride, _act_name(module), cache_dir=self.cache_dir, cc=self.cc)
+                nxt = layers[i + 1] if i + 1 < len(layers) else None
+                se_pool = nxt is not None and nxt.op == "global_pool" and nxt.name.endswith(".se.pool")
+                k = compile_depthwise(w, b, (x.shape[1], x.shape[2]), L.stride, _act_name(module), cache_dir=self.cache_dir, cc=self.cc,
+                                      pool=se_pool)
                 y = bufs.get(k.out_shape)
-                ops.append(Op(L.name, "dense", "dwconv", k.bind(x, y), "dense", f"k{L.kernel}s{L.stride}", k.compile_s, k.cached))
+                ops.append(Op(L.name, "dense", "dwconv", k.bind(x, y), k.step(x, y), k, "dense",
+                              f"k{L.kernel}s{L.stride}" + ("+pool" if se_pool else ""), k.compile_s, k.cached))
                 consumed(x)
                 x = y
+                fused_pool = k.pooled
             elif L.op == "global_pool":
-                v = bufs.get((x.shape[0],))
-                ops.append(Op(L.name, "dense", "global_pool", _mean(x.reshape(x.shape[0], -1), v)))
+                if fused_pool is not None and L.name.endswith(".se.pool"):
+                    v = fused_pool  # computed by the depthwise kernel that produced x
+                else:
+                    v = bufs.get((x.shape[0],))
+                    st = mean_step(x.reshape(x.shape[0], -1), v, **lib)
+                    ops.append(Op(L.name, "dense", "global_pool", st, st.step, st))
                 if L.name.endswith(".se.pool"):
                     ops.extend(self._se(modules, prefix, v, x, bufs))
                 else:
@@ -381,7 +403,8 @@ class CodegenCpuTarget(BuildsMobileNets, Target):
                     x = v
             elif L.op == "add":
                 res = residual.pop(prefix)
-                ops.append(Op(L.name, "dense", "add", _add(x, res)))
+                st = add_step(x, res, **lib)
+                ops.append(Op(L.name, "dense", "add", st, st.step, st))
                 bufs.release(res)
             else:
                 raise ValueError(f"codegen-cpu: layer {L.name}: op {L.op!r} not allowed; allowed: conv, dwconv, linear, global_pool, add, mul")
@@ -389,6 +412,7 @@ class CodegenCpuTarget(BuildsMobileNets, Target):
 
     def _se(self, modules: dict, prefix: str, pooled: np.ndarray, x: np.ndarray, bufs: _Buffers) -> list[Op]:
         """SE reduce (linear + relu), expand (linear + hsigmoid), then x *= scale in place."""
+        from ..kernels.codegen.chain import scale_step
         ops = []
         v = pooled
         for part in ("reduce", "expand"):
@@ -398,10 +422,11 @@ class CodegenCpuTarget(BuildsMobileNets, Target):
             w = w.reshape(w.shape[0], -1)
             k = self._kernel(w, None, "dense", "linear", None, 1, b, _act_name(module))
             y = bufs.get(k.out_shape)
-            ops.append(Op(name, "dense", "linear", k.bind(v, y), "dense", k.variant.name, k.compile_s, k.cached))
+            ops.append(Op(name, "dense", "linear", k.bind(v, y), k.step(v, y), k, "dense", k.variant.name, k.compile_s, k.cached))
             bufs.release(v)
             v = y
-        ops.append(Op(f"{prefix}.se.scale", "dense", "mul", _scale(x, v)))
+        st = scale_step(x, v, cc=self.cc, cache_dir=self.cache_dir)
+        ops.append(Op(f"{prefix}.se.scale", "dense", "mul", st, st.step, st))
         bufs.release(v)
         return ops
 
@@ -416,51 +441,6 @@ class CodegenCpuTarget(BuildsMobileNets, Target):
         for i, c in enumerate(candidates):
             out[i] = self.measure(self.build(c, space=space)).latency_ms
         return out
-
-
-def _mean(flat: np.ndarray, out: np.ndarray) -> Callable[[], None]:
-    inv = np.float32(1.0 / flat.shape[1])
-    add, mul = np.add.reduce, np.multiply
-
-    def run() -> None:
-        add(flat, axis=1, out=out)
-        mul(out, inv, out=out)
-
-    return run
-
-
-def _blas_linear(w: np.ndarray, b: np.ndarray | None, act: str, x: np.ndarray, out: np.ndarray) -> Callable[[], None]:
-    w = np.ascontiguousarray(w, dtype=np.float32)
-    b = np.zeros(w.shape[0], np.float32) if b is None else b
-    dot, add, mx, mn, mul = np.dot, np.add, np.maximum, np.minimum, np.multiply
-    tmp = np.empty_like(out)
-
-    def run() -> None:
-        dot(w, x, out=out)
-        add(out, b, out=out)
-        if act == "relu":
-            mx(out, 0.0, out=out)
-        elif act in ("hswish", "hsigmoid"):
-            add(out, 3.0, out=tmp)
-            mx(tmp, 0.0, out=tmp)
-            mn(tmp, 6.0, out=tmp)
-            mul(tmp, np.float32(1.0 / 6.0), out=tmp)
-            if act == "hswish":
-                mul(out, tmp, out=out)
-            else:
-                out[...] = tmp
-
-    return run
-
-
-def _add(x: np.ndarray, res: np.ndarray) -> Callable[[], None]:
-    add = np.add
-    return lambda: add(x, res, out=x)
-
-
-def _scale(x: np.ndarray, s: np.ndarray) -> Callable[[], None]:
-    mul, s3 = np.multiply, s.reshape(-1, 1, 1)
-    return lambda: mul(x, s3, out=x)
 
 
 __all__ = ["CodegenCpuTarget", "CodegenRunnable", "Op"]

@@ -85,7 +85,8 @@ def test_module_build_larger_resolution(space):
 
 @needs_cc
 @pytest.mark.parametrize("k,stride,hw,act", [(3, 1, (7, 9), "relu"), (5, 2, (13, 11), "hswish"), (7, 1, (5, 5), "none"),
-                                             (7, 2, (17, 33), "hsigmoid"), (3, 2, (1, 1), "relu")])
+                                             (7, 2, (17, 33), "hsigmoid"), (3, 2, (1, 1), "relu"),
+                                             (3, 2, (112, 112), "relu"), (5, 1, (30, 45), "hswish"), (7, 2, (57, 70), "none")])
 def test_depthwise_kernel(k, stride, hw, act):
     g = torch.Generator().manual_seed(k * 10 + stride)
     C = 6
@@ -97,6 +98,11 @@ def test_depthwise_kernel(k, stride, hw, act):
     ref = F.conv2d(torch.from_numpy(x)[None], w, b, stride, k // 2, groups=C)
     ref = {"relu": F.relu, "hswish": F.hardswish, "hsigmoid": F.hardsigmoid, "none": lambda v: v}[act](ref)[0].numpy()
     assert y.shape == ref.shape and _rel(y, ref) <= 1e-5
+    fused = compile_depthwise(w, b, hw, stride, act, pool=True, rows=2, vectors=1)  # + the squeeze-excite pool
+    y2 = fused.run(x)
+    assert _rel(y2, ref) <= 1e-5 and _rel(fused.pooled, ref.mean(axis=(1, 2))) <= 1e-5
+    with pytest.raises(ValueError, match="rows: 0 not allowed"):
+        compile_depthwise(w, b, hw, stride, act, rows=0)
     with pytest.raises(ValueError, match="stride"):
         compile_depthwise(w, b, hw, 3)
     with pytest.raises(ValueError, match="weight"):

@@ -27,8 +27,10 @@ from .runtime import aligned_empty
 
 KERNELS = (3, 5, 7)
 STRIDES = (1, 2)
-#: Output vectors computed together (accumulators held in registers across the taps).
+#: Output vectors per row and output rows computed together (accumulators held in registers
+#: across the taps; an input vector loaded once feeds every output row it is a tap of).
 TILE_VECTORS = 4
+ROWS_PER_TILE = 4
 
 
 @dataclass(eq=False)
@@ -48,6 +50,8 @@ class DepthwiseKernel:
     _fn: Any = field(default=None, repr=False)
     _ws: np.ndarray | None = field(default=None, repr=False)
     _cdll: Any = field(default=None, repr=False)
+    #: channel means of the last output (``pool=True`` only): written by every run
+    pooled: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def in_shape(self) -> tuple[int, int, int]:
@@ -75,13 +79,21 @@ class DepthwiseKernel:
 
         return call
 
+    def step(self, x: np.ndarray, out: np.ndarray) -> Any:
+        """This layer as a step of an `OpChain` (``x``, ``out`` and this kernel must stay alive)."""
+        from .chain import CStep
+
+        self.bind(x, out)  # the checks
+        return CStep(int(ctypes.cast(self._fn, ctypes.c_void_p).value), x.ctypes.data, out.ctypes.data, self._ws.ctypes.data)
+
     def run(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         out = np.empty(self.out_shape, dtype=np.float32) if out is None else out
         self.bind(x, out)()
         return out
 
 
-def _source(weight: np.ndarray, bias: np.ndarray, in_hw: tuple[int, int], stride: int, act: str, vw: int) -> str:
+def _source(weight: np.ndarray, bias: np.ndarray, in_hw: tuple[int, int], stride: int, act: str, vw: int,
+            rows: int = ROWS_PER_TILE, vectors: int = TILE_VECTORS, pool: bool = False) -> str:
     C, _, k, _ = weight.shape
     H, W = in_hw
     p = k // 2
@@ -90,7 +102,8 @@ def _source(weight: np.ndarray, bias: np.ndarray, in_hw: tuple[int, int], stride
     # plane width: every vector load of the last tile (x up to nvec*vw, tap shift up to (k-1)//stride) stays inside
     wq = max(-(-(W + 2 * p) // stride), nvec * vw + (k - 1) // stride)
     hp = H + 2 * p
-    nv = min(TILE_VECTORS, nvec)
+    nv = min(vectors, nvec)
+    nr = min(rows, ho)
     return prelude(vw) + activation(act) + float_array("WT", weight.reshape(-1)) + float_array("BS", bias) + f"""
 #define C {C}
 #define H {H}
@@ -105,55 +118,114 @@ def _source(weight: np.ndarray, bias: np.ndarray, in_hw: tuple[int, int], stride
 #define PLANE (HP * WQ)
 #define NVEC {nvec}
 #define NV {nv}
-long tt_workspace_floats(void) {{ return (long)S * PLANE; }}
+#define NR {nr}
+#define POOL {int(pool)}
+#define POOL_OFF (((long)S * PLANE + 15) / 16 * 16)
+long tt_workspace_floats(void) {{ return POOL ? POOL_OFF + C : (long)S * PLANE; }}
+long tt_pool_offset(void) {{ return POOL ? POOL_OFF : -1; }}
 int tt_abi_version(void) {{ return 1; }}
 
-INL void tile(const float *restrict ws, const float *restrict w, float b, float *restrict out, int yo, int v0, int nv) {{
-    vf acc[NV];
-    for (int t = 0; t < NV; t++) acc[t] = (vf){{0}} + b;
-    for (int dy = 0; dy < K; dy++) {{
+/* NR output rows x NV output vectors; each loaded input vector feeds every output row it is a tap of */
+INL void tile(const float *restrict ws, const float *restrict w, float b, float *restrict out, int yo, int v0, int nv, int nr, vf *csum) {{
+    vf acc[NR][NV];
+    for (int r = 0; r < NR; r++) for (int t = 0; t < NV; t++) acc[r][t] = (vf){{0}} + b;
+    #pragma GCC unroll 16
+    for (int j = 0; j < S * (NR - 1) + K; j++) {{
+        if (j > S * (nr - 1) + K - 1) break;
+        #pragma GCC unroll 8
         for (int dx = 0; dx < K; dx++) {{
-            const float wv = w[dy * K + dx];
-            const float *src = ws + (dx % S) * PLANE + (S * yo + dy) * WQ + dx / S + v0 * VW;
-            for (int t = 0; t < NV; t++) if (t < nv) acc[t] += wv * vld(src + t * VW);
+            const float *src = ws + (dx % S) * PLANE + (S * yo + j) * WQ + dx / S + v0 * VW;
+            vf v[NV];
+            for (int t = 0; t < NV; t++) if (t < nv) v[t] = vld(src + t * VW);
+            #pragma GCC unroll 8
+            for (int r = 0; r < NR; r++) {{
+                const int dy = j - S * r;
+                if (r < nr && dy >= 0 && dy < K) {{
+                    const float wv = w[dy * K + dx];
+                    for (int t = 0; t < NV; t++) if (t < nv) acc[r][t] += wv * v[t];
+                }}
+            }}
         }}
     }}
-    for (int t = 0; t < NV; t++) {{
-        if (t >= nv) break;
-        int x0 = (v0 + t) * VW;
-        vf r = act_v(acc[t]);
-        if (x0 + VW <= WO) vst(out + x0, r);
-        else {{ float tmp[VW]; vst(tmp, r); for (int i = 0; x0 + i < WO; i++) out[x0 + i] = tmp[i]; }}
+    for (int r = 0; r < NR; r++) {{
+        if (r >= nr) break;
+        float *o = out + (yo + r) * WO;
+        for (int t = 0; t < NV; t++) {{
+            if (t >= nv) break;
+            int x0 = (v0 + t) * VW;
+            vf res = act_v(acc[r][t]);
+            if (x0 + VW <= WO) {{ vst(o + x0, res); if (POOL) *csum += res; }}
+            else {{
+                float tmp[VW], part[VW] = {{0}};
+                vst(tmp, res);
+                for (int i = 0; x0 + i < WO; i++) {{ o[x0 + i] = tmp[i]; part[i] = tmp[i]; }}
+                if (POOL) *csum += vld(part);
+            }}
+        }}
+    }}
+}}
+
+/* the channel's plane into the zero-bordered workspace, split by column phase for stride 2 */
+INL void copy_in(const float *restrict xc, float *restrict ws) {{
+    for (int r = 0; r < H; r++) {{
+        const float *row = xc + r * W;
+        if (S == 1) {{ memcpy(ws + (r + P) * WQ + P, row, W * sizeof(float)); continue; }}
+        /* even input columns land in phase P % 2 from index P / 2, odd ones in phase (P + 1) % 2 from (P + 1) / 2 */
+        float *ev = ws + (P % 2) * PLANE + (r + P) * WQ + P / 2;
+        float *od = ws + ((P + 1) % 2) * PLANE + (r + P) * WQ + (P + 1) / 2;
+        int m = 0;
+        for (; 2 * (m + VW) <= W; m += VW) {{
+            vf a = vld(row + 2 * m), c = vld(row + 2 * m + VW);
+            vst(ev + m, __builtin_shuffle(a, c, EVEN));
+            vst(od + m, __builtin_shuffle(a, c, ODD));
+        }}
+        for (int j = 2 * m; j < W; j++) {{ if (j % 2 == 0) ev[j / 2] = row[j]; else od[j / 2] = row[j]; }}
     }}
 }}
 
 void tt_run(const float *restrict x, float *restrict y, float *restrict ws) {{
     for (int c = 0; c < C; c++) {{
-        const float *xc = x + (long)c * H * W;
-        for (int r = 0; r < H; r++) {{
-            const float *row = xc + r * W;
-            if (S == 1) memcpy(ws + (r + P) * WQ + P, row, W * sizeof(float));
-            else for (int j = 0; j < W; j++) {{ int col = j + P; ws[(col % S) * PLANE + (r + P) * WQ + col / S] = row[j]; }}
-        }}
+        copy_in(x + (long)c * H * W, ws);
         const float *w = WT + c * K * K;
         const float b = BS[c];
         float *yc = y + (long)c * HO * WO;
-        for (int yo = 0; yo < HO; yo++) {{
+        vf csum = {{0}};
+        int yo = 0;
+        for (; yo + NR <= HO; yo += NR) {{
             int v0 = 0;
-            for (; v0 + NV <= NVEC; v0 += NV) tile(ws, w, b, yc + yo * WO, yo, v0, NV);
-            if (v0 < NVEC) tile(ws, w, b, yc + yo * WO, yo, v0, NVEC - v0);
+            for (; v0 + NV <= NVEC; v0 += NV) tile(ws, w, b, yc, yo, v0, NV, NR, &csum);
+            if (v0 < NVEC) tile(ws, w, b, yc, yo, v0, NVEC - v0, NR, &csum);
+        }}
+        for (; yo < HO; yo++) {{
+            int v0 = 0;
+            for (; v0 + NV <= NVEC; v0 += NV) tile(ws, w, b, yc, yo, v0, NV, 1, &csum);
+            if (v0 < NVEC) tile(ws, w, b, yc, yo, v0, NVEC - v0, 1, &csum);
+        }}
+        if (POOL) {{
+            float t[VW], sum = 0.0f;
+            vst(t, csum);
+            for (int i = 0; i < VW; i++) sum += t[i];
+            ws[POOL_OFF + c] = sum * (1.0f / (HO * WO));
         }}
     }}
 }}
-"""
+""".replace("EVEN", _shuffle_mask(vw, 0)).replace("ODD", _shuffle_mask(vw, 1))
+
+
+def _shuffle_mask(vw: int, phase: int) -> str:
+    return "(vi){" + ",".join(str(2 * i + phase) for i in range(vw)) + "}"
 
 
 def compile_depthwise(weight: Any, bias: Any, in_hw: tuple[int, int], stride: int = 1, act: str = "none", *,
-                      cache_dir: str | os.PathLike | None = None, cc: str | None = None) -> DepthwiseKernel:
+                      cache_dir: str | os.PathLike | None = None, cc: str | None = None,
+                      rows: int = ROWS_PER_TILE, vectors: int = TILE_VECTORS, pool: bool = False) -> DepthwiseKernel:
     """Generate, compile (or fetch from the cache) and load one depthwise convolution.
 
     ``weight``: ``[C, 1, k, k]`` (torch layout, k in 3/5/7); ``bias``: ``[C]`` or None;
-    ``in_hw``: input (H, W); ``stride``: 1 or 2; ``act``: none / relu / hswish / hsigmoid."""
+    ``in_hw``: input (H, W); ``stride``: 1 or 2; ``act``: none / relu / hswish / hsigmoid;
+    ``rows`` x ``vectors``: output rows x output vectors per register tile (1-8 each);
+    ``pool``: also write each output channel's mean (a squeeze-excite pool fused into the pass
+    that produces the values) to `DepthwiseKernel.pooled`, a view of the kernel's workspace."""
     w = weight.detach().cpu().numpy() if hasattr(weight, "detach") else np.asarray(weight)
     w = np.ascontiguousarray(w, dtype=np.float32)
     if w.ndim != 4 or w.shape[1] != 1 or w.shape[2] != w.shape[3] or w.shape[2] not in KERNELS:
@@ -172,19 +244,25 @@ def compile_depthwise(weight: Any, bias: Any, in_hw: tuple[int, int], stride: in
         b = np.ascontiguousarray(bias.detach().cpu().numpy() if hasattr(bias, "detach") else bias, dtype=np.float32)
         if b.shape != (C,):
             raise ValueError(f"bias: shape {b.shape} not allowed; allowed: ({C},)")
+    for name, v in (("rows", rows), ("vectors", vectors)):
+        if not isinstance(v, int) or not 1 <= v <= 8:
+            raise ValueError(f"{name}: {v!r} not allowed; allowed: an integer 1-8")
     vw = compiler.vector_width(cc)
-    source = _source(w, b, in_hw, stride, act, vw)
+    source = _source(w, b, in_hw, stride, act, vw, rows, vectors, bool(pool))
     lib = compiler.compile_library(source, cache=cache_dir, cc=cc, name=f"dw{k}s{stride}-{C}x{in_hw[0]}x{in_hw[1]}")
     cdll = ctypes.CDLL(str(lib.path))
     cdll.tt_workspace_floats.restype = ctypes.c_long
+    cdll.tt_pool_offset.restype = ctypes.c_long
     fn = cdll.tt_run
     fn.argtypes = [ctypes.c_void_p] * 3
     fn.restype = None
     ws = aligned_empty((int(cdll.tt_workspace_floats()),))
     ws[:] = 0.0
     out_hw = ((in_hw[0] + stride - 1) // stride, (in_hw[1] + stride - 1) // stride)
+    off = int(cdll.tt_pool_offset())
+    pooled = ws[off:off + C] if pool else None
     return DepthwiseKernel(C, k, stride, in_hw, out_hw, act, lib.compile_s, hashlib.sha256(source.encode()).hexdigest(),
-                           str(lib.path), not lib.compiled, fn, ws, cdll)
+                           str(lib.path), not lib.compiled, fn, ws, cdll, pooled)
 
 
 __all__ = ["DepthwiseKernel", "compile_depthwise"]

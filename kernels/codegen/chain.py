@@ -1,0 +1,241 @@
+"""Run a whole planned network in one C call: an op chain plus the small element-wise ops it needs.
+
+A network of ~100 ops driven from Python pays a ctypes or numpy call per op (1-5 us each) and
+runs its element-wise steps (squeeze-excite pooling and scaling, residual adds, the large final
+matrix-vector product) as separate numpy passes. At batch 1 that is a large share of a model that
+runs in a few milliseconds. Here every step is a C function with the generated kernels' calling
+convention ``void f(void *a, void *b, void *c)`` and `OpChain` calls them in order from C.
+
+The element-wise library (`elementwise`) is compiled once per machine and cached like every
+generated kernel (`tritune.kernels.codegen.compiler`). Its functions take their sizes from a
+small ``long`` parameter array (the third pointer):
+
+* ``tt_mean(x, y, p)``: ``y[c] = mean(x[c, :])``, ``p = {C, HW}``;
+* ``tt_scale(x, s, p)``: ``x[c, :] *= s[c]`` in place, ``p = {C, HW}``;
+* ``tt_add(x, r, p)``: ``x += r`` in place, ``p = {N}``;
+* ``tt_matvec(x, y, p)``: ``y = act(W x + b)``, ``p = {out, in, &W, &b, act}`` (act 0 none,
+  1 relu, 2 hswish, 3 hsigmoid) -- for dense linear layers too large to compile as constants.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import compiler
+from .csource import prelude
+
+ACT_CODES = {"none": 0, "relu": 1, "hswish": 2, "hsigmoid": 3}
+_STEP_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
+
+_SOURCE = r"""
+INL vf act_code_v(vf v, long a) {
+    vf z = {0};
+    if (a == 1) return vmax(v, z);
+    if (a == 2) return v * vmin(vmax(v + 3.0f, z), z + 6.0f) / 6.0f;
+    if (a == 3) return vmin(vmax(v + 3.0f, z), z + 6.0f) / 6.0f;
+    return v;
+}
+INL float act_code_s(float v, long a) {
+    if (a == 1) return smax(v, 0.0f);
+    if (a == 2) return v * smin(smax(v + 3.0f, 0.0f), 6.0f) / 6.0f;
+    if (a == 3) return smin(smax(v + 3.0f, 0.0f), 6.0f) / 6.0f;
+    return v;
+}
+INL float hsum(vf v) { float t[VW]; vst(t, v); float s = 0.0f; for (int i = 0; i < VW; i++) s += t[i]; return s; }
+
+void tt_mean(void *xv, void *yv, void *pv) {
+    const float *restrict x = xv; float *restrict y = yv; const long *p = pv;
+    const long C = p[0], HW = p[1];
+    const float inv = 1.0f / (float)HW;
+    for (long c = 0; c < C; c++) {
+        const float *xc = x + c * HW;
+        vf a0 = {0}, a1 = {0};
+        long i = 0;
+        for (; i + 2 * VW <= HW; i += 2 * VW) { a0 += vld(xc + i); a1 += vld(xc + i + VW); }
+        for (; i + VW <= HW; i += VW) a0 += vld(xc + i);
+        float s = hsum(a0 + a1);
+        for (; i < HW; i++) s += xc[i];
+        y[c] = s * inv;
+    }
+}
+
+void tt_scale(void *xv, void *sv, void *pv) {
+    float *restrict x = xv; const float *restrict s = sv; const long *p = pv;
+    const long C = p[0], HW = p[1];
+    for (long c = 0; c < C; c++) {
+        float *xc = x + c * HW;
+        const float k = s[c];
+        long i = 0;
+        for (; i + VW <= HW; i += VW) vst(xc + i, vld(xc + i) * k);
+        for (; i < HW; i++) xc[i] *= k;
+    }
+}
+
+void tt_add(void *xv, void *rv, void *pv) {
+    float *restrict x = xv; const float *restrict r = rv; const long n = ((const long *)pv)[0];
+    long i = 0;
+    for (; i + VW <= n; i += VW) vst(x + i, vld(x + i) + vld(r + i));
+    for (; i < n; i++) x[i] += r[i];
+}
+
+void tt_matvec(void *xv, void *yv, void *pv) {
+    const float *restrict x = xv; float *restrict y = yv; const long *p = pv;
+    const long O = p[0], I = p[1], act = p[4];
+    const float *restrict W = (const float *)p[2];
+    const float *restrict b = (const float *)p[3];
+    long o = 0;
+    for (; o + 4 <= O; o += 4) {
+        const float *w0 = W + o * I, *w1 = w0 + I, *w2 = w1 + I, *w3 = w2 + I;
+        vf a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+        long i = 0;
+        for (; i + VW <= I; i += VW) {
+            vf xv_ = vld(x + i);
+            a0 += vld(w0 + i) * xv_; a1 += vld(w1 + i) * xv_; a2 += vld(w2 + i) * xv_; a3 += vld(w3 + i) * xv_;
+        }
+        float s0 = hsum(a0), s1 = hsum(a1), s2 = hsum(a2), s3 = hsum(a3);
+        for (; i < I; i++) { s0 += w0[i] * x[i]; s1 += w1[i] * x[i]; s2 += w2[i] * x[i]; s3 += w3[i] * x[i]; }
+        y[o] = act_code_s(s0 + b[o], act); y[o + 1] = act_code_s(s1 + b[o + 1], act);
+        y[o + 2] = act_code_s(s2 + b[o + 2], act); y[o + 3] = act_code_s(s3 + b[o + 3], act);
+    }
+    for (; o < O; o++) {
+        const float *w0 = W + o * I;
+        vf a0 = {0};
+        long i = 0;
+        for (; i + VW <= I; i += VW) a0 += vld(w0 + i) * vld(x + i);
+        float s0 = hsum(a0);
+        for (; i < I; i++) s0 += w0[i] * x[i];
+        y[o] = act_code_s(s0 + b[o], act);
+    }
+}
+
+typedef void (*tt_step)(void *, void *, void *);
+void tt_chain(long n, void *const *fns, void *const *args) {
+    for (long i = 0; i < n; i++) ((tt_step)fns[i])(args[3 * i], args[3 * i + 1], args[3 * i + 2]);
+}
+int tt_abi_version(void) { return 1; }
+"""
+
+
+@dataclass(frozen=True)
+class CStep:
+    """One step of a chain: a C function address and its three pointer arguments (addresses)."""
+
+    fn: int
+    a: int
+    b: int
+    c: int
+
+
+@functools.lru_cache(maxsize=None)
+def elementwise(cc: str | None = None, cache_dir: str | None = None) -> ctypes.CDLL:
+    """The compiled element-wise library (built once per machine and compiler, then cached)."""
+    source = prelude(compiler.vector_width(cc)) + _SOURCE
+    lib = compiler.compile_library(source, cache=cache_dir, cc=cc, name="elementwise")
+    cdll = ctypes.CDLL(str(lib.path))
+    cdll.tt_chain.argtypes = [ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+    cdll.tt_chain.restype = None
+    for name in ("tt_mean", "tt_scale", "tt_add", "tt_matvec"):
+        getattr(cdll, name).argtypes = [ctypes.c_void_p] * 3
+        getattr(cdll, name).restype = None
+    return cdll
+
+
+def address(cdll: ctypes.CDLL, name: str) -> int:
+    """Address of an exported function (what a chain step calls)."""
+    return int(ctypes.cast(getattr(cdll, name), ctypes.c_void_p).value)
+
+
+def _params(values: Sequence[int]) -> np.ndarray:
+    return np.asarray(list(values), dtype=np.int64)
+
+
+@dataclass(eq=False)
+class ElementwiseStep:
+    """An element-wise op as a chain step; keeps its parameter array (and weights) alive."""
+
+    step: CStep
+    keep: tuple = field(default=(), repr=False)
+    _fn: Any = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._fn = _STEP_TYPE(self.step.fn)
+
+    def __call__(self) -> None:
+        """Run this step alone (from Python; a chain calls it from C)."""
+        self._fn(self.step.a, self.step.b, self.step.c)
+
+
+def _checked(arr: np.ndarray, what: str) -> np.ndarray:
+    if not isinstance(arr, np.ndarray) or arr.dtype != np.float32 or not arr.flags.c_contiguous:
+        raise ValueError(f"{what}: expected a C-contiguous float32 numpy array, got {type(arr).__name__} {getattr(arr, 'dtype', '')}")
+    return arr
+
+
+def mean_step(x: np.ndarray, out: np.ndarray, cc: str | None = None, cache_dir: str | None = None) -> ElementwiseStep:
+    """``out[c] = mean(x[c])`` for ``x`` of shape ``[C, ...]``."""
+    x, out = _checked(x, "x"), _checked(out, "out")
+    if out.size != x.shape[0]:
+        raise ValueError(f"out: {out.size} values, expected {x.shape[0]} (one per channel of x)")
+    lib = elementwise(cc, cache_dir)
+    p = _params([x.shape[0], x.size // x.shape[0]])
+    return ElementwiseStep(CStep(address(lib, "tt_mean"), x.ctypes.data, out.ctypes.data, p.ctypes.data), (x, out, p, lib))
+
+
+def scale_step(x: np.ndarray, s: np.ndarray, cc: str | None = None, cache_dir: str | None = None) -> ElementwiseStep:
+    """``x[c] *= s[c]`` in place."""
+    x, s = _checked(x, "x"), _checked(s, "s")
+    if s.size != x.shape[0]:
+        raise ValueError(f"s: {s.size} values, expected {x.shape[0]} (one per channel of x)")
+    lib = elementwise(cc, cache_dir)
+    p = _params([x.shape[0], x.size // x.shape[0]])
+    return ElementwiseStep(CStep(address(lib, "tt_scale"), x.ctypes.data, s.ctypes.data, p.ctypes.data), (x, s, p, lib))
+
+
+def add_step(x: np.ndarray, r: np.ndarray, cc: str | None = None, cache_dir: str | None = None) -> ElementwiseStep:
+    """``x += r`` in place (same size)."""
+    x, r = _checked(x, "x"), _checked(r, "r")
+    if x.size != r.size:
+        raise ValueError(f"r: {r.size} values, expected {x.size} (the size of x)")
+    lib = elementwise(cc, cache_dir)
+    p = _params([x.size])
+    return ElementwiseStep(CStep(address(lib, "tt_add"), x.ctypes.data, r.ctypes.data, p.ctypes.data), (x, r, p, lib))
+
+
+def matvec_step(w: np.ndarray, b: np.ndarray | None, act: str, x: np.ndarray, out: np.ndarray,
+                cc: str | None = None, cache_dir: str | None = None) -> ElementwiseStep:
+    """``out = act(w @ x + b)`` with the weights passed by pointer (``w``: ``[out, in]``)."""
+    if act not in ACT_CODES:
+        raise ValueError(f"act: {act!r} not allowed; allowed: {', '.join(ACT_CODES)}")
+    w = np.ascontiguousarray(w, dtype=np.float32)
+    b = np.zeros(w.shape[0], np.float32) if b is None else np.ascontiguousarray(b, dtype=np.float32).reshape(-1)
+    x, out = _checked(x, "x"), _checked(out, "out")
+    if w.ndim != 2 or x.size != w.shape[1] or out.size != w.shape[0] or b.size != w.shape[0]:
+        raise ValueError(f"w: shape {w.shape} does not match x ({x.size}), out ({out.size}) and b ({b.size})")
+    lib = elementwise(cc, cache_dir)
+    p = _params([w.shape[0], w.shape[1], w.ctypes.data, b.ctypes.data, ACT_CODES[act]])
+    return ElementwiseStep(CStep(address(lib, "tt_matvec"), x.ctypes.data, out.ctypes.data, p.ctypes.data), (w, b, x, out, p, lib))
+
+
+class OpChain:
+    """Calls ``steps`` in order with one ctypes call (``keep``: objects owning the memory the
+    steps point to, held for the chain's lifetime)."""
+
+    def __init__(self, steps: Sequence[CStep], keep: Sequence[Any] = (), cc: str | None = None, cache_dir: str | None = None) -> None:
+        if not steps:
+            raise ValueError("steps: empty; allowed: at least one step")
+        self._lib = elementwise(cc, cache_dir)
+        self.n = len(steps)
+        self._fns = (ctypes.c_void_p * self.n)(*[s.fn for s in steps])
+        self._args = (ctypes.c_void_p * (3 * self.n))(*[v for s in steps for v in (s.a, s.b, s.c)])
+        self._keep = tuple(keep)
+        self._call = self._lib.tt_chain
+
+    def __call__(self) -> None:
+        self._call(self.n, self._fns, self._args)
+
+
+__all__ = ["ACT_CODES", "CStep", "ElementwiseStep", "OpChain", "add_step", "address", "elementwise", "matvec_step", "mean_step", "scale_step"]
