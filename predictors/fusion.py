@@ -22,7 +22,8 @@ Both are recorded in `FusionRules` (JSON-able; stored inside every layer-wise pr
 with the evidence). `kernels(layers, rules)` then groups an IR into the `Kernel` list the target
 runs, including boundary pseudo-kernels (``q_*``: fp32 -> int8, ``dq_*``: int8 -> fp32) and float
 activation islands; `KernelBatch` does the same for many networks at once with numpy (what the
-predictor uses: tens of thousands of networks per second).
+predictor uses: tens of thousands of networks per second), from `LayerSpec` lists or, skipping
+those objects, from a space's integer code rows (`KernelBatch.from_codes`).
 
 IR conventions relied upon (those of `tritune.spaces.mobilenet`): layers are in execution
 order and form a chain; a squeeze-excite group is ``global_pool`` -> ``conv`` on a 1x1 input
@@ -150,7 +151,7 @@ class KernelBatch:
     type: np.ndarray  # (k,) int64 index into KERNEL_TYPES
     owner: np.ndarray  # (k,) int64 network
     anchor: np.ndarray  # (k,) int64 execution order key: 2 x layer index (-1 boundary before it, +1 after)
-    features: np.ndarray  # (k, len(KERNEL_FEATURES)) float64
+    features: np.ndarray  # (k, len(KERNEL_FEATURES)) float64, column-major (what `summed` reads)
     n_networks: int
     layer_owner: np.ndarray  # (n_layers,) network of each layer
     layer_start: np.ndarray  # (n_networks,) first layer index of each network
@@ -166,15 +167,12 @@ class KernelBatch:
     def summed(self, columns: Sequence[int] = (0, 1, 2, 3, 4, 5, 6)) -> np.ndarray:
         """``(n_networks, n_types * len(columns))``: per network, per kernel type, the sums of the
         given feature columns (the design matrix of an additive model)."""
-        cols = np.asarray(columns)
-        nt, nc = len(KERNEL_TYPES), cols.size
-        out = np.zeros((self.n_networks, nt * nc))
-        base = (self.owner * nt + self.type) * nc
-        feats = self.features[:, cols]
-        flat = out.reshape(-1)
-        for j in range(nc):
-            flat += np.bincount(base + j, weights=feats[:, j], minlength=flat.size)
-        return out
+        nt, n = len(KERNEL_TYPES), self.n_networks
+        cell = self.owner * nt + self.type
+        out = np.empty((n, nt, len(columns)))
+        for j, c in enumerate(columns):  # each (network, type) cell sums its kernels in kernel order
+            out[:, :, j] = np.bincount(cell, weights=self.features[:, c], minlength=n * nt).reshape(n, nt)
+        return out.reshape(n, nt * len(columns))
 
     def counts(self) -> np.ndarray:
         """``(n_networks, n_types)`` number of kernels of each type."""
@@ -185,14 +183,28 @@ class KernelBatch:
     def from_networks(cls, networks: Iterable[Sequence[LayerSpec]], rules: FusionRules | None = None, names: bool = False) -> "KernelBatch":
         return _group(list(networks), rules or DEFAULT_RULES, names)
 
+    @classmethod
+    def from_codes(cls, lengths: Any, rows: Any, rules: FusionRules | None = None, names: bool = False) -> "KernelBatch":
+        """Like `from_networks`, from code rows instead of `LayerSpec` objects (bit-identical result).
+
+        ``lengths``: layers per network; ``rows``: int ``(sum(lengths), 9)``, one row per layer in
+        execution order with the columns `CODE_COLUMNS` (op / act as indices into `OPS` /
+        `ACTIVATIONS`) -- what a space's ``layer_codes`` returns without building the IR objects."""
+        lens, rows_ = _check_rows(lengths, rows)
+        return _group_rows(lens, rows_, rules or DEFAULT_RULES, names)
+
 
 def _block(c: np.ndarray, b: int) -> np.ndarray:
     return np.ceil(c / b) * b
 
 
+#: The `LayerSpec` fields a layer's code row holds, in column order (all the grouping reads);
+#: ``op`` / ``act`` are indices into `OPS` / `ACTIVATIONS`.
+CODE_COLUMNS = ("op", "act", "in_channels", "out_channels", "in_h", "kernel", "stride", "groups", "w_bits")
+
 #: Distinct layer keys seen so far (`_KEY` tuple -> row of `_TABLE`); building arrays from Python
 #: objects is the slow step, and a search meets the same few thousand layer shapes again and again.
-_KEY = attrgetter("op", "act", "in_channels", "out_channels", "in_h", "kernel", "stride", "groups", "w_bits")
+_KEY = attrgetter(*CODE_COLUMNS)
 _CODES: dict[tuple, int] = {}
 _ROWS: list[tuple[int, ...]] = []
 _TABLE = np.zeros((0, 9), dtype=np.int64)
@@ -221,17 +233,43 @@ def _layer_codes(flat: list) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(codes, dtype=np.int64), _TABLE
 
 
+def _acts_in(act: np.ndarray, names: Sequence[str]) -> np.ndarray:
+    """Whether each activation code is one of ``names`` (a table lookup: cheaper than `np.isin`)."""
+    return np.array([a in names for a in ACTIVATIONS], dtype=bool)[act]
+
+
 def _group(nets: list, rules: FusionRules, names: bool) -> KernelBatch:
+    """Group lists of `LayerSpec` (one per network): their code rows, then `_group_rows`."""
     lens = np.fromiter(map(len, nets), dtype=np.int64, count=len(nets))
-    n_net = len(nets)
     flat = list(chain.from_iterable(nets))
-    n = len(flat)
+    if not flat:
+        return _group_rows(lens, np.zeros((0, len(CODE_COLUMNS)), dtype=np.int64), rules, names)
+    codes, table = _layer_codes(flat)
+    return _group_rows(lens, table[codes], rules, names)
+
+
+def _check_rows(lens: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Code rows as the grouping expects them: int64 ``(sum(lens), 9)``, lengths >= 0."""
+    lens = np.asarray(lens)
+    rows = np.asarray(rows)
+    if lens.ndim != 1 or (lens.size and (lens.dtype.kind not in "iu" or lens.min() < 0)):
+        raise ValueError("KernelBatch.from_codes lengths: expected a 1-d array of non-negative layer counts")
+    if rows.ndim != 2 or rows.shape[1] != len(CODE_COLUMNS) or (rows.size and rows.dtype.kind not in "iu"):
+        raise ValueError(f"KernelBatch.from_codes rows: expected an integer array (n_layers, {len(CODE_COLUMNS)}) "
+                         f"with columns {', '.join(CODE_COLUMNS)}; got shape {rows.shape}")
+    if int(lens.sum()) != rows.shape[0]:
+        raise ValueError(f"KernelBatch.from_codes: lengths sum to {int(lens.sum())} but rows has {rows.shape[0]} layers")
+    return lens.astype(np.int64, copy=False), rows.astype(np.int64, copy=False)
+
+
+def _group_rows(lens: np.ndarray, rows_: np.ndarray, rules: FusionRules, names: bool) -> KernelBatch:
+    """The kernels of networks given as code rows (``lens`` layers each, rows in execution order)."""
+    n_net = int(lens.size)
+    n = int(rows_.shape[0])
     if n == 0:
         z = np.zeros(0, dtype=np.int64)
         return KernelBatch(z, z, z, np.zeros((0, len(KERNEL_FEATURES))), n_net, z, np.zeros(n_net, dtype=np.int64), np.zeros(n_net))
-    codes, table = _layer_codes(flat)
-    rows_ = table[codes]
-    op, act, cin, cout, h, k, st, groups, wb = (rows_[:, i] for i in range(9))
+    op, act, cin, cout, h, k, st, groups, wb = np.ascontiguousarray(rows_.T)  # contiguous columns: every op below reads them
     owner = np.repeat(np.arange(n_net), lens)
     start = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
     idx = np.arange(n)
@@ -270,16 +308,14 @@ def _group(nets: list, rules: FusionRules, names: bool) -> KernelBatch:
         cand = np.where(p > 0, last_end[np.maximum(p - 1, 0)], -1)
         cand = np.where((cand >= 0) & (owner[np.maximum(cand, 0)] == owner[adds]), cand, start[owner[adds]])
         src[adds] = cand
-    is_src = np.zeros(n, dtype=bool)
-    is_src[src[src >= 0]] = True
 
     # precision: base int8, then promotion of float convs sandwiched between int8 layers
     base8 = W & (wb <= 8)
-    absorb = np.isin(act, [_ACT[a] for a in rules.int8_conv_acts])
+    absorb = _acts_in(act, rules.int8_conv_acts)
     out8 = base8 & absorb  # output tensor of a weight layer is int8 data
     promote = np.zeros(n, dtype=bool)
     if rules.promote_acts:
-        pa = np.isin(act, [_ACT[a] for a in rules.promote_acts])
+        pa = _acts_in(act, rules.promote_acts)
         has_p, has_n = prev >= 0, nxt >= 0
         p_ok = np.where(has_p, out8[np.maximum(prev, 0)], False)
         n_ok = np.where(has_n, base8[np.maximum(nxt, 0)], False)
@@ -347,26 +383,21 @@ def _group(nets: list, rules: FusionRules, names: bool) -> KernelBatch:
     ktype = np.where(main & (op == O["mul"]), T["mul_f32"], ktype)
     ktype = np.where(main & (op == O["act"]), T["act_f32"], ktype)
     sel = np.flatnonzero(ktype >= 0)
-    F = len(KERNEL_FEATURES)
-
-    def rows(ix: np.ndarray, mac: np.ndarray, mb: np.ndarray, ei: np.ndarray, eo: np.ndarray, w: np.ndarray, mis: np.ndarray) -> np.ndarray:
-        out = np.empty((ix.size, F))
-        out[:, 0] = 1.0
-        out[:, 1], out[:, 2], out[:, 3], out[:, 4], out[:, 5], out[:, 6] = mac, mb, ei, eo, w, mis
-        out[:, 7], out[:, 8], out[:, 9], out[:, 10], out[:, 11] = cin[ix], cout[ix], h_out[ix], k[ix], st[ix]
-        return out
+    shape = np.array((cin, cout, h_out, k, st), dtype=np.float64)  # feature columns 7-11 of each layer
 
     parts_t, parts_o, parts_a, parts_f, parts_c = [], [], [], [], []
 
-    def emit(ix: np.ndarray, types: np.ndarray, feats: np.ndarray, cover: list | None, shift: int = 0) -> None:
+    def emit(ix: np.ndarray, types: np.ndarray, cols: tuple, cover: list | None, shift: int = 0) -> None:
+        """Kernels at layers ``ix``; ``cols``: their feature columns 1-6 (macs, macs_block, in /
+        out elements, weights, misaligned macs); column 0 is 1 and 7-11 the shape of layer ``ix``."""
         parts_t.append(types)
         parts_o.append(owner[ix])
         parts_a.append(2 * ix + shift)
-        parts_f.append(feats)
+        parts_f.append((ix, cols))
         if names:
             parts_c.extend(cover if cover is not None else [(int(i),) for i in ix])
 
-    emit(sel, ktype[sel], rows(sel, macs[sel], macs_block[sel], elems_in[sel], elems_out[sel], weights[sel], misaligned[sel]), None)
+    emit(sel, ktype[sel], (macs[sel], macs_block[sel], elems_in[sel], elems_out[sel], weights[sel], misaligned[sel]), None)
 
     # squeeze-excite groups: pool + reduce + expand + mul as one kernel, precision of its convs
     sp = np.flatnonzero(se_pool)
@@ -376,14 +407,14 @@ def _group(nets: list, rules: FusionRules, names: bool) -> KernelBatch:
         se8 = base8[red]
         c, hh = cin[sp].astype(np.float64), h[sp].astype(np.float64)
         w = weights[red] + weights[exp_]
-        f = rows(sp, c * hh * hh + w, _block(c, B) * hh * hh + w, c * hh * hh, c * hh * hh, w, np.zeros(sp.size))
+        f = (c * hh * hh + w, _block(c, B) * hh * hh + w, c * hh * hh, c * hh * hh, w, 0.0)
         emit(sp, np.where(se8, T["se_i8"], T["se_f32"]), f, [(int(i), int(i) + 1, int(i) + 2) for i in sp] if names else None)
 
     # float activation islands after int8 convs
-    isl = np.flatnonzero(eff8 & np.isin(act, [_ACT[a] for a in rules.int8_float_acts]))
+    isl = np.flatnonzero(eff8 & _acts_in(act, rules.int8_float_acts))
     if isl.size:
         e = elems_out[isl]
-        emit(isl, np.full(isl.size, T["island"]), rows(isl, e, _block(cout[isl], B) * h_out[isl] ** 2, e, e, np.zeros(isl.size), np.zeros(isl.size)), None, 1)
+        emit(isl, np.full(isl.size, T["island"]), (e, _block(cout[isl], B) * h_out[isl] ** 2, e, e, 0.0, 0.0), None, 1)
 
     # precision boundaries on the chain edges (producer -> consumer), residual edges, input, output
 
@@ -395,16 +426,22 @@ def _group(nets: list, rules: FusionRules, names: bool) -> KernelBatch:
             if ix.size:
                 e = elems[ix]
                 types = np.where(conv_side[ix], T[t_conv], T[t_elt])
-                emit(cons[ix], types, rows(cons[ix], e, _block(c[ix], B) * e / np.maximum(c[ix], 1), e, e, np.zeros(ix.size), np.zeros(ix.size)), None, shift)
+                emit(cons[ix], types, (e, _block(c[ix], B) * e / np.maximum(c[ix], 1), e, e, 0.0, 0.0), None, shift)
+
+    def changes(prod: np.ndarray, cons: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The edges where precision changes (only they emit a boundary), in edge order."""
+        po, ci = out8[prod], dom_in[cons]
+        keep = po != ci
+        return prod[keep], cons[keep], po[keep], ci[keep]
 
     # chain edges: consumer i with producer prev[i]; the producer's output int8-ness is out8
     ci = np.flatnonzero(main & (prev >= 0))
-    pi = prev[ci]
-    boundaries(pi, ci, out8[pi], dom_in[ci], elems_out[pi], cout[pi], f32conv[pi], f32conv[ci])
+    pi, ci, po, cn = changes(prev[ci], ci)
+    boundaries(pi, ci, po, cn, elems_out[pi], cout[pi], f32conv[pi], f32conv[ci])
     # residual edges
     ai = np.flatnonzero(src >= 0)
-    si = src[ai]
-    boundaries(si, ai, out8[si], dom_in[ai], elems_out[si], cout[si], f32conv[si], np.zeros(ai.size, dtype=bool))
+    si, ai, po, cn = changes(src[ai], ai)
+    boundaries(si, ai, po, cn, elems_out[si], cout[si], f32conv[si], np.zeros(ai.size, dtype=bool))
     # network input (float) -> first layer; last layer -> network output (float)
     fi = start[lens > 0]
     boundaries(fi, fi, np.zeros(fi.size, dtype=bool), dom_in[fi], elems_in[fi], cin[fi], np.zeros(fi.size, dtype=bool), f32conv[fi])
@@ -414,9 +451,23 @@ def _group(nets: list, rules: FusionRules, names: bool) -> KernelBatch:
     types = np.concatenate(parts_t).astype(np.int64)
     kowner = np.concatenate(parts_o).astype(np.int64)
     anchor = np.concatenate(parts_a).astype(np.int64)
-    feats = np.concatenate(parts_f)
+    feats = _features(parts_f, shape).T  # (kernels, F), column-major: `summed` reads columns
     res = np.where(lens > 0, h[np.minimum(start, n - 1)], 0).astype(np.float64)
     return KernelBatch(types, kowner, anchor, feats, n_net, owner, start, res, eff8, parts_c if names else None)
+
+
+def _features(parts: list[tuple[np.ndarray, tuple]], shape: np.ndarray) -> np.ndarray:
+    """``(F, kernels)`` features of the emitted parts, written once into one buffer (contiguous rows)."""
+    out = np.empty((len(KERNEL_FEATURES), sum(ix.size for ix, _ in parts)))
+    out[0] = 1.0
+    pos = 0
+    for ix, cols in parts:
+        part = out[:, pos:pos + ix.size]
+        for j, col in enumerate(cols, 1):
+            part[j] = col
+        part[7:] = np.take(shape, ix, axis=1)  # (`shape[:, ix]` gathers through a slower, transposed path)
+        pos += ix.size
+    return out
 
 
 def kernels(layers: Sequence[LayerSpec], rules: FusionRules | None = None) -> list[Kernel]:

@@ -24,7 +24,7 @@ space given to the constructor), lists of `LayerSpec` (one per network), or a `K
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import xgboost as xgb
@@ -43,6 +43,8 @@ ADDITIVE_COLUMNS = (0, 1, 2, 3, 4, 5, 6)
 _BOUNDARY = [TYPE_INDEX[t] for t in ("q_conv", "dq_conv", "q_elt", "dq_elt")]
 _I8 = [i for i, t in enumerate(KERNEL_TYPES) if t.endswith("_i8")]
 _F32 = [i for i, t in enumerate(KERNEL_TYPES) if t.endswith("_f32") or t == "add_fused"]
+#: Networks grouped per step when predicting (see `batches`).
+PREDICT_CHUNK = 1024
 
 
 def networks_of(X: Any, space: Any = None) -> list:
@@ -60,9 +62,30 @@ def networks_of(X: Any, space: Any = None) -> list:
 
 
 def as_batch(X: Any, rules: FusionRules, space: Any = None) -> KernelBatch:
+    """The kernels of ``X``; candidates of a space with ``layer_codes`` skip the `LayerSpec` objects
+    (same batch, about 30x cheaper to build)."""
     if isinstance(X, KernelBatch):
         return X
+    X = list(X)
+    fast = bool(X) and space is not None and callable(getattr(space, "layer_codes", None))
+    if fast and isinstance(X[0], Candidate):
+        return KernelBatch.from_codes(*space.layer_codes(X), rules)
+    if fast and isinstance(X[0], Mapping):
+        return KernelBatch.from_codes(*space.layer_codes([Candidate.from_json(c) for c in X]), rules)
     return KernelBatch.from_networks(networks_of(X, space), rules)
+
+
+def batches(X: Any, rules: FusionRules, space: Any = None, chunk: int | None = None) -> Iterator[KernelBatch]:
+    """`as_batch` over ``chunk`` (default `PREDICT_CHUNK`) networks at a time (a `KernelBatch` as it
+    is): grouping is memory bound, and small batches keep its arrays in cache (2x faster than one
+    batch of 20,000)."""
+    if isinstance(X, KernelBatch):
+        yield X
+        return
+    X = list(X)
+    chunk = chunk or PREDICT_CHUNK
+    for lo in range(0, len(X), chunk):
+        yield as_batch(X[lo:lo + chunk], rules, space)
 
 
 def model_features(batch: KernelBatch, additive: np.ndarray) -> np.ndarray:
@@ -235,16 +258,16 @@ class LayerwiseLatencyPredictor(Predictor):
     def predict(self, X: Any, space: Any = None) -> np.ndarray:
         """Latency (ms) per network of ``X`` (candidates, lists of `LayerSpec`, or a `KernelBatch`)."""
         self._check()
-        batch = as_batch(X, self.rules, space if space is not None else self.space)
-        if batch.n_networks == 0:
-            return np.zeros(0)
-        return self._predict_batch(batch, self.theta_, self.scale_, self.booster_)
+        space = space if space is not None else self.space
+        out = [self._predict_batch(b, self.theta_, self.scale_, self.booster_) for b in batches(X, self.rules, space) if b.n_networks]
+        return np.concatenate(out) if out else np.zeros(0)
 
     def predict_additive(self, X: Any, space: Any = None) -> np.ndarray:
         """The additive stage alone (sum of kernel costs), ms per network."""
         self._check()
-        batch = as_batch(X, self.rules, space if space is not None else self.space)
-        return np.maximum(self._additive(self.design(batch), self.theta_, self.scale_), 1e-6)
+        space = space if space is not None else self.space
+        out = [np.maximum(self._additive(self.design(b), self.theta_, self.scale_), 1e-6) for b in batches(X, self.rules, space)]
+        return np.concatenate(out) if out else np.zeros(0)
 
     def kernel_costs(self, layers: Sequence[Any]) -> list[tuple[str, float]]:
         """``(kernel type, additive cost in ms)`` of each kernel of one network, in execution order."""

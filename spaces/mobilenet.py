@@ -12,12 +12,16 @@ defaults reproduce the 224-px ImageNet space.
 from __future__ import annotations
 
 import math
+from itertools import chain
+from operator import attrgetter
 from typing import Any, Sequence
+
+import numpy as np
 
 from .base import Gene, Genome, SearchSpace
 from .candidate import Candidate
-from .compression import CompressionMenu, LayerCompression
-from .layers import LayerSpec
+from .compression import FLOAT_BITS, CompressionMenu, LayerCompression
+from .layers import ACTIVATIONS, OPS, LayerSpec
 
 #: (base width, first stride, activation, squeeze-excite) of the five searchable stages.
 STAGES = ((24, 2, "relu", False), (40, 2, "relu", True), (80, 2, "hswish", False), (112, 1, "hswish", True), (160, 2, "hswish", True))
@@ -256,6 +260,59 @@ class MobileNetSpace(SearchSpace):
         out.append(LayerSpec("classifier", "linear", mix, self.num_classes, **comp("classifier")))
         return out
 
+    def layer_codes(self, candidates: Sequence[Candidate]) -> tuple[np.ndarray, np.ndarray]:
+        """``(lengths, rows)``: the layer count of each candidate's `layers` and one int64 row per
+        layer (`CODE_COLUMNS`, in `layers` order), computed with numpy and *without* building
+        `LayerSpec` objects, which costs more than everything a latency predictor does after it.
+
+        Candidates that are not plainly valid go through `validate` (which raises ValueError
+        naming the field) and, if they pass, through `layers` itself."""
+        tables = self._code_tables()
+        cands = list(candidates)
+        lens: list[np.ndarray] = []
+        rows: list[np.ndarray] = []
+        for lo in range(0, len(cands), _CODE_CHUNK):
+            n, r = self._chunk_codes(cands[lo:lo + _CODE_CHUNK], tables)
+            lens.append(n)
+            rows.append(r)
+        if not rows:
+            return np.zeros(0, dtype=np.int64), np.zeros((0, len(CODE_COLUMNS)), dtype=np.int64)
+        return np.concatenate(lens), np.concatenate([r.T for r in rows], axis=1).T  # column-major, as `_CodeTables.rows`
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickles and copies leave the layer-code tables out: they key objects by ``id``, which
+        means nothing in another process or for copied objects (a copy builds its own)."""
+        state = dict(self.__dict__)
+        state.pop("_code_table_cache", None)
+        return state
+
+    def _code_tables(self) -> "_CodeTables":
+        cached = self.__dict__.get("_code_table_cache")
+        if cached is None:
+            cached = self.__dict__["_code_table_cache"] = _CodeTables(self)
+        return cached
+
+    def _chunk_codes(self, cands: list, t: "_CodeTables") -> tuple[np.ndarray, np.ndarray]:
+        """`layer_codes` of one chunk: the plain candidates vectorised, the others one by one."""
+        genes = t.gather(cands, self.name)
+        if genes is None:  # odd values somewhere: find the candidates that carry them
+            parts = [self._one_codes(c, t) for c in cands]
+            return np.array([p.shape[0] for p in parts], dtype=np.int64), np.concatenate(parts)
+        good, fast = genes
+        lens, rows = t.rows(*fast)
+        if good.all():
+            return lens, rows
+        parts = np.split(rows, np.cumsum(lens)[:-1]) if lens.size else []
+        it = iter(parts)
+        out = [next(it) if good[i] else _slow_codes(self, c) for i, c in enumerate(cands)]
+        return np.array([p.shape[0] for p in out], dtype=np.int64), np.concatenate(out)
+
+    def _one_codes(self, cand: Any, t: "_CodeTables") -> np.ndarray:
+        genes = t.gather([cand], self.name)
+        if genes is None or not genes[0].all():
+            return _slow_codes(self, cand)
+        return t.rows(*genes[1])[1]
+
     # ----- convenience -----------------------------------------------------------------------
     def largest(self) -> Candidate:
         """The biggest dense architecture (used as the supernet's teacher)."""
@@ -272,3 +329,294 @@ class MobileNetSpace(SearchSpace):
             else:
                 genome[gene.name] = pick(gene.choices)
         return self._make(genome)
+
+
+# ----------------------------------------------------------------------------------------------
+# Layer codes without LayerSpec objects (`MobileNetSpace.layer_codes`)
+# ----------------------------------------------------------------------------------------------
+
+#: The `LayerSpec` fields of a layer's code row, in column order (``op`` / ``act`` as indices into
+#: `OPS` / `ACTIVATIONS`): what a kernel grouping (`tritune.predictors.fusion`) reads of a layer.
+CODE_COLUMNS = ("op", "act", "in_channels", "out_channels", "in_h", "kernel", "stride", "groups", "w_bits")
+_OP = {op: i for i, op in enumerate(OPS)}
+_ACT = {a: i for i, a in enumerate(ACTIVATIONS)}
+#: `Candidate.arch` keeps its keys sorted, so a mobilenet candidate's arch is these, in this order.
+_ARCH_KEYS = ("depth", "expand", "kernel", "resolution", "width")
+#: Candidates per vectorised step: the per-step arrays (~10 kB a candidate) stay in cache.
+_CODE_CHUNK = 1024
+_N_STAGES, _N_BLOCKS = len(STAGES), len(STAGES) * MAX_DEPTH
+#: The fields that make two `LayerCompression` equal (and their hash), as one C-level getter.
+_FIELDS = attrgetter("pattern", "sparsity", "w_bits", "a_bits")
+#: Template rows (`_CodeTables.rows`) before the blocks, and per block.
+_HEAD, _BLOCK_ROWS = 4, 8
+#: Most compression objects remembered by identity (kept alive: a few hundred bytes each, so at
+#: most ~10 MB; candidates unpickled together share their objects and hit it again and again).
+_ID_MEMO = 50_000
+
+
+def code_row(layer: LayerSpec) -> tuple[int, ...]:
+    """The code row of one `LayerSpec` (the definition the vectorised rows must match)."""
+    return (_OP[layer.op], _ACT[layer.act], *(int(getattr(layer, f)) for f in CODE_COLUMNS[2:]))
+
+
+def _slow_codes(space: MobileNetSpace, cand: Any) -> np.ndarray:
+    """Code rows through `validate` and `layers` (for candidates the fast path does not take)."""
+    layers = space.layers(space.validate(cand))
+    return np.array([code_row(layer) for layer in layers], dtype=np.int64).reshape(-1, len(CODE_COLUMNS))
+
+
+def _index(values: np.ndarray, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Position of each value in the sorted ``allowed`` and whether it is there (``==``, as a set
+    lookup would decide for numbers)."""
+    pos = np.minimum(np.searchsorted(allowed, values), allowed.size - 1)
+    return pos, allowed[pos] == values
+
+
+class _CodeTables:
+    """What `layer_codes` looks up, computed once per space with the functions `layers` uses
+    (`channels`, `make_divisible`, `pruned_channels`), so the rows cannot drift from the IR."""
+
+    def __init__(self, space: MobileNetSpace) -> None:
+        self.res = np.asarray(space.resolutions, dtype=np.float64)
+        self.widths = np.asarray(space.widths, dtype=np.float64)
+        self.depths = np.asarray(space.depths, dtype=np.float64)
+        self.kernels = np.asarray(space.kernels, dtype=np.float64)
+        self.expands = np.asarray(space.expands, dtype=np.float64)
+        self._compression(space)
+        self._shapes(space)
+        self._template(space)
+
+    # ----- compression: every choice object -> a value code -------------------------------------
+    def _compression(self, space: MobileNetSpace) -> None:
+        comp_genes = {g.name: g for g in space._genes if g.name.startswith("comp:")}
+        slot_genes = [comp_genes[f"comp:{name}"] for name, _, _ in SLOTS]
+        values: dict[LayerCompression, int] = {}
+        objects: list[LayerCompression] = []
+        for gene in slot_genes:
+            for c in (*gene.choices, gene.default):
+                values.setdefault(c, len(values))
+                objects.append(c)
+        #: ``id`` -> code of compression objects seen (the genes' own first: sampled candidates
+        #: share them; unpickled ones share a few per batch); ``keep`` holds every one of them, so
+        #: no other live object can have one of these ids. Grows up to `_ID_MEMO` entries, then
+        #: stops growing (nothing is ever dropped, so a concurrent reader never sees a reused id).
+        self.keep = list(objects)
+        self.by_id = {id(c): values[c] for c in objects}
+        self.by_fields = {_FIELDS(c): code for c, code in values.items()}
+        codes = list(values)
+        self.allowed = np.array([[c in g.choice_set for c in codes] for g in slot_genes], dtype=bool)
+        self.w_bits = np.array([c.w_bits for c in codes], dtype=np.int64)
+        #: pruning class of each code: 0 keeps every channel, i > 0 is channel pruning at ``pruned[i]``
+        self.pruned = [None, *sorted({c.sparsity for c in codes if c.pattern == "channel"})]
+        self.prune_class = np.array([self.pruned.index(c.sparsity) if c.pattern == "channel" else 0 for c in codes], dtype=np.int64)
+        self.slot_rows = np.arange(len(SLOTS))
+
+    def codes_of(self, comps: list) -> np.ndarray:
+        """Value code of each compression object (-1: not one of the choices of any slot)."""
+        try:
+            return np.fromiter(map(self.by_id.__getitem__, map(id, comps)), dtype=np.int64, count=len(comps))
+        except KeyError:  # objects seen for the first time: by value (then by identity)
+            codes = list(map(self.by_id.get, map(id, comps)))
+            return np.array([self._code_by_value(comps[i]) if c is None else c for i, c in enumerate(codes)], dtype=np.int64)
+
+    def _code_by_value(self, comp: Any) -> int:
+        """Equality lookup (what ``comp in gene.choice_set`` decides), remembered by ``id``."""
+        if type(comp) is not LayerCompression:
+            return -1
+        try:
+            code = self.by_fields.get(_FIELDS(comp), -1)
+        except TypeError:  # an unhashable field value
+            return -1
+        if code >= 0 and len(self.by_id) < _ID_MEMO:
+            self.keep.append(comp)
+            self.by_id[id(comp)] = code
+        return code
+
+    # ----- shapes per resolution and per width ----------------------------------------------------
+    def _shapes(self, space: MobileNetSpace) -> None:
+        ss = space.stem_stride
+        strides = [stride if b == 0 else 1 for _, stride, _, _ in STAGES for b in range(MAX_DEPTH)]
+        hw1, hw_in, hw_out = [], [], []
+        for r in space.resolutions:
+            hw = (int(r) + ss - 1) // ss
+            hw1.append(hw)
+            ins, outs = [], []
+            for st in strides:
+                ins.append(hw)
+                hw = (hw + st - 1) // st
+                outs.append(hw)
+            hw_in.append(ins)
+            hw_out.append(outs)
+        self.hw1, self.hw_in, self.hw_out = (np.asarray(a, dtype=np.int64) for a in (hw1, hw_in, hw_out))
+        self.res_px = np.asarray([int(r) for r in space.resolutions], dtype=np.int64)
+        self.stride = np.asarray(strides, dtype=np.int64)
+        fixed, cin, cout, mid, red = [], [], [], [], []
+        for w in space.widths:
+            ch = space.channels(float(w))
+            fixed.append([ch["stem"], ch["first"], ch["final_expand"], ch["feature_mix"], ch[f"s{len(STAGES) - 1}"]])
+            c, ci, co, mi, re = ch["first"], [], [], [], []
+            for s in range(len(STAGES)):
+                for b in range(MAX_DEPTH):
+                    c_in = c if b == 0 else ch[f"s{s}"]
+                    ci.append(c_in)
+                    co.append(ch[f"s{s}"])
+                    mi.append([make_divisible(c_in * int(e)) for e in space.expands])
+                    re.append([make_divisible(make_divisible(c_in * int(e)) // 4) for e in space.expands])
+                c = ch[f"s{s}"]
+            cin.append(ci)
+            cout.append(co)
+            mid.append(mi)
+            red.append(re)
+        self.fixed, self.cin, self.cout, self.red = (np.asarray(a, dtype=np.int64) for a in (fixed, cin, cout, red))
+        #: channels kept by [width, block, expand, pruning class] and by [width, stem/final/mix, class]
+        self.mid = self._kept(mid)
+        self.fixed_kept = self._kept(self.fixed[:, [0, 2, 3]])
+        self.block_stage = np.repeat(np.arange(len(STAGES)), MAX_DEPTH)
+        self.block_index = np.tile(np.arange(MAX_DEPTH), len(STAGES))
+        self.block_slots = np.array([[SLOT_INDEX[f"s{s}.b{b}.{p}"] for p in ("expand", "dw", "project")]
+                                     for s in range(len(STAGES)) for b in range(MAX_DEPTH)], dtype=np.int64)
+
+    def _kept(self, nominal: Any) -> np.ndarray:
+        """``nominal`` channel counts (any shape) -> ``(..., pruning class)`` counts kept."""
+        nominal = np.asarray(nominal, dtype=np.int64)
+        return np.stack([nominal if s is None else np.vectorize(lambda c, s=s: pruned_channels(int(c), s), otypes=[np.int64])(nominal)
+                         for s in self.pruned], axis=-1)
+
+    # ----- candidates -> gene arrays ---------------------------------------------------------------
+    def gather(self, cands: list, name: str) -> tuple[np.ndarray, tuple] | None:
+        """``(plain, arrays)``: which candidates are plainly valid, and the gene arrays of those.
+
+        None when a value is not even a number (the caller then looks at candidates one by one)."""
+        n_slots = len(SLOTS)
+        plain = np.zeros(len(cands), dtype=bool)
+        arch: list[tuple] = []
+        comps: list[tuple] = []
+        for i, c in enumerate(cands):
+            try:
+                if not isinstance(c, Candidate) or c.space != name or len(c.compression) != n_slots:
+                    continue
+                (kd, d), (ke, e), (kk, k), (kr, r), (kw, w) = c.arch
+                if (kd, ke, kk, kr, kw) != _ARCH_KEYS or len(d) != _N_STAGES or len(k) != _N_BLOCKS or len(e) != _N_BLOCKS:
+                    continue
+            except (TypeError, ValueError):
+                continue
+            plain[i] = True
+            arch.append((d, k, e, r, w))
+            comps.append(c.compression)
+        if not arch:
+            return plain, self._empty()
+        d, k, e, r, w = zip(*arch)
+        try:
+            D, K, E, R, W = (np.array(v) for v in (d, k, e, r, w))
+        except ValueError:
+            return None
+        if any(a.dtype.kind not in "iuf" for a in (D, K, E, R, W)) or D.ndim != 2 or K.ndim != 2 or E.ndim != 2 or R.ndim != 1 or W.ndim != 1:
+            return None
+        C = self.codes_of(list(chain.from_iterable(comps))).reshape(len(comps), n_slots)
+        r_i, ok = _index(R, self.res)
+        w_i, ok_w = _index(W, self.widths)
+        _, ok_d = _index(D, self.depths)
+        _, ok_k = _index(K, self.kernels)
+        e_i, ok_e = _index(E, self.expands)
+        ok_c = (C >= 0) & self.allowed[self.slot_rows, np.maximum(C, 0)]
+        ok &= ok_w & ok_d.all(1) & ok_k.all(1) & ok_e.all(1) & ok_c.all(1)
+        rows = np.flatnonzero(plain)
+        plain[rows[~ok]] = False
+        if not ok.all():
+            r_i, w_i, D, K, e_i, C = r_i[ok], w_i[ok], D[ok], K[ok], e_i[ok], C[ok]
+        return plain, (r_i, w_i, D.astype(np.int64), K.astype(np.int64), e_i, C)
+
+    @staticmethod
+    def _empty() -> tuple:
+        z = np.zeros(0, dtype=np.int64)
+        return z, z, np.zeros((0, _N_STAGES), dtype=np.int64), np.zeros((0, _N_BLOCKS), dtype=np.int64), np.zeros((0, _N_BLOCKS), dtype=np.int64), np.zeros((0, len(SLOTS)), dtype=np.int64)
+
+    # ----- gene arrays -> code rows ------------------------------------------------------------------
+    def rows(self, r_i: np.ndarray, w_i: np.ndarray, D: np.ndarray, K: np.ndarray, e_i: np.ndarray, C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Lengths and code rows of valid candidates, in `MobileNetSpace.layers` order.
+
+        Every network is first written as the same template -- 4 head rows, 8 rows per block
+        (expand, dw, SE pool / reduce / expand / scale, project, add) and 4 tail rows -- with a
+        mask of the rows it really has; one assignment fills a row kind for all blocks at once.
+        Columns come first, ``V[column, network, row]``, and so do they in the result: ``rows`` is
+        the transpose of a C-ordered ``(9, n_layers)``, which is how the grouping reads them."""
+        n = r_i.size
+        if n == 0:
+            return np.zeros(0, dtype=np.int64), np.zeros((0, len(CODE_COLUMNS)), dtype=np.int64)
+        n_rows = self.template.shape[0]
+        V = np.empty((len(CODE_COLUMNS), n, n_rows), dtype=np.int64)
+        V[:] = self.template.T[:, None, :]
+        M = np.empty((n, n_rows), dtype=bool)
+        wb = self.w_bits[C]
+        fixed = self.fixed[w_i]
+        pc = self.prune_class[C]
+        stem = self.fixed_kept[w_i, 0, pc[:, SLOT_INDEX["stem"]]]
+        self._head(V[:, :, :_HEAD], M[:, :_HEAD], stem, fixed[:, 1], self.res_px[r_i], self.hw1[r_i], wb)
+        body = slice(_HEAD, _HEAD + _N_BLOCKS * _BLOCK_ROWS)
+        self._blocks(V[:, :, body].reshape(-1, n, _N_BLOCKS, _BLOCK_ROWS), M[:, body].reshape(n, _N_BLOCKS, _BLOCK_ROWS), r_i, w_i, D, K, e_i, C, wb)
+        final = self.fixed_kept[w_i, 1, pc[:, SLOT_INDEX["final_expand"]]]
+        mix = self.fixed_kept[w_i, 2, pc[:, SLOT_INDEX["feature_mix"]]]
+        tail, h_last = V[:, :, body.stop:], self.hw_out[r_i, -1]
+        M[:, body.stop:] = True
+        _put(tail[..., 0], fixed[:, 4], final, h_last, wb=wb[:, SLOT_INDEX["final_expand"]])
+        _put(tail[..., 1], final, final, h_last)
+        _put(tail[..., 2], final, mix, wb=wb[:, SLOT_INDEX["feature_mix"]])
+        _put(tail[..., 3], mix, wb=wb[:, SLOT_INDEX["classifier"]])
+        return M.sum(1), np.take(V.reshape(len(CODE_COLUMNS), -1), np.flatnonzero(M), axis=1).T  # (`V[:, M]` is 3x slower)
+
+    def _head(self, V: np.ndarray, M: np.ndarray, stem: np.ndarray, first: np.ndarray, res: np.ndarray, hw1: np.ndarray, wb: np.ndarray) -> None:
+        """stem, first.dw, first.project, first.add (only when the stem keeps ``first`` channels)."""
+        M[:] = True
+        M[:, 3] = stem == first
+        _put(V[..., 0], cout=stem, h=res, wb=wb[:, 0])
+        _put(V[..., 1], stem, stem, hw1, g=stem, wb=wb[:, 1])
+        _put(V[..., 2], stem, first, hw1, wb=wb[:, 2])
+        _put(V[..., 3], stem, stem, hw1)
+
+    def _blocks(self, V: np.ndarray, M: np.ndarray, r_i: np.ndarray, w_i: np.ndarray, D: np.ndarray, K: np.ndarray, e_i: np.ndarray, C: np.ndarray, wb: np.ndarray) -> None:
+        """The 8 row kinds of all inverted-residual blocks; ``V``: (columns, n, blocks, 8)."""
+        n = r_i.size
+        blk = np.arange(_N_BLOCKS)
+        slots = self.block_slots
+        mid = self.mid[w_i[:, None], blk, e_i, self.prune_class[C[:, slots[:, 0]]]]
+        red = self.red[w_i[:, None], blk, e_i]
+        cin, cout = self.cin[w_i], self.cout[w_i]
+        h, h_out = self.hw_in[r_i], self.hw_out[r_i]
+        w_exp, w_dw, w_pr = wb[:, slots[:, 0]], wb[:, slots[:, 1]], wb[:, slots[:, 2]]
+        M[:] = (D[:, self.block_stage] > self.block_index)[:, :, None] & self.block_rows
+        M[:, :, 7] &= cin == cout
+        _put(V[..., 0], cin, mid, h, wb=w_exp)  # expand
+        _put(V[..., 1], mid, mid, h, k=K, g=mid, wb=w_dw)  # dw
+        _put(V[..., 2], mid, mid, h_out)  # se.pool
+        _put(V[..., 3], mid, red, wb=w_dw)  # se.reduce
+        _put(V[..., 4], red, mid, wb=w_dw)  # se.expand
+        _put(V[..., 5], mid, mid, h_out)  # se.scale
+        _put(V[..., 6], mid, cout, h_out, wb=w_pr)  # project
+        _put(V[..., 7], cout, cout, h_out)  # add
+
+    def _template(self, space: MobileNetSpace) -> None:
+        """The scalar columns of every template row, and which block rows a stage can have."""
+        o, a, F = _OP, _ACT, FLOAT_BITS
+        head = [(o["conv"], a["hswish"], space.in_channels, 0, 0, 3, space.stem_stride, 1, 0), (o["dwconv"], a["relu"], 0, 0, 0, 3, 1, 0, 0),
+                (o["conv"], a["none"], 0, 0, 0, 1, 1, 1, 0), (o["add"], a["none"], 0, 0, 0, 1, 1, 1, F)]
+        body, allowed = [], []
+        for j in range(_N_BLOCKS):
+            _, _, act_name, se = STAGES[int(self.block_stage[j])]
+            act, st = a[act_name], int(self.stride[j])
+            body += [(o["conv"], act, 0, 0, 0, 1, 1, 1, 0), (o["dwconv"], act, 0, 0, 0, 0, st, 0, 0),
+                     (o["global_pool"], a["none"], 0, 0, 0, 1, 1, 1, F), (o["conv"], a["relu"], 0, 0, 1, 1, 1, 1, 0),
+                     (o["conv"], a["hsigmoid"], 0, 0, 1, 1, 1, 1, 0), (o["mul"], a["none"], 0, 0, 0, 1, 1, 1, F),
+                     (o["conv"], a["none"], 0, 0, 0, 1, 1, 1, 0), (o["add"], a["none"], 0, 0, 0, 1, 1, 1, F)]
+            allowed.append([True, True, se, se, se, se, True, st == 1])
+        tail = [(o["conv"], a["hswish"], 0, 0, 0, 1, 1, 1, 0), (o["global_pool"], a["none"], 0, 0, 0, 1, 1, 1, F),
+                (o["linear"], a["hswish"], 0, 0, 1, 1, 1, 1, 0), (o["linear"], a["none"], 0, space.num_classes, 1, 1, 1, 1, 0)]
+        self.template = np.array(head + body + tail, dtype=np.int64)
+        self.block_rows = np.array(allowed, dtype=bool)
+
+
+def _put(row: np.ndarray, cin: Any = None, cout: Any = None, h: Any = None, k: Any = None, g: Any = None, wb: Any = None) -> None:
+    """Write the per-network columns of one template row kind, ``row[column, network, ...]``
+    (None: keep the template's value)."""
+    for col, value in ((2, cin), (3, cout), (4, h), (5, k), (7, g), (8, wb)):
+        if value is not None:
+            row[col] = value

@@ -32,6 +32,7 @@ ACT_CODES = {"none": 0, "relu": 1, "hswish": 2, "hsigmoid": 3}
 _STEP_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
 
 _SOURCE = r"""
+#include <time.h>
 INL vf act_code_v(vf v, long a) {
     vf z = {0};
     if (a == 1) return vmax(v, z);
@@ -116,6 +117,18 @@ typedef void (*tt_step)(void *, void *, void *);
 void tt_chain(long n, void *const *fns, void *const *args) {
     for (long i = 0; i < n; i++) ((tt_step)fns[i])(args[3 * i], args[3 * i + 1], args[3 * i + 2]);
 }
+/* the same, adding each step's wall time (seconds) to seconds[i]: where the time goes inside a
+   real inference, caches as the network leaves them (timing ops alone flatters them) */
+void tt_chain_timed(long n, void *const *fns, void *const *args, double *seconds) {
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (long i = 0; i < n; i++) {
+        ((tt_step)fns[i])(args[3 * i], args[3 * i + 1], args[3 * i + 2]);
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        seconds[i] += (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+        t0 = t1;
+    }
+}
 int tt_abi_version(void) { return 1; }
 """
 
@@ -138,6 +151,8 @@ def elementwise(cc: str | None = None, cache_dir: str | None = None) -> ctypes.C
     cdll = ctypes.CDLL(str(lib.path))
     cdll.tt_chain.argtypes = [ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
     cdll.tt_chain.restype = None
+    cdll.tt_chain_timed.argtypes = [ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    cdll.tt_chain_timed.restype = None
     for name in ("tt_mean", "tt_scale", "tt_add", "tt_matvec"):
         getattr(cdll, name).argtypes = [ctypes.c_void_p] * 3
         getattr(cdll, name).restype = None
@@ -236,6 +251,15 @@ class OpChain:
 
     def __call__(self) -> None:
         self._call(self.n, self._fns, self._args)
+
+    def timed(self, repeats: int = 20, warmup: int = 3) -> np.ndarray:
+        """Median seconds of each step inside whole runs of the chain (``repeats`` runs)."""
+        for _ in range(warmup):
+            self()
+        out = np.zeros((repeats, self.n), dtype=np.float64)
+        for r in range(repeats):
+            self._lib.tt_chain_timed(self.n, self._fns, self._args, out[r].ctypes.data)
+        return np.median(out, axis=0)
 
 
 __all__ = ["ACT_CODES", "CStep", "ElementwiseStep", "OpChain", "add_step", "address", "elementwise", "matvec_step", "mean_step", "scale_step"]

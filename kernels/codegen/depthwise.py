@@ -30,7 +30,14 @@ STRIDES = (1, 2)
 #: Output vectors per row and output rows computed together (accumulators held in registers
 #: across the taps; an input vector loaded once feeds every output row it is a tap of).
 TILE_VECTORS = 4
-ROWS_PER_TILE = 4
+#: 0: pick by `default_rows` (measured, benchmarks/depthwise.py: k = 3 and small planes gain
+#: most from 2 rows, k = 5 / 7 on large planes from 4)
+ROWS_PER_TILE = 0
+
+
+def default_rows(kernel: int, out_h: int) -> int:
+    """Output rows per register tile where the caller names none."""
+    return 2 if kernel == 3 or out_h <= 14 else 4
 
 
 @dataclass(eq=False)
@@ -103,8 +110,8 @@ def _source(weight: np.ndarray, bias: np.ndarray, in_hw: tuple[int, int], stride
     wq = max(-(-(W + 2 * p) // stride), nvec * vw + (k - 1) // stride)
     hp = H + 2 * p
     nv = min(vectors, nvec)
-    nr = min(rows, ho)
-    return prelude(vw) + activation(act) + float_array("WT", weight.reshape(-1)) + float_array("BS", bias) + f"""
+    nr = min(rows or default_rows(k, ho), ho)
+    return "#include <immintrin.h>\n" + prelude(vw) + activation(act) + float_array("WT", weight.reshape(-1)) + float_array("BS", bias) + f"""
 #define C {C}
 #define H {H}
 #define W {W}
@@ -125,11 +132,13 @@ long tt_workspace_floats(void) {{ return POOL ? POOL_OFF + C : (long)S * PLANE; 
 long tt_pool_offset(void) {{ return POOL ? POOL_OFF : -1; }}
 int tt_abi_version(void) {{ return 1; }}
 
-/* NR output rows x NV output vectors; each loaded input vector feeds every output row it is a tap of */
+/* NR output rows x NV output vectors; each loaded input vector feeds every output row it is a tap of.
+   Taps and rows are unrolled (accumulators stay in registers); input rows too for k = 3 only: fully
+   unrolled k = 5 / 7 tiles outgrow what the compiler keeps in registers. */
 INL void tile(const float *restrict ws, const float *restrict w, float b, float *restrict out, int yo, int v0, int nv, int nr, vf *csum) {{
     vf acc[NR][NV];
     for (int r = 0; r < NR; r++) for (int t = 0; t < NV; t++) acc[r][t] = (vf){{0}} + b;
-    #pragma GCC unroll 16
+    #pragma GCC unroll {16 if k == 3 else 1}
     for (int j = 0; j < S * (NR - 1) + K; j++) {{
         if (j > S * (nr - 1) + K - 1) break;
         #pragma GCC unroll 8
@@ -165,6 +174,20 @@ INL void tile(const float *restrict ws, const float *restrict w, float b, float 
     }}
 }}
 
+/* stride 2: the last REM (< 2 VW) input columns of a row, de-interleaved; masked vector loads and
+   stores where the CPU has them (the masks are constants: REM is fixed by the layer's width) */
+#define REM (W % (2 * VW))
+INL void tail_copy(const float *restrict src, float *restrict ev, float *restrict od) {{
+#if defined(__AVX512F__) && VW == 16
+    const __mmask16 lo = (__mmask16)((1u << (REM < 16 ? REM : 16)) - 1u), hi = (__mmask16)((1u << (REM > 16 ? REM - 16 : 0)) - 1u);
+    vf a = (vf)_mm512_maskz_loadu_ps(lo, src), c = (vf)_mm512_maskz_loadu_ps(hi, src + VW);
+    _mm512_mask_storeu_ps(ev, (__mmask16)((1u << ((REM + 1) / 2)) - 1u), (__m512)__builtin_shuffle(a, c, EVEN));
+    _mm512_mask_storeu_ps(od, (__mmask16)((1u << (REM / 2)) - 1u), (__m512)__builtin_shuffle(a, c, ODD));
+#else
+    for (int j = 0; j < REM; j++) {{ if (j % 2 == 0) ev[j / 2] = src[j]; else od[j / 2] = src[j]; }}
+#endif
+}}
+
 /* the channel's plane into the zero-bordered workspace, split by column phase for stride 2 */
 INL void copy_in(const float *restrict xc, float *restrict ws) {{
     for (int r = 0; r < H; r++) {{
@@ -179,7 +202,7 @@ INL void copy_in(const float *restrict xc, float *restrict ws) {{
             vst(ev + m, __builtin_shuffle(a, c, EVEN));
             vst(od + m, __builtin_shuffle(a, c, ODD));
         }}
-        for (int j = 2 * m; j < W; j++) {{ if (j % 2 == 0) ev[j / 2] = row[j]; else od[j / 2] = row[j]; }}
+        if (2 * m < W) tail_copy(row + 2 * m, ev + m, od + m);
     }}
 }}
 
@@ -223,7 +246,8 @@ def compile_depthwise(weight: Any, bias: Any, in_hw: tuple[int, int], stride: in
 
     ``weight``: ``[C, 1, k, k]`` (torch layout, k in 3/5/7); ``bias``: ``[C]`` or None;
     ``in_hw``: input (H, W); ``stride``: 1 or 2; ``act``: none / relu / hswish / hsigmoid;
-    ``rows`` x ``vectors``: output rows x output vectors per register tile (1-8 each);
+    ``rows`` x ``vectors``: output rows x output vectors per register tile (1-8 each; rows 0:
+    `default_rows`);
     ``pool``: also write each output channel's mean (a squeeze-excite pool fused into the pass
     that produces the values) to `DepthwiseKernel.pooled`, a view of the kernel's workspace."""
     w = weight.detach().cpu().numpy() if hasattr(weight, "detach") else np.asarray(weight)
@@ -245,8 +269,8 @@ def compile_depthwise(weight: Any, bias: Any, in_hw: tuple[int, int], stride: in
         if b.shape != (C,):
             raise ValueError(f"bias: shape {b.shape} not allowed; allowed: ({C},)")
     for name, v in (("rows", rows), ("vectors", vectors)):
-        if not isinstance(v, int) or not 1 <= v <= 8:
-            raise ValueError(f"{name}: {v!r} not allowed; allowed: an integer 1-8")
+        if not isinstance(v, int) or not (0 if name == "rows" else 1) <= v <= 8:
+            raise ValueError(f"{name}: {v!r} not allowed; allowed: an integer 1-8" + (" or 0 (default)" if name == "rows" else ""))
     vw = compiler.vector_width(cc)
     source = _source(w, b, in_hw, stride, act, vw, rows, vectors, bool(pool))
     lib = compiler.compile_library(source, cache=cache_dir, cc=cc, name=f"dw{k}s{stride}-{C}x{in_hw[0]}x{in_hw[1]}")
