@@ -76,22 +76,36 @@ def group_drift(y: np.ndarray, p: np.ndarray, groups: np.ndarray) -> dict[str, f
     return {"between_group_sd": float(means.std()), "within_group_sd": float(within.std()), "groups": int(means.size)}
 
 
-def remeasure(space: Any, rows: list[dict], meta: dict, n: int, seed: int) -> dict[str, Any]:
-    """Measure ``n`` of ``rows`` again with the profile's protocol: agreement with the stored numbers."""
+def remeasure(space: Any, rows: list[dict], meta: dict, n: int, seed: int, normalized: bool) -> dict[str, Any]:
+    """Measure ``n`` of ``rows`` again with the profile's protocol (groups of 8, with the profile's
+    reference model when it has one): agreement with the stored numbers (``normalized``: both
+    sides rescaled to the profile's median reference latency)."""
     from tritune.spaces.candidate import Candidate
     from tritune.targets.measure import Protocol
     from tritune.targets.ort_cpu import OrtCpuTarget
+    from tritune.targets.profiling import normalized_latency
 
     rng = np.random.default_rng(seed)
-    pick = [rows[i] for i in rng.permutation(len(rows))[:n]]
+    order = rng.permutation(len(rows))[:n]
+    pick = [rows[i] for i in order]
     proto = Protocol.from_json(meta["protocol"])
     target = OrtCpuTarget(threads=proto.threads, protocol=proto)
-    cands = [Candidate.from_json(r["candidate"]) for r in pick]
+    ref_json = (meta.get("reference") or {}).get("candidate")
+    ref = target.build(Candidate.from_json(ref_json), space=space) if (normalized and ref_json) else None
     t0 = time.perf_counter()
-    again = target.latency(cands, space=space)
-    first = np.array([r["latency_ms"] for r in pick])
+    again = []
+    for lo in range(0, len(pick), 8):
+        built = [target.build(Candidate.from_json(r["candidate"]), space=space) for r in pick[lo:lo + 8]]
+        ms = target.measure(built + ([ref] if ref is not None else []))
+        scale = 1.0
+        if ref is not None:
+            profile_ref = float(np.median([r["reference_ms"] for r in rows if r.get("reference_ms")]))
+            scale = profile_ref / ms.pop().latency_ms
+        again += [m.latency_ms * scale for m in ms]
+    again = np.array(again)
+    first = normalized_latency(rows)[order] if normalized else np.array([r["latency_ms"] for r in pick])
     rel = np.abs(again - first) / first
-    return {"n": n, "within_10": float(np.mean(rel <= 0.10)), "within_5": float(np.mean(rel <= 0.05)),
+    return {"n": n, "normalized": bool(ref is not None), "within_10": float(np.mean(rel <= 0.10)), "within_5": float(np.mean(rel <= 0.05)),
             "median_rel_diff": float(np.median(rel)), "mean_log_ratio": float(np.mean(np.log(again / first))),
             "seconds": time.perf_counter() - t0, "ids": [r["candidate_id"] for r in pick], "again_ms": again.tolist()}
 
@@ -146,7 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--save", default=None, help="write the best fitted predictor (signed JSON) here")
     ap.add_argument("--out", default="docs/results/predictors_ort.json")
     ap.add_argument("--remeasure", type=int, default=0, help="measure this many held-out models again (noise floor)")
-    ap.add_argument("--target", choices=("latency_ms", "cpu_latency_ms"), default="latency_ms")
+    ap.add_argument("--target", choices=("normalized", "latency_ms", "cpu_latency_ms"), default="normalized",
+                    help="normalized: latency_ms rescaled by the group's reference model (profiles with reference_ms; "
+                         "else the same as latency_ms)")
     ap.add_argument("--detect-fusion", action="store_true",
                     help="probe the runtime first (optimised graphs + timed micro-benchmarks) and fit the layer-wise "
                          "predictors with the rules measured now instead of the built-in ones")
@@ -159,7 +175,13 @@ def main(argv: list[str] | None = None) -> int:
 
     space, rows, meta = load_profile(args.profile)
     cands = [Candidate.from_json(r["candidate"]) for r in rows]
-    y = np.array([r[args.target] for r in rows], dtype=np.float64)
+    from tritune.targets.profiling import normalized_latency
+
+    has_ref = all(r.get("reference_ms") for r in rows)
+    if args.target == "normalized":
+        y = normalized_latency(rows) if has_ref else np.array([r["latency_ms"] for r in rows], dtype=np.float64)
+    else:
+        y = np.array([r[args.target] for r in rows], dtype=np.float64)
     groups = np.array([r.get("run", 0) * 100000 + r.get("group", 0) for r in rows])
     int8 = np.array([r.get("quantized_layers", 0) > 0 for r in rows])
     t0 = time.perf_counter()
@@ -240,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.remeasure:
         held_rows = [r for r, m in zip(rows, te) if m]
-        noise["remeasure"] = remeasure(space, held_rows, meta, args.remeasure, args.seed)
+        noise["remeasure"] = remeasure(space, held_rows, meta, args.remeasure, args.seed, normalized=args.target == "normalized" and has_ref)
 
     tp = throughput(fitted["layerwise"], nets_te, space, c_te)
     tp_whole = throughput(fitted["whole-model"], c_te, space, c_te, n_target=5000)
@@ -249,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     tp["kernel_grouping_per_s"] = len(nets_te) * max(1, 20000 // len(nets_te)) / (time.perf_counter() - kb_t0)
 
     # ---- print
-    lines = [f"### ort-cpu latency predictors ({space.name}, {n} profiled models, {int(tr.sum())} train / {int(te.sum())} held out, seed {args.seed})", ""]
+    what = "reference-normalised latency" if (args.target == "normalized" and has_ref) else args.target
+    lines = [f"### ort-cpu latency predictors ({space.name}, {n} profiled models, {int(tr.sum())} train / {int(te.sum())} held out, seed {args.seed}, {what})", ""]
     lines.append("| predictor | n | within ±10 % | within ±5 % | MAPE % | Spearman | Kendall |")
     lines.append("|---|---|---|---|---|---|---|")
     for name in preds:
@@ -266,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     lines += ["", "**Noise floor**", ""]
     if "remeasure" in noise:
         rm = noise["remeasure"]
-        lines.append(f"- {rm['n']} held-out models measured again: {100 * rm['within_10']:.1f} % within ±10 % of the profiled value "
+        lines.append(f"- {rm['n']} held-out models measured again{' (reference-normalised)' if rm['normalized'] else ''}: "
+                     f"{100 * rm['within_10']:.1f} % within ±10 % of the profiled value "
                      f"({100 * rm['within_5']:.1f} % within ±5 %, median |diff| {100 * rm['median_rel_diff']:.1f} %, mean log ratio {rm['mean_log_ratio']:+.3f})")
     lines.append(f"- level drift between measurement groups (residuals of {best}): sd {drift['between_group_sd']:.3f} (log) across "
                  f"{drift['groups']} groups vs {drift['within_group_sd']:.3f} within groups")

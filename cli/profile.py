@@ -1,6 +1,7 @@
 """``tritune profile``: measure a stratified sample of a space on a real target (resumable).
 
-    tritune profile --target ort-cpu --space mobilenet-small --n 700 --out profiles/ort-small
+    tritune profile --target ort-cpu --space mobilenet-small --n 700 --out profiles/ort-small [--fit ort-small.json]
+    tritune fit profiles/ort-small --out ort-small.json
 
 Wire it into the main parser with ``add_parser(subparsers)``. See `tritune.targets.profiling`.
 """
@@ -26,12 +27,23 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     space = create(args.space)
     strata = [s.strip() for s in args.strata.split(",") if s.strip()] if args.strata else list(STRATA)
     result = profile(target, space, args.n, args.out, seed=args.seed, protocol=protocol, strata=strata,
-                     group_size=args.group_size, progress=not args.quiet)
+                     group_size=args.group_size, progress=not args.quiet, reference=args.reference)
     per = lambda key: result.seconds.get(key, 0.0) / max(1, result.measured)  # noqa: E731
     print(json.dumps({
         "out": str(result.out_dir), "candidates": len(result.candidates), "measured": result.measured,
         "skipped": result.skipped, "build_s_per_model": round(per("build"), 3), "measure_s_per_model": round(per("measure"), 3),
     }))
+    if args.fit:
+        from ..predictors.from_profile import fit_from_profile, summary
+
+        print(f"{summary(fit_from_profile(args.out, args.predictor, out=args.fit))}; saved to {args.fit}")
+    return 0
+
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    from ..predictors.from_profile import fit_from_profile, summary
+
+    print(f"{summary(fit_from_profile(args.profile, args.predictor, out=args.out, seed=args.seed))}; saved to {args.out}")
     return 0
 
 
@@ -54,6 +66,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--group-size", type=int, default=8, help="models built and timed interleaved together (default 8)")
     p.add_argument("--strata", default="", help="comma-separated gene groups to balance (default: all of "
                    "resolution,width,depth,kernel,expand,pattern,bits)")
+    p.add_argument("--reference", choices=("largest", "none"), default="largest",
+                   help="time the space's largest dense candidate in every group, to normalise machine-speed drift (default largest)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--fit", metavar="FILE", help="then fit a latency predictor on the whole profile and save it here")
+    p.add_argument("--predictor", choices=("layerwise", "whole-model"), default="layerwise", help="predictor --fit makes (default layerwise)")
     p.set_defaults(func=_cmd_profile)
+
+    f = subparsers.add_parser("fit", help="fit a latency predictor on a profile directory and save it (signed JSON)",
+                              description="Fit a latency predictor on every candidate of a `tritune profile` directory; "
+                                          "the file carries the target's fingerprint and the predictor's held-out error.")
+    f.add_argument("profile", help="profile directory (metadata.json, measurements.jsonl)")
+    f.add_argument("--out", required=True, help="predictor file to write")
+    f.add_argument("--predictor", choices=("layerwise", "whole-model"), default="layerwise", help="default layerwise")
+    f.add_argument("--seed", type=int, default=0)
+    f.set_defaults(func=_cmd_fit)
     return p

@@ -528,8 +528,9 @@ class _CodeTables:
 
     @staticmethod
     def _empty() -> tuple:
+        """The gene arrays of no candidate."""
         z = np.zeros(0, dtype=np.int64)
-        return z, z, np.zeros((0, _N_STAGES), dtype=np.int64), np.zeros((0, _N_BLOCKS), dtype=np.int64), np.zeros((0, _N_BLOCKS), dtype=np.int64), np.zeros((0, len(SLOTS)), dtype=np.int64)
+        return z, z, *(np.zeros((0, width), dtype=np.int64) for width in (_N_STAGES, _N_BLOCKS, _N_BLOCKS, len(SLOTS)))
 
     # ----- gene arrays -> code rows ------------------------------------------------------------------
     def rows(self, r_i: np.ndarray, w_i: np.ndarray, D: np.ndarray, K: np.ndarray, e_i: np.ndarray, C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -573,7 +574,8 @@ class _CodeTables:
         _put(V[..., 2], stem, first, hw1, wb=wb[:, 2])
         _put(V[..., 3], stem, stem, hw1)
 
-    def _blocks(self, V: np.ndarray, M: np.ndarray, r_i: np.ndarray, w_i: np.ndarray, D: np.ndarray, K: np.ndarray, e_i: np.ndarray, C: np.ndarray, wb: np.ndarray) -> None:
+    def _blocks(self, V: np.ndarray, M: np.ndarray, r_i: np.ndarray, w_i: np.ndarray, D: np.ndarray, K: np.ndarray, e_i: np.ndarray,
+                C: np.ndarray, wb: np.ndarray) -> None:
         """The 8 row kinds of all inverted-residual blocks; ``V``: (columns, n, blocks, 8)."""
         n = r_i.size
         blk = np.arange(_N_BLOCKS)

@@ -23,7 +23,13 @@ Files
      "p90_ms": ..., "spread": 0.04, "round_medians_ms": [...], "runs": 100, "warmup": 10,
      "threads": 1, "cpu_latency_ms": 1.90, "cpu_share": 0.99,
      "build_s": {"net": ..., "export": ..., "quantize": ..., "session": ..., "total": ...},
-     "quantized_layers": 12, "timestamp": "2026-...Z"}
+     "quantized_layers": 12, "reference_ms": 9.87, "timestamp": "2026-...Z"}
+
+``reference_ms`` (profiles taken with ``reference="largest"``, the default): the latency of the
+space's largest dense candidate, timed interleaved in the same group. A shared machine's speed
+drifts between groups by a few percent -- as much as a good predictor's error -- and a model timed
+in the same rounds sees the same drift, so `normalized_latency` divides it out (nn-Meter and HELP
+compare devices by latencies relative to reference models for the same reason).
 
 Resuming: a re-run skips candidate ids already in ``measurements.jsonl`` (rows are flushed
 after every group, so an interruption loses at most one group). The candidate list for ``(space,
@@ -78,6 +84,8 @@ MEASUREMENTS_FILE = "measurements.jsonl"
 STRATA = ("resolution", "width", "depth", "kernel", "expand", "pattern", "bits")
 #: Candidate-level fractions of low-bit / patterned slots (see the module docstring).
 MIX_LEVELS = (0.0, 0.25, 0.5, 0.75, 1.0)
+#: ``profile(reference=...)`` choices.
+REFERENCES = ("largest", "none")
 
 
 class ProfileMismatchError(ValueError):
@@ -274,6 +282,8 @@ def _check_metadata(old: dict, new: dict, path: Path) -> None:
         problems.append("space config differs in " + ", ".join(diff))
     if old.get("protocol") != new["protocol"]:
         problems.append(f"protocol {old.get('protocol')} != {new['protocol']}")
+    if old.get("reference") != new.get("reference"):
+        problems.append(f"reference {(old.get('reference') or {}).get('kind', 'none')!r} != {(new.get('reference') or {}).get('kind', 'none')!r}")
     if problems:
         raise ProfileMismatchError(
             f"profile: {path} holds measurements of another setup: " + "; ".join(problems)
@@ -291,13 +301,35 @@ class ProfileResult:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
+def reference_candidate(space: Any) -> Candidate:
+    """The reference model timed in every group: the space's largest dense candidate (large models
+    have the steadiest latency), else its first stratified candidate."""
+    largest = getattr(space, "largest", None)
+    return largest() if callable(largest) else stratified_candidates(space, 1, seed=0)[0]
+
+
+def normalized_latency(rows: Sequence[dict]) -> np.ndarray:
+    """``latency_ms`` of each row rescaled by its group's reference: ``latency_ms * median(reference_ms)
+    / reference_ms``, i.e. the latency at the profile's median machine state. Rows without a
+    reference (profiles taken with ``reference="none"``) keep ``latency_ms``."""
+    lat = np.array([r["latency_ms"] for r in rows], dtype=np.float64)
+    ref = np.array([r.get("reference_ms") or np.nan for r in rows], dtype=np.float64)
+    ok = np.isfinite(ref) & (ref > 0)
+    if not ok.any():
+        return lat
+    return np.where(ok, lat * np.median(ref[ok]) / np.where(ok, ref, 1.0), lat)
+
+
 def profile(target: Any, space: Any, n: int, out_dir: str | os.PathLike, seed: int = 0, protocol: Protocol | None = None,
-            strata: Iterable[str] = STRATA, group_size: int = 8, progress: bool = True) -> ProfileResult:
+            strata: Iterable[str] = STRATA, group_size: int = 8, progress: bool = True, reference: str = "largest") -> ProfileResult:
     """Measure ``n`` stratified candidates of ``space`` on ``target`` into ``out_dir`` (resumable).
 
     ``target``: a `Target` with ``build(candidate, space=...)`` and ``measure(runnables,
     protocol=...)``, or a registered name (created with ``threads=protocol.threads``).
-    ``space``: a `SearchSpace` or a registered name. See the module docstring for the files."""
+    ``space``: a `SearchSpace` or a registered name. ``reference``: ``"largest"`` times
+    `reference_candidate` interleaved in every group and stores its latency as ``reference_ms``
+    in each row, so `normalized_latency` can remove the drift of a shared machine's speed between
+    groups; ``"none"``: no reference. See the module docstring for the files."""
     from tqdm.auto import tqdm
 
     protocol = protocol or Protocol()
@@ -315,6 +347,9 @@ def profile(target: Any, space: Any, n: int, out_dir: str | os.PathLike, seed: i
         raise ValueError(f"profile: target {target.name!r} does not support space {space.name!r}")
     if n < 1 or group_size < 1:
         raise ValueError("profile: n and group_size must be >= 1")
+    if reference not in REFERENCES:
+        raise ValueError(f"profile.reference: {reference!r} not allowed; allowed: {', '.join(REFERENCES)}")
+    ref_cand = reference_candidate(space) if reference == "largest" else None
     strata = list(strata)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -325,6 +360,7 @@ def profile(target: Any, space: Any, n: int, out_dir: str | os.PathLike, seed: i
         "target": {"name": target.name, "fingerprint": target.fingerprint()},
         "space": {"name": space.name, "config": space.config()},
         "protocol": protocol.to_json(),
+        **({"reference": {"kind": reference, "candidate": ref_cand.to_json()}} if ref_cand is not None else {}),
     })
     run_info = {"started": _now(), "seed": seed, "n": n, "strata": strata, "group_size": group_size, "host": _host()}
     if meta_path.exists():
@@ -355,6 +391,7 @@ def profile(target: Any, space: Any, n: int, out_dir: str | os.PathLike, seed: i
                     fa.write("\n")
     run_no = len(meta["runs"]) - 1
     group_no = 0
+    ref_runnable = target.build(ref_cand, space=space) if (ref_cand is not None and todo) else None
     with tqdm(total=len(candidates), initial=result.skipped, desc=f"profile {space.name} on {target.name}", unit="model",
               disable=not progress, dynamic_ncols=True) as bar:
         for start in range(0, len(todo), group_size):
@@ -365,7 +402,8 @@ def profile(target: Any, space: Any, n: int, out_dir: str | os.PathLike, seed: i
                 runnables.append(target.build(cand, space=space))
                 result.builds += 1
             t1 = time.perf_counter()
-            measurements = target.measure(runnables, protocol=protocol)
+            measurements = target.measure(runnables + ([ref_runnable] if ref_runnable is not None else []), protocol=protocol)
+            ref_ms = measurements.pop().latency_ms if ref_runnable is not None else None
             t2 = time.perf_counter()
             result.seconds["build"] += t1 - t0
             result.seconds["measure"] += t2 - t1
@@ -383,6 +421,7 @@ def profile(target: Any, space: Any, n: int, out_dir: str | os.PathLike, seed: i
                     **{k: v for k, v in m.to_json().items() if k != "name"},
                     "build_s": dict(getattr(runnable, "build_s", {}) or {}),
                     "quantized_layers": len(getattr(runnable, "quantized_layers", ()) or ()),
+                    **({"reference_ms": ref_ms} if ref_ms is not None else {}),
                     "timestamp": stamp,
                 }
                 lines.append(json.dumps(row, sort_keys=True) + "\n")

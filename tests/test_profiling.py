@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
+import numpy as np
 import pytest
 
 from tritune.spaces import create
@@ -15,6 +16,7 @@ from tritune.targets.profiling import (
     SCHEMA_VERSION,
     ProfileMismatchError,
     coverage,
+    normalized_latency,
     profile,
     read_measurements,
     stratified_candidates,
@@ -67,7 +69,7 @@ def test_profile_writes_rows_and_resumes_without_rebuilding(tmp_path):
     space = create("mobilenet-small")
     target = CountingTarget()
     res = profile(target, space, 3, tmp_path, seed=1, protocol=TINY, group_size=2, progress=False)
-    assert target.builds == 3 and res.measured == 3 and res.skipped == 0
+    assert target.builds == 3 + 1 and res.measured == 3 and res.skipped == 0  # + the reference model, built once
     rows = read_measurements(tmp_path)
     assert len(rows) == 3
     ids = [c.id for c in stratified_candidates(space, 3, seed=1)]
@@ -77,12 +79,19 @@ def test_profile_writes_rows_and_resumes_without_rebuilding(tmp_path):
             assert key in row, key
         assert row["latency_ms"] > 0 and len(row["round_medians_ms"]) == 2
         assert row["candidate"]["space"] == "mobilenet-small"
+        assert row["reference_ms"] > 0  # the reference, timed in the row's group
+    assert {r["group"] for r in rows} == {0, 1}
+    # normalised latency: each row times median(reference) / its group's reference
+    norm = normalized_latency(rows)
+    ref = np.array([r["reference_ms"] for r in rows])
+    np.testing.assert_allclose(norm, np.array([r["latency_ms"] for r in rows]) * np.median(ref) / ref)
     meta = json.loads((tmp_path / METADATA_FILE).read_text())
     assert meta["schema_version"] == SCHEMA_VERSION
     assert meta["target"]["name"] == "ort-cpu" and meta["target"]["fingerprint"]["threads"] == 1
     assert meta["space"] == {"name": "mobilenet-small", "config": json.loads(json.dumps(space.config()))}
     assert meta["protocol"] == TINY.to_json() and meta["tritune_version"]
     assert meta["runs"][0]["seed"] == 1
+    assert meta["reference"] == {"kind": "largest", "candidate": json.loads(json.dumps(space.largest().to_json()))}
 
     # same arguments: nothing rebuilt
     target.builds = 0
@@ -91,7 +100,7 @@ def test_profile_writes_rows_and_resumes_without_rebuilding(tmp_path):
     assert len(read_measurements(tmp_path)) == 3
     # a larger n extends the same (prefix-stable) list: only the new candidate is built
     res = profile(target, space, 4, tmp_path, seed=1, protocol=TINY, group_size=2, progress=False)
-    assert target.builds == 1 and res.skipped == 3
+    assert target.builds == 1 + 1 and res.skipped == 3
     assert len(read_measurements(tmp_path)) == 4
     assert len(json.loads((tmp_path / METADATA_FILE).read_text())["runs"]) == 3
 
@@ -104,6 +113,11 @@ def test_profile_writes_rows_and_resumes_without_rebuilding(tmp_path):
                               "--seed", "1", "--rounds", "2", "--runs-per-round", "3", "--warmup", "1", "--group-size", "2", "--quiet"])
     assert args.func(args) == 0
     assert len(read_measurements(tmp_path)) == 4
+    # numbers without a reference must not be mixed into this profile
+    with pytest.raises(ProfileMismatchError, match="reference 'largest' != 'none'"):
+        profile(target, space, 5, tmp_path, seed=1, protocol=TINY, group_size=2, progress=False, reference="none")
+    with pytest.raises(ValueError, match="profile.reference: 'median' not allowed; allowed: largest, none"):
+        profile(target, space, 5, tmp_path, seed=1, protocol=TINY, progress=False, reference="median")
 
 
 def _seed_metadata(tmp_path, space, target):
@@ -154,3 +168,35 @@ def test_truncated_last_line_is_tolerated(tmp_path):
 def test_unsupported_space_is_refused(tmp_path):
     with pytest.raises(ValueError, match="does not support space 'nb201'"):
         profile(NeverBuilds(), create("nb201"), 2, tmp_path, protocol=TINY, progress=False)
+
+
+def test_profile_then_fit_ships_a_predictor(tmp_path, capsys):
+    """The documented path for a new device: profile (with --fit) -> a signed predictor file."""
+    from tritune.cli.profile import add_parser
+    from tritune.predictors import load
+
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers(dest="command"))
+    out, pred_file = tmp_path / "prof", tmp_path / "pred.json"
+    args = parser.parse_args(["profile", "--target", "ort-cpu", "--space", "mobilenet-small", "--n", "24", "--out", str(out),
+                              "--rounds", "2", "--runs-per-round", "3", "--warmup", "1", "--quiet", "--fit", str(pred_file)])
+    assert args.func(args) == 0
+    assert "saved to" in capsys.readouterr().out
+    target = OrtCpuTarget(threads=1)
+    pred = load(pred_file, expected_fingerprint=target.fingerprint())
+    rows = read_measurements(out)
+    assert len(rows) == 24 and pred.error_["n"] >= 3
+    space = create("mobilenet-small")
+    from tritune.spaces.candidate import Candidate
+
+    values = pred.predict([Candidate.from_json(r["candidate"]) for r in rows], space=space)
+    assert values.shape == (24,) and np.all(values > 0)
+    # the same profile, refitted as a whole-model predictor by `tritune fit`
+    args = parser.parse_args(["fit", str(out), "--out", str(tmp_path / "whole.json"), "--predictor", "whole-model"])
+    assert args.func(args) == 0
+    assert type(load(tmp_path / "whole.json")).__name__ == "WholeModelPredictor"
+    args = parser.parse_args(["fit", str(tmp_path), "--out", str(tmp_path / "x.json")])
+    with pytest.raises(ValueError, match="not a profile directory"):
+        args.func(args)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["fit", str(out), "--out", "x.json", "--predictor", "gbm"])
