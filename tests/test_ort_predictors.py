@@ -56,6 +56,24 @@ def detected():
     return detect_fusion_rules(timing=False)
 
 
+def test_timed_fusion_probes_record_their_evidence(detected):
+    """The micro-benchmarks time every probe and give a verdict per fold; the rules themselves
+    still come from the optimised graphs (timing is evidence, recorded next to them)."""
+    from tritune.targets.measure import Protocol
+
+    timed = detect_fusion_rules(timing=True, protocol=Protocol(threads=1, warmup=2, rounds=2, runs_per_round=5))
+    us = timed.evidence["microseconds"]
+    assert set(us) == set(timed.evidence["graphs"]) and all(v > 0 for v in us.values())
+    verdicts = timed.evidence["timing_verdicts"]
+    for kind in ("pw", "dw"):
+        for fold in ("bn", "relu", "hswish", "add"):
+            v = verdicts[f"{kind}+{fold}"]
+            assert {"increment_us", "standalone_us", "folded"} <= set(v) and isinstance(v["folded"], bool)
+    assert "micro-benchmarks" in timed.source
+    same = lambda r: {k: v for k, v in r.to_json().items() if k not in ("source", "evidence")}  # noqa: E731
+    assert same(timed) == same(detected)
+
+
 def test_fusion_rules_detected_on_onnxruntime(detected):
     r = detected
     # what ORT 1.31 (CPU EP, ORT_ENABLE_ALL) does, as its optimised graphs show
