@@ -238,6 +238,12 @@ def _acts_in(act: np.ndarray, names: Sequence[str]) -> np.ndarray:
     return np.array([a in names for a in ACTIVATIONS], dtype=bool)[act]
 
 
+def _data8_at(ix: np.ndarray, base: np.ndarray, add8: np.ndarray, pool8: np.ndarray) -> np.ndarray:
+    """Whether the tensor layer ``ix`` writes holds int8 data (-1: no layer, False)."""
+    at = np.maximum(ix, 0)
+    return (ix >= 0) & (base[at] | add8[at] | pool8[at])
+
+
 def _group(nets: list, rules: FusionRules, names: bool) -> KernelBatch:
     """Group lists of `LayerSpec` (one per network): their code rows, then `_group_rows`."""
     lens = np.fromiter(map(len, nets), dtype=np.int64, count=len(nets))
@@ -329,17 +335,19 @@ def _group_rows(lens: np.ndarray, rows_: np.ndarray, rules: FusionRules, names: 
     pool_main = main & (op == O["global_pool"])
     add8 = np.zeros(n, dtype=bool)
     pool8 = np.zeros(n, dtype=bool)
+    # only adds / main pools can become int8: the propagation runs on those layers alone
+    ia, ip = np.flatnonzero(is_add), np.flatnonzero(pool_main)
+    # int8 data exists for a tensor when a Q node sits on it: an int8 conv wrote it, or an int8
+    # consumer reads it (the quantizer put Q/DQ on that tensor); adds / pools add theirs below
+    data8_base = out8 | (main & nxt8)
+    add_can = rules.int8_add & nxt8[ia]
+    pool_can = rules.int8_pool & nxt8[ip]
     for _ in range(16):  # adds fed by adds: propagate until stable (a stage has at most a few)
-        # int8 data exists for a tensor when a Q node sits on it: an int8 conv wrote it, or an
-        # int8 consumer reads it (the quantizer put Q/DQ on that tensor)
-        data8 = out8 | add8 | pool8 | (main & nxt8)
-        prev_out8 = np.where(prev >= 0, data8[np.maximum(prev, 0)], False)
-        src_out8 = np.where(src >= 0, data8[np.maximum(src, 0)], False)
-        new_add8 = is_add & rules.int8_add & prev_out8 & src_out8 & nxt8
-        new_pool8 = pool_main & rules.int8_pool & prev_out8 & nxt8
-        if np.array_equal(new_add8, add8) and np.array_equal(new_pool8, pool8):
+        new_add8 = add_can & _data8_at(prev[ia], data8_base, add8, pool8) & _data8_at(src[ia], data8_base, add8, pool8)
+        new_pool8 = pool_can & _data8_at(prev[ip], data8_base, add8, pool8)
+        if np.array_equal(new_add8, add8[ia]) and np.array_equal(new_pool8, pool8[ip]):
             break
-        add8, pool8 = new_add8, new_pool8
+        add8[ia], pool8[ip] = new_add8, new_pool8
     # int8-ness of the data each main layer consumes / produces
     dom_in = np.where(W, eff8, add8 | pool8)
     dom_out = np.where(W, out8, add8 | pool8)
@@ -352,13 +360,15 @@ def _group_rows(lens: np.ndarray, rows_: np.ndarray, rules: FusionRules, names: 
     f32conv = W & ~eff8 & ~is_lin
     prev_f32conv = np.where(prev >= 0, f32conv[np.maximum(prev, 0)], False)
     add_fused = np.zeros(n, dtype=bool)
-    if rules.fp32_add_fused:
+    if rules.fp32_add_fused:  # (on the adds alone, as above)
+        fusable = ~add8[ia] & prev_f32conv[ia]
+        s_ok, s_at = src[ia] >= 0, np.maximum(src[ia], 0)
+        s_conv, s_nxt8 = f32conv[s_at], nxt8[s_at]
         for _ in range(16):
-            src_blocked = np.where(src >= 0, ((f32conv | add_fused) & ~nxt8)[np.maximum(src, 0)], False)
-            new_fused = is_add & ~add8 & prev_f32conv & src_blocked
-            if np.array_equal(new_fused, add_fused):
+            new_fused = fusable & s_ok & (s_conv | add_fused[s_at]) & ~s_nxt8
+            if np.array_equal(new_fused, add_fused[ia]):
                 break
-            add_fused = new_fused
+            add_fused[ia] = new_fused
 
     elems_in = cin.astype(np.float64) * h * h
     elems_out = cout.astype(np.float64) * h_out * h_out
@@ -366,10 +376,11 @@ def _group_rows(lens: np.ndarray, rows_: np.ndarray, rules: FusionRules, names: 
     weights = (cout * cpg * k * k).astype(np.float64)
     macs = np.where(W, weights * h_out * h_out, elems_out)
     B = rules.channel_block
-    macs_block = np.where(is_dw, _block(cout, B) * k * k * h_out * h_out,
-                          np.where(is_conv & (k > 1), _block(cout, B) * cpg * k * k * h_out * h_out,
-                                   np.where(W, _block(cin, B) * _block(cout, B) * k * k * h_out * h_out, _block(cout, B) * h_out * h_out)))
-    misaligned = np.where((cout % 4 != 0) | (cin % 4 != 0), macs, 0.0)
+    bout = _block(cout, B)
+    macs_block = np.where(is_dw, bout * k * k * h_out * h_out,
+                          np.where(is_conv & (k > 1), bout * cpg * k * k * h_out * h_out,
+                                   np.where(W, _block(cin, B) * bout * k * k * h_out * h_out, bout * h_out * h_out)))
+    misaligned = np.where(((cout | cin) & 3) != 0, macs, 0.0)  # a channel count off the 4-grid
 
     T = TYPE_INDEX
     ktype = np.full(n, -1, dtype=np.int64)
@@ -407,7 +418,8 @@ def _group_rows(lens: np.ndarray, rows_: np.ndarray, rules: FusionRules, names: 
         se8 = base8[red]
         c, hh = cin[sp].astype(np.float64), h[sp].astype(np.float64)
         w = weights[red] + weights[exp_]
-        f = (c * hh * hh + w, _block(c, B) * hh * hh + w, c * hh * hh, c * hh * hh, w, 0.0)
+        elems = c * hh * hh
+        f = (elems + w, _block(c, B) * hh * hh + w, elems, elems, w, 0.0)
         emit(sp, np.where(se8, T["se_i8"], T["se_f32"]), f, [(int(i), int(i) + 1, int(i) + 2) for i in sp] if names else None)
 
     # float activation islands after int8 convs

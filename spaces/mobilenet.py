@@ -266,9 +266,14 @@ class MobileNetSpace(SearchSpace):
         `LayerSpec` objects, which costs more than everything a latency predictor does after it.
 
         Candidates that are not plainly valid go through `validate` (which raises ValueError
-        naming the field) and, if they pass, through `layers` itself."""
-        tables = self._code_tables()
+        naming the field) and, if they pass, through `layers` itself; so does everything when a
+        subclass redefines `layers` (the vectorised rows follow this class's IR only)."""
         cands = list(candidates)
+        if type(self).layers is not MobileNetSpace.layers:
+            parts = [_slow_codes(self, c) for c in cands]
+            rows = np.concatenate(parts) if parts else np.zeros((0, len(CODE_COLUMNS)), dtype=np.int64)
+            return np.array([p.shape[0] for p in parts], dtype=np.int64), rows
+        tables = self._code_tables()
         lens: list[np.ndarray] = []
         rows: list[np.ndarray] = []
         for lo in range(0, len(cands), _CODE_CHUNK):
@@ -342,7 +347,7 @@ _OP = {op: i for i, op in enumerate(OPS)}
 _ACT = {a: i for i, a in enumerate(ACTIVATIONS)}
 #: `Candidate.arch` keeps its keys sorted, so a mobilenet candidate's arch is these, in this order.
 _ARCH_KEYS = ("depth", "expand", "kernel", "resolution", "width")
-#: Candidates per vectorised step: the per-step arrays (~10 kB a candidate) stay in cache.
+#: Candidates per vectorised step: the per-step arrays (6-12 kB a candidate) stay in cache.
 _CODE_CHUNK = 1024
 _N_STAGES, _N_BLOCKS = len(STAGES), len(STAGES) * MAX_DEPTH
 #: The fields that make two `LayerCompression` equal (and their hash), as one C-level getter.
@@ -385,6 +390,10 @@ class _CodeTables:
         self._compression(space)
         self._shapes(space)
         self._template(space)
+        #: every value a row can hold comes from these tables: int32 when they fit (half the traffic)
+        tables = (self.template, self.res_px, self.hw1, self.hw_in, self.fixed, self.fixed_kept, self.mid, self.red, self.cin,
+                  self.cout, self.w_bits, self.kernels)
+        self.dtype = np.int32 if max(float(np.max(t)) for t in tables) < 2**31 else np.int64
 
     # ----- compression: every choice object -> a value code -------------------------------------
     def _compression(self, space: MobileNetSpace) -> None:
@@ -545,7 +554,7 @@ class _CodeTables:
         if n == 0:
             return np.zeros(0, dtype=np.int64), np.zeros((0, len(CODE_COLUMNS)), dtype=np.int64)
         n_rows = self.template.shape[0]
-        V = np.empty((len(CODE_COLUMNS), n, n_rows), dtype=np.int64)
+        V = np.empty((len(CODE_COLUMNS), n, n_rows), dtype=self.dtype)
         V[:] = self.template.T[:, None, :]
         M = np.empty((n, n_rows), dtype=bool)
         wb = self.w_bits[C]
@@ -563,7 +572,8 @@ class _CodeTables:
         _put(tail[..., 1], final, final, h_last)
         _put(tail[..., 2], final, mix, wb=wb[:, SLOT_INDEX["feature_mix"]])
         _put(tail[..., 3], mix, wb=wb[:, SLOT_INDEX["classifier"]])
-        return M.sum(1), np.take(V.reshape(len(CODE_COLUMNS), -1), np.flatnonzero(M), axis=1).T  # (`V[:, M]` is 3x slower)
+        rows = np.take(V.reshape(len(CODE_COLUMNS), -1), np.flatnonzero(M), axis=1)  # (`V[:, M]` is 3x slower)
+        return M.sum(1), rows.astype(np.int64).T
 
     def _head(self, V: np.ndarray, M: np.ndarray, stem: np.ndarray, first: np.ndarray, res: np.ndarray, hw1: np.ndarray, wb: np.ndarray) -> None:
         """stem, first.dw, first.project, first.add (only when the stem keeps ``first`` channels)."""
