@@ -110,7 +110,29 @@ def remeasure(space: Any, rows: list[dict], meta: dict, n: int, seed: int, norma
             "seconds": time.perf_counter() - t0, "ids": [r["candidate_id"] for r in pick], "again_ms": again.tolist()}
 
 
+def compare_profiles(rows: list[dict], other: str) -> dict[str, Any]:
+    """Agreement of two profiles on the candidates both measured (raw, and reference-normalised
+    where both have references): the noise floor a predictor is judged against."""
+    from tritune.targets.profiling import normalized_latency, read_measurements
+
+    theirs = [r for r in read_measurements(other) if r.get("latency_ms")]
+    mine = {r["candidate_id"]: i for i, r in enumerate(rows)}
+    pairs = [(mine[r["candidate_id"]], j) for j, r in enumerate(theirs) if r["candidate_id"] in mine]
+    a = np.array([rows[i]["latency_ms"] for i, _ in pairs])
+    b = np.array([theirs[j]["latency_ms"] for _, j in pairs])
+    rel = np.abs(b / a - 1)
+    out = {"other": str(other), "n": len(pairs), "within_10": float(np.mean(rel <= 0.1)), "within_5": float(np.mean(rel <= 0.05)),
+           "mean_log_ratio": float(np.mean(np.log(b / a))), "normalized_within_10": None, "normalized_within_5": None}
+    if all(r.get("reference_ms") for r in rows) and all(r.get("reference_ms") for r in theirs):
+        na, nb = normalized_latency(rows), normalized_latency(theirs)
+        reln = np.abs(np.array([nb[j] / na[i] for i, j in pairs]) - 1)
+        out.update(normalized_within_10=float(np.mean(reln <= 0.1)), normalized_within_5=float(np.mean(reln <= 0.05)))
+    return out
+
+
 def throughput(pred: Any, nets: list, space: Any, cands: list, n_target: int = 20000) -> dict[str, float]:
+    """Predictions per second (1 thread): from layer IR lists, and end to end from ``n_target``
+    distinct freshly sampled candidates (what a search calls; warm-up, 5 repeats, median)."""
     reps = max(1, n_target // max(1, len(nets)))
     many = nets * reps
     pred.predict(nets[:50])  # warm
@@ -122,8 +144,17 @@ def throughput(pred: Any, nets: list, space: Any, cands: list, n_target: int = 2
     for c in cands[:k]:
         space.layers(c)
     ir = (time.perf_counter() - t0) / k
-    per_pred = dt / len(many)
-    return {"networks": len(many), "predict_per_s": 1.0 / per_pred, "ir_per_s": 1.0 / ir, "with_ir_per_s": 1.0 / (ir + per_pred)}
+    rng = np.random.default_rng(12345)
+    fresh = [space.sample(rng) for _ in range(n_target)]
+    pred.predict(fresh[:1000], space=space)
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        pred.predict(fresh, space=space)
+        times.append(time.perf_counter() - t0)
+    return {"networks": len(many), "predict_per_s": len(many) / dt, "ir_per_s": 1.0 / ir,
+            "from_candidates_per_s": n_target / float(np.median(times)), "from_candidates_n": n_target,
+            "from_candidates_spread": float((max(times) - min(times)) / np.median(times))}
 
 
 def fusion_table(rules: Any, built_in: Any, seconds: float) -> list[str]:
@@ -163,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--target", choices=("normalized", "latency_ms", "cpu_latency_ms"), default="normalized",
                     help="normalized: latency_ms rescaled by the group's reference model (profiles with reference_ms; "
                          "else the same as latency_ms)")
+    ap.add_argument("--compare", nargs="*", default=[], metavar="PROFILE",
+                    help="other profiles of the same space and target: how well two measurements of the same candidates agree")
     ap.add_argument("--detect-fusion", action="store_true",
                     help="probe the runtime first (optimised graphs + timed micro-benchmarks) and fit the layer-wise "
                          "predictors with the rules measured now instead of the built-in ones")
@@ -260,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_share_p10": float(np.nanpercentile(share_cpu, 10)), "cpu_share_median": float(np.nanmedian(share_cpu)),
         "repeats_in_profile": int(len(rows) - len({r["candidate_id"] for r in rows})),
     }
+    if args.compare:
+        noise["profiles"] = [compare_profiles(rows, other) for other in args.compare]
     if args.remeasure:
         held_rows = [r for r, m in zip(rows, te) if m]
         noise["remeasure"] = remeasure(space, held_rows, meta, args.remeasure, args.seed, normalized=args.target == "normalized" and has_ref)
@@ -292,12 +327,19 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"- {rm['n']} held-out models measured again{' (reference-normalised)' if rm['normalized'] else ''}: "
                      f"{100 * rm['within_10']:.1f} % within ±10 % of the profiled value "
                      f"({100 * rm['within_5']:.1f} % within ±5 %, median |diff| {100 * rm['median_rel_diff']:.1f} %, mean log ratio {rm['mean_log_ratio']:+.3f})")
+    for cp in noise.get("profiles", []):
+        lines.append(f"- the same {cp['n']} candidates in {cp['other']}: {100 * cp['within_10']:.1f} % within ±10 % "
+                     f"({100 * cp['within_5']:.1f} % within ±5 %, mean log ratio {cp['mean_log_ratio']:+.3f})"
+                     + (f"; reference-normalised in both: {100 * cp['normalized_within_10']:.1f} % / {100 * cp['normalized_within_5']:.1f} %"
+                        if cp.get("normalized_within_10") is not None else ""))
     lines.append(f"- level drift between measurement groups (residuals of {best}): sd {drift['between_group_sd']:.3f} (log) across "
                  f"{drift['groups']} groups vs {drift['within_group_sd']:.3f} within groups")
     lines.append(f"- round spread median {noise['spread_median']:.2f} (p90 {noise['spread_p90']:.2f}); cpu_share p10 {noise['cpu_share_p10']:.2f}")
     lines += ["", "**Throughput** (layerwise predictor, 1 thread)", "",
               f"- predict from layer IR: {tp['predict_per_s']:.0f} networks/s ({tp['networks']} networks; kernel grouping alone {tp['kernel_grouping_per_s']:.0f}/s)",
-              f"- IR building (`space.layers`): {tp['ir_per_s']:.0f} networks/s; end to end from candidates {tp['with_ir_per_s']:.0f}/s",
+              f"- end to end from {tp['from_candidates_n']} distinct sampled candidates (fast layer-code path): "
+              f"{tp['from_candidates_per_s']:.0f}/s (median of 5, spread {100 * tp['from_candidates_spread']:.0f} %); "
+              f"building `LayerSpec` lists instead (`space.layers`) alone runs at {tp['ir_per_s']:.0f}/s",
               f"- whole-model predictor from candidates (encoding included): {tp_whole['predict_per_s']:.0f}/s"]
     lines += fusion_lines
     text = "\n".join(lines)
