@@ -190,24 +190,24 @@ def _checked(arr: np.ndarray, what: str) -> np.ndarray:
     return arr
 
 
-def mean_step(x: np.ndarray, out: np.ndarray, cc: str | None = None, cache_dir: str | None = None) -> ElementwiseStep:
-    """``out[c] = mean(x[c])`` for ``x`` of shape ``[C, ...]``."""
-    x, out = _checked(x, "x"), _checked(out, "out")
-    if out.size != x.shape[0]:
-        raise ValueError(f"out: {out.size} values, expected {x.shape[0]} (one per channel of x)")
+def _per_channel(fn: str, x: np.ndarray, v: np.ndarray, what: str, cc: str | None, cache_dir: str | None) -> ElementwiseStep:
+    """A step pairing ``x`` ``[C, ...]`` with one value per channel ``v`` (named ``what``)."""
+    x, v = _checked(x, "x"), _checked(v, what)
+    if v.size != x.shape[0]:
+        raise ValueError(f"{what}: {v.size} values, expected {x.shape[0]} (one per channel of x)")
     lib = elementwise(cc, cache_dir)
     p = _params([x.shape[0], x.size // x.shape[0]])
-    return ElementwiseStep(CStep(address(lib, "tt_mean"), x.ctypes.data, out.ctypes.data, p.ctypes.data), (x, out, p, lib))
+    return ElementwiseStep(CStep(address(lib, fn), x.ctypes.data, v.ctypes.data, p.ctypes.data), (x, v, p, lib))
+
+
+def mean_step(x: np.ndarray, out: np.ndarray, cc: str | None = None, cache_dir: str | None = None) -> ElementwiseStep:
+    """``out[c] = mean(x[c])`` for ``x`` of shape ``[C, ...]``."""
+    return _per_channel("tt_mean", x, out, "out", cc, cache_dir)
 
 
 def scale_step(x: np.ndarray, s: np.ndarray, cc: str | None = None, cache_dir: str | None = None) -> ElementwiseStep:
     """``x[c] *= s[c]`` in place."""
-    x, s = _checked(x, "x"), _checked(s, "s")
-    if s.size != x.shape[0]:
-        raise ValueError(f"s: {s.size} values, expected {x.shape[0]} (one per channel of x)")
-    lib = elementwise(cc, cache_dir)
-    p = _params([x.shape[0], x.size // x.shape[0]])
-    return ElementwiseStep(CStep(address(lib, "tt_scale"), x.ctypes.data, s.ctypes.data, p.ctypes.data), (x, s, p, lib))
+    return _per_channel("tt_scale", x, s, "s", cc, cache_dir)
 
 
 def add_step(x: np.ndarray, r: np.ndarray, cc: str | None = None, cache_dir: str | None = None) -> ElementwiseStep:
