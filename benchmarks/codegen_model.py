@@ -8,7 +8,7 @@ fastest dense library here), the dense candidate on ``codegen-cpu`` and the spar
 ``codegen-cpu``. Goal (issue 4): sparse on codegen-cpu >= 2.5x faster than dense on ORT.
 Also prints where the sparse model's time goes (each op timed inside whole inferences and alone, grouped by kind).
 
-    PYTHONPATH=... python -m tritune.benchmarks.codegen_model [--resolutions 224 128] [--pattern block8x1]
+    python benchmarks/codegen_model.py [--resolutions 224 128] [--pattern block8x1]
 
 Writes docs/results/codegen_model.json.
 """

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m tritune.benchmarks.depthwise [--quick] [--out docs/results/depthwise.json]
+    python benchmarks/depthwise.py [--quick] [--out docs/results/depthwise.json]
 
 Depthwise layers are dense in every tritune model and, once the 1x1 layers are block-sparse, the
 largest share of a mobilenet's time on ``codegen-cpu``. Shapes are those of the largest mobilenet

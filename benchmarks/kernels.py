@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m tritune.benchmarks.kernels [--quick] [--out docs/results/kernels.json] [--cache DIR]
+    python benchmarks/kernels.py [--quick] [--out docs/results/kernels.json] [--cache DIR]
 
 Layers (batch 1, bias fused, no activation), as in issue 4:
 

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m tritune.benchmarks.predictors_ort [/work/profiles/ort-cpu-mobilenet] [--save best.json]
+    python benchmarks/predictors_ort.py [/work/profiles/ort-cpu-mobilenet] [--save best.json]
         [--out docs/results/predictors_ort.json] [--remeasure 40] [--seed 0]
 
 Reads ``measurements.jsonl`` + ``metadata.json`` (see `tritune.targets.profiling`), splits the

@@ -17,8 +17,9 @@ to float, the ``weight_mask`` buffer gives the pattern's structure):
    channel-pruned layers (physically narrower) run on the generated dense 8x1-block kernel;
 3. depthwise convolutions run on generated depthwise kernels (`kernels.codegen.depthwise`); a
    depthwise kernel followed by a squeeze-excite pool also writes the channel means, so the
-   pool costs no pass over the tensor; other global pools, the SE channel multiply, residual adds and dense linear layers too large to
-   compile as constants run on the small element-wise C library of `kernels.codegen.chain`;
+   pool costs no pass over the tensor; other global pools, the SE channel multiply, residual
+   adds and dense linear layers too large to compile as constants run on the small element-wise
+   C library of `kernels.codegen.chain`;
 4. every op is a C step with one calling convention, and the whole network runs as one
    `OpChain`: one ctypes call per inference, no Python or numpy between ops.
 
@@ -70,12 +71,11 @@ def _version() -> str:
 
 @dataclass
 class Op:
-    """One planned step: ``fn`` runs it on its bound buffers; the rest describes it."""
+    """One planned step: ``step`` (a C function and its buffers) runs it; the rest describes it."""
 
     name: str
     family: str
     kind: str
-    fn: Callable[[], Any] = field(repr=False)
     step: Any = field(repr=False)  # `tritune.kernels.codegen.chain.CStep`
     keep: Any = field(repr=False)  # the kernel / library owning the step's code and workspace
     pattern: str = "dense"
@@ -142,10 +142,11 @@ class CodegenRunnable:
         out = []
         clock = time.perf_counter
         for op, t_in in zip(self.ops, inside):
+            alone = op.step.bound()
             ts = []
             for _ in range(repeats):
                 t0 = clock()
-                op.fn()
+                alone()
                 ts.append(clock() - t0)
             out.append({**op.describe(), "ms": float(t_in) * 1e3, "alone_ms": float(np.median(ts)) * 1e3})
         return out
@@ -369,14 +370,14 @@ class CodegenCpuTarget(BuildsMobileNets, Target):
                 if kind == "linear" and family == "dense" and w.size > BLAS_LINEAR_WEIGHTS:
                     y = bufs.get((w.shape[0],))
                     st = matvec_step(w, b, _act_name(module), x.reshape(-1), y, **lib)
-                    ops.append(Op(L.name, "dense", "linear", st, st.step, st, "dense", "matvec"))
+                    ops.append(Op(L.name, "dense", "linear", st.step, st, "dense", "matvec"))
                     consumed(x)
                     x = y
                     continue
                 k = self._kernel(w, mask, pattern, kind, in_hw, L.stride, b, _act_name(module))
                 y = bufs.get(k.out_shape)
                 xin = x.reshape(k.in_shape)
-                ops.append(Op(L.name, family, kind, k.bind(xin, y), k.step(xin, y), k, pattern, k.variant.name, k.compile_s, k.cached))
+                ops.append(Op(L.name, family, kind, k.step(xin, y), k, pattern, k.variant.name, k.compile_s, k.cached))
                 consumed(x)
                 x = y
             elif L.op == "dwconv":
@@ -387,7 +388,7 @@ class CodegenCpuTarget(BuildsMobileNets, Target):
                 k = compile_depthwise(w, b, (x.shape[1], x.shape[2]), L.stride, _act_name(module), cache_dir=self.cache_dir, cc=self.cc,
                                       pool=se_pool)
                 y = bufs.get(k.out_shape)
-                ops.append(Op(L.name, "dense", "dwconv", k.bind(x, y), k.step(x, y), k, "dense",
+                ops.append(Op(L.name, "dense", "dwconv", k.step(x, y), k, "dense",
                               f"k{L.kernel}s{L.stride}" + ("+pool" if se_pool else ""), k.compile_s, k.cached))
                 consumed(x)
                 x = y
@@ -398,7 +399,7 @@ class CodegenCpuTarget(BuildsMobileNets, Target):
                 else:
                     v = bufs.get((x.shape[0],))
                     st = mean_step(x.reshape(x.shape[0], -1), v, **lib)
-                    ops.append(Op(L.name, "dense", "global_pool", st, st.step, st))
+                    ops.append(Op(L.name, "dense", "global_pool", st.step, st))
                 if L.name.endswith(".se.pool"):
                     ops.extend(self._se(modules, prefix, v, x, bufs))
                 else:
@@ -407,7 +408,7 @@ class CodegenCpuTarget(BuildsMobileNets, Target):
             elif L.op == "add":
                 res = residual.pop(prefix)
                 st = add_step(x, res, **lib)
-                ops.append(Op(L.name, "dense", "add", st, st.step, st))
+                ops.append(Op(L.name, "dense", "add", st.step, st))
                 bufs.release(res)
             else:
                 raise ValueError(f"codegen-cpu: layer {L.name}: op {L.op!r} not allowed; allowed: conv, dwconv, linear, global_pool, add, mul")
@@ -425,11 +426,11 @@ class CodegenCpuTarget(BuildsMobileNets, Target):
             w = w.reshape(w.shape[0], -1)
             k = self._kernel(w, None, "dense", "linear", None, 1, b, _act_name(module))
             y = bufs.get(k.out_shape)
-            ops.append(Op(name, "dense", "linear", k.bind(v, y), k.step(v, y), k, "dense", k.variant.name, k.compile_s, k.cached))
+            ops.append(Op(name, "dense", "linear", k.step(v, y), k, "dense", k.variant.name, k.compile_s, k.cached))
             bufs.release(v)
             v = y
         st = scale_step(x, v, cc=self.cc, cache_dir=self.cache_dir)
-        ops.append(Op(f"{prefix}.se.scale", "dense", "mul", st, st.step, st))
+        ops.append(Op(f"{prefix}.se.scale", "dense", "mul", st.step, st))
         bufs.release(v)
         return ops
 

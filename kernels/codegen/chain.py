@@ -33,13 +33,6 @@ _STEP_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_v
 
 _SOURCE = r"""
 #include <time.h>
-INL vf act_code_v(vf v, long a) {
-    vf z = {0};
-    if (a == 1) return vmax(v, z);
-    if (a == 2) return v * vmin(vmax(v + 3.0f, z), z + 6.0f) / 6.0f;
-    if (a == 3) return vmin(vmax(v + 3.0f, z), z + 6.0f) / 6.0f;
-    return v;
-}
 INL float act_code_s(float v, long a) {
     if (a == 1) return smax(v, 0.0f);
     if (a == 2) return v * smin(smax(v + 3.0f, 0.0f), 6.0f) / 6.0f;
@@ -142,6 +135,11 @@ class CStep:
     b: int
     c: int
 
+    def bound(self) -> Any:
+        """A zero-argument callable running this step alone, from Python."""
+        f, a, b, c = _STEP_TYPE(self.fn), self.a, self.b, self.c
+        return lambda: f(a, b, c)
+
 
 @functools.lru_cache(maxsize=None)
 def elementwise(cc: str | None = None, cache_dir: str | None = None) -> ctypes.CDLL:
@@ -159,9 +157,14 @@ def elementwise(cc: str | None = None, cache_dir: str | None = None) -> ctypes.C
     return cdll
 
 
+def fn_address(fn: Any) -> int:
+    """Address of a loaded C function (what a chain step calls)."""
+    return int(ctypes.cast(fn, ctypes.c_void_p).value)
+
+
 def address(cdll: ctypes.CDLL, name: str) -> int:
-    """Address of an exported function (what a chain step calls)."""
-    return int(ctypes.cast(getattr(cdll, name), ctypes.c_void_p).value)
+    """Address of an exported function of ``cdll``."""
+    return fn_address(getattr(cdll, name))
 
 
 def _params(values: Sequence[int]) -> np.ndarray:
@@ -174,14 +177,14 @@ class ElementwiseStep:
 
     step: CStep
     keep: tuple = field(default=(), repr=False)
-    _fn: Any = field(default=None, init=False, repr=False)
+    _run: Any = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._fn = _STEP_TYPE(self.step.fn)
+        self._run = self.step.bound()
 
     def __call__(self) -> None:
         """Run this step alone (from Python; a chain calls it from C)."""
-        self._fn(self.step.a, self.step.b, self.step.c)
+        self._run()
 
 
 def _checked(arr: np.ndarray, what: str) -> np.ndarray:
@@ -262,4 +265,4 @@ class OpChain:
         return np.median(out, axis=0)
 
 
-__all__ = ["ACT_CODES", "CStep", "ElementwiseStep", "OpChain", "add_step", "address", "elementwise", "matvec_step", "mean_step", "scale_step"]
+__all__ = ["ACT_CODES", "CStep", "ElementwiseStep", "OpChain", "add_step", "address", "elementwise", "fn_address", "matvec_step", "mean_step", "scale_step"]

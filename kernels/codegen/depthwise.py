@@ -74,11 +74,15 @@ class DepthwiseKernel:
                              f"{type(x).__name__} {getattr(x, 'dtype', '')} {tuple(getattr(x, 'shape', ()))}")
         return x
 
-    def bind(self, x: np.ndarray, out: np.ndarray) -> Callable[[], None]:
-        """A zero-argument callable computing ``out`` from ``x`` (checked once; keep both alive)."""
+    def _args(self, x: Any, out: Any) -> tuple[np.ndarray, np.ndarray]:
         x, out = self._check(x, "x", self.in_shape), self._check(out, "out", self.out_shape)
         if np.may_share_memory(x, out):
             raise ValueError("out: overlaps x; allowed: separate input and output buffers")
+        return x, out
+
+    def bind(self, x: np.ndarray, out: np.ndarray) -> Callable[[], None]:
+        """A zero-argument callable computing ``out`` from ``x`` (checked once; keep both alive)."""
+        x, out = self._args(x, out)
         fn, args, keep = self._fn, (x.ctypes.data, out.ctypes.data, self._ws.ctypes.data), (x, out, self._ws, self._cdll)
 
         def call(fn=fn, args=args, keep=keep) -> None:
@@ -88,10 +92,10 @@ class DepthwiseKernel:
 
     def step(self, x: np.ndarray, out: np.ndarray) -> Any:
         """This layer as a step of an `OpChain` (``x``, ``out`` and this kernel must stay alive)."""
-        from .chain import CStep
+        from .chain import CStep, fn_address
 
-        self.bind(x, out)  # the checks
-        return CStep(int(ctypes.cast(self._fn, ctypes.c_void_p).value), x.ctypes.data, out.ctypes.data, self._ws.ctypes.data)
+        x, out = self._args(x, out)
+        return CStep(fn_address(self._fn), x.ctypes.data, out.ctypes.data, self._ws.ctypes.data)
 
     def run(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         out = np.empty(self.out_shape, dtype=np.float32) if out is None else out

@@ -181,10 +181,10 @@ class CompiledKernel:
     def step(self, x: np.ndarray, out: np.ndarray) -> "CStep":
         """This layer as a step of an `OpChain` (checked once; the caller keeps ``x``, ``out`` and
         this kernel alive while the chain exists)."""
-        from .chain import CStep
+        from .chain import CStep, fn_address
 
         x, out = self._args(x, out)
-        return CStep(int(ctypes.cast(self._fn, ctypes.c_void_p).value), x.ctypes.data, out.ctypes.data, self._ws.ctypes.data)
+        return CStep(fn_address(self._fn), x.ctypes.data, out.ctypes.data, self._ws.ctypes.data)
 
     def __call__(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         return self.run(x, out)
