@@ -13,8 +13,8 @@ contenders are timed interleaved with the protocol of `tritune.targets.measure`:
 * ``onnxruntime``: a one-layer model on `tritune.targets.ort_cpu.OrtCpuTarget` (1 thread,
   ORT_ENABLE_ALL: NCHWc blocked depthwise);
 * ``generated rRxV``: `tritune.kernels.codegen.depthwise` with R output rows x V output vectors
-  per register tile; ``r1x4`` is the previous generator's tiling (one row), the same-run baseline
-  for the row-reuse tilings (the default picks 2 or 4 rows, `default_rows`).
+  per register tile; ``r1x4`` is the previous generator's tiling (one row; the stride-2 copy is
+  the new one), the same-run baseline for the row-reuse tilings (the default picks 2 or 4 rows, `default_rows`).
 """
 from __future__ import annotations
 
