@@ -5,7 +5,7 @@ and the same with kernel 3) with
 75% ``block8x1`` sparsity on every 1x1 convolution, at 224 px and 128 px, single thread. Timed in
 one interleaved group (`tritune.targets.measure`): the dense candidate on ``ort-cpu`` (the
 fastest dense library here), the dense candidate on ``codegen-cpu`` and the sparse one on
-``codegen-cpu``. Goal (issue 4): sparse on codegen-cpu >= 2.5x faster than dense on ORT.
+``codegen-cpu`` (with and without fused blocks, `tritune.kernels.codegen.fused`). Goal (issue 4): sparse on codegen-cpu >= 2.5x faster than dense on ORT.
 Also prints where the sparse model's time goes (each op timed inside whole inferences and alone, grouped by kind).
 
     python benchmarks/codegen_model.py [--resolutions 224 128] [--pattern block8x1]
@@ -33,8 +33,9 @@ RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results" / "codegen
 
 
 def sparse_plan(candidate, pattern: str, sparsity: float):
-    """Every 1x1 convolution (expand / project / final_expand) at ``pattern``, the rest dense."""
-    plan = [LayerCompression(pattern, sparsity) if role in ("conv", "project") and k == 1 else LayerCompression()
+    """Every 1x1 convolution (expand / project / final_expand, and feature_mix: the 1x1
+    convolution after the pool in MobileNetV3) at ``pattern``; the rest dense (the classifier too)."""
+    plan = [LayerCompression(pattern, sparsity) if role in ("conv", "project", "linear") and k == 1 else LayerCompression()
             for (name, role, k) in SLOTS]
     return candidate.replace(compression=plan)
 
@@ -51,12 +52,13 @@ def run(resolution: int, kernel: int, pattern: str, sparsity: float, protocol: P
     r_ort = ort.build(dense, space=space, name="ort dense")
     r_cgd = cg.build(dense, space=space, name="codegen dense")
     r_cgs = cg.build(sparse, space=space, name=f"codegen {pattern}@{sparsity:g}")
+    r_cgu = CodegenCpuTarget(threads=1, fuse_min_bytes=None).build(sparse, space=space, name=f"codegen {pattern}@{sparsity:g}, no fused blocks")
     x = np.random.default_rng(0).standard_normal(r_cgs.input_shape, dtype=np.float32)
     with torch.no_grad():  # the sparse runnable must compute what torch computes
         from tritune.spaces.mobilenet_net import build_subnet
         ref = build_subnet(space, sparse).eval()(torch.from_numpy(x)).numpy()
     err = float(np.abs(r_cgs.run(x) - ref).max() / np.abs(ref).max())
-    ms = cg.measure([r_ort, r_cgd, r_cgs], protocol=protocol)
+    ms = cg.measure([r_ort, r_cgd, r_cgu, r_cgs], protocol=protocol)
     base_ms = ms[0].latency_ms
     rows = [{"model": m.name, "latency_ms": m.latency_ms, "median_ms": m.median_ms, "spread": m.spread,
              "cpu_share": m.cpu_share, "speedup_vs_ort_dense": base_ms / m.latency_ms} for m in ms]
@@ -80,7 +82,7 @@ def run(resolution: int, kernel: int, pattern: str, sparsity: float, protocol: P
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--resolutions", type=int, nargs="+", default=[224, 128])
+    parser.add_argument("--resolutions", type=int, nargs="+", default=[224, 192, 160])
     parser.add_argument("--kernels", type=int, nargs="+", default=[7, 3], help="depthwise kernel of every block")
     parser.add_argument("--pattern", default="block8x1")
     parser.add_argument("--sparsity", type=float, default=0.75)

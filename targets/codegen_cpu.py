@@ -20,7 +20,11 @@ to float, the ``weight_mask`` buffer gives the pattern's structure):
    pool costs no pass over the tensor; other global pools, the SE channel multiply, residual
    adds and dense linear layers too large to compile as constants run on the small element-wise
    C library of `kernels.codegen.chain`;
-4. every op is a C step with one calling convention, and the whole network runs as one
+4. blocks whose expanded tensor has at least ``fuse_min_bytes`` (default 1 MiB) run fused
+   (`tritune.kernels.codegen.fused`): expand -> depthwise -> project band after band of rows, the
+   expanded tensor kept in a ring of rows that stays in L2 (squeeze-excite blocks: expand ->
+   depthwise with its pool); ``fuse_min_bytes=None`` never fuses;
+5. every op is a C step with one calling convention, and the whole network runs as one
    `OpChain`: one ctypes call per inference, no Python or numpy between ops.
 
 `CodegenRunnable.run(x)` returns the logits; ``bench_fn()`` is what `tritune.targets.measure`
@@ -55,6 +59,10 @@ SPARSE_PATTERNS = {
     "conv3x3": ["kernel_pattern", "block", "unstructured", "nm", "gather_scatter"],
 }
 
+
+#: Blocks whose expanded tensor (the depthwise layer's input) has at least this many bytes run
+#: fused (`tritune.kernels.codegen.fused`): larger tensors leave the caches while a network runs.
+FUSE_MIN_BYTES = 1 << 20
 
 #: Dense linear layers with more weights run on numpy's BLAS: a matrix-vector product is memory
 #: bound either way, and a generated kernel would carry megabytes of weights as C source
@@ -214,11 +222,15 @@ class CodegenCpuTarget(BuildsMobileNets, Target):
     description = "Generated sparse C kernels on this CPU (float32): runs whole compressed mobilenet candidates layer by layer"
 
     def __init__(self, threads: int = 1, seed: int = 0, autotune: bool = False, cc: str | None = None,
-                 cache_dir: str | None = None, protocol: Protocol | dict | None = None) -> None:
+                 cache_dir: str | None = None, protocol: Protocol | dict | None = None,
+                 fuse_min_bytes: int | None = FUSE_MIN_BYTES) -> None:
         if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
             raise ValueError(f"codegen-cpu.threads: {threads!r} must be an integer >= 1")
         if not isinstance(autotune, bool):
             raise ValueError(f"codegen-cpu.autotune: {autotune!r} not allowed; allowed: True, False")
+        if fuse_min_bytes is not None and (isinstance(fuse_min_bytes, bool) or not isinstance(fuse_min_bytes, int) or fuse_min_bytes < 0):
+            raise ValueError(f"codegen-cpu.fuse_min_bytes: {fuse_min_bytes!r} not allowed; allowed: an integer >= 0, or None (never fuse)")
+        self.fuse_min_bytes = fuse_min_bytes
         self.threads, self.seed, self.autotune, self.cc, self.cache_dir = threads, int(seed), autotune, cc, cache_dir
         if isinstance(protocol, dict):
             protocol = Protocol.from_json(protocol)
@@ -259,7 +271,7 @@ class CodegenCpuTarget(BuildsMobileNets, Target):
         return {
             "target": self.name, "device": cpu["model"], "runtime": "tritune generated C", "version": _version(),
             "threads": self.threads, "cpu": cpu, "isa": cpu["isa"], "compiler": command, "compiler_version": banner,
-            "flags": flags, "vector_width": lanes, "autotune": self.autotune,
+            "flags": flags, "vector_width": lanes, "autotune": self.autotune, "fuse_min_bytes": self.fuse_min_bytes,
         }
 
     def capabilities(self) -> dict[str, Any]:
@@ -269,7 +281,8 @@ class CodegenCpuTarget(BuildsMobileNets, Target):
             # which patterns run on generated sparse kernels, per layer kind; everything else dense
             "sparse_kernels": {k: list(v) for k, v in SPARSE_PATTERNS.items()},
             "dense_kernels": {"dwconv": "generated depthwise (k 3/5/7, stride 1/2)", "channel": "generated dense on the kept channels",
-                              "global_pool/add/mul": "numpy"},
+                              "global_pool/add/mul": "generated element-wise C (kernels.codegen.chain)"},
+            "fused_blocks": "expand -> depthwise -> project over bands of rows when the expanded tensor has >= fuse_min_bytes",
             "bit_widths": [32],
             "lower_bits_run_as": 32,
             "activation_bits": "ignored: float32 activations (w_bits <= 8 layers run float on this target)",
@@ -312,14 +325,30 @@ class CodegenCpuTarget(BuildsMobileNets, Target):
         times = {"net": t_net, "compile": sum(op.compile_s for op in ops), "total": time.perf_counter() - t0}
         return CodegenRunnable(label, ops, shape, self.threads, cand, times, self.autotune, x_in, logits, buffers)
 
-    def _kernel(self, w: np.ndarray, mask: np.ndarray | None, pattern: str, kind: str, in_hw: Any, stride: int,
-                bias: np.ndarray | None, act: str) -> Any:
-        from ..kernels.codegen import autotune, compile_layer
+    @staticmethod
+    def _packed(w: np.ndarray, mask: np.ndarray | None, pattern: str) -> Any:
         from ..kernels.formats import pack
 
         if pattern == "dense":  # exact zeros (a trained weight, dequantized codes) stay inside a dense layer
             mask = np.ones(w.shape, dtype=bool)
-        packed = pack(w, pattern, mask)
+        return pack(w, pattern, mask)
+
+    @staticmethod
+    def _conv_weights(L: Any, module: Any) -> tuple[np.ndarray, np.ndarray | None, str, str, np.ndarray | None]:
+        """(weight, bias, family, pattern, structure mask) of a conv / linear layer of the IR."""
+        from ..spaces.compression import parse_pattern
+
+        w, b, mask = _weights(module)
+        family, pattern = parse_pattern(L.pattern).family, L.pattern
+        if family == "channel" or L.sparsity <= 0.0:
+            family, pattern, mask = "dense", "dense", None  # channel: the kept weights are dense
+        return w, b, family, pattern, mask
+
+    def _kernel(self, w: np.ndarray, mask: np.ndarray | None, pattern: str, kind: str, in_hw: Any, stride: int,
+                bias: np.ndarray | None, act: str) -> Any:
+        from ..kernels.codegen import autotune, compile_layer
+
+        packed = self._packed(w, mask, pattern)
         opts = dict(bias=bias, act=act, threads=self.threads, cache_dir=self.cache_dir, cc=self.cc)
         if self.autotune:
             return autotune(packed, kind, in_hw, stride, **opts).kernel
@@ -328,8 +357,6 @@ class CodegenCpuTarget(BuildsMobileNets, Target):
     def _plan(self, net: Any, shape: tuple[int, ...]) -> tuple[list[Op], list[np.ndarray], np.ndarray, np.ndarray]:
         from ..kernels.codegen.chain import add_step, matvec_step, mean_step
         from ..kernels.codegen.depthwise import compile_depthwise
-        from ..spaces.compression import parse_pattern
-
         lib = {"cc": self.cc, "cache_dir": self.cache_dir}
 
         modules = dict(net.named_modules())
@@ -345,6 +372,7 @@ class CodegenCpuTarget(BuildsMobileNets, Target):
                 bufs.release(buf)
 
         fused_pool: np.ndarray | None = None  # channel means written by the previous depthwise kernel
+        fused, skip = self._fusable(layers), set()
         for i, L in enumerate(layers):
             if L.op not in ("dwconv", "global_pool"):
                 fused_pool = None
@@ -353,13 +381,22 @@ class CodegenCpuTarget(BuildsMobileNets, Target):
                 continue  # SE reduce / expand / scale are planned with the SE pool
             if prefix in with_add and prefix not in residual and L.op in ("conv", "dwconv"):
                 residual[prefix] = x
+            if i in skip:
+                continue  # planned inside a fused block
+            if i in fused:
+                group = fused[i]
+                after = layers[group[-1] + 1] if group[-1] + 1 < len(layers) else None
+                se_pool = after is not None and after.op == "global_pool" and after.name.endswith(".se.pool")
+                op, y = self._fused_op(modules, [layers[j] for j in group], x, bufs, se_pool)
+                ops.append(op)
+                skip.update(group)
+                consumed(x)
+                x = y
+                fused_pool = op.keep.pooled  # read by the squeeze-excite pool that follows (if any)
+                continue
             if L.op in ("conv", "linear"):
                 module = modules[L.name]
-                w, b, mask = _weights(module)
-                family = parse_pattern(L.pattern).family
-                pattern = L.pattern
-                if family == "channel" or L.sparsity <= 0.0:
-                    family, pattern, mask = "dense", "dense", None  # channel: the kept weights are dense
+                w, b, family, pattern, mask = self._conv_weights(L, module)
                 if L.op == "linear":
                     kind, in_hw = "linear", None
                 elif L.groups == 1 and L.kernel in (1, 3):
@@ -413,6 +450,61 @@ class CodegenCpuTarget(BuildsMobileNets, Target):
             else:
                 raise ValueError(f"codegen-cpu: layer {L.name}: op {L.op!r} not allowed; allowed: conv, dwconv, linear, global_pool, add, mul")
         return ops, bufs.all, x_in, x
+
+    def _fusable(self, layers: list) -> dict[int, tuple[int, ...]]:
+        """Blocks planned as one fused step (`tritune.kernels.codegen.fused`): index of the first
+        layer -> indices of [expand,] depthwise, project, for blocks without squeeze-excite whose
+        tensor around the depthwise layer (the expanded one) has at least `fuse_min_bytes`."""
+        from ..kernels.codegen import vector_width
+
+        if self.fuse_min_bytes is None:
+            return {}
+        vw = vector_width(self.cc)
+        out: dict[int, tuple[int, ...]] = {}
+        one_by_one = lambda L: L is not None and L.op == "conv" and L.kernel == 1 and L.groups == 1  # noqa: E731
+        for i, L in enumerate(layers):
+            if L.op != "dwconv" or i + 1 >= len(layers) or 4 * L.in_channels * L.in_h * L.in_w < self.fuse_min_bytes:
+                continue
+            prefix = L.name.rsplit(".", 1)[0]
+            nxt, prev = layers[i + 1], layers[i - 1] if i > 0 else None
+            expand = i - 1 if one_by_one(prev) and prev.name.startswith(prefix + ".") and L.in_w >= vw else None
+            if one_by_one(nxt) and nxt.name.startswith(prefix + ".") and -(-L.in_w // L.stride) >= vw:
+                group = ((expand,) if expand is not None else ()) + (i, i + 1)
+            elif expand is not None:  # before a squeeze-excite: expand -> depthwise (+ its pool)
+                group = (expand, i)
+            else:
+                continue
+            out[group[0]] = group
+        return out
+
+    def _fused_op(self, modules: dict, group: list, x: np.ndarray, bufs: _Buffers, se_pool: bool) -> tuple[Op, np.ndarray]:
+        from ..kernels.codegen.fused import compile_fused_block
+
+        dw_at = next(j for j, L in enumerate(group) if L.op == "dwconv")
+        dw, expand, proj = group[dw_at], group[:dw_at], group[dw_at + 1:]
+        packed, act, bias, families = {}, {}, {}, []
+        for role, L in (("expand", expand[0] if expand else None), ("project", proj[0] if proj else None)):
+            if L is None:
+                packed[role] = act[role] = bias[role] = None
+                continue
+            module = modules[L.name]
+            w, b, family, pattern, mask = self._conv_weights(L, module)
+            packed[role], bias[role], act[role] = self._packed(w, mask, pattern), b, _act_name(module)
+            families.append(family)
+        if proj and act["project"] != "none":
+            raise ValueError(f"codegen-cpu: layer {proj[0].name}: a fused block's project layer has activation {act['project']!r}; allowed: none")
+        wd, bd, _ = _weights(modules[dw.name])
+        blk = compile_fused_block(packed["expand"], wd, (x.shape[1], x.shape[2]), dw.stride, packed["project"],
+                                  expand_bias=bias["expand"], expand_act=act["expand"] or "none", dw_bias=bd,
+                                  dw_act=_act_name(modules[dw.name]), project_bias=bias["project"], pool=se_pool, threads=self.threads,
+                                  cache_dir=self.cache_dir, cc=self.cc)
+        y = bufs.get(blk.out_shape)
+        family = next((f for f in families if f != "dense"), "dense")
+        pattern = next((L.pattern for L in group if L.op == "conv" and L.sparsity > 0), "dense")
+        name = dw.name.rsplit(".", 1)[0]
+        op = Op(name, family, "fused_block", blk.step(x.reshape(blk.in_shape), y), blk, pattern,
+                f"{'e' if expand else ''}dw{dw.kernel}s{dw.stride}{'p' if proj else ''}{'+pool' if se_pool else ''} r{blk.rows}", blk.compile_s, blk.cached)
+        return op, y
 
     def _se(self, modules: dict, prefix: str, pooled: np.ndarray, x: np.ndarray, bufs: _Buffers) -> list[Op]:
         """SE reduce (linear + relu), expand (linear + hsigmoid), then x *= scale in place."""

@@ -106,6 +106,42 @@ void tt_matvec(void *xv, void *yv, void *pv) {
     }
 }
 
+/* A fused inverted-residual block (tritune.kernels.codegen.fused): expand 1x1 -> depthwise ->
+   project 1x1 band after band of output rows, so the expanded tensor lives only in a ring of RB
+   rows per channel (and the depthwise output in a one-band buffer) that stays in L2. Each expanded
+   row is computed once. p = {expand band fn (0: none, the depthwise reads x: ring = x, RB = H),
+   its ws, depthwise band fn, its ws, project band fn (0: none, the depthwise writes y), its ws,
+   ring, band buffer, H, W, HO, WO, S, K, R, RB, ring channel stride, band buffer channel stride,
+   G}: expanded rows are computed in multiples of G rows (G * W a multiple of the SIMD width, RB a
+   multiple of G), so every run starts on a vector boundary. */
+typedef void (*tt_band1x1)(const float *, float *, float *, long);
+typedef void (*tt_banddw)(const float *, float *, float *, const long *);
+void tt_mbconv(void *xv, void *yv, void *pv) {
+    const long *p = pv;
+    const tt_band1x1 fe = (tt_band1x1)p[0], fp = (tt_band1x1)p[4];
+    const tt_banddw fd = (tt_banddw)p[2];
+    float *we = (float *)p[1], *wd = (float *)p[3], *wp = (float *)p[5], *ring = (float *)p[6], *band = (float *)p[7];
+    const long H = p[8], W = p[9], HO = p[10], WO = p[11], S = p[12], K = p[13], R = p[14], RB = p[15];
+    const long ldr = p[16], ldb = p[17], G = p[18];
+    const float *x = xv;
+    float *y = yv;
+    long done = fe ? 0 : H; /* expanded rows computed so far */
+    const float *src = fe ? ring : x;
+    for (long yo0 = 0; yo0 < HO; yo0 += R) {
+        const long nr = HO - yo0 < R ? HO - yo0 : R;
+        long need = ((yo0 + nr - 1) * S - K / 2 + K + G - 1) / G * G;
+        if (need > H) need = H;
+        while (done < need) { /* new rows, in runs that do not wrap around the ring */
+            const long slot = done % RB, n = need - done < RB - slot ? need - done : RB - slot;
+            fe(x + done * W, ring + slot * W, we, n * W);
+            done += n;
+        }
+        const long dp[5] = {yo0, nr, RB, ldr, fp ? ldb : HO * WO};
+        fd(src, fp ? band : y + yo0 * WO, wd, dp);
+        if (fp) fp(band, y + yo0 * WO, wp, nr * WO);
+    }
+}
+
 typedef void (*tt_step)(void *, void *, void *);
 void tt_chain(long n, void *const *fns, void *const *args) {
     for (long i = 0; i < n; i++) ((tt_step)fns[i])(args[3 * i], args[3 * i + 1], args[3 * i + 2]);
@@ -151,7 +187,7 @@ def elementwise(cc: str | None = None, cache_dir: str | None = None) -> ctypes.C
     cdll.tt_chain.restype = None
     cdll.tt_chain_timed.argtypes = [ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
     cdll.tt_chain_timed.restype = None
-    for name in ("tt_mean", "tt_scale", "tt_add", "tt_matvec"):
+    for name in ("tt_mean", "tt_scale", "tt_add", "tt_matvec", "tt_mbconv"):
         getattr(cdll, name).argtypes = [ctypes.c_void_p] * 3
         getattr(cdll, name).restype = None
     return cdll

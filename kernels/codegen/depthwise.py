@@ -59,6 +59,10 @@ class DepthwiseKernel:
     _cdll: Any = field(default=None, repr=False)
     #: channel means of the last output (``pool=True`` only): written by every run
     pooled: np.ndarray | None = field(default=None, repr=False)
+    #: output rows per band (0: whole-plane workspace)
+    band: int = 0
+    #: address of ``tt_band(x, y, ws, p)``: one band of output rows from a ring of input rows
+    band_fn: int = field(default=0, repr=False)
 
     @property
     def in_shape(self) -> tuple[int, int, int]:
@@ -104,7 +108,7 @@ class DepthwiseKernel:
 
 
 def _source(weight: np.ndarray, bias: np.ndarray, in_hw: tuple[int, int], stride: int, act: str, vw: int,
-            rows: int = ROWS_PER_TILE, vectors: int = TILE_VECTORS, pool: bool = False) -> str:
+            rows: int = ROWS_PER_TILE, vectors: int = TILE_VECTORS, pool: bool = False, band: int = 0) -> str:
     C, _, k, _ = weight.shape
     H, W = in_hw
     p = k // 2
@@ -112,9 +116,10 @@ def _source(weight: np.ndarray, bias: np.ndarray, in_hw: tuple[int, int], stride
     nvec = -(-wo // vw)
     # plane width: every vector load of the last tile (x up to nvec*vw, tap shift up to (k-1)//stride) stays inside
     wq = max(-(-(W + 2 * p) // stride), nvec * vw + (k - 1) // stride)
-    hp = H + 2 * p
+    # workspace rows: the padded plane, or one band of `band` output rows (its input rows and halo)
+    hp = (min(band, ho) - 1) * stride + k if band else H + 2 * p
     nv = min(vectors, nvec)
-    nr = min(rows or default_rows(k, ho), ho)
+    nr = min(rows or default_rows(k, ho), ho, band or ho)
     return "#include <immintrin.h>\n" + prelude(vw) + activation(act) + float_array("WT", weight.reshape(-1)) + float_array("BS", bias) + f"""
 #define C {C}
 #define H {H}
@@ -131,6 +136,7 @@ def _source(weight: np.ndarray, bias: np.ndarray, in_hw: tuple[int, int], stride
 #define NV {nv}
 #define NR {nr}
 #define POOL {int(pool)}
+#define BAND {min(band, ho)}
 #define POOL_OFF (((long)S * PLANE + 15) / 16 * 16)
 long tt_workspace_floats(void) {{ return POOL ? POOL_OFF + C : (long)S * PLANE; }}
 long tt_pool_offset(void) {{ return POOL ? POOL_OFF : -1; }}
@@ -192,24 +198,74 @@ INL void tail_copy(const float *restrict src, float *restrict ev, float *restric
 #endif
 }}
 
-/* the channel's plane into the zero-bordered workspace, split by column phase for stride 2 */
+/* one input row into workspace row j (zero-bordered), split by column phase for stride 2 */
+INL void copy_row(const float *restrict row, float *restrict ws, long j) {{
+    if (S == 1) {{ memcpy(ws + j * WQ + P, row, W * sizeof(float)); return; }}
+    /* even input columns land in phase P % 2 from index P / 2, odd ones in phase (P + 1) % 2 from (P + 1) / 2 */
+    float *ev = ws + (P % 2) * PLANE + j * WQ + P / 2;
+    float *od = ws + ((P + 1) % 2) * PLANE + j * WQ + (P + 1) / 2;
+    int m = 0;
+    for (; 2 * (m + VW) <= W; m += VW) {{
+        vf a = vld(row + 2 * m), c = vld(row + 2 * m + VW);
+        vst(ev + m, __builtin_shuffle(a, c, EVEN));
+        vst(od + m, __builtin_shuffle(a, c, ODD));
+    }}
+    if (2 * m < W) tail_copy(row + 2 * m, ev + m, od + m);
+}}
+
+/* the channel's plane into the zero-bordered workspace */
 INL void copy_in(const float *restrict xc, float *restrict ws) {{
-    for (int r = 0; r < H; r++) {{
-        const float *row = xc + r * W;
-        if (S == 1) {{ memcpy(ws + (r + P) * WQ + P, row, W * sizeof(float)); continue; }}
-        /* even input columns land in phase P % 2 from index P / 2, odd ones in phase (P + 1) % 2 from (P + 1) / 2 */
-        float *ev = ws + (P % 2) * PLANE + (r + P) * WQ + P / 2;
-        float *od = ws + ((P + 1) % 2) * PLANE + (r + P) * WQ + (P + 1) / 2;
-        int m = 0;
-        for (; 2 * (m + VW) <= W; m += VW) {{
-            vf a = vld(row + 2 * m), c = vld(row + 2 * m + VW);
-            vst(ev + m, __builtin_shuffle(a, c, EVEN));
-            vst(od + m, __builtin_shuffle(a, c, ODD));
-        }}
-        if (2 * m < W) tail_copy(row + 2 * m, ev + m, od + m);
+    for (int r = 0; r < H; r++) copy_row(xc + r * W, ws, r + P);
+}}
+
+INL void tiles(const float *restrict ws, const float *restrict w, float b, float *restrict yc, int nrows, vf *csum) {{
+    int yo = 0;
+    for (; yo + NR <= nrows; yo += NR) {{
+        int v0 = 0;
+        for (; v0 + NV <= NVEC; v0 += NV) tile(ws, w, b, yc, yo, v0, NV, NR, csum);
+        if (v0 < NVEC) tile(ws, w, b, yc, yo, v0, NVEC - v0, NR, csum);
+    }}
+    for (; yo < nrows; yo++) {{
+        int v0 = 0;
+        for (; v0 + NV <= NVEC; v0 += NV) tile(ws, w, b, yc, yo, v0, NV, 1, csum);
+        if (v0 < NVEC) tile(ws, w, b, yc, yo, v0, NVEC - v0, 1, csum);
     }}
 }}
 
+/* One band of a fused block: output rows yo0 .. yo0 + nr of every channel, from input rows kept in
+   a ring of RB rows per channel (input row r of channel c at x + c * ldx + (r % RB) * W);
+   p = {{yo0, nr, RB, ldx, ldy}}, y points at the band's first output row, ldy floats per channel. */
+void tt_band(const float *restrict x, float *restrict y, float *restrict ws, const long *restrict p) {{
+    const long yo0 = p[0], nr = p[1], rb = p[2], ldx = p[3], ldy = p[4];
+    const long r0 = yo0 * S - P, nin = (nr - 1) * S + K;
+    for (int c = 0; c < C; c++) {{
+        const float *xc = x + c * ldx;
+        for (long j = 0; j < nin; j++) {{
+            const long r = r0 + j;
+            if (r >= 0 && r < H) copy_row(xc + (r % rb) * W, ws, j);
+            else for (int a = 0; a < S; a++) memset(ws + a * PLANE + j * WQ, 0, WQ * sizeof(float));
+        }}
+        vf csum = {{0}};
+        tiles(ws, WT + c * K * K, BS[c], y + c * ldy, (int)nr, &csum);
+        if (POOL) {{ /* channel sums over the bands; the mean once the last band is done */
+            float t[VW], sum = 0.0f;
+            vst(t, csum);
+            for (int i = 0; i < VW; i++) sum += t[i];
+            ws[POOL_OFF + c] = (yo0 == 0 ? 0.0f : ws[POOL_OFF + c]) + sum;
+            if (yo0 + nr == HO) ws[POOL_OFF + c] *= 1.0f / (HO * WO);
+        }}
+    }}
+}}
+
+#if BAND
+/* a band kernel run on a whole plane: band after band (the workspace holds one band) */
+void tt_run(const float *restrict x, float *restrict y, float *restrict ws) {{
+    for (long yo0 = 0; yo0 < HO; yo0 += BAND) {{
+        const long p[5] = {{yo0, HO - yo0 < BAND ? HO - yo0 : BAND, H, (long)H * W, (long)HO * WO}};
+        tt_band(x, y + yo0 * WO, ws, p);
+    }}
+}}
+#else
 void tt_run(const float *restrict x, float *restrict y, float *restrict ws) {{
     for (int c = 0; c < C; c++) {{
         copy_in(x + (long)c * H * W, ws);
@@ -217,17 +273,7 @@ void tt_run(const float *restrict x, float *restrict y, float *restrict ws) {{
         const float b = BS[c];
         float *yc = y + (long)c * HO * WO;
         vf csum = {{0}};
-        int yo = 0;
-        for (; yo + NR <= HO; yo += NR) {{
-            int v0 = 0;
-            for (; v0 + NV <= NVEC; v0 += NV) tile(ws, w, b, yc, yo, v0, NV, NR, &csum);
-            if (v0 < NVEC) tile(ws, w, b, yc, yo, v0, NVEC - v0, NR, &csum);
-        }}
-        for (; yo < HO; yo++) {{
-            int v0 = 0;
-            for (; v0 + NV <= NVEC; v0 += NV) tile(ws, w, b, yc, yo, v0, NV, 1, &csum);
-            if (v0 < NVEC) tile(ws, w, b, yc, yo, v0, NVEC - v0, 1, &csum);
-        }}
+        tiles(ws, w, b, yc, HO, &csum);
         if (POOL) {{
             float t[VW], sum = 0.0f;
             vst(t, csum);
@@ -236,6 +282,7 @@ void tt_run(const float *restrict x, float *restrict y, float *restrict ws) {{
         }}
     }}
 }}
+#endif
 """.replace("EVEN", _shuffle_mask(vw, 0)).replace("ODD", _shuffle_mask(vw, 1))
 
 
@@ -245,7 +292,7 @@ def _shuffle_mask(vw: int, phase: int) -> str:
 
 def compile_depthwise(weight: Any, bias: Any, in_hw: tuple[int, int], stride: int = 1, act: str = "none", *,
                       cache_dir: str | os.PathLike | None = None, cc: str | None = None,
-                      rows: int = ROWS_PER_TILE, vectors: int = TILE_VECTORS, pool: bool = False) -> DepthwiseKernel:
+                      rows: int = ROWS_PER_TILE, vectors: int = TILE_VECTORS, pool: bool = False, band: int = 0) -> DepthwiseKernel:
     """Generate, compile (or fetch from the cache) and load one depthwise convolution.
 
     ``weight``: ``[C, 1, k, k]`` (torch layout, k in 3/5/7); ``bias``: ``[C]`` or None;
@@ -253,7 +300,10 @@ def compile_depthwise(weight: Any, bias: Any, in_hw: tuple[int, int], stride: in
     ``rows`` x ``vectors``: output rows x output vectors per register tile (1-8 each; rows 0:
     `default_rows`);
     ``pool``: also write each output channel's mean (a squeeze-excite pool fused into the pass
-    that produces the values) to `DepthwiseKernel.pooled`, a view of the kernel's workspace."""
+    that produces the values) to `DepthwiseKernel.pooled`, a view of the kernel's workspace;
+    ``band``: output rows per band (0: the whole plane): the workspace holds one band and
+    `DepthwiseKernel.band_fn` computes one band from a ring of input rows (a fused block,
+    `tritune.kernels.codegen.fused`); ``run`` goes band by band."""
     w = weight.detach().cpu().numpy() if hasattr(weight, "detach") else np.asarray(weight)
     w = np.ascontiguousarray(w, dtype=np.float32)
     if w.ndim != 4 or w.shape[1] != 1 or w.shape[2] != w.shape[3] or w.shape[2] not in KERNELS:
@@ -275,8 +325,10 @@ def compile_depthwise(weight: Any, bias: Any, in_hw: tuple[int, int], stride: in
     for name, v in (("rows", rows), ("vectors", vectors)):
         if not isinstance(v, int) or not (0 if name == "rows" else 1) <= v <= 8:
             raise ValueError(f"{name}: {v!r} not allowed; allowed: an integer 1-8" + (" or 0 (default)" if name == "rows" else ""))
+    if isinstance(band, bool) or not isinstance(band, (int, np.integer)) or band < 0:
+        raise ValueError(f"band: {band!r} not allowed; allowed: an integer >= 0 (0: the whole plane)")
     vw = compiler.vector_width(cc)
-    source = _source(w, b, in_hw, stride, act, vw, rows, vectors, bool(pool))
+    source = _source(w, b, in_hw, stride, act, vw, rows, vectors, bool(pool), int(band))
     lib = compiler.compile_library(source, cache=cache_dir, cc=cc, name=f"dw{k}s{stride}-{C}x{in_hw[0]}x{in_hw[1]}")
     cdll = ctypes.CDLL(str(lib.path))
     cdll.tt_workspace_floats.restype = ctypes.c_long
@@ -284,13 +336,14 @@ def compile_depthwise(weight: Any, bias: Any, in_hw: tuple[int, int], stride: in
     fn = cdll.tt_run
     fn.argtypes = [ctypes.c_void_p] * 3
     fn.restype = None
+    band_fn = int(ctypes.cast(cdll.tt_band, ctypes.c_void_p).value)
     ws = aligned_empty((int(cdll.tt_workspace_floats()),))
     ws[:] = 0.0
     out_hw = ((in_hw[0] + stride - 1) // stride, (in_hw[1] + stride - 1) // stride)
     off = int(cdll.tt_pool_offset())
     pooled = ws[off:off + C] if pool else None
     return DepthwiseKernel(C, k, stride, in_hw, out_hw, act, lib.compile_s, hashlib.sha256(source.encode()).hexdigest(),
-                           str(lib.path), not lib.compiled, fn, ws, cdll, pooled)
+                           str(lib.path), not lib.compiled, fn, ws, cdll, pooled, int(band), band_fn)
 
 
 __all__ = ["DepthwiseKernel", "compile_depthwise"]

@@ -117,8 +117,9 @@ class _Writer:
     """Emits the source; one instance per `generate` call."""
 
     def __init__(self, geo: Geometry, low: Lowered, variants: list[Variant], bias: np.ndarray | None, act: str,
-                 threads: int, vw: int) -> None:
+                 threads: int, vw: int, channel_strides: tuple[int, int] | None = None) -> None:
         self.geo, self.low, self.variants, self.bias, self.act, self.threads, self.vw = geo, low, variants, bias, act, threads, vw
+        self.ldx, self.ldy = channel_strides or (geo.hw, geo.out_pixels)
         self.out: list[str] = []
 
     # ----- helpers ------------------------------------------------------------------------------
@@ -245,7 +246,8 @@ class _Writer:
     def constants(self) -> None:
         geo = self.geo
         self.emit(f"#define K {geo.k}", f"#define CI {geo.cin}", f"#define CO {geo.cout}", f"#define HW {geo.hw}",
-                  f"#define HWO {geo.out_pixels}", f"#define WS_FLOATS {self.workspace_floats()}")
+                  f"#define HWO {geo.out_pixels}", f"#define WS_FLOATS {self.workspace_floats()}",
+                  f"#define LDX {self.ldx}", f"#define LDY {self.ldy}")
         if geo.mode == "staged":
             h, w = geo.in_hw
             self.emit(f"#define H {h}", f"#define W {w}", f"#define WP {geo.wp}", f"#define HQ {geo.hq}",
@@ -304,20 +306,21 @@ class _Writer:
             "}",
         )
 
-    def fill_empty_rows(self) -> list[str]:
-        """Channel pruning: rows without weights are act(bias) everywhere."""
+    def fill_empty_rows(self, pixels: str = "HWO") -> list[str]:
+        """Channel pruning: rows without weights are act(bias) everywhere (``pixels`` per row)."""
         low = self.low
         if not isinstance(low, Bsr) or low.rows is None or len(low.rows) == self.geo.cout:
             return []
         n = self.geo.cout - len(low.rows)
+        ld = "LDY" if self.geo.mode == "direct" else "HWO"
         return [f"for (int e = 0; e < {n}; ++e) {{ const float v_ = act_s({self.bias_of('EMPTY[e]')});",
-                "for (int t = 0; t < HWO; ++t) y[(size_t)EMPTY[e] * HWO + t] = v_; }"]
+                f"for (long t = 0; t < {pixels}; ++t) y[(size_t)EMPTY[e] * {ld} + t] = v_; }}"]
 
     # ----- the accumulation loops of each family -----------------------------------------------------
     def xaddr(self, k: str) -> str:
         if self.geo.kind == "conv3x3":
             return f"xs + OFFK[{k}] + q0"
-        return f"xs + (size_t)({k}) * {'HW' if self.geo.mode == 'direct' else 'PS'} + q0"
+        return f"xs + (size_t)({k}) * {'LDX' if self.geo.mode == 'direct' else 'PS'} + q0"
 
     def col_expr(self, c: int) -> str:
         C, K = self.low.c, self.geo.k
@@ -464,7 +467,7 @@ class _Writer:
             for v in range(nv):
                 val = f"act_v({self.acc(0, r, v)} + {bias})"
                 if geo.mode == "direct":
-                    self.emit(f"vst(y + (size_t)row{r}_ * HW + q0 + {v * vw}, {val});")
+                    self.emit(f"vst(y + (size_t)row{r}_ * LDY + q0 + {v * vw}, {val});")
                 else:
                     self.emit(f"store_q(y + (size_t)row{r}_ * HWO, q0 + {v * vw}, {val});")
         self.emit("}")
@@ -493,14 +496,22 @@ class _Writer:
         tails = [(rem // vw, nt * T)] if rem // vw else []
         if rem % vw:  # the last vector overlaps the previous one (recomputes a few pixels)
             tails.append((1, hw - vw))
-        names = {nv: self.tile_fn(var, nv) for nv in sorted({var.nv} | {nv for nv, _ in tails})}
+        names = {nv: self.tile_fn(var, nv) for nv in sorted({var.nv, 1} | {nv for nv, _ in tails})}
         tiled = self.n_ktiles(var) > 1
         thread = "omp_get_thread_num()" if self.threads > 1 else "0"
         pt = f"ws + PT_OFF + (size_t){thread} * CO * {T}" if tiled else "0"
+        pt0 = "ws + PT_OFF" if tiled else "0"
         self.emit(f"void tt_run_{var.name}(const float *restrict x, float *restrict y, float *restrict ws) {{",
                   "(void)ws;", *self.fill_empty_rows(), self.par(),
                   f"for (int t = 0; t < {nt}; ++t) {names[var.nv]}(x, y, {pt}, t * {T});",
-                  *[f"{names[nv]}(x, y, {'ws + PT_OFF' if tiled else '0'}, {p});" for nv, p in tails], "}")
+                  *[f"{names[nv]}(x, y, {pt0}, {p});" for nv, p in tails], "}")
+        # the same over the first npix (>= VW) pixels of each row: one band of rows of a fused block
+        self.emit(f"void tt_band_{var.name}(const float *restrict x, float *restrict y, float *restrict ws, long npix) {{",
+                  "(void)ws;", *self.fill_empty_rows("npix"), f"const long nt_ = npix / {T};", self.par(),
+                  f"for (long t = 0; t < nt_; ++t) {names[var.nv]}(x, y, {pt}, (int)(t * {T}));",
+                  f"long q_ = nt_ * {T};",
+                  f"for (; q_ + VW <= npix; q_ += VW) {names[1]}(x, y, {pt0}, (int)q_);",
+                  f"if (q_ < npix) {names[1]}(x, y, {pt0}, (int)(npix - VW));", "}")
 
     def staged(self, var: Variant) -> None:
         T = self.tile(var)
@@ -583,8 +594,12 @@ class _Writer:
 
 
 def generate(geo: Geometry, low: Lowered, variants: list[Variant], *, bias: np.ndarray | None = None, act: str = "none",
-             threads: int = 1, vector_width: int = 16) -> str:
-    """The C source of a layer with one ``tt_run_<variant.name>`` per variant (names must differ)."""
+             threads: int = 1, vector_width: int = 16, channel_strides: tuple[int, int] | None = None) -> str:
+    """The C source of a layer with one ``tt_run_<variant.name>`` per variant (names must differ).
+
+    ``channel_strides``: (input, output) floats between channels, direct layout only (default:
+    the pixel counts). With them a direct kernel reads and writes a band of rows inside larger
+    tensors; ``tt_band_<variant>(x, y, ws, npix)`` computes the first ``npix`` (>= VW) pixels."""
     if not variants:
         raise ValueError("variants: at least one variant is required")
     names = [v.name for v in variants]
@@ -594,4 +609,11 @@ def generate(geo: Geometry, low: Lowered, variants: list[Variant], *, bias: np.n
         raise ValueError("kernel_pattern: only 3x3 (staged) layers")
     for var in variants:
         check_variant(geo, low, var)
-    return _Writer(geo, low, list(variants), bias, act, threads, vector_width).source()
+    if channel_strides is not None:
+        if geo.mode != "direct":
+            raise ValueError(f"channel_strides: only for the direct layout (1x1 layers); this layer is {geo.mode}")
+        ldx, ldy = (int(v) for v in channel_strides)
+        if ldx < 1 or ldy < 1:
+            raise ValueError(f"channel_strides: {channel_strides!r} not allowed; allowed: two positive integers")
+        channel_strides = (ldx, ldy)
+    return _Writer(geo, low, list(variants), bias, act, threads, vector_width, channel_strides).source()

@@ -16,7 +16,7 @@ import ctypes
 import hashlib
 import os
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -87,10 +87,12 @@ class Build:
     act: str
     threads: int
     vector_width: int
+    #: (input, output) floats between channels for a kernel working on row bands (`generate`)
+    channel_strides: tuple[int, int] | None = None
 
     def source(self, variants: Sequence[Variant]) -> str:
         return generate(self.geo, self.low, list(variants), bias=self.bias, act=self.act, threads=self.threads,
-                        vector_width=self.vector_width)
+                        vector_width=self.vector_width, channel_strides=self.channel_strides)
 
 
 def prepare(packed: PackedWeight, kind: str, in_hw: tuple[int, int] | None = None, stride: int = 1, bias: Any = None,
@@ -130,6 +132,9 @@ class CompiledKernel:
     in_shape: tuple[int, ...]
     out_shape: tuple[int, ...]
     cached: bool = False
+    #: address of ``tt_band_<variant>(x, y, ws, npix)`` (direct 1x1 layouts; 0 otherwise): the
+    #: entry a fused block calls for each band of rows
+    band_fn: int = field(default=0, repr=False)
     _fn: Any = field(default=None, repr=False)
     _ws: np.ndarray | None = field(default=None, repr=False)
     _cdll: Any = field(default=None, repr=False)
@@ -202,6 +207,10 @@ def load(build: Build, lib: compiler.Library, variant: Variant, source: str) -> 
         raise ValueError(f"tile: variant {variant.name} is not in library {lib.path}") from None
     fn.argtypes = [_C_VOID_P, _C_VOID_P, _C_VOID_P]
     fn.restype = None
+    try:
+        band_fn = int(ctypes.cast(getattr(cdll, f"tt_band_{variant.name}"), ctypes.c_void_p).value)
+    except AttributeError:
+        band_fn = 0
     ws = aligned_empty((int(cdll.tt_workspace_floats()),))
     ws[:] = 0.0
     geo = build.geo
@@ -212,13 +221,15 @@ def load(build: Build, lib: compiler.Library, variant: Variant, source: str) -> 
     return CompiledKernel(
         geometry=geo, pattern=build.packed.pattern, variant=variant, compile_s=lib.compile_s,
         source_hash=hashlib.sha256(source.encode()).hexdigest(), library=str(lib.path), threads=build.threads,
-        act=build.act, in_shape=in_shape, out_shape=out_shape, cached=not lib.compiled, _fn=fn, _ws=ws, _cdll=cdll,
+        act=build.act, in_shape=in_shape, out_shape=out_shape, cached=not lib.compiled, band_fn=band_fn, _fn=fn, _ws=ws,
+        _cdll=cdll,
     )
 
 
 def compile_layer(packed: PackedWeight, kind: str, in_hw: tuple[int, int] | None = None, stride: int = 1, bias: Any = None,
                   act: str = "none", tile: Variant | dict | None = None, threads: int = 1, *,
-                  cache_dir: str | os.PathLike | None = None, cc: str | None = None) -> CompiledKernel:
+                  cache_dir: str | os.PathLike | None = None, cc: str | None = None,
+                  channel_strides: tuple[int, int] | None = None) -> CompiledKernel:
     """Generate, compile (or fetch from the cache) and load the kernel of one layer.
 
     ``kind``: ``conv1x1`` / ``conv3x3`` (padding 1, stride 1 or 2) / ``linear``; ``in_hw``: the
@@ -226,8 +237,14 @@ def compile_layer(packed: PackedWeight, kind: str, in_hw: tuple[int, int] | None
     are fused; ``tile``: a `Variant` (default: `default_variant`; `tritune.kernels.codegen.autotune`
     measures instead); ``threads``: OpenMP threads inside the call. Patterns: every family of
     `tritune.kernels.formats` (dense and channel run through the block kernel with full 8x1
-    blocks); kernel_pattern only for conv3x3."""
+    blocks); kernel_pattern only for conv3x3. ``channel_strides``: (input, output) floats between
+    channels, for 1x1 kernels that run on bands of rows inside larger tensors (`band_fn`)."""
     build = prepare(packed, kind, in_hw, stride, bias, act, threads, cc)
+    if channel_strides is not None:
+        if build.geo.mode == "staged":  # bands start anywhere in a row: read in place, unaligned
+            geo = geometry(kind, packed.shape, in_hw, stride, build.vector_width, aligned=False)
+            build = replace(build, geo=geo, low=lower(packed, geo))
+        build = replace(build, channel_strides=tuple(int(v) for v in channel_strides))
     variant = default_variant(build.geo, build.low, build.vector_width) if tile is None else Variant.coerce(tile)
     source = build.source([variant])
     lib = compiler.compile_library(source, openmp=build.threads > 1, cache=cache_dir, cc=cc, name=_lib_name(build))
