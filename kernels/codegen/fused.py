@@ -29,8 +29,8 @@ from .depthwise import DepthwiseKernel, compile_depthwise
 from .runtime import CompiledKernel, aligned_empty, compile_layer
 
 #: Bytes the ring and the band buffer may take together: about the 1 MiB L2 of this CPU less
-#: what the streaming weights need. Whole networks at 224 px, side by side (k = 3 / k = 7):
-#: 384 KiB 1.14x / 0.96x over unfused, 768 KiB 1.14x / 1.08x, 1.5 MiB 1.11x / 1.03x.
+#: what the streaming weights need. One development run, whole networks at 224 px side by side
+#: (k = 3 / k = 7): 384 KiB 1.14x / 0.96x over unfused, 768 KiB 1.14x / 1.08x, 1.5 MiB 1.11x / 1.03x.
 BAND_BUDGET = 768 * 1024
 
 
