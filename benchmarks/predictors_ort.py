@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/predictors_ort.py [/work/profiles/ort-cpu-mobilenet] [--save best.json]
+    python benchmarks/predictors_ort.py [PROFILE ...] [--save best.json]
         [--out docs/results/predictors_ort.json] [--remeasure 40] [--seed 0]
 
 Reads ``measurements.jsonl`` + ``metadata.json`` (see `tritune.targets.profiling`), splits the
@@ -48,6 +48,36 @@ def load_profile(path: str | Path) -> tuple[Any, list[dict], dict]:
     space = create(meta["space"]["name"], **meta["space"]["config"])
     rows = [r for r in read_measurements(path) if r.get("latency_ms")]
     return space, rows, meta
+
+
+def profile_labels(rows: list[dict], target: str) -> np.ndarray:
+    """Per-row label: reference-normalised latency (``normalized``, where the profile has
+    references; else ``latency_ms``) or the named column."""
+    from tritune.targets.profiling import normalized_latency
+
+    if target == "normalized":
+        return normalized_latency(rows) if all(r.get("reference_ms") for r in rows) else np.array([r["latency_ms"] for r in rows], dtype=np.float64)
+    return np.array([r[target] for r in rows], dtype=np.float64)
+
+
+def labels(rows: list[dict], others: list[str], target: str) -> tuple[np.ndarray, list[dict]]:
+    """Labels of ``rows``; with ``others`` (profiles of the same candidates) the median over all
+    profiles of each candidate's label, every other profile first scaled to the first one's level
+    (the median ratio over shared candidates). Keeps the candidates every profile measured."""
+    y = profile_labels(rows, target)
+    if not others:
+        return y, rows
+    index = {r["candidate_id"]: i for i, r in enumerate(rows)}
+    columns = [dict(zip((r["candidate_id"] for r in rows), y))]
+    for path in others:
+        _, theirs, _ = load_profile(path)
+        col = dict(zip((r["candidate_id"] for r in theirs), profile_labels(theirs, target)))
+        shared = [c for c in col if c in index]
+        level = float(np.median([col[c] / columns[0][c] for c in shared]))
+        columns.append({c: v / level for c, v in col.items()})
+    keep = [r for r in rows if all(r["candidate_id"] in col for col in columns)]
+    y = np.array([np.median([col[r["candidate_id"]] for col in columns]) for r in keep])
+    return y, keep
 
 
 def flops_baseline(macs_tr: np.ndarray, y_tr: np.ndarray):
@@ -185,7 +215,9 @@ def fmt_row(name: str, r: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("profile", nargs="?", default=DEFAULT_PROFILE)
+    ap.add_argument("profile", nargs="*", default=[DEFAULT_PROFILE],
+                    help="one profile, or several of the same candidates: then each candidate's label is the median over "
+                         "the profiles (each profile's level aligned to the first one's), i.e. more repeats of the measurement")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--test", type=int, default=200, help="held-out models when there are >= 700 rows (else 30 %%)")
     ap.add_argument("--save", default=None, help="write the best fitted predictor (signed JSON) here")
@@ -206,15 +238,10 @@ def main(argv: list[str] | None = None) -> int:
     from tritune.predictors.ort_layerwise import stratified_split
     from tritune.spaces.candidate import Candidate
 
-    space, rows, meta = load_profile(args.profile)
+    space, rows, meta = load_profile(args.profile[0])
+    y, rows = labels(rows, args.profile[1:], args.target)
     cands = [Candidate.from_json(r["candidate"]) for r in rows]
-    from tritune.targets.profiling import normalized_latency
-
     has_ref = all(r.get("reference_ms") for r in rows)
-    if args.target == "normalized":
-        y = normalized_latency(rows) if has_ref else np.array([r["latency_ms"] for r in rows], dtype=np.float64)
-    else:
-        y = np.array([r[args.target] for r in rows], dtype=np.float64)
     groups = np.array([r.get("run", 0) * 100000 + r.get("group", 0) for r in rows])
     int8 = np.array([r.get("quantized_layers", 0) > 0 for r in rows])
     t0 = time.perf_counter()
@@ -230,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     c_tr = [x for x, m in zip(cands, tr) if m]
     c_te = [x for x, m in zip(cands, te) if m]
     masks = {"fp32-only": ~int8[te], "int8-mix": int8[te]}
-    print(f"profile {args.profile}: {n} models ({int(tr.sum())} train / {int(te.sum())} held out), target {args.target}, "
+    print(f"profile {' + '.join(args.profile)}: {n} models ({int(tr.sum())} train / {int(te.sum())} held out), target {args.target}, "
           f"space {space.name}, IR {n / ir_s:.0f} networks/s", file=sys.stderr)
 
     fp = meta["target"]["fingerprint"]  # predictors are made for the profiled target
@@ -345,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join(lines)
     print(text)
 
-    out = {"profile": str(args.profile), "rows": n, "train": int(tr.sum()), "test": int(te.sum()), "seed": args.seed, "target": args.target,
+    out = {"profile": args.profile if len(args.profile) > 1 else args.profile[0], "rows": n, "train": int(tr.sum()), "test": int(te.sum()), "seed": args.seed, "target": args.target,
            "results": results, "noise": noise, "rules": rules.to_json(), "throughput": {"layerwise": tp, "whole_model": tp_whole}, "best": best, "markdown": text}
     if args.out:
         p = Path(args.out)
