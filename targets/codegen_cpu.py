@@ -482,28 +482,36 @@ class CodegenCpuTarget(BuildsMobileNets, Target):
 
         dw_at = next(j for j, L in enumerate(group) if L.op == "dwconv")
         dw, expand, proj = group[dw_at], group[:dw_at], group[dw_at + 1:]
-        packed, act, bias, families = {}, {}, {}, []
+        from ..kernels.codegen import autotune
+
+        packed, act, bias, tile, families = {}, {}, {}, {}, []
         for role, L in (("expand", expand[0] if expand else None), ("project", proj[0] if proj else None)):
             if L is None:
-                packed[role] = act[role] = bias[role] = None
+                packed[role] = act[role] = bias[role] = tile[role] = None
                 continue
             module = modules[L.name]
             w, b, family, pattern, mask = self._conv_weights(L, module)
             packed[role], bias[role], act[role] = self._packed(w, mask, pattern), b, _act_name(module)
             families.append(family)
+            tile[role] = None
+            if self.autotune:  # the variant measured fastest for the layer alone, run band by band
+                hw = (L.in_h, L.in_w)
+                tile[role] = autotune(packed[role], "conv1x1", hw, 1, b, act[role], self.threads, cache_dir=self.cache_dir, cc=self.cc).variant
         if proj and act["project"] != "none":
             raise ValueError(f"codegen-cpu: layer {proj[0].name}: a fused block's project layer has activation {act['project']!r}; allowed: none")
         wd, bd, _ = _weights(modules[dw.name])
         blk = compile_fused_block(packed["expand"], wd, (x.shape[1], x.shape[2]), dw.stride, packed["project"],
                                   expand_bias=bias["expand"], expand_act=act["expand"] or "none", dw_bias=bd,
-                                  dw_act=_act_name(modules[dw.name]), project_bias=bias["project"], pool=se_pool, threads=self.threads,
+                                  dw_act=_act_name(modules[dw.name]), project_bias=bias["project"], pool=se_pool,
+                                  expand_tile=tile["expand"], project_tile=tile["project"], threads=self.threads,
                                   cache_dir=self.cache_dir, cc=self.cc)
         y = bufs.get(blk.out_shape)
         family = next((f for f in families if f != "dense"), "dense")
         pattern = next((L.pattern for L in group if L.op == "conv" and L.sparsity > 0), "dense")
         name = dw.name.rsplit(".", 1)[0]
         op = Op(name, family, "fused_block", blk.step(x.reshape(blk.in_shape), y), blk, pattern,
-                f"{'e' if expand else ''}dw{dw.kernel}s{dw.stride}{'p' if proj else ''}{'+pool' if se_pool else ''} r{blk.rows}", blk.compile_s, blk.cached)
+                " ".join([f"{'e' if expand else ''}dw{dw.kernel}s{dw.stride}{'p' if proj else ''}{'+pool' if se_pool else ''}", f"r{blk.rows}",
+                          *[f"{role}:{k.variant.name}" for role, k in (("e", blk.expand), ("p", blk.project)) if k is not None]]), blk.compile_s, blk.cached)
         return op, y
 
     def _se(self, modules: dict, prefix: str, pooled: np.ndarray, x: np.ndarray, bufs: _Buffers) -> list[Op]:

@@ -154,3 +154,18 @@ def test_candidate_with_fused_blocks_equals_torch(pattern):
         assert any(v.startswith("edw") and "p r" in v for v in variants) and any("+pool" in v for v in variants)
     assert _rel(fused.run(x), ref) <= 1e-4 and _rel(plain.run(x), ref) <= 1e-4
     assert _rel(fused.run(x), ref) <= 1e-4
+
+
+def test_autotuned_fused_blocks_use_the_measured_tiles():
+    space = create("mobilenet-small")
+    base = space.smallest().replace(arch={"resolution": 64})
+    plan = [LayerCompression("block8x1", 0.75) if role in ("conv", "project") and k == 1 else c
+            for (_, role, k), c in zip(SLOTS, base.compression)]
+    cand = space.validate(base.replace(compression=plan))
+    x = torch.randn(input_shape(space, cand), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        ref = build_subnet(space, cand)(x).numpy()
+    runnable = CodegenCpuTarget(fuse_min_bytes=0, autotune=True).build(cand)
+    fused = [op for op in runnable.plan if op["kind"] == "fused_block"]
+    assert fused and all(" e:t" in op["variant"] or " p:t" in op["variant"] for op in fused)  # the tile is recorded
+    assert _rel(runnable.run(x), ref) <= 1e-4

@@ -10,7 +10,9 @@
 
 Modules: `compiler` (find / probe the C compiler, cached builds), `plan` (geometry and lowering
 of a packed weight to a loop nest), `generate` (the C source), `runtime` (`compile_layer`,
-`CompiledKernel`), `autotune` (variants timed, choice recorded).
+`CompiledKernel`), `autotune` (variants timed, choice recorded), `depthwise` (generated depthwise
+convolutions), `chain` (a whole network as one C call, element-wise ops), `fused` (inverted-residual
+blocks run band by band of rows).
 """
 from .autotune import TuneResult, autotune, candidate_variants
 from .compiler import CompilerError, cache_dir, compiler_available, find_compiler, openmp_supported, vector_width

@@ -102,13 +102,16 @@ class FusedBlock:
 def compile_fused_block(expand: PackedWeight | None, dw_weight: Any, in_hw: tuple[int, int], stride: int = 1,
                         project: PackedWeight | None = None, *, expand_bias: Any = None, expand_act: str = "none",
                         dw_bias: Any = None, dw_act: str = "none", project_bias: Any = None, pool: bool = False, rows: int = 0,
-                        threads: int = 1, cache_dir: Any = None, cc: str | None = None) -> FusedBlock:
+                        expand_tile: Any = None, project_tile: Any = None, threads: int = 1, cache_dir: Any = None,
+                        cc: str | None = None) -> FusedBlock:
     """Compile expand (packed ``[E, C, 1, 1]``; None: the block starts with the depthwise layer)
     -> depthwise (``[E, 1, k, k]``, stride 1/2, 'same' padding) -> project (packed
     ``[O, E, 1, 1]``, no activation; None: the block ends with the depthwise layer, e.g. before a
     squeeze-excite) for inputs ``[C, *in_hw]``. ``pool`` (without project): also write each
     channel's mean to `FusedBlock.pooled` (the squeeze-excite pool). ``rows``: output
-    rows per band (0: the most that fit `BAND_BUDGET`). Every width (input, and output with a
+    rows per band (0: the most that fit `BAND_BUDGET`); ``expand_tile`` / ``project_tile``: the
+    1x1 kernels' `Variant` (e.g. what `autotune` chose for the layer; default `default_variant`).
+    Every width (input, and output with a
     project) must be at least one SIMD vector."""
     h, w = (int(v) for v in in_hw)
     vw = compiler.vector_width(cc)
@@ -136,13 +139,13 @@ def compile_fused_block(expand: PackedWeight | None, dw_weight: Any, in_hw: tupl
     opts = dict(threads=threads, cache_dir=cache_dir, cc=cc)
     k_exp = None
     if expand is not None:
-        k_exp = compile_layer(expand, "conv1x1", (h, w), 1, expand_bias, expand_act, channel_strides=(h * w, ldr), **opts)
+        k_exp = compile_layer(expand, "conv1x1", (h, w), 1, expand_bias, expand_act, expand_tile, channel_strides=(h * w, ldr), **opts)
     else:  # the depthwise layer reads the block input in place
         rb, ldr = h, h * w
     k_dw = compile_depthwise(dw, dw_bias, (h, w), stride, dw_act, cache_dir=cache_dir, cc=cc, band=r, pool=bool(pool))
     k_proj = None
     if project is not None:
-        k_proj = compile_layer(project, "conv1x1", (ho, wo), 1, project_bias, "none", channel_strides=(ldb, ho * wo), **opts)
+        k_proj = compile_layer(project, "conv1x1", (ho, wo), 1, project_bias, "none", project_tile, channel_strides=(ldb, ho * wo), **opts)
     for kern, what in ((k_exp, "expand"), (k_proj, "project")):
         if kern is not None and not kern.band_fn:
             raise ValueError(f"{what}: its kernel has no band entry ({kern.geometry.mode} layout); allowed: a 1x1 layer in the direct layout")
