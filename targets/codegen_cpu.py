@@ -373,6 +373,10 @@ class CodegenCpuTarget(BuildsMobileNets, Target):
 
         fused_pool: np.ndarray | None = None  # channel means written by the previous depthwise kernel
         fused, skip = self._fusable(layers), set()
+        scratch = None
+        if fused:
+            from ..kernels.codegen.fused import new_scratch
+            scratch = new_scratch()  # one ring + band buffer for every fused block: they run in turn
         for i, L in enumerate(layers):
             if L.op not in ("dwconv", "global_pool"):
                 fused_pool = None
@@ -387,7 +391,7 @@ class CodegenCpuTarget(BuildsMobileNets, Target):
                 group = fused[i]
                 after = layers[group[-1] + 1] if group[-1] + 1 < len(layers) else None
                 se_pool = after is not None and after.op == "global_pool" and after.name.endswith(".se.pool")
-                op, y = self._fused_op(modules, [layers[j] for j in group], x, bufs, se_pool)
+                op, y = self._fused_op(modules, [layers[j] for j in group], x, bufs, se_pool, scratch)
                 ops.append(op)
                 skip.update(group)
                 consumed(x)
@@ -477,7 +481,8 @@ class CodegenCpuTarget(BuildsMobileNets, Target):
             out[group[0]] = group
         return out
 
-    def _fused_op(self, modules: dict, group: list, x: np.ndarray, bufs: _Buffers, se_pool: bool) -> tuple[Op, np.ndarray]:
+    def _fused_op(self, modules: dict, group: list, x: np.ndarray, bufs: _Buffers, se_pool: bool,
+                  scratch: np.ndarray | None) -> tuple[Op, np.ndarray]:
         from ..kernels.codegen.fused import compile_fused_block
 
         dw_at = next(j for j, L in enumerate(group) if L.op == "dwconv")
@@ -503,7 +508,7 @@ class CodegenCpuTarget(BuildsMobileNets, Target):
         blk = compile_fused_block(packed["expand"], wd, (x.shape[1], x.shape[2]), dw.stride, packed["project"],
                                   expand_bias=bias["expand"], expand_act=act["expand"] or "none", dw_bias=bd,
                                   dw_act=_act_name(modules[dw.name]), project_bias=bias["project"], pool=se_pool,
-                                  expand_tile=tile["expand"], project_tile=tile["project"], threads=self.threads,
+                                  expand_tile=tile["expand"], project_tile=tile["project"], scratch=scratch, threads=self.threads,
                                   cache_dir=self.cache_dir, cc=self.cc)
         y = bufs.get(blk.out_shape)
         family = next((f for f in families if f != "dense"), "dense")

@@ -51,6 +51,13 @@ def band_rows(expanded: int, in_hw: tuple[int, int], stride: int, kernel: int, b
     return max(aligned or fits or [1])
 
 
+def new_scratch() -> np.ndarray:
+    """A zeroed, aligned buffer of `BAND_BUDGET` bytes for the ring and band buffers of fused blocks."""
+    buf = aligned_empty((BAND_BUDGET // 4,))
+    buf[:] = 0.0
+    return buf
+
+
 @dataclass(eq=False)
 class FusedBlock:
     """A compiled fused block: ``run(x, out)``, or ``step(x, out)`` for an `OpChain`."""
@@ -102,15 +109,18 @@ class FusedBlock:
 def compile_fused_block(expand: PackedWeight | None, dw_weight: Any, in_hw: tuple[int, int], stride: int = 1,
                         project: PackedWeight | None = None, *, expand_bias: Any = None, expand_act: str = "none",
                         dw_bias: Any = None, dw_act: str = "none", project_bias: Any = None, pool: bool = False, rows: int = 0,
-                        expand_tile: Any = None, project_tile: Any = None, threads: int = 1, cache_dir: Any = None,
-                        cc: str | None = None) -> FusedBlock:
+                        expand_tile: Any = None, project_tile: Any = None, scratch: np.ndarray | None = None,
+                        threads: int = 1, cache_dir: Any = None, cc: str | None = None) -> FusedBlock:
     """Compile expand (packed ``[E, C, 1, 1]``; None: the block starts with the depthwise layer)
     -> depthwise (``[E, 1, k, k]``, stride 1/2, 'same' padding) -> project (packed
     ``[O, E, 1, 1]``, no activation; None: the block ends with the depthwise layer, e.g. before a
     squeeze-excite) for inputs ``[C, *in_hw]``. ``pool`` (without project): also write each
     channel's mean to `FusedBlock.pooled` (the squeeze-excite pool). ``rows``: output
     rows per band (0: the most that fit `BAND_BUDGET`); ``expand_tile`` / ``project_tile``: the
-    1x1 kernels' `Variant` (e.g. what `autotune` chose for the layer; default `default_variant`).
+    1x1 kernels' `Variant` (e.g. what `autotune` chose for the layer; default `default_variant`);
+    ``scratch``: a float32 buffer (`new_scratch`) the ring and band buffer are carved from when it
+    is large enough -- blocks of one network run one after another and can share it, so it stays
+    in L2 from block to block.
     Every width (input, and output with a
     project) must be at least one SIMD vector."""
     h, w = (int(v) for v in in_hw)
@@ -149,9 +159,13 @@ def compile_fused_block(expand: PackedWeight | None, dw_weight: Any, in_hw: tupl
     for kern, what in ((k_exp, "expand"), (k_proj, "project")):
         if kern is not None and not kern.band_fn:
             raise ValueError(f"{what}: its kernel has no band entry ({kern.geometry.mode} layout); allowed: a 1x1 layer in the direct layout")
-    ring, band = aligned_empty((e * ldr if k_exp else 0,)), aligned_empty((e * ldb if k_proj else 0,))
-    ring[:] = 0.0
-    band[:] = 0.0
+    n_ring, n_band = (e * ldr if k_exp else 0), (e * ldb if k_proj else 0)
+    if scratch is not None and scratch.size >= n_ring + n_band:  # blocks run one after another: share it
+        ring, band = scratch[:n_ring], scratch[n_ring:n_ring + n_band]
+    else:
+        ring, band = aligned_empty((n_ring,)), aligned_empty((n_band,))
+        ring[:] = 0.0
+        band[:] = 0.0
 
     def addr(kern: Any, what: str) -> int:
         return 0 if kern is None else int(getattr(kern, what) if what == "band_fn" else kern._ws.ctypes.data)
@@ -164,4 +178,4 @@ def compile_fused_block(expand: PackedWeight | None, dw_weight: Any, in_hw: tupl
     return FusedBlock(k_exp, k_dw, k_proj, r, (in_c, h, w), (out_c, ho, wo), ring, band, params, elementwise(cc, cache_dir))
 
 
-__all__ = ["FusedBlock", "BAND_BUDGET", "band_rows", "compile_fused_block"]
+__all__ = ["FusedBlock", "BAND_BUDGET", "band_rows", "compile_fused_block", "new_scratch"]
