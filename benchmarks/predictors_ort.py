@@ -50,34 +50,14 @@ def load_profile(path: str | Path) -> tuple[Any, list[dict], dict]:
     return space, rows, meta
 
 
-def profile_labels(rows: list[dict], target: str) -> np.ndarray:
-    """Per-row label: reference-normalised latency (``normalized``, where the profile has
-    references; else ``latency_ms``) or the named column."""
-    from tritune.targets.profiling import normalized_latency
-
-    if target == "normalized":
-        return normalized_latency(rows) if all(r.get("reference_ms") for r in rows) else np.array([r["latency_ms"] for r in rows], dtype=np.float64)
-    return np.array([r[target] for r in rows], dtype=np.float64)
-
-
 def labels(rows: list[dict], others: list[str], target: str) -> tuple[np.ndarray, list[dict]]:
-    """Labels of ``rows``; with ``others`` (profiles of the same candidates) the median over all
-    profiles of each candidate's label, every other profile first scaled to the first one's level
-    (the median ratio over shared candidates). Keeps the candidates every profile measured."""
-    y = profile_labels(rows, target)
-    if not others:
-        return y, rows
-    index = {r["candidate_id"]: i for i, r in enumerate(rows)}
-    columns = [dict(zip((r["candidate_id"] for r in rows), y))]
-    for path in others:
-        _, theirs, _ = load_profile(path)
-        col = dict(zip((r["candidate_id"] for r in theirs), profile_labels(theirs, target)))
-        shared = [c for c in col if c in index]
-        level = float(np.median([col[c] / columns[0][c] for c in shared]))
-        columns.append({c: v / level for c, v in col.items()})
-    keep = [r for r in rows if all(r["candidate_id"] in col for col in columns)]
-    y = np.array([np.median([col[r["candidate_id"]] for col in columns]) for r in keep])
-    return y, keep
+    """Labels of ``rows`` (``normalized``: reference-normalised where the profile has references);
+    with ``others`` (profiles of the same candidates) the median over all profiles
+    (`tritune.targets.profiling.pooled_latency`)."""
+    from tritune.targets.profiling import pooled_latency
+
+    column = None if target == "normalized" else target
+    return pooled_latency([rows] + [load_profile(p)[1] for p in others], column)
 
 
 def flops_baseline(macs_tr: np.ndarray, y_tr: np.ndarray):

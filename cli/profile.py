@@ -1,7 +1,7 @@
 """``tritune profile``: measure a stratified sample of a space on a real target (resumable).
 
     tritune profile --target ort-cpu --space mobilenet-small --n 700 --out profiles/ort-small [--fit ort-small.json]
-    tritune fit profiles/ort-small --out ort-small.json
+    tritune fit profiles/ort-small [profiles/ort-small-2 ...] --out ort-small.json
 
 Wire it into the main parser with ``add_parser(subparsers)``. See `tritune.targets.profiling`.
 """
@@ -76,7 +76,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     f = subparsers.add_parser("fit", help="fit a latency predictor on a profile directory and save it (signed JSON)",
                               description="Fit a latency predictor on every candidate of a `tritune profile` directory; "
                                           "the file carries the target's fingerprint and the predictor's held-out error.")
-    f.add_argument("profile", help="profile directory (metadata.json, measurements.jsonl)")
+    f.add_argument("profile", nargs="+", help="profile directory (metadata.json, measurements.jsonl); several: profiles of the "
+                                             "same candidates from several sessions, each candidate labelled with the median over them")
     f.add_argument("--out", required=True, help="predictor file to write")
     f.add_argument("--predictor", choices=("layerwise", "whole-model"), default="layerwise", help="default layerwise")
     f.add_argument("--seed", type=int, default=0)

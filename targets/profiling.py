@@ -320,6 +320,32 @@ def normalized_latency(rows: Sequence[dict]) -> np.ndarray:
     return np.where(ok, lat * np.median(ref[ok]) / np.where(ok, ref, 1.0), lat)
 
 
+def pooled_latency(profiles: Sequence[Sequence[dict]], column: str | None = None) -> tuple[np.ndarray, list[dict]]:
+    """One label per candidate from several profiles of the same candidates (sessions).
+
+    On a shared machine one session's numbers drift by several percent as a whole and per model;
+    more repeats spread over sessions give a steadier ground truth. Each profile's labels
+    (``column``, or `normalized_latency` when None) are scaled to the first profile's level (the
+    median ratio over the candidates both measured) and each candidate's label is the median over
+    the profiles. Returns the labels and the first profile's rows of the candidates every profile
+    measured, in the first profile's order."""
+    if not profiles:
+        raise ValueError("profiles: empty; allowed: one or more lists of profiling rows")
+    columns = []
+    for rows in profiles:
+        values = normalized_latency(rows) if column is None else np.array([r[column] for r in rows], dtype=np.float64)
+        columns.append(dict(zip((r["candidate_id"] for r in rows), values)))
+    first = columns[0]
+    for k, col in enumerate(columns[1:], 1):
+        shared = [c for c in col if c in first]
+        if not shared:
+            raise ValueError(f"profiles[{k}]: no candidate in common with profiles[0]; allowed: profiles of the same candidates (same space, n and seed)")
+        level = float(np.median([col[c] / first[c] for c in shared]))
+        columns[k] = {c: v / level for c, v in col.items()}
+    keep = [r for r in profiles[0] if all(r["candidate_id"] in col for col in columns)]
+    return np.array([np.median([col[r["candidate_id"]] for col in columns]) for r in keep]), keep
+
+
 def profile(target: Any, space: Any, n: int, out_dir: str | os.PathLike, seed: int = 0, protocol: Protocol | None = None,
             strata: Iterable[str] = STRATA, group_size: int = 8, progress: bool = True, reference: str = "largest") -> ProfileResult:
     """Measure ``n`` stratified candidates of ``space`` on ``target`` into ``out_dir`` (resumable).

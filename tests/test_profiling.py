@@ -17,6 +17,7 @@ from tritune.targets.profiling import (
     ProfileMismatchError,
     coverage,
     normalized_latency,
+    pooled_latency,
     profile,
     read_measurements,
     stratified_candidates,
@@ -200,3 +201,33 @@ def test_profile_then_fit_ships_a_predictor(tmp_path, capsys):
         args.func(args)
     with pytest.raises(SystemExit):
         parser.parse_args(["fit", str(out), "--out", "x.json", "--predictor", "gbm"])
+    # a second session of the same candidates (here: the same rows, 10 % slower as a whole)
+    # pools with the first; a profile of another space is refused
+    second, other = tmp_path / "prof2", tmp_path / "prof3"
+    for d in (second, other):
+        d.mkdir()
+        meta = json.loads((out / METADATA_FILE).read_text())
+        if d == other:
+            meta["space"]["config"]["resolutions"] = [64]
+        (d / METADATA_FILE).write_text(json.dumps(meta))
+    (second / MEASUREMENTS_FILE).write_text("".join(json.dumps({**r, "latency_ms": 1.1 * r["latency_ms"]}) + "\n" for r in rows))
+    (other / MEASUREMENTS_FILE).write_text((out / MEASUREMENTS_FILE).read_text())
+    args = parser.parse_args(["fit", str(out), str(second), "--out", str(tmp_path / "pooled.json")])
+    assert args.func(args) == 0 and load(tmp_path / "pooled.json").error_["n"] >= 3
+    args = parser.parse_args(["fit", str(out), str(other), "--out", str(tmp_path / "bad.json")])
+    with pytest.raises(ValueError, match="another space"):
+        args.func(args)
+
+
+def test_pooled_latency_aligns_levels_and_takes_medians():
+    ids = "abcde"
+    first = [{"candidate_id": c, "latency_ms": float(v)} for c, v in zip(ids, [1, 2, 3, 4, 5])]
+    slower = [{"candidate_id": c, "latency_ms": 1.2 * v * (1.5 if c == "c" else 1.0)} for c, v in zip(ids, [1, 2, 3, 4, 5])]
+    partial = [{"candidate_id": c, "latency_ms": 0.9 * v} for c, v in zip(ids[:4], [1, 2, 3, 4])]
+    y, rows = pooled_latency([first, slower, partial], "latency_ms")
+    assert [r["candidate_id"] for r in rows] == list("abcd")  # e: not in every profile
+    assert np.allclose(y, [1, 2, 3, 4])  # levels 1.2 / 0.9 removed; c's outlier outvoted
+    y1, rows1 = pooled_latency([first])
+    assert np.allclose(y1, [1, 2, 3, 4, 5]) and rows1 == first  # no reference: normalized = raw
+    with pytest.raises(ValueError, match="no candidate in common"):
+        pooled_latency([first, [{"candidate_id": "z", "latency_ms": 1.0}]], "latency_ms")
