@@ -430,7 +430,7 @@ class CodegenCpuTarget(BuildsMobileNets, Target):
                                       pool=se_pool)
                 y = bufs.get(k.out_shape)
                 ops.append(Op(L.name, "dense", "dwconv", k.step(x, y), k, "dense",
-                              f"k{L.kernel}s{L.stride}" + ("+pool" if se_pool else ""), k.compile_s, k.cached))
+                              f"k{L.kernel}s{L.stride}" + (" packed" if k.packed else "") + ("+pool" if se_pool else ""), k.compile_s, k.cached))
                 consumed(x)
                 x = y
                 fused_pool = k.pooled

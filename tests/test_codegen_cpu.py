@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tritune.kernels.codegen import CompilerError, aligned_empty, compiler_available
+from tritune.kernels.codegen import CompilerError, aligned_empty, compiler_available, vector_width
 from tritune.kernels.codegen.depthwise import compile_depthwise
 from tritune.spaces import LayerCompression, create
 from tritune.spaces.mobilenet import SLOTS
@@ -107,6 +107,25 @@ def test_depthwise_kernel(k, stride, hw, act):
         compile_depthwise(w, b, hw, 3)
     with pytest.raises(ValueError, match="weight"):
         compile_depthwise(torch.randn(C, 1, 4, 4), b, hw)
+
+
+@needs_cc
+@pytest.mark.parametrize("c,hw,k,stride", [(6, (5, 5), 7, 1), (20, (7, 7), 3, 1), (33, (14, 13), 5, 2), (17, (3, 8), 7, 2), (16, (1, 1), 3, 1)])
+def test_packed_depthwise_kernel_equals_planar_and_torch(c, hw, k, stride):
+    """The channel-packed layout (narrow planes): every channel group, a partial last group, the pool."""
+    g = torch.Generator().manual_seed(c + k)
+    w, b = torch.randn(c, 1, k, k, generator=g), torch.randn(c, generator=g)
+    x = aligned_empty((c, *hw))
+    x[...] = torch.randn(c, *hw, generator=g).numpy()
+    ref = F.hardswish(F.conv2d(torch.from_numpy(x)[None], w, b, stride, k // 2, groups=c))[0].numpy()
+    packed = compile_depthwise(w, b, hw, stride, "hswish", packed=True, pool=True)
+    planar = compile_depthwise(w, b, hw, stride, "hswish", packed=False)
+    assert packed.packed and not planar.packed and not packed.band_fn
+    assert _rel(packed.run(x), ref) <= 1e-5 and _rel(planar.run(x), ref) <= 1e-5
+    assert _rel(packed.pooled, ref.mean(axis=(1, 2))) <= 1e-5
+    with pytest.raises(ValueError, match="packed"):
+        compile_depthwise(w, b, hw, stride, packed=True, band=2)
+    assert compile_depthwise(w, b, (7, 7), 1).packed == (k >= 5 and 7 <= vector_width() // 2)  # the default on narrow planes
 
 
 def test_registry_fingerprint_capabilities():

@@ -31,12 +31,15 @@ STRIDES = (1, 2)
 #: across the taps; an input vector loaded once feeds every output row it is a tap of).
 TILE_VECTORS = 4
 #: 0: pick by `default_rows` (measured, benchmarks/depthwise.py: k = 3 and small planes gain
-#: most from 2 rows, k = 5 / 7 on large planes from 4)
+#: most from 2 rows, k = 5 / 7 on large planes from 4, k = 3 on planes of 8 rows or less from 1)
 ROWS_PER_TILE = 0
 
 
 def default_rows(kernel: int, out_h: int) -> int:
-    """Output rows per register tile where the caller names none."""
+    """Output rows per register tile where the caller names none (k = 3 on planes of 8 rows or
+    less: 1, measured 1.2-1.4x over 2 rows on 7x7 outputs, benchmarks/depthwise.py --narrow)."""
+    if kernel == 3 and out_h <= 8:
+        return 1
     return 2 if kernel == 3 or out_h <= 14 else 4
 
 
@@ -63,6 +66,8 @@ class DepthwiseKernel:
     band: int = 0
     #: address of ``tt_band(x, y, ws, p)``: one band of output rows from a ring of input rows
     band_fn: int = field(default=0, repr=False)
+    #: channel-packed layout (narrow planes, `_packed_source`)
+    packed: bool = False
 
     @property
     def in_shape(self) -> tuple[int, int, int]:
@@ -286,13 +291,98 @@ void tt_run(const float *restrict x, float *restrict y, float *restrict ws) {{
 """.replace("EVEN", _shuffle_mask(vw, 0)).replace("ODD", _shuffle_mask(vw, 1))
 
 
+def _packed_source(weight: np.ndarray, bias: np.ndarray, in_hw: tuple[int, int], stride: int, act: str, vw: int,
+                   pool: bool = False) -> str:
+    """Channel-packed layout for narrow planes: one vector holds one pixel of ``vw`` channels.
+
+    With an output narrower than half a vector, the planar kernel fills a fraction of each vector
+    (7 of 16 lanes on 7x7 planes, and ran at 0.4x ONNX Runtime there, benchmarks/depthwise.py);
+    here every lane does useful work. Each group of ``vw`` channels is interleaved into a
+    zero-bordered workspace of pixel vectors, every output pixel of a row keeps its accumulator in
+    a register across the ``k*k`` taps, and the results are scattered back to the planar layout."""
+    C, _, k, _ = weight.shape
+    H, W = in_hw
+    p = k // 2
+    ho, wo = (H + stride - 1) // stride, (W + stride - 1) // stride
+    groups = -(-C // vw)
+    wt = np.zeros((groups * vw, k * k), dtype=np.float32)
+    wt[:C] = weight.reshape(C, k * k)
+    wt = wt.reshape(groups, vw, k * k).transpose(0, 2, 1)  # [group][tap][lane]
+    bs = np.zeros(groups * vw, dtype=np.float32)
+    bs[:C] = bias
+    return prelude(vw) + activation(act) + float_array("WT", wt.reshape(-1)) + float_array("BS", bs) + f"""
+#define C {C}
+#define G {groups}
+#define H {H}
+#define W {W}
+#define K {k}
+#define S {stride}
+#define P {p}
+#define HO {ho}
+#define WO {wo}
+#define WPD (W + 2 * P)
+#define PIX ((H + 2 * P) * WPD)
+#define POOL {int(pool)}
+#define POOL_OFF ((long)PIX * VW)
+long tt_workspace_floats(void) {{ return POOL_OFF + (POOL ? G * VW : 0); }}
+long tt_pool_offset(void) {{ return POOL ? POOL_OFF : -1; }}
+int tt_abi_version(void) {{ return 1; }}
+
+void tt_run(const float *restrict x, float *restrict y, float *restrict ws) {{
+    for (int g = 0; g < G; g++) {{
+        const int c0 = g * VW, nc = C - c0 < VW ? C - c0 : VW;
+        /* the group's planes, interleaved: pixel (r, q) of channel c0 + c in lane c; borders stay zero,
+           lanes past the last channel are zeroed (their weights are zero too) */
+        for (int c = 0; c < VW; c++) {{
+            if (c >= nc) {{
+                for (int r = 0; r < H; r++) for (int q = 0; q < W; q++) ws[((r + P) * WPD + q + P) * VW + c] = 0.0f;
+                continue;
+            }}
+            const float *xc = x + (long)(c0 + c) * H * W;
+            for (int r = 0; r < H; r++) for (int q = 0; q < W; q++) ws[((r + P) * WPD + q + P) * VW + c] = xc[r * W + q];
+        }}
+        const float *wg = WT + (long)g * K * K * VW;
+        const vf b = vld(BS + g * VW);
+        vf csum = {{0}};
+        for (int yo = 0; yo < HO; yo++) {{
+            vf acc[WO];
+            #pragma GCC unroll 8
+            for (int q = 0; q < WO; q++) acc[q] = b;
+            for (int dy = 0; dy < K; dy++) {{
+                const float *row = ws + (long)(S * yo + dy) * WPD * VW;
+                #pragma GCC unroll 7
+                for (int dx = 0; dx < K; dx++) {{
+                    const vf wv = vld(wg + (dy * K + dx) * VW);
+                    #pragma GCC unroll 8
+                    for (int q = 0; q < WO; q++) acc[q] += wv * vld(row + (S * q + dx) * VW);
+                }}
+            }}
+            for (int q = 0; q < WO; q++) {{
+                const vf v = act_v(acc[q]);
+                if (POOL) csum += v;
+                float t[VW];
+                vst(t, v);
+                for (int c = 0; c < nc; c++) y[(long)(c0 + c) * HO * WO + yo * WO + q] = t[c];
+            }}
+        }}
+        if (POOL) {{
+            float t[VW];
+            vst(t, csum);
+            for (int c = 0; c < nc; c++) ws[POOL_OFF + c0 + c] = t[c] * (1.0f / (HO * WO));
+        }}
+    }}
+}}
+"""
+
+
 def _shuffle_mask(vw: int, phase: int) -> str:
     return "(vi){" + ",".join(str(2 * i + phase) for i in range(vw)) + "}"
 
 
 def compile_depthwise(weight: Any, bias: Any, in_hw: tuple[int, int], stride: int = 1, act: str = "none", *,
                       cache_dir: str | os.PathLike | None = None, cc: str | None = None,
-                      rows: int = ROWS_PER_TILE, vectors: int = TILE_VECTORS, pool: bool = False, band: int = 0) -> DepthwiseKernel:
+                      rows: int = ROWS_PER_TILE, vectors: int = TILE_VECTORS, pool: bool = False, band: int = 0,
+                      packed: bool | None = None) -> DepthwiseKernel:
     """Generate, compile (or fetch from the cache) and load one depthwise convolution.
 
     ``weight``: ``[C, 1, k, k]`` (torch layout, k in 3/5/7); ``bias``: ``[C]`` or None;
@@ -303,7 +393,10 @@ def compile_depthwise(weight: Any, bias: Any, in_hw: tuple[int, int], stride: in
     that produces the values) to `DepthwiseKernel.pooled`, a view of the kernel's workspace;
     ``band``: output rows per band (0: the whole plane): the workspace holds one band and
     `DepthwiseKernel.band_fn` computes one band from a ring of input rows (a fused block,
-    `tritune.kernels.codegen.fused`); ``run`` goes band by band."""
+    `tritune.kernels.codegen.fused`); ``run`` goes band by band;
+    ``packed``: the channel-packed layout (`_packed_source`; None: for k 5 / 7 when the output is
+    at most half a vector wide and no band is asked for -- measured 2.3x over the planar tiling
+    there, while for k 3 one-row planar tiles were faster; ``rows`` / ``vectors`` do not apply)."""
     w = weight.detach().cpu().numpy() if hasattr(weight, "detach") else np.asarray(weight)
     w = np.ascontiguousarray(w, dtype=np.float32)
     if w.ndim != 4 or w.shape[1] != 1 or w.shape[2] != w.shape[3] or w.shape[2] not in KERNELS:
@@ -328,22 +421,29 @@ def compile_depthwise(weight: Any, bias: Any, in_hw: tuple[int, int], stride: in
     if isinstance(band, bool) or not isinstance(band, (int, np.integer)) or band < 0:
         raise ValueError(f"band: {band!r} not allowed; allowed: an integer >= 0 (0: the whole plane)")
     vw = compiler.vector_width(cc)
-    source = _source(w, b, in_hw, stride, act, vw, rows, vectors, bool(pool), int(band))
-    lib = compiler.compile_library(source, cache=cache_dir, cc=cc, name=f"dw{k}s{stride}-{C}x{in_hw[0]}x{in_hw[1]}")
+    out_hw = ((in_hw[0] + stride - 1) // stride, (in_hw[1] + stride - 1) // stride)
+    if packed is None:
+        packed = not band and k >= 5 and out_hw[1] <= vw // 2
+    if packed and band:
+        raise ValueError("packed: not allowed with band > 0; allowed: packed=False (or None) for a band kernel")
+    if packed:
+        source = _packed_source(w, b, in_hw, stride, act, vw, bool(pool))
+    else:
+        source = _source(w, b, in_hw, stride, act, vw, rows, vectors, bool(pool), int(band))
+    lib = compiler.compile_library(source, cache=cache_dir, cc=cc, name=f"dw{k}s{stride}{'p' if packed else ''}-{C}x{in_hw[0]}x{in_hw[1]}")
     cdll = ctypes.CDLL(str(lib.path))
     cdll.tt_workspace_floats.restype = ctypes.c_long
     cdll.tt_pool_offset.restype = ctypes.c_long
     fn = cdll.tt_run
     fn.argtypes = [ctypes.c_void_p] * 3
     fn.restype = None
-    band_fn = int(ctypes.cast(cdll.tt_band, ctypes.c_void_p).value)
+    band_fn = 0 if packed else int(ctypes.cast(cdll.tt_band, ctypes.c_void_p).value)
     ws = aligned_empty((int(cdll.tt_workspace_floats()),))
     ws[:] = 0.0
-    out_hw = ((in_hw[0] + stride - 1) // stride, (in_hw[1] + stride - 1) // stride)
     off = int(cdll.tt_pool_offset())
     pooled = ws[off:off + C] if pool else None
     return DepthwiseKernel(C, k, stride, in_hw, out_hw, act, lib.compile_s, hashlib.sha256(source.encode()).hexdigest(),
-                           str(lib.path), not lib.compiled, fn, ws, cdll, pooled, int(band), band_fn)
+                           str(lib.path), not lib.compiled, fn, ws, cdll, pooled, int(band), band_fn, bool(packed))
 
 
 __all__ = ["DepthwiseKernel", "compile_depthwise"]
