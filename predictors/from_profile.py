@@ -19,7 +19,6 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 
 #: ``kind`` -> what it fits.
 KINDS = ("layerwise", "whole-model")
