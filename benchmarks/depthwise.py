@@ -45,23 +45,16 @@ def run_shape(c: int, hw: int, k: int, s: int, protocol: Any, seed: int = 0) -> 
     from tritune.kernels.codegen import aligned_empty
     from tritune.kernels.codegen.depthwise import compile_depthwise
     from tritune.targets.measure import measure_many
-    from tritune.targets.ort_cpu import OrtCpuTarget
+
+    from dense_baselines import dense_baselines
 
     torch.manual_seed(seed)
     conv = torch.nn.Conv2d(c, c, k, s, k // 2, groups=c).eval()
     x = aligned_empty((c, hw, hw))
     x[...] = np.random.default_rng(seed).standard_normal(x.shape, dtype=np.float32)
-    xt = torch.from_numpy(np.array(x))[None]
     with torch.no_grad():
-        ref = conv(xt)[0].numpy()
-
-    def torch_dense() -> None:
-        with torch.no_grad():
-            conv(xt)
-
-    ort = OrtCpuTarget(threads=1).build(conv, input_shape=(1, c, hw, hw), name="ort")
-    runs: list[Any] = [torch_dense, ort.bench_fn()]
-    names = ["torch", "onnxruntime"]
+        ref = conv(torch.from_numpy(np.array(x))[None])[0].numpy()
+    runs, names = dense_baselines(conv, x)
     extra: list[dict[str, Any]] = [{}, {}]
     from tritune.kernels.codegen import vector_width
 

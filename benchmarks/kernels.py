@@ -82,7 +82,8 @@ def run_shape(shape: dict[str, Any], quick: bool, cache: Path, protocol: Any, se
     from tritune.kernels.codegen import aligned_empty, autotune
     from tritune.kernels.patterns import achieved_sparsity, make_mask
     from tritune.targets.measure import measure_many
-    from tritune.targets.ort_cpu import OrtCpuTarget
+
+    from dense_baselines import dense_baselines
 
     kind, c, hw = shape["kind"], shape["c"], shape["hw"]
     k = 1 if kind == "conv1x1" else 3
@@ -92,14 +93,7 @@ def run_shape(shape: dict[str, Any], quick: bool, cache: Path, protocol: Any, se
     x = aligned_empty((c, hw, hw))
     x[...] = np.random.default_rng(seed).standard_normal(x.shape, dtype=np.float32)
     xt = torch.from_numpy(np.array(x))[None]
-
-    def torch_dense() -> None:
-        with torch.no_grad():
-            conv(xt)
-
-    ort = OrtCpuTarget(threads=1).build(conv, input_shape=(1, c, hw, hw), name="ort")
-    runs: list[Any] = [torch_dense, ort.bench_fn()]
-    names = ["torch", "onnxruntime"]
+    runs, names = dense_baselines(conv, x)
     rows: list[dict[str, Any]] = []
     for pattern, opts, ratio in cases(shape, quick):
         mask = make_mask(weight, pattern, ratio, **opts)
