@@ -1,6 +1,6 @@
 """``tritune profile``: measure a stratified sample of a space on a real target (resumable).
 
-    tritune profile --target ort-cpu --space mobilenet-small --n 700 --out profiles/ort-small [--fit ort-small.json]
+    tritune profile --target ort-cpu --space mobilenet-small --n 700 --out profiles/ort-small [--sessions 4] [--fit ort-small.json]
     tritune fit profiles/ort-small [profiles/ort-small-2 ...] --out ort-small.json
 
 Wire it into the main parser with ``add_parser(subparsers)``. See `tritune.targets.profiling`.
@@ -14,7 +14,7 @@ import json
 def _cmd_profile(args: argparse.Namespace) -> int:
     from ..spaces.registry import create
     from ..targets.measure import Protocol
-    from ..targets.profiling import STRATA, profile
+    from ..targets.profiling import STRATA, profile_sessions
     from ..targets.registry import create_target
 
     protocol = Protocol(threads=args.threads, warmup=args.warmup, rounds=args.rounds, runs_per_round=args.runs_per_round)
@@ -26,13 +26,14 @@ def _cmd_profile(args: argparse.Namespace) -> int:
         target = create_target(args.target)  # a target without a threads option
     space = create(args.space)
     strata = [s.strip() for s in args.strata.split(",") if s.strip()] if args.strata else list(STRATA)
-    result = profile(target, space, args.n, args.out, seed=args.seed, protocol=protocol, strata=strata,
-                     group_size=args.group_size, progress=not args.quiet, reference=args.reference)
-    per = lambda key: result.seconds.get(key, 0.0) / max(1, result.measured)  # noqa: E731
-    print(json.dumps({
-        "out": str(result.out_dir), "candidates": len(result.candidates), "measured": result.measured,
-        "skipped": result.skipped, "build_s_per_model": round(per("build"), 3), "measure_s_per_model": round(per("measure"), 3),
-    }))
+    results = profile_sessions(target, space, args.n, args.out, sessions=args.sessions, seed=args.seed, protocol=protocol,
+                               strata=strata, group_size=args.group_size, progress=not args.quiet, reference=args.reference)
+    for result in results:
+        per = lambda key: result.seconds.get(key, 0.0) / max(1, result.measured)  # noqa: E731
+        print(json.dumps({
+            "out": str(result.out_dir), "candidates": len(result.candidates), "measured": result.measured,
+            "skipped": result.skipped, "build_s_per_model": round(per("build"), 3), "measure_s_per_model": round(per("measure"), 3),
+        }))
     if args.fit:
         from ..predictors.from_profile import fit_from_profile, summary
 
@@ -68,6 +69,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    "resolution,width,depth,kernel,expand,pattern,bits)")
     p.add_argument("--reference", choices=("largest", "none"), default="largest",
                    help="time the space's largest dense candidate in every group, to normalise machine-speed drift (default largest)")
+    p.add_argument("--sessions", type=int, default=1,
+                   help="measure the candidates this many times, pass after pass, into OUT/session-<k>; `fit` labels each "
+                        "candidate with the median over the passes (default 1; 3-4 on a shared machine, whose speed drifts "
+                        "over time by as much as a good predictor's error)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--fit", metavar="FILE", help="then fit a latency predictor on the whole profile and save it here")
     p.add_argument("--predictor", choices=("layerwise", "whole-model"), default="layerwise", help="predictor --fit makes (default layerwise)")
@@ -76,8 +81,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     f = subparsers.add_parser("fit", help="fit a latency predictor on a profile directory and save it (signed JSON)",
                               description="Fit a latency predictor on every candidate of a `tritune profile` directory; "
                                           "the file carries the target's fingerprint and the predictor's held-out error.")
-    f.add_argument("profile", nargs="+", help="profile directory (metadata.json, measurements.jsonl); several: profiles of the "
-                                             "same candidates from several sessions, each candidate labelled with the median over them")
+    f.add_argument("profile", nargs="+", help="profile directory (metadata.json, measurements.jsonl, or the session-<k> "
+                                             "directories of --sessions); several: profiles of the same candidates from several "
+                                             "sessions, each candidate labelled with the median over them")
     f.add_argument("--out", required=True, help="predictor file to write")
     f.add_argument("--predictor", choices=("layerwise", "whole-model"), default="layerwise", help="default layerwise")
     f.add_argument("--seed", type=int, default=0)

@@ -27,27 +27,29 @@ KINDS = ("layerwise", "whole-model")
 def _read(path: Path) -> tuple[dict, list[dict]]:
     from ..targets.profiling import METADATA_FILE, read_measurements
 
-    meta_path = path / METADATA_FILE
-    if not meta_path.is_file():
-        raise ValueError(f"fit: {str(path)!r} is not a profile directory (no {METADATA_FILE}); make one with `tritune profile`")
-    return json.loads(meta_path.read_text()), [r for r in read_measurements(path) if r.get("latency_ms")]
+    return json.loads((path / METADATA_FILE).read_text()), [r for r in read_measurements(path) if r.get("latency_ms")]
 
 
 def fit_from_profile(profile_dir: str | Path | Sequence[str | Path], kind: str = "layerwise", out: str | Path | None = None,
                      seed: int = 0) -> Any:
     """Fit a ``kind`` predictor on a profile, or on several profiles of the same candidates and
-    target (median labels); save it to ``out`` (signed JSON) when given."""
+    target (median labels; a directory of ``tritune profile --sessions K`` counts as its K
+    passes); save it to ``out`` (signed JSON) when given."""
     from ..spaces.candidate import Candidate
     from ..spaces.registry import create
-    from ..targets.profiling import pooled_latency
+    from ..targets.profiling import pooled_latency, session_dirs
     from .ort_layerwise import LayerwiseLatencyPredictor
     from .whole_model import WholeModelPredictor
 
     if kind not in KINDS:
         raise ValueError(f"fit.kind: {kind!r} not allowed; allowed: {', '.join(KINDS)}")
-    paths = [Path(profile_dir)] if isinstance(profile_dir, (str, Path)) else [Path(p) for p in profile_dir]
-    if not paths:
+    given = [profile_dir] if isinstance(profile_dir, (str, Path)) else list(profile_dir)
+    if not given:
         raise ValueError("fit: no profile directory given")
+    try:
+        paths = [d for p in given for d in session_dirs(p)]
+    except ValueError as exc:
+        raise ValueError(f"fit: {exc}") from None
     read = [_read(p) for p in paths]
     meta = read[0][0]
     for p, (m, _) in zip(paths[1:], read[1:]):

@@ -39,6 +39,18 @@ protocol differs from ``metadata.json`` is refused (`ProfileMismatchError`): tho
 not be mixed; use another ``out_dir``. Seed, n, strata and group size may change between runs
 (each run is listed under ``runs``).
 
+Sessions
+--------
+One session's numbers are not the whole truth on a shared machine: its level drifts by several
+percent, and per model by more -- two 720-model profiles of the same candidates taken an hour
+apart agreed within +-10 % for 96 % of the fp32 models but 77 % of the int8-heavy ones, while
+runtime sessions of one model built and timed side by side differ by a median 3-4 %, so it is
+the machine's state over time, not the runtime session, that moves. `profile_sessions`
+(``tritune profile --sessions K``) therefore measures the same candidates K times, one pass after
+the other, each pass with freshly built runnables into ``out_dir/session-<k>`` (each a complete,
+resumable profile); `session_dirs` finds them again and `pooled_latency` labels each candidate
+with the median over the passes.
+
 Stratified sampling
 -------------------
 `stratified_candidates` balances every gene group named in ``strata``:
@@ -86,6 +98,8 @@ STRATA = ("resolution", "width", "depth", "kernel", "expand", "pattern", "bits")
 MIX_LEVELS = (0.0, 0.25, 0.5, 0.75, 1.0)
 #: ``profile(reference=...)`` choices.
 REFERENCES = ("largest", "none")
+#: Sub-directory of one pass of `profile_sessions` (k = 1, 2, ...).
+SESSION_DIR = "session-{k}"
 
 
 class ProfileMismatchError(ValueError):
@@ -216,7 +230,7 @@ def coverage(space: SearchSpace, candidates: Sequence[Candidate]) -> dict[str, C
 def tritune_version() -> str:
     """The installed distribution's version, else pyproject.toml's, else ``'unknown'``."""
     try:
-        from importlib.metadata import PackageNotFoundError, version
+        from importlib.metadata import version
 
         return version("tritune")
     except Exception:  # PackageNotFoundError or a broken environment
@@ -461,3 +475,38 @@ def profile(target: Any, space: Any, n: int, out_dir: str | os.PathLike, seed: i
             bar.update(len(group))
             bar.set_postfix(build_s=f"{(t1 - t0) / len(group):.2f}", measure_s=f"{(t2 - t1) / len(group):.2f}")
     return result
+
+
+def profile_sessions(target: Any, space: Any, n: int, out_dir: str | os.PathLike, sessions: int = 1, **options: Any) -> list[ProfileResult]:
+    """`profile` the same candidates ``sessions`` times, pass after pass, into
+    ``out_dir/session-<k>`` (``sessions == 1``: into ``out_dir`` itself, as `profile` does).
+
+    Every pass builds its own runnables at a later time, so pooling the passes (`session_dirs`,
+    `pooled_latency`) averages both the machine's drift and the luck of one runtime session.
+    Resumable like `profile`: a re-run finishes the unfinished passes. ``options`` go to `profile`."""
+    if isinstance(sessions, bool) or not isinstance(sessions, int) or sessions < 1:
+        raise ValueError(f"profile.sessions: {sessions!r} not allowed; allowed: an integer >= 1")
+    out = Path(out_dir)
+    if sessions == 1:
+        return [profile(target, space, n, out, **options)]
+    if (out / METADATA_FILE).exists():
+        raise ValueError(f"profile.sessions: {str(out)!r} already holds a single-session profile; allowed: sessions=1 "
+                         f"for it, or another out_dir for {sessions} sessions")
+    return [profile(target, space, n, out / SESSION_DIR.format(k=k), **options) for k in range(1, sessions + 1)]
+
+
+def session_dirs(path: str | os.PathLike) -> list[Path]:
+    """The profile directories behind ``path``: ``[path]`` when it is a profile, else its
+    ``session-<k>`` sub-directories in pass order (see `profile_sessions`)."""
+    path = Path(path)
+    if (path / METADATA_FILE).is_file():
+        return [path]
+    found = []
+    for sub in path.glob(SESSION_DIR.format(k="*")) if path.is_dir() else ():
+        number = sub.name.rpartition("-")[2]
+        if number.isdigit() and (sub / METADATA_FILE).is_file():
+            found.append((int(number), sub))
+    if not found:
+        raise ValueError(f"{str(path)!r} is not a profile directory (no {METADATA_FILE}, no {SESSION_DIR.format(k='<k>')} "
+                         f"sub-directories); make one with `tritune profile`")
+    return [sub for _, sub in sorted(found)]

@@ -19,7 +19,9 @@ from tritune.targets.profiling import (
     normalized_latency,
     pooled_latency,
     profile,
+    profile_sessions,
     read_measurements,
+    session_dirs,
     stratified_candidates,
 )
 
@@ -217,6 +219,36 @@ def test_profile_then_fit_ships_a_predictor(tmp_path, capsys):
     args = parser.parse_args(["fit", str(out), str(other), "--out", str(tmp_path / "bad.json")])
     with pytest.raises(ValueError, match="another space"):
         args.func(args)
+    # the layout of `--sessions 2`: one directory holding session-1, session-2
+    import shutil
+
+    shutil.copytree(out, tmp_path / "multi" / "session-1")
+    shutil.copytree(second, tmp_path / "multi" / "session-2")
+    args = parser.parse_args(["fit", str(tmp_path / "multi"), "--out", str(tmp_path / "multi.json")])
+    assert args.func(args) == 0
+    assert load(tmp_path / "multi.json").error_ == load(tmp_path / "pooled.json").error_
+
+
+def test_profile_sessions_measure_the_same_candidates_pass_after_pass(tmp_path):
+    target, out = CountingTarget(threads=1), tmp_path / "prof"
+    results = profile_sessions(target, "mobilenet-small", 3, out, sessions=2, protocol=TINY, progress=False, reference="none")
+    dirs = session_dirs(out)
+    assert dirs == [out / "session-1", out / "session-2"] and [r.out_dir for r in results] == dirs
+    first, second = (read_measurements(d) for d in dirs)
+    assert [r["candidate_id"] for r in first] == [r["candidate_id"] for r in second]
+    assert max(r["timestamp"] for r in first) <= min(r["timestamp"] for r in second)  # one pass after the other
+    assert target.builds == 6  # every pass builds its own runnables
+    y, rows = pooled_latency([first, second])
+    assert len(rows) == 3 and np.all(y > 0)
+    again = profile_sessions(target, "mobilenet-small", 3, out, sessions=2, protocol=TINY, progress=False, reference="none")
+    assert [r.measured for r in again] == [0, 0] and [r.skipped for r in again] == [3, 3] and target.builds == 6
+    assert session_dirs(dirs[0]) == [dirs[0]]
+    with pytest.raises(ValueError, match="already holds a single-session profile"):
+        profile_sessions(target, "mobilenet-small", 3, dirs[0], sessions=2, protocol=TINY, progress=False)
+    with pytest.raises(ValueError, match=r"profile.sessions: 0 not allowed; allowed: an integer >= 1"):
+        profile_sessions(target, "mobilenet-small", 3, tmp_path / "x", sessions=0)
+    with pytest.raises(ValueError, match="not a profile directory"):
+        session_dirs(tmp_path)
 
 
 def test_pooled_latency_aligns_levels_and_takes_medians():
