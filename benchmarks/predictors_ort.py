@@ -21,7 +21,10 @@ and prints a markdown table (within +-10 %, +-5 %, MAPE, Spearman, Kendall on th
 models; also split fp32-only / int8-mix), the noise floor, and predict throughput. The noise
 floor comes from ``--remeasure N``: N held-out models measured again now with the profile's
 protocol (the share of the two measurements within +-10 % of each other), and, always, from the
-data itself: how much the latency level drifts between measurement groups.
+data itself: how much the latency level drifts between measurement groups; ``--session-noise N``
+builds N fp32-only and N int8-mix held-out models four times each and times them side by side (how
+much one runtime session of a model differs from another). A directory made by ``tritune profile
+--sessions K`` counts as its K passes.
 """
 from __future__ import annotations
 
@@ -120,6 +123,39 @@ def remeasure(space: Any, rows: list[dict], meta: dict, n: int, seed: int, norma
             "seconds": time.perf_counter() - t0, "ids": [r["candidate_id"] for r in pick], "again_ms": again.tolist()}
 
 
+def session_noise(space: Any, rows: list[dict], meta: dict, n: int, seed: int, sessions: int = 4) -> dict[str, Any]:
+    """Build ``n`` fp32-only and ``n`` int8-mix candidates of ``rows`` ``sessions`` times each and
+    time all of them interleaved in one group: how much one runtime session of a model differs from
+    another built and timed side by side (the spread a single profile cannot average out)."""
+    from tritune.spaces.candidate import Candidate
+    from tritune.targets.measure import Protocol
+    from tritune.targets.ort_cpu import OrtCpuTarget
+
+    rng = np.random.default_rng(seed)
+    proto = Protocol.from_json(meta["protocol"])
+    target = OrtCpuTarget(threads=proto.threads, protocol=proto)
+    kinds = {"fp32-only": [r for r in rows if not r.get("quantized_layers")], "int8-mix": [r for r in rows if r.get("quantized_layers")]}
+    pick = {k: [v[i] for i in rng.permutation(len(v))[:n]] for k, v in kinds.items()}
+    t0 = time.perf_counter()
+    built = [(k, r["candidate_id"], target.build(Candidate.from_json(r["candidate"]), space=space))
+             for k, chosen in pick.items() for r in chosen for _ in range(sessions)]
+    ms = target.measure([b for _, _, b in built])
+    out: dict[str, Any] = {"sessions": sessions, "seconds": None}
+    for k in kinds:
+        per_model = []
+        for cid in dict.fromkeys(c for kk, c, _ in built if kk == k):
+            per_model.append(np.array([m.latency_ms for (kk, c, _), m in zip(built, ms) if kk == k and c == cid]))
+        if not per_model:
+            continue
+        spread = np.array([v.max() / v.min() - 1 for v in per_model])
+        rel = np.concatenate([np.abs(v / np.median(v) - 1) for v in per_model])
+        out[k] = {"models": len(per_model), "median_spread": float(np.median(spread)), "max_spread": float(spread.max()),
+                  "within_5_of_median": float(np.mean(rel <= 0.05)), "within_10_of_median": float(np.mean(rel <= 0.10)),
+                  "latency_ms": [v.tolist() for v in per_model]}
+    out["seconds"] = time.perf_counter() - t0
+    return out
+
+
 def compare_profiles(rows: list[dict], other: str) -> dict[str, Any]:
     """Agreement of two profiles on the candidates both measured (raw, and reference-normalised
     where both have references): the noise floor a predictor is judged against."""
@@ -208,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
                          "else the same as latency_ms)")
     ap.add_argument("--compare", nargs="*", default=[], metavar="PROFILE",
                     help="other profiles of the same space and target: how well two measurements of the same candidates agree")
+    ap.add_argument("--session-noise", type=int, default=0, metavar="N",
+                    help="build N fp32-only and N int8-mix models 4 times each and time them side by side: the spread "
+                         "between runtime sessions of the same model")
     ap.add_argument("--detect-fusion", action="store_true",
                     help="probe the runtime first (optimised graphs + timed micro-benchmarks) and fit the layer-wise "
                          "predictors with the rules measured now instead of the built-in ones")
@@ -218,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     from tritune.predictors.ort_layerwise import stratified_split
     from tritune.spaces.candidate import Candidate
 
+    from tritune.targets.profiling import session_dirs
+
+    args.profile = [str(d) for p in args.profile for d in session_dirs(p)]  # a --sessions profile counts as its passes
     space, rows, meta = load_profile(args.profile[0])
     y, rows = labels(rows, args.profile[1:], args.target)
     cands = [Candidate.from_json(r["candidate"]) for r in rows]
@@ -302,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.compare:
         noise["profiles"] = [compare_profiles(rows, other) for other in args.compare]
+    if args.session_noise:
+        noise["sessions"] = session_noise(space, [r for r, m in zip(rows, te) if m], meta, args.session_noise, args.seed)
     if args.remeasure:
         held_rows = [r for r, m in zip(rows, te) if m]
         noise["remeasure"] = remeasure(space, held_rows, meta, args.remeasure, args.seed, normalized=args.target == "normalized" and has_ref)
@@ -339,6 +383,14 @@ def main(argv: list[str] | None = None) -> int:
                      f"({100 * cp['within_5']:.1f} % within ±5 %, mean log ratio {cp['mean_log_ratio']:+.3f})"
                      + (f"; reference-normalised in both: {100 * cp['normalized_within_10']:.1f} % / {100 * cp['normalized_within_5']:.1f} %"
                         if cp.get("normalized_within_10") is not None else ""))
+    if "sessions" in noise:
+        sn = noise["sessions"]
+        for k in ("fp32-only", "int8-mix"):
+            if k in sn:
+                v = sn[k]
+                lines.append(f"- {v['models']} {k} models, each built {sn['sessions']} times and timed side by side: median spread between "
+                             f"sessions {100 * v['median_spread']:.1f} % (max {100 * v['max_spread']:.1f} %); single sessions within ±5 % / ±10 % "
+                             f"of the model's median: {100 * v['within_5_of_median']:.1f} % / {100 * v['within_10_of_median']:.1f} %")
     lines.append(f"- level drift between measurement groups (residuals of {best}): sd {drift['between_group_sd']:.3f} (log) across "
                  f"{drift['groups']} groups vs {drift['within_group_sd']:.3f} within groups")
     lines.append(f"- round spread median {noise['spread_median']:.2f} (p90 {noise['spread_p90']:.2f}); cpu_share p10 {noise['cpu_share_p10']:.2f}")
