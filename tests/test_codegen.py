@@ -99,6 +99,29 @@ def test_kernel_matches_dense_torch(cache, pattern, opts, shape, kind, in_hw, st
     _check(packed, kind, in_hw, cache, stride=stride, act=act, bias=bias)
 
 
+@pytest.mark.parametrize("pattern,opts,shape,in_hw,tile", [
+    ("block8x1", {}, (24, 13, 3, 3), (9, 15), None),  # rows W + 1 = 16 floats: one vector per grid row
+    ("block4x1", {}, (19, 7, 3, 3), (6, 17), Variant(3, 1, 0)),  # a partial block row; vectors straddle grid rows
+    ("block8x1", {}, (16, 21, 3, 3), (11, 40), Variant(2, 1, 63)),  # K tiles (partial sums in the workspace)
+    ("block16x1", {}, (32, 5, 3, 3), (5, 31), Variant(1, 1, 0)),
+    ("kernel_pattern", {"share": 8}, (20, 9, 3, 3), (7, 23), None),
+])
+def test_one_plane_3x3_layout_matches_torch_and_writes_every_output(cache, pattern, opts, shape, in_hw, tile):
+    """Stride-1 3x3 kernels that share loads stage one plane with a shared zero column; the lane
+    on that column is dropped when stored, so no output is skipped or shifted."""
+    packed = _layer(pattern, shape, 0.78 if pattern == "kernel_pattern" else 0.75, seed=sum(shape), **opts)
+    kernel = _check(packed, "conv3x3", in_hw, cache, act="relu", tile=tile)
+    assert kernel.geometry.one_plane and kernel.geometry.wp == in_hw[1] + 1
+    x = np.random.default_rng(1).standard_normal(kernel.in_shape).astype(np.float32)
+    out = np.full(kernel.out_shape, np.nan, dtype=np.float32)
+    kernel.run(x, out)
+    assert np.isfinite(out).all()
+    # narrow rows (a vector would hold two zero columns), stride 2 and load-bound kernels keep three planes
+    for other, hw, stride in (("block8x1", (9, 13), 1), ("block8x1", (9, 15), 2), ("unstructured", (9, 15), 1)):
+        k = compile_layer(_layer(other, shape, 0.75, seed=1), "conv3x3", hw, stride, cache_dir=cache)
+        assert not k.geometry.one_plane and k.geometry.planes == 3 * stride
+
+
 @pytest.mark.parametrize("pattern,shape,kind,in_hw,stride,tile", [
     ("unstructured", (37, 150, 1, 1), "conv1x1", (8, 10), 1, Variant(3, 2, 32)),  # K tiles, 80 px: a 1-vector tail
     ("unstructured", (37, 150, 1, 1), "conv1x1", (9, 9), 1, Variant(2, 1, 48)),  # staged + K tiles (partials in ws)

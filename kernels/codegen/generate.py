@@ -265,6 +265,9 @@ class _Writer:
                   "for (int i = 0; i < CI; ++i) {")
         if geo.kind != "conv3x3":
             self.emit("memcpy(xs + (size_t)i * PS, x + (size_t)i * HW, HW * sizeof(float));")
+        elif geo.one_plane:  # input row r at padded row r + 1, after the shared zero column
+            self.emit("for (int r = 0; r < H; ++r) memcpy(xs + (size_t)i * PS + (size_t)(r + 1) * WP + 1, "
+                      "x + ((size_t)i * H + r) * W, W * sizeof(float));")
         else:
             s = geo.stride
             w, wo = geo.in_hw[1], geo.out_width
@@ -285,6 +288,9 @@ class _Writer:
 
     def store_helper(self) -> None:
         """Staged: store one output vector at grid position q (skip past the grid, clip past WO)."""
+        if self.geo.one_plane:
+            self.one_plane_store()
+            return
         if self.geo.wp == self.geo.out_width:  # no padding columns: the grid is the output
             self.emit(
                 "INL void store_q(float *restrict yrow, const int q, const vf v) {",
@@ -303,6 +309,32 @@ class _Writer:
             "if (xx + VW <= WO) { vst(d, v); return; }",
             "float t_[VW]; vst(t_, v);",
             "for (int i = 0; i < WO - xx; ++i) d[i] = t_[i];",
+            "}",
+        )
+
+    def one_plane_store(self) -> None:
+        """One-plane grid (rows W + 1 wide): output index = q - row, and the lane on the zero
+        column (``g``, at most one per vector as W + 1 >= VW) is dropped: AVX-512 compresses it
+        out in one masked store; other ISAs copy lane by lane."""
+        self.emit(
+            "#if defined(__AVX512F__) && VW == 16",
+            "#include <immintrin.h>",
+            "INL void store_gap(float *restrict d, const vf v, const int g, const int n) {",
+            "const unsigned keep = g < 16 ? (0xffffu & ~(1u << g)) : 0xffffu;",
+            "const int all = __builtin_popcount(keep), cnt = all < n ? all : n;",
+            "_mm512_mask_storeu_ps(d, (__mmask16)((1u << cnt) - 1u), _mm512_maskz_compress_ps((__mmask16)keep, (__m512)v));",
+            "}",
+            "#else",
+            "INL void store_gap(float *restrict d, const vf v, const int g, const int n) {",
+            "float t_[VW]; vst(t_, v);",
+            "for (int i = 0, o = 0; i < VW && o < n; ++i) if (i != g) d[o++] = t_[i];",
+            "}",
+            "#endif",
+            "INL void store_q(float *restrict yrow, const int q, const vf v) {",
+            "if (q >= Q) return;",
+            "const int yy = q / WP, o = q - yy, g = W - (q - yy * WP), n = HWO - o;",
+            "if (g >= VW && n >= VW) { vst(yrow + o, v); return; }",
+            "store_gap(yrow + o, v, g, n);",
             "}",
         )
 
