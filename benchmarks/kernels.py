@@ -163,6 +163,23 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def matrix(rows: list[dict[str, Any]], kind: str) -> str:
+    """One line per shape, one column per (pattern, sparsity): speedup over the best dense
+    baseline (fraction of ideal), the compact form of `table` used in docs/benchmarks.md."""
+    picked = [r for r in rows if r["kind"] == kind and r["pattern"] != "dense"]
+    columns = list(dict.fromkeys(f"{label(r['pattern'], r['options'])}@{100 * r['target_sparsity']:.0f}" for r in picked))
+    by_shape: dict[tuple, dict[str, dict]] = {}
+    for r in picked:
+        key = (r["channels"], r["hw"])
+        by_shape.setdefault(key, {})[f"{label(r['pattern'], r['options'])}@{100 * r['target_sparsity']:.0f}"] = r
+    lines = ["| shape | best dense ms | " + " | ".join(columns) + " |", "|---" * (len(columns) + 2) + "|"]
+    for (c, hw), cells in by_shape.items():
+        best = min(v["latency_ms"] for v in next(iter(cells.values()))["baselines"].values())
+        values = [f"{cells[col]['speedup']:.2f} ({cells[col]['fraction_of_ideal']:.2f})" if col in cells else "" for col in columns]
+        lines.append(f"| {c}² @{hw}² | {best:.3f} | " + " | ".join(values) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="two shapes, 75 %% only, fewer timing rounds")
@@ -215,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
     }
     print(table(rows))
+    for kind in ("conv1x1", "conv3x3"):
+        print(f"\n**{kind}** -- speedup over the best dense baseline (fraction of ideal 1/(1-s)):\n")
+        print(matrix(rows, kind))
     print()
     for goal, value in result["goals"].items():
         print(f"* {goal}: {value}")
