@@ -35,8 +35,8 @@ _SOURCE = r"""
 #include <time.h>
 INL float act_code_s(float v, long a) {
     if (a == 1) return smax(v, 0.0f);
-    if (a == 2) return v * smin(smax(v + 3.0f, 0.0f), 6.0f) / 6.0f;
-    if (a == 3) return smin(smax(v + 3.0f, 0.0f), 6.0f) / 6.0f;
+    if (a == 2) return v * smin(smax(v + 3.0f, 0.0f), 6.0f) * (1.0f / 6.0f);
+    if (a == 3) return smin(smax(v + 3.0f, 0.0f), 6.0f) * (1.0f / 6.0f);
     return v;
 }
 INL float hsum(vf v) { float t[VW]; vst(t, v); float s = 0.0f; for (int i = 0; i < VW; i++) s += t[i]; return s; }
