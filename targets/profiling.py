@@ -42,7 +42,7 @@ not be mixed; use another ``out_dir``. Seed, n, strata and group size may change
 Sessions
 --------
 One session's numbers are not the whole truth on a shared machine: its level drifts by several
-percent, and per model by more -- two 720-model profiles of the same candidates taken an hour
+percent, and per model by more -- two 720-model profiles of the same candidates taken two hours
 apart agreed within +-10 % for 96 % of the fp32 models but 77 % of the int8-heavy ones, while
 runtime sessions of one model built and timed side by side differ by a median 3-4 %, so it is
 the machine's state over time, not the runtime session, that moves. `profile_sessions`
