@@ -181,15 +181,16 @@ def geometry(kind: str, shape: tuple[int, ...], in_hw: tuple[int, int] | None, s
     if stride not in (1, 2):
         raise ValueError(f"stride: {stride!r} not allowed for conv3x3; allowed: 1, 2")
     ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
-    if stride == 1 and not aligned and w + 1 >= vw:
-        wp = w + 1
-        return Geometry(kind, cin, cout, (h, w), (ho, wo), 1, "staged", 1, h + 2, wp, _round_up((h + 2) * wp + 1, vw))
-    hq = h + 2 if stride == 1 else (h + 3) // 2
-    wp = _round_up(wo, vw) if aligned else wo
-    ps = _round_up(hq * wp, vw)
-    if 3 * stride * cin * ps + 2 * ps >= 2**31:
+    if stride == 1 and not aligned and w + 1 >= vw:  # one plane, rows share their zero column
+        planes, hq, wp = 1, h + 2, w + 1
+        ps = _round_up(hq * wp + 1, vw)
+    else:
+        planes, hq = 3 * stride, (h + 2 if stride == 1 else (h + 3) // 2)
+        wp = _round_up(wo, vw) if aligned else wo
+        ps = _round_up(hq * wp, vw)
+    if planes * cin * ps + 2 * ps >= 2**31:
         raise ValueError(f"in_hw: {in_hw!r} with {cin} input channels needs a workspace beyond 2**31 floats; allowed: smaller layers")
-    return Geometry(kind, cin, cout, (h, w), (ho, wo), int(stride), "staged", 3 * stride, hq, wp, ps)
+    return Geometry(kind, cin, cout, (h, w), (ho, wo), int(stride), "staged", planes, hq, wp, ps)
 
 
 # ----- lowered weights ---------------------------------------------------------------------------
