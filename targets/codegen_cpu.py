@@ -344,15 +344,20 @@ class CodegenCpuTarget(BuildsMobileNets, Target):
             family, pattern, mask = "dense", "dense", None  # channel: the kept weights are dense
         return w, b, family, pattern, mask
 
+    def _tuned(self, packed: Any, kind: str, in_hw: Any, stride: int, bias: np.ndarray | None, act: str) -> Any:
+        """The layer's variants timed (`tritune.kernels.codegen.autotune`): the fastest, recorded."""
+        from ..kernels.codegen import autotune
+
+        return autotune(packed, kind, in_hw, stride, bias, act, self.threads, cache_dir=self.cache_dir, cc=self.cc)
+
     def _kernel(self, w: np.ndarray, mask: np.ndarray | None, pattern: str, kind: str, in_hw: Any, stride: int,
                 bias: np.ndarray | None, act: str) -> Any:
-        from ..kernels.codegen import autotune, compile_layer
+        from ..kernels.codegen import compile_layer
 
         packed = self._packed(w, mask, pattern)
-        opts = dict(bias=bias, act=act, threads=self.threads, cache_dir=self.cache_dir, cc=self.cc)
         if self.autotune:
-            return autotune(packed, kind, in_hw, stride, **opts).kernel
-        return compile_layer(packed, kind, in_hw, stride, **opts)
+            return self._tuned(packed, kind, in_hw, stride, bias, act).kernel
+        return compile_layer(packed, kind, in_hw, stride, bias, act, threads=self.threads, cache_dir=self.cache_dir, cc=self.cc)
 
     def _plan(self, net: Any, shape: tuple[int, ...]) -> tuple[list[Op], list[np.ndarray], np.ndarray, np.ndarray]:
         from ..kernels.codegen.chain import add_step, matvec_step, mean_step
@@ -487,8 +492,6 @@ class CodegenCpuTarget(BuildsMobileNets, Target):
 
         dw_at = next(j for j, L in enumerate(group) if L.op == "dwconv")
         dw, expand, proj = group[dw_at], group[:dw_at], group[dw_at + 1:]
-        from ..kernels.codegen import autotune
-
         packed, act, bias, tile, families = {}, {}, {}, {}, []
         for role, L in (("expand", expand[0] if expand else None), ("project", proj[0] if proj else None)):
             if L is None:
@@ -500,8 +503,7 @@ class CodegenCpuTarget(BuildsMobileNets, Target):
             families.append(family)
             tile[role] = None
             if self.autotune:  # the variant measured fastest for the layer alone, run band by band
-                hw = (L.in_h, L.in_w)
-                tile[role] = autotune(packed[role], "conv1x1", hw, 1, b, act[role], self.threads, cache_dir=self.cache_dir, cc=self.cc).variant
+                tile[role] = self._tuned(packed[role], "conv1x1", (L.in_h, L.in_w), 1, b, act[role]).variant
         if proj and act["project"] != "none":
             raise ValueError(f"codegen-cpu: layer {proj[0].name}: a fused block's project layer has activation {act['project']!r}; allowed: none")
         wd, bd, _ = _weights(modules[dw.name])

@@ -21,6 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import compiler
+from .chain import CStep, fn_address
 from .csource import activation, float_array, prelude
 from .plan import ACTIVATIONS
 from .runtime import aligned_empty
@@ -101,8 +102,6 @@ class DepthwiseKernel:
 
     def step(self, x: np.ndarray, out: np.ndarray) -> Any:
         """This layer as a step of an `OpChain` (``x``, ``out`` and this kernel must stay alive)."""
-        from .chain import CStep, fn_address
-
         x, out = self._args(x, out)
         return CStep(fn_address(self._fn), x.ctypes.data, out.ctypes.data, self._ws.ctypes.data)
 
@@ -437,7 +436,7 @@ def compile_depthwise(weight: Any, bias: Any, in_hw: tuple[int, int], stride: in
     fn = cdll.tt_run
     fn.argtypes = [ctypes.c_void_p] * 3
     fn.restype = None
-    band_fn = 0 if packed else int(ctypes.cast(cdll.tt_band, ctypes.c_void_p).value)
+    band_fn = 0 if packed else fn_address(cdll.tt_band)
     ws = aligned_empty((int(cdll.tt_workspace_floats()),))
     ws[:] = 0.0
     off = int(cdll.tt_pool_offset())

@@ -167,12 +167,14 @@ def compile_fused_block(expand: PackedWeight | None, dw_weight: Any, in_hw: tupl
         ring[:] = 0.0
         band[:] = 0.0
 
-    def addr(kern: Any, what: str) -> int:
-        return 0 if kern is None else int(getattr(kern, what) if what == "band_fn" else kern._ws.ctypes.data)
+    def entry(kern: Any) -> int:  # a layer's band function (0: no such layer)
+        return 0 if kern is None else int(kern.band_fn)
 
-    params = np.array([addr(k_exp, "band_fn"), addr(k_exp, "ws"), k_dw.band_fn, addr(k_dw, "ws"), addr(k_proj, "band_fn"),
-                       addr(k_proj, "ws"), ring.ctypes.data, band.ctypes.data, h, w, ho, wo, stride, k, r, rb, ldr, ldb, g],
-                      dtype=np.int64)
+    def ws(kern: Any) -> int:
+        return 0 if kern is None else int(kern._ws.ctypes.data)
+
+    params = np.array([entry(k_exp), ws(k_exp), entry(k_dw), ws(k_dw), entry(k_proj), ws(k_proj), ring.ctypes.data,
+                       band.ctypes.data, h, w, ho, wo, stride, k, r, rb, ldr, ldb, g], dtype=np.int64)
     in_c = expand.shape[1] if expand is not None else e
     out_c = project.shape[0] if project is not None else e
     return FusedBlock(k_exp, k_dw, k_proj, r, (in_c, h, w), (out_c, ho, wo), ring, band, params, elementwise(cc, cache_dir))

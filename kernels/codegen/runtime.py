@@ -23,6 +23,7 @@ import numpy as np
 
 from ..formats import PackedWeight
 from . import compiler
+from .chain import CStep, fn_address
 from .csource import ABI_VERSION
 from .generate import Variant, generate, l1_k_tile, rows_per_tile
 from .plan import ACTIVATIONS, KINDS, Geometry, Lowered, geometry, load_bound, lower
@@ -186,8 +187,6 @@ class CompiledKernel:
     def step(self, x: np.ndarray, out: np.ndarray) -> "CStep":
         """This layer as a step of an `OpChain` (checked once; the caller keeps ``x``, ``out`` and
         this kernel alive while the chain exists)."""
-        from .chain import CStep, fn_address
-
         x, out = self._args(x, out)
         return CStep(fn_address(self._fn), x.ctypes.data, out.ctypes.data, self._ws.ctypes.data)
 
@@ -207,10 +206,8 @@ def load(build: Build, lib: compiler.Library, variant: Variant, source: str) -> 
         raise ValueError(f"tile: variant {variant.name} is not in library {lib.path}") from None
     fn.argtypes = [_C_VOID_P, _C_VOID_P, _C_VOID_P]
     fn.restype = None
-    try:
-        band_fn = int(ctypes.cast(getattr(cdll, f"tt_band_{variant.name}"), ctypes.c_void_p).value)
-    except AttributeError:
-        band_fn = 0
+    band = getattr(cdll, f"tt_band_{variant.name}", None)
+    band_fn = fn_address(band) if band is not None else 0
     ws = aligned_empty((int(cdll.tt_workspace_floats()),))
     ws[:] = 0.0
     geo = build.geo
