@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from tritune.kernels.codegen import CompilerError, aligned_empty, compiler_available, vector_width
-from tritune.kernels.codegen.depthwise import compile_depthwise
+from tritune.kernels.codegen.depthwise import compile_depthwise, default_packed
 from tritune.spaces import LayerCompression, create
 from tritune.spaces.mobilenet import SLOTS
 from tritune.spaces.mobilenet_net import build_subnet, input_shape
@@ -110,9 +110,12 @@ def test_depthwise_kernel(k, stride, hw, act):
 
 
 @needs_cc
-@pytest.mark.parametrize("c,hw,k,stride", [(6, (5, 5), 7, 1), (20, (7, 7), 3, 1), (33, (14, 13), 5, 2), (17, (3, 8), 7, 2), (16, (1, 1), 3, 1)])
+@pytest.mark.parametrize("c,hw,k,stride", [(6, (5, 5), 7, 1), (20, (7, 7), 3, 1), (33, (14, 13), 5, 2), (17, (3, 8), 7, 2), (16, (1, 1), 3, 1),
+                                            (40, (14, 14), 3, 1), (35, (16, 17), 7, 1), (24, (9, 11), 3, 2)])
 def test_packed_depthwise_kernel_equals_planar_and_torch(c, hw, k, stride):
-    """The channel-packed layout (narrow planes): every channel group, a partial last group, the pool."""
+    """The channel-packed layout (narrow planes): every channel group, a partial last group, planes
+    that are not a whole number of vectors (the in-register transposes), the pool; every output
+    element is written (NaN-filled outputs)."""
     g = torch.Generator().manual_seed(c + k)
     w, b = torch.randn(c, 1, k, k, generator=g), torch.randn(c, generator=g)
     x = aligned_empty((c, *hw))
@@ -121,11 +124,16 @@ def test_packed_depthwise_kernel_equals_planar_and_torch(c, hw, k, stride):
     packed = compile_depthwise(w, b, hw, stride, "hswish", packed=True, pool=True)
     planar = compile_depthwise(w, b, hw, stride, "hswish", packed=False)
     assert packed.packed and not planar.packed and not packed.band_fn
-    assert _rel(packed.run(x), ref) <= 1e-5 and _rel(planar.run(x), ref) <= 1e-5
+    for kernel in (packed, planar):
+        out = np.full(kernel.out_shape, np.nan, dtype=np.float32)
+        assert _rel(kernel.run(x, out), ref) <= 1e-5
     assert _rel(packed.pooled, ref.mean(axis=(1, 2))) <= 1e-5
     with pytest.raises(ValueError, match="packed"):
         compile_depthwise(w, b, hw, stride, packed=True, band=2)
-    assert compile_depthwise(w, b, (7, 7), 1).packed == (k >= 5 and 7 <= vector_width() // 2)  # the default on narrow planes
+    vw = vector_width()
+    assert compile_depthwise(w, b, (7, 7), 1).packed == default_packed(k, 1, 7, vw)  # the default on narrow planes
+    assert default_packed(3, 1, 7, 16) and default_packed(3, 2, 7, 16) and default_packed(7, 1, 14, 16)
+    assert not default_packed(3, 2, 14, 16) and not default_packed(3, 1, 28, 16)
 
 
 def test_registry_fingerprint_capabilities():

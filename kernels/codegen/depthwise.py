@@ -44,6 +44,14 @@ def default_rows(kernel: int, out_h: int) -> int:
     return 2 if kernel == 3 or out_h <= 14 else 4
 
 
+def default_packed(kernel: int, stride: int, out_w: int, vw: int) -> bool:
+    """Whether the channel-packed layout is the default: outputs at most one vector wide, except
+    k = 3 at stride 2 on outputs wider than half a vector (measured single thread, AVX-512,
+    against the planar tiling: 7x7 outputs k 3 / 5 / 7 3.8x / 1.0x / 1.0x at stride 1, k 3 2.0x
+    at stride 2; 14x14 outputs k 3 / 5 / 7 1.05x / 1.5x / 1.6x at stride 1, k 3 0.76x at stride 2)."""
+    return out_w <= vw and (kernel > 3 or stride == 1 or out_w <= vw // 2)
+
+
 @dataclass(eq=False)
 class DepthwiseKernel:
     """A loaded depthwise kernel: ``run(x, out)`` / ``bind(x, out)`` as `CompiledKernel`."""
@@ -178,11 +186,19 @@ INL void tile(const float *restrict ws, const float *restrict w, float b, float 
             int x0 = (v0 + t) * VW;
             vf res = act_v(acc[r][t]);
             if (x0 + VW <= WO) {{ vst(o + x0, res); if (POOL) *csum += res; }}
-            else {{
+            else {{ /* the row's last, partial vector: a masked store where the CPU has one (1.2-1.5x on
+                      14- and 56-wide rows); band kernels keep the scalar stores, because the fused
+                      project kernel reads the band right away and ran 10 % slower after masked stores */
+#if defined(__AVX512F__) && VW == 16 && !BAND
+                const __mmask16 m = (__mmask16)((1u << (WO - x0)) - 1u);
+                _mm512_mask_storeu_ps(o + x0, m, (__m512)res);
+                if (POOL) *csum += (vf)_mm512_maskz_mov_ps(m, (__m512)res);
+#else
                 float tmp[VW], part[VW] = {{0}};
                 vst(tmp, res);
                 for (int i = 0; x0 + i < WO; i++) {{ o[x0 + i] = tmp[i]; part[i] = tmp[i]; }}
                 if (POOL) *csum += vld(part);
+#endif
             }}
         }}
     }}
@@ -290,15 +306,31 @@ void tt_run(const float *restrict x, float *restrict y, float *restrict ws) {{
 """.replace("EVEN", _shuffle_mask(vw, 0)).replace("ODD", _shuffle_mask(vw, 1))
 
 
+def _transpose_source(vw: int) -> str:
+    """``transpose(r)``: the ``vw x vw`` matrix held in ``r[0..vw)`` (one row per vector) transposed
+    in registers. Each stage swaps the off-diagonal ``d x d`` blocks (d = vw/2, ..., 1) with two
+    two-source shuffles per pair of rows (``vpermt2ps`` on AVX-512): ``log2(vw) * vw`` shuffles
+    instead of ``vw * vw`` scalar moves."""
+    lines, d = [], vw // 2
+    while d >= 1:
+        lo = ",".join(str(j if not j & d else vw + j - d) for j in range(vw))
+        hi = ",".join(str(j + d if not j & d else vw + j) for j in range(vw))
+        for i in (i for i in range(vw) if not i & d):
+            lines.append(f"    {{ const vf a = r[{i}], b = r[{i + d}]; r[{i}] = __builtin_shuffle(a, b, (vi){{{lo}}}); "
+                         f"r[{i + d}] = __builtin_shuffle(a, b, (vi){{{hi}}}); }}")
+        d //= 2
+    return "INL void transpose(vf *restrict r) {\n" + "\n".join(lines) + "\n}\n"
+
+
 def _packed_source(weight: np.ndarray, bias: np.ndarray, in_hw: tuple[int, int], stride: int, act: str, vw: int,
                    pool: bool = False) -> str:
     """Channel-packed layout for narrow planes: one vector holds one pixel of ``vw`` channels.
 
     With an output narrower than half a vector, the planar kernel fills a fraction of each vector
-    (7 of 16 lanes on 7x7 planes, and ran at 0.4x ONNX Runtime there, benchmarks/depthwise.py);
-    here every lane does useful work. Each group of ``vw`` channels is interleaved into a
-    zero-bordered workspace of pixel vectors, every output pixel of a row keeps its accumulator in
-    a register across the ``k*k`` taps, and the results are scattered back to the planar layout."""
+    (7 of 16 lanes on 7x7 planes); here every lane does useful work. Each group of ``vw`` channels
+    is transposed, ``vw`` pixels at a time in registers (`_transpose_source`), into a zero-bordered
+    workspace of pixel vectors; every output pixel of a row keeps its accumulator in a register
+    across the ``k*k`` taps; the output pixel vectors are staged and transposed back the same way."""
     C, _, k, _ = weight.shape
     H, W = in_hw
     p = k // 2
@@ -309,7 +341,7 @@ def _packed_source(weight: np.ndarray, bias: np.ndarray, in_hw: tuple[int, int],
     wt = wt.reshape(groups, vw, k * k).transpose(0, 2, 1)  # [group][tap][lane]
     bs = np.zeros(groups * vw, dtype=np.float32)
     bs[:C] = bias
-    return prelude(vw) + activation(act) + float_array("WT", wt.reshape(-1)) + float_array("BS", bs) + f"""
+    return "#include <immintrin.h>\n" + prelude(vw) + activation(act) + float_array("WT", wt.reshape(-1)) + float_array("BS", bs) + _transpose_source(vw) + f"""
 #define C {C}
 #define G {groups}
 #define H {H}
@@ -321,48 +353,83 @@ def _packed_source(weight: np.ndarray, bias: np.ndarray, in_hw: tuple[int, int],
 #define WO {wo}
 #define WPD (W + 2 * P)
 #define PIX ((H + 2 * P) * WPD)
+#define OUT_OFF ((long)PIX * VW)
 #define POOL {int(pool)}
-#define POOL_OFF ((long)PIX * VW)
+#define POOL_OFF (OUT_OFF + (long)HO * WO * VW)
 long tt_workspace_floats(void) {{ return POOL_OFF + (POOL ? G * VW : 0); }}
 long tt_pool_offset(void) {{ return POOL ? POOL_OFF : -1; }}
 int tt_abi_version(void) {{ return 1; }}
 
+/* the first n (<= VW) floats at p, zeros after: a masked load where the CPU has one (never reads past p + n) */
+INL vf load_part(const float *restrict p, int n) {{
+    if (n == VW) return vld(p);
+#if defined(__AVX512F__) && VW == 16
+    return (vf)_mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1u), p);
+#else
+    float t[VW] = {{0}};
+    memcpy(t, p, (size_t)n * sizeof(float));
+    return vld(t);
+#endif
+}}
+
+INL void store_part(float *restrict p, vf v, int n) {{
+    if (n == VW) {{ vst(p, v); return; }}
+#if defined(__AVX512F__) && VW == 16
+    _mm512_mask_storeu_ps(p, (__mmask16)((1u << n) - 1u), (__m512)v);
+#else
+    float t[VW];
+    vst(t, v);
+    memcpy(p, t, (size_t)n * sizeof(float));
+#endif
+}}
+
 void tt_run(const float *restrict x, float *restrict y, float *restrict ws) {{
+    float *restrict outb = ws + OUT_OFF; /* the group's output pixel vectors, [HO * WO][VW] */
     for (int g = 0; g < G; g++) {{
         const int c0 = g * VW, nc = C - c0 < VW ? C - c0 : VW;
-        /* the group's planes, interleaved: pixel (r, q) of channel c0 + c in lane c; borders stay zero,
-           lanes past the last channel are zeroed (their weights are zero too) */
-        for (int c = 0; c < VW; c++) {{
-            if (c >= nc) {{
-                for (int r = 0; r < H; r++) for (int q = 0; q < W; q++) ws[((r + P) * WPD + q + P) * VW + c] = 0.0f;
-                continue;
+        /* the group's planes, VW pixels at a time: pixel (r, q) of channel c0 + c into lane c of
+           workspace pixel (r + P, q + P); borders stay zero, lanes past the last channel are zero
+           (their weights are zero too) */
+        for (int i0 = 0; i0 < H * W; i0 += VW) {{
+            const int n = H * W - i0 < VW ? H * W - i0 : VW;
+            vf r[VW];
+            for (int c = 0; c < VW; c++) r[c] = c < nc ? load_part(x + (long)(c0 + c) * H * W + i0, n) : (vf){{0}};
+            transpose(r);
+            for (int i = 0; i < n; i++) {{
+                const int pix = i0 + i, row = pix / W, col = pix - row * W;
+                vst(ws + ((row + P) * WPD + col + P) * VW, r[i]);
             }}
-            const float *xc = x + (long)(c0 + c) * H * W;
-            for (int r = 0; r < H; r++) for (int q = 0; q < W; q++) ws[((r + P) * WPD + q + P) * VW + c] = xc[r * W + q];
         }}
         const float *wg = WT + (long)g * K * K * VW;
         const vf b = vld(BS + g * VW);
         vf csum = {{0}};
         for (int yo = 0; yo < HO; yo++) {{
             vf acc[WO];
-            #pragma GCC unroll 8
+            #pragma GCC unroll 16
             for (int q = 0; q < WO; q++) acc[q] = b;
             for (int dy = 0; dy < K; dy++) {{
                 const float *row = ws + (long)(S * yo + dy) * WPD * VW;
                 #pragma GCC unroll 7
                 for (int dx = 0; dx < K; dx++) {{
                     const vf wv = vld(wg + (dy * K + dx) * VW);
-                    #pragma GCC unroll 8
+                    #pragma GCC unroll 16
                     for (int q = 0; q < WO; q++) acc[q] += wv * vld(row + (S * q + dx) * VW);
                 }}
             }}
+            #pragma GCC unroll 16
             for (int q = 0; q < WO; q++) {{
                 const vf v = act_v(acc[q]);
                 if (POOL) csum += v;
-                float t[VW];
-                vst(t, v);
-                for (int c = 0; c < nc; c++) y[(long)(c0 + c) * HO * WO + yo * WO + q] = t[c];
+                vst(outb + (long)(yo * WO + q) * VW, v);
             }}
+        }}
+        /* back to planar, VW pixels at a time */
+        for (int i0 = 0; i0 < HO * WO; i0 += VW) {{
+            const int n = HO * WO - i0 < VW ? HO * WO - i0 : VW;
+            vf r[VW];
+            for (int i = 0; i < VW; i++) r[i] = i < n ? vld(outb + (long)(i0 + i) * VW) : (vf){{0}};
+            transpose(r);
+            for (int c = 0; c < nc; c++) store_part(y + (long)(c0 + c) * HO * WO + i0, r[c], n);
         }}
         if (POOL) {{
             float t[VW];
@@ -393,9 +460,8 @@ def compile_depthwise(weight: Any, bias: Any, in_hw: tuple[int, int], stride: in
     ``band``: output rows per band (0: the whole plane): the workspace holds one band and
     `DepthwiseKernel.band_fn` computes one band from a ring of input rows (a fused block,
     `tritune.kernels.codegen.fused`); ``run`` goes band by band;
-    ``packed``: the channel-packed layout (`_packed_source`; None: for k 5 / 7 when the output is
-    at most half a vector wide and no band is asked for -- measured 2.3x over the planar tiling
-    there, while for k 3 one-row planar tiles were faster; ``rows`` / ``vectors`` do not apply)."""
+    ``packed``: the channel-packed layout (`_packed_source`; None: `default_packed`, never with a
+    band; ``rows`` / ``vectors`` do not apply)."""
     w = weight.detach().cpu().numpy() if hasattr(weight, "detach") else np.asarray(weight)
     w = np.ascontiguousarray(w, dtype=np.float32)
     if w.ndim != 4 or w.shape[1] != 1 or w.shape[2] != w.shape[3] or w.shape[2] not in KERNELS:
@@ -422,7 +488,7 @@ def compile_depthwise(weight: Any, bias: Any, in_hw: tuple[int, int], stride: in
     vw = compiler.vector_width(cc)
     out_hw = ((in_hw[0] + stride - 1) // stride, (in_hw[1] + stride - 1) // stride)
     if packed is None:
-        packed = not band and k >= 5 and out_hw[1] <= vw // 2
+        packed = not band and default_packed(k, stride, out_hw[1], vw)
     if packed and band:
         raise ValueError("packed: not allowed with band > 0; allowed: packed=False (or None) for a band kernel")
     if packed:
@@ -445,4 +511,4 @@ def compile_depthwise(weight: Any, bias: Any, in_hw: tuple[int, int], stride: in
                            str(lib.path), not lib.compiled, fn, ws, cdll, pooled, int(band), band_fn, bool(packed))
 
 
-__all__ = ["DepthwiseKernel", "compile_depthwise"]
+__all__ = ["DepthwiseKernel", "compile_depthwise", "default_packed"]
