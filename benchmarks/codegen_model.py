@@ -2,7 +2,7 @@
 
 The largest architecture of the mobilenet space (width 1.2, depth 4, expand 6; depthwise kernel 7,
 and the same with kernel 3) with
-75% ``block8x1`` sparsity on every 1x1 convolution, at 224 px and 128 px, single thread. Timed in
+75% ``block8x1`` sparsity on every 1x1 convolution (squeeze-excite pairs included), at 224 px and 128 px, single thread. Timed in
 one interleaved group (`tritune.targets.measure`): the dense candidate on ``ort-cpu`` (the
 fastest dense library here), the dense candidate on ``codegen-cpu`` and the sparse one on
 ``codegen-cpu`` (with and without fused blocks, `tritune.kernels.codegen.fused`). Goal (issue 4): sparse on codegen-cpu >= 2.5x faster than dense on ORT.
@@ -33,9 +33,10 @@ RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results" / "codegen
 
 
 def sparse_plan(candidate, pattern: str, sparsity: float):
-    """Every 1x1 convolution (expand / project / final_expand, and feature_mix: the 1x1
-    convolution after the pool in MobileNetV3) at ``pattern``; the rest dense (the classifier too)."""
-    plan = [LayerCompression(pattern, sparsity) if role in ("conv", "project", "linear") and k == 1 else LayerCompression()
+    """Every 1x1 convolution (expand / project / final_expand, the squeeze-excite pairs, and
+    feature_mix: the 1x1 convolution after the pool in MobileNetV3) at ``pattern``; the rest
+    dense (the classifier too)."""
+    plan = [LayerCompression(pattern, sparsity) if role in ("conv", "project", "linear", "se") and k == 1 else LayerCompression()
             for (name, role, k) in SLOTS]
     return candidate.replace(compression=plan)
 

@@ -85,8 +85,10 @@ def parse_pattern(name: str) -> PatternSpec:
 
 
 #: Structural roles of compressible layers. ``project`` is a 1x1 convolution whose output feeds a
-#: residual sum and ``classifier`` is the final linear layer: neither may lose output channels.
-ROLES = ("stem", "conv", "project", "dwconv", "linear", "classifier")
+#: residual sum, ``se`` the squeeze-excite pair of 1x1 convolutions on a pooled vector (its output
+#: scales every channel of the block) and ``classifier`` the final linear layer: none may lose
+#: output channels.
+ROLES = ("stem", "conv", "project", "dwconv", "linear", "classifier", "se")
 
 
 def pattern_allowed(pattern: str, role: str, kernel: int) -> bool:

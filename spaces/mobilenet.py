@@ -62,11 +62,31 @@ def _slots() -> list[tuple[str, str, int]]:
         for b in range(MAX_DEPTH):
             slots += [(f"s{s}.b{b}.expand", "conv", 1), (f"s{s}.b{b}.dw", "dwconv", 0), (f"s{s}.b{b}.project", "project", 1)]
     slots += [("final_expand", "conv", 1), ("feature_mix", "linear", 1), ("classifier", "classifier", 1)]
+    # The squeeze-excite pair of each block of a stage that has one (both 1x1 convolutions), after
+    # the classifier: slots added later than the others, so every earlier slot keeps its index.
+    slots += [(f"s{s}.b{b}.se", "se", 1) for s, (*_, se) in enumerate(STAGES) if se for b in range(MAX_DEPTH)]
     return slots
 
 
 SLOTS = tuple(_slots())
 SLOT_INDEX = {name: i for i, (name, _, _) in enumerate(SLOTS)}
+#: Slots of a plan written before squeeze-excite layers had their own (their SE layers were dense
+#: and took the bit-widths of the block's depthwise slot; `with_se_slots` says so explicitly).
+PRE_SE_SLOTS = sum(role != "se" for _, role, _ in SLOTS)
+
+
+def with_se_slots(candidate: Candidate) -> Candidate:
+    """``candidate`` with a full plan: one written before squeeze-excite slots existed (its plan
+    has `PRE_SE_SLOTS` entries) gets the SE entries it meant -- dense, with the bit-widths of the
+    block's depthwise slot -- so it builds exactly the network it always did. Others unchanged."""
+    if not isinstance(candidate, Candidate) or len(candidate.compression) != PRE_SE_SLOTS:
+        return candidate
+    plan = candidate.compression
+    extra = []
+    for name, _, _ in SLOTS[PRE_SE_SLOTS:]:
+        dw = plan[SLOT_INDEX[name.removesuffix(".se") + ".dw"]]
+        extra.append(LayerCompression(w_bits=dw.w_bits, a_bits=dw.a_bits) if isinstance(dw, LayerCompression) else dw)
+    return candidate.replace(compression=(*plan, *extra))
 
 
 class MobileNetSpace(SearchSpace):
@@ -140,14 +160,22 @@ class MobileNetSpace(SearchSpace):
 
                 genes.append(Gene(f"s{s}.b{b}.kernel", self.kernels, active=alive))
                 genes.append(Gene(f"s{s}.b{b}.ratio", self.expands, active=alive))
-                for part in ("expand", "dw", "project"):
-                    slot = SLOT_INDEX[f"s{s}.b{b}.{part}"]
-                    genes.append(Gene(f"comp:{SLOTS[slot][0]}", opts(slot), default, active=alive))
-        for slot in range(len(SLOTS) - 3, len(SLOTS)):
-            genes.append(Gene(f"comp:{SLOTS[slot][0]}", opts(slot), default))
+                for part in ("expand", "dw", "se", "project"):
+                    slot = SLOT_INDEX.get(f"s{s}.b{b}.{part}")
+                    if slot is not None:  # "se": only in stages with squeeze-excite
+                        genes.append(Gene(f"comp:{SLOTS[slot][0]}", opts(slot), default, active=alive))
+        for name in ("final_expand", "feature_mix", "classifier"):
+            slot = SLOT_INDEX[name]
+            genes.append(Gene(f"comp:{name}", opts(slot), default))
         return genes
 
+    def validate(self, candidate: Candidate) -> Candidate:
+        """`SearchSpace.validate` of the candidate with a full plan (`with_se_slots`; `to_genome`
+        reads older plans the same way)."""
+        return super().validate(with_se_slots(candidate))
+
     def to_genome(self, candidate: Candidate) -> Genome:
+        candidate = with_se_slots(candidate)
         try:
             depth, kernel, expand = candidate["depth"], candidate["kernel"], candidate["expand"]
             genome: Genome = {"resolution": candidate["resolution"], "width": candidate["width"]}
@@ -158,7 +186,8 @@ class MobileNetSpace(SearchSpace):
             if not isinstance(values, tuple) or len(values) != length:
                 raise ValueError(f"candidate arch.{field_name}: expected a list of {length} values")
         if len(candidate.compression) != len(SLOTS):
-            raise ValueError(f"candidate compression: expected {len(SLOTS)} per-layer entries (one per slot), got {len(candidate.compression)}")
+            raise ValueError(f"candidate compression: expected {len(SLOTS)} per-layer entries (one per slot; or {PRE_SE_SLOTS}: a plan "
+                             f"written before squeeze-excite slots), got {len(candidate.compression)}")
         for s in range(len(STAGES)):
             genome[f"s{s}.depth"] = depth[s]
             for b in range(MAX_DEPTH):
@@ -187,7 +216,8 @@ class MobileNetSpace(SearchSpace):
 
         fixed = math.prod(n_opts(n) for n in ("stem", "first.dw", "first.project", "final_expand", "feature_mix", "classifier"))
         per_block = len(self.kernels) * len(self.expands) * n_opts("s0.b0.expand") * n_opts("s0.b0.dw") * n_opts("s0.b0.project")
-        stages = math.prod(sum(per_block**d for d in self.depths) for _ in STAGES)
+        se_opts = n_opts(next(name for name, role, _ in SLOTS if role == "se"))
+        stages = math.prod(sum((per_block * (se_opts if se else 1))**d for d in self.depths) for *_, se in STAGES)
         return len(self.resolutions) * len(self.widths) * fixed * stages
 
     # ----- layer IR --------------------------------------------------------------------------
@@ -241,11 +271,11 @@ class MobileNetSpace(SearchSpace):
                 hw_out = (hw + st - 1) // st
                 if se:
                     red = make_divisible(nominal_mid // 4)
-                    bits = {"w_bits": dw["w_bits"], "a_bits": dw["a_bits"]}
+                    se_comp = comp(f"{p}.se")
                     out += [
                         LayerSpec(f"{p}.se.pool", "global_pool", mid, mid, hw_out, hw_out),
-                        LayerSpec(f"{p}.se.reduce", "conv", mid, red, 1, 1, act="relu", **bits),
-                        LayerSpec(f"{p}.se.expand", "conv", red, mid, 1, 1, act="hsigmoid", **bits),
+                        LayerSpec(f"{p}.se.reduce", "conv", mid, red, 1, 1, act="relu", **se_comp),
+                        LayerSpec(f"{p}.se.expand", "conv", red, mid, 1, 1, act="hsigmoid", **se_comp),
                         LayerSpec(f"{p}.se.scale", "mul", mid, mid, hw_out, hw_out),
                     ]
                 out.append(LayerSpec(f"{p}.project", "conv", mid, c_out, hw_out, hw_out, bn=True, **comp(f"{p}.project")))
@@ -482,7 +512,10 @@ class _CodeTables:
         self.fixed_kept = self._kept(self.fixed[:, [0, 2, 3]])
         self.block_stage = np.repeat(np.arange(len(STAGES)), MAX_DEPTH)
         self.block_index = np.tile(np.arange(MAX_DEPTH), len(STAGES))
+        #: [expand, dw, project, se] slot of every block (se: the dw slot where a stage has none;
+        #: those rows are masked out)
         self.block_slots = np.array([[SLOT_INDEX[f"s{s}.b{b}.{p}"] for p in ("expand", "dw", "project")]
+                                     + [SLOT_INDEX.get(f"s{s}.b{b}.se", SLOT_INDEX[f"s{s}.b{b}.dw"])]
                                      for s in range(len(STAGES)) for b in range(MAX_DEPTH)], dtype=np.int64)
 
     def _kept(self, nominal: Any) -> np.ndarray:
@@ -594,14 +627,14 @@ class _CodeTables:
         red = self.red[w_i[:, None], blk, e_i]
         cin, cout = self.cin[w_i], self.cout[w_i]
         h, h_out = self.hw_in[r_i], self.hw_out[r_i]
-        w_exp, w_dw, w_pr = wb[:, slots[:, 0]], wb[:, slots[:, 1]], wb[:, slots[:, 2]]
+        w_exp, w_dw, w_pr, w_se = wb[:, slots[:, 0]], wb[:, slots[:, 1]], wb[:, slots[:, 2]], wb[:, slots[:, 3]]
         M[:] = (D[:, self.block_stage] > self.block_index)[:, :, None] & self.block_rows
         M[:, :, 7] &= cin == cout
         _put(V[..., 0], cin, mid, h, wb=w_exp)  # expand
         _put(V[..., 1], mid, mid, h, k=K, g=mid, wb=w_dw)  # dw
         _put(V[..., 2], mid, mid, h_out)  # se.pool
-        _put(V[..., 3], mid, red, wb=w_dw)  # se.reduce
-        _put(V[..., 4], red, mid, wb=w_dw)  # se.expand
+        _put(V[..., 3], mid, red, wb=w_se)  # se.reduce
+        _put(V[..., 4], red, mid, wb=w_se)  # se.expand
         _put(V[..., 5], mid, mid, h_out)  # se.scale
         _put(V[..., 6], mid, cout, h_out, wb=w_pr)  # project
         _put(V[..., 7], cout, cout, h_out)  # add

@@ -56,8 +56,9 @@ def _check(space: Any, candidate: Candidate) -> tuple[MobileNetSpace, Candidate]
 
 
 def effective_channels(space: MobileNetSpace, candidate: Candidate) -> dict[str, int]:
-    """Physical output channels of every slot layer the candidate has, by slot name (read off the
-    IR, which already applies `pruned_channels`)."""
+    """Physical output channels of every slot layer the candidate has, by layer name (read off the
+    IR, which already applies `pruned_channels`). A layer's name is its slot's, except for the
+    squeeze-excite pair ``<block>.se.reduce`` / ``<block>.se.expand``, which share ``<block>.se``."""
     space, cand = _check(space, candidate)
     return {layer.name: layer.out_channels for layer in space.layers(cand) if layer.slot >= 0}
 

@@ -369,6 +369,7 @@ class CodegenCpuTarget(BuildsMobileNets, Target):
         ops: list[Op] = []
         x = x_in = bufs.get(shape[1:])
         layers = list(net.layers)
+        by_name = {L.name: L for L in layers}
         with_add = {L.name.rsplit(".", 1)[0] for L in layers if L.op == "add"}
         residual: dict[str, np.ndarray] = {}  # block -> its input, kept until the block's add
 
@@ -447,7 +448,7 @@ class CodegenCpuTarget(BuildsMobileNets, Target):
                     st = mean_step(x.reshape(x.shape[0], -1), v, **lib)
                     ops.append(Op(L.name, "dense", "global_pool", st.step, st))
                 if L.name.endswith(".se.pool"):
-                    ops.extend(self._se(modules, prefix, v, x, bufs))
+                    ops.extend(self._se(modules, by_name, prefix, v, x, bufs))
                 else:
                     consumed(x)
                     x = v
@@ -521,19 +522,21 @@ class CodegenCpuTarget(BuildsMobileNets, Target):
                           *[f"{role}:{k.variant.name}" for role, k in (("e", blk.expand), ("p", blk.project)) if k is not None]]), blk.compile_s, blk.cached)
         return op, y
 
-    def _se(self, modules: dict, prefix: str, pooled: np.ndarray, x: np.ndarray, bufs: _Buffers) -> list[Op]:
-        """SE reduce (linear + relu), expand (linear + hsigmoid), then x *= scale in place."""
+    def _se(self, modules: dict, layers: dict, prefix: str, pooled: np.ndarray, x: np.ndarray, bufs: _Buffers) -> list[Op]:
+        """SE reduce (linear + relu), expand (linear + hsigmoid), each with its slot's pattern,
+        then x *= scale in place."""
         from ..kernels.codegen.chain import scale_step
         ops = []
         v = pooled
         for part in ("reduce", "expand"):
             name = f"{prefix}.se.{part}"
             module = modules[name]
-            w, b, _ = _weights(module)
+            w, b, family, pattern, mask = self._conv_weights(layers[name], module)
             w = w.reshape(w.shape[0], -1)
-            k = self._kernel(w, None, "dense", "linear", None, 1, b, _act_name(module))
+            mask = None if mask is None else mask.reshape(w.shape)
+            k = self._kernel(w, mask, pattern, "linear", None, 1, b, _act_name(module))
             y = bufs.get(k.out_shape)
-            ops.append(Op(name, "dense", "linear", k.step(v, y), k, "dense", k.variant.name, k.compile_s, k.cached))
+            ops.append(Op(name, family, "linear", k.step(v, y), k, pattern, k.variant.name, k.compile_s, k.cached))
             bufs.release(v)
             v = y
         st = scale_step(x, v, cc=self.cc, cache_dir=self.cache_dir)

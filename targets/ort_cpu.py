@@ -17,7 +17,7 @@ Build (`OrtCpuTarget.build`), for a candidate of a mobilenet space:
    activation), found by module path = IR layer name. A layer's ``a_bits`` is not used: ONNX
    Runtime's int8 convolutions need int8 activations, and a weight-only int8 layer would run as
    float after dequantization, so a layer runs int8 when ``w_bits <= 8`` and float otherwise
-   (SE convs follow their depthwise slot's bits, as the IR says). Element-wise ops (adds, SE
+   (SE convs follow their own ``se`` slot, as the IR says). Element-wise ops (adds, SE
    multiply, pools) are left to ONNX Runtime, which fuses them into int8 kernels when their
    neighbours are quantized;
 4. an `onnxruntime.InferenceSession`: ORT_ENABLE_ALL (the only fast level: 3.3-4.5x over the

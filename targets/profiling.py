@@ -297,7 +297,11 @@ def _check_metadata(old: dict, new: dict, path: Path) -> None:
     if old.get("protocol") != new["protocol"]:
         problems.append(f"protocol {old.get('protocol')} != {new['protocol']}")
     if old.get("reference") != new.get("reference"):
-        problems.append(f"reference {(old.get('reference') or {}).get('kind', 'none')!r} != {(new.get('reference') or {}).get('kind', 'none')!r}")
+        a, b = old.get("reference") or {}, new.get("reference") or {}
+        if a.get("kind") != b.get("kind"):
+            problems.append(f"reference {a.get('kind', 'none')!r} != {b.get('kind', 'none')!r}")
+        else:  # same kind, another candidate: the space now draws other candidates (e.g. it gained slots)
+            problems.append(f"reference candidate differs ({a.get('kind')!r} of this space is now another candidate)")
     if problems:
         raise ProfileMismatchError(
             f"profile: {path} holds measurements of another setup: " + "; ".join(problems)

@@ -31,8 +31,8 @@ def _small(space, fn, resolution=32):
 
 PLANS = {
     "dense": lambda r, k, c: c,
-    "block8x1": lambda r, k, c: LayerCompression("block8x1", 0.75) if r in ("conv", "project") and k == 1 else c,
-    "unstructured": lambda r, k, c: LayerCompression("unstructured", 0.75) if r in ("conv", "project", "linear") else c,
+    "block8x1": lambda r, k, c: LayerCompression("block8x1", 0.75) if r in ("conv", "project", "se") and k == 1 else c,
+    "unstructured": lambda r, k, c: LayerCompression("unstructured", 0.75) if r in ("conv", "project", "linear", "se") else c,
     "nm2:4": lambda r, k, c: LayerCompression("nm2:4", 0.5) if r in ("conv", "project") else c,
     "kernel_pattern": lambda r, k, c: LayerCompression("kernel_pattern", 0.75) if r == "stem" else c,
     "channel": lambda r, k, c: LayerCompression("channel", 0.5) if r in ("conv", "linear") else c,
@@ -57,6 +57,9 @@ def test_candidate_equals_torch(space, plan):
     families = {op["name"]: op["family"] for op in runnable.plan}
     if plan == "block8x1":
         assert families["s0.b0.expand"] == "block" and families["s0.b0.dw"] == "dense"
+        assert families["s1.b0.se.reduce"] == families["s1.b0.se.expand"] == "block"  # the squeeze-excite slot
+    if plan == "unstructured":
+        assert families["s1.b0.se.reduce"] == "unstructured"
     if plan == "kernel_pattern":
         assert families["stem"] == "kernel_pattern"
     if plan == "channel":

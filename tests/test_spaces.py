@@ -9,7 +9,7 @@ import optuna
 import pytest
 
 from tritune.spaces import Candidate, CompressionMenu, LayerCompression, create, list_spaces, pattern_allowed
-from tritune.spaces.mobilenet import SLOTS, MobileNetSpace
+from tritune.spaces.mobilenet import SLOTS, STAGES, MobileNetSpace
 
 SPACE_NAMES = ["nb201", "mobilenet", "mobilenet-small"]
 
@@ -72,10 +72,11 @@ def test_mobilenet_size_matches_enumeration_on_a_tiny_configuration():
     space = MobileNetSpace(resolutions=(32,), widths=(1.0,), depths=(1, 2), expands=(3,), kernels=(3, 5), compression={"enabled": False})
     enumerated = list(space.enumerate())
     assert len(enumerated) == len(set(enumerated)) == space.size() == (2 + 2**2) ** 5
-    # with compression: 2 choices per slot (dense w8a8, unstructured 50% w8a8) -> 6 fixed slots, 3 per block
+    # with compression: 2 choices per slot (dense w8a8, unstructured 50% w8a8) -> 6 fixed slots, 3 per
+    # block, 4 in the three stages with squeeze-excite
     menu = CompressionMenu(patterns=("dense", "unstructured"), sparsities=(0.5,), w_bits=(8,), a_bits=(8,))
     tiny = MobileNetSpace(resolutions=(32,), widths=(1.0,), depths=(1, 2), expands=(3,), kernels=(3,), compression=menu)
-    assert tiny.size() == 2**6 * (2**3 + 2**6) ** 5
+    assert tiny.size() == 2**6 * (2**3 + 2**6) ** 2 * (2**4 + 2**8) ** 3
     big = create("mobilenet")
     assert math.isclose(big.log10_size(), math.log10(big.size()))
     with pytest.raises(ValueError, match="enumeration limit"):
@@ -88,9 +89,10 @@ def test_mobilenet_layers_follow_the_candidate():
     for _ in range(50):
         c = space.sample(rng)
         layers = space.layers(c)
-        # one layer per active compression slot, carrying that slot's plan
+        # one layer per active compression slot (two for a squeeze-excite slot), carrying that slot's plan
         slotted = [layer for layer in layers if layer.slot >= 0]
-        assert len(slotted) == 6 + 3 * sum(c["depth"])
+        se_blocks = sum(d for d, (*_, se) in zip(c["depth"], STAGES) if se)
+        assert len(slotted) == 6 + 3 * sum(c["depth"]) + 2 * se_blocks
         for layer in slotted:
             plan = c.compression[layer.slot]
             assert (layer.pattern, layer.sparsity, layer.w_bits, layer.a_bits) == (plan.pattern, plan.sparsity, plan.w_bits, plan.a_bits)
@@ -164,3 +166,46 @@ def test_compression_off_gives_architecture_only_space():
     space = MobileNetSpace(compression={"enabled": False})
     c = space.sample(np.random.default_rng(0))
     assert all(x == LayerCompression() for x in c.compression)
+
+
+def test_plans_written_before_squeeze_excite_slots_build_the_same_network():
+    """A plan without the squeeze-excite slots (stored profiles, saved candidates) reads as dense SE
+    layers with the bit-widths of the block's depthwise slot: the network it always meant."""
+    from tritune.spaces.mobilenet import PRE_SE_SLOTS, SLOT_INDEX, with_se_slots
+
+    space = create("mobilenet")
+    rng = np.random.default_rng(11)
+    assert len(SLOTS) - PRE_SE_SLOTS == 4 * sum(se for *_, se in STAGES)
+    assert all(role == "se" for _, role, _ in SLOTS[PRE_SE_SLOTS:])  # appended: older slot indices stay put
+    for _ in range(20):
+        cand = space.sample(rng)
+        old = cand.replace(compression=cand.compression[:PRE_SE_SLOTS])
+        full = with_se_slots(old)
+        assert len(full.compression) == len(SLOTS) and full.compression[:PRE_SE_SLOTS] == old.compression
+        for name, _, _ in SLOTS[PRE_SE_SLOTS:]:
+            se, dw = full.compression[SLOT_INDEX[name]], full.compression[SLOT_INDEX[name.removesuffix(".se") + ".dw"]]
+            assert (se.pattern, se.sparsity, se.w_bits, se.a_bits) == ("dense", 0.0, dw.w_bits, dw.a_bits)
+        assert space.validate(old) == space.validate(full)
+        assert space.layers(old) == space.layers(full)
+        assert np.array_equal(space.encode(old), space.encode(full))
+        (n_old, r_old), (n_full, r_full) = space.layer_codes([old]), space.layer_codes([full])
+        assert np.array_equal(n_old, n_full) and np.array_equal(r_old, r_full)
+        assert with_se_slots(cand) is cand  # full plans pass through
+    with pytest.raises(ValueError, match=f"compression: expected {len(SLOTS)} .* got {PRE_SE_SLOTS - 1}"):
+        space.validate(cand.replace(compression=cand.compression[:PRE_SE_SLOTS - 1]))
+
+
+def test_squeeze_excite_slot_compresses_both_se_layers():
+    space = create("mobilenet")
+    cand = space.validate(space.largest())
+    plan = [LayerCompression("block8x1", 0.75, 8, 8) if role == "se" else c for (_, role, _), c in zip(SLOTS, cand.compression)]
+    layers = {L.name: L for L in space.layers(cand.replace(compression=plan))}
+    for part in ("reduce", "expand"):
+        L = layers[f"s4.b0.se.{part}"]
+        assert (L.pattern, L.sparsity, L.w_bits, L.a_bits, SLOTS[L.slot][0]) == ("block8x1", 0.75, 8, 8, "s4.b0.se")
+    assert layers["s4.b0.dw"].pattern == "dense" and layers["s4.b0.dw"].w_bits == 32
+    # channel pruning would change the width the SE output scales: not a choice for the se role
+    with pytest.raises(ValueError, match="comp:s1.b0.se"):
+        bad = list(plan)
+        bad[SLOTS.index(("s1.b0.se", "se", 1))] = LayerCompression("channel", 0.5)
+        space.validate(cand.replace(compression=bad))
