@@ -2,13 +2,14 @@
 
 The largest architecture of the mobilenet space (width 1.2, depth 4, expand 6; depthwise kernel 7,
 and the same with kernel 3) with
-75% ``block8x1`` sparsity on every 1x1 convolution (squeeze-excite pairs included), at 224 px and 128 px, single thread. Timed in
+75% ``block8x1`` sparsity on every 1x1 convolution (squeeze-excite pairs included), at 224, 192 and 160 px, single thread. Timed in
 one interleaved group (`tritune.targets.measure`): the dense candidate on ``ort-cpu`` (the
 fastest dense library here), the dense candidate on ``codegen-cpu`` and the sparse one on
-``codegen-cpu`` (with and without fused blocks, `tritune.kernels.codegen.fused`). Goal (issue 4): sparse on codegen-cpu >= 2.5x faster than dense on ORT.
+``codegen-cpu`` (with and without fused blocks, `tritune.kernels.codegen.fused`; and with its
+squeeze-excite pairs left dense). Goal (issue 4): sparse on codegen-cpu >= 2.5x faster than dense on ORT.
 Also prints where the sparse model's time goes (each op timed inside whole inferences and alone, grouped by kind).
 
-    python benchmarks/codegen_model.py [--resolutions 224 128] [--pattern block8x1]
+    python benchmarks/codegen_model.py [--resolutions 224 192 160] [--kernels 7 3] [--pattern block8x1]
 
 Writes docs/results/codegen_model.json.
 """
@@ -45,6 +46,12 @@ def dense_plan(candidate):
     return candidate.replace(compression=[LayerCompression() for _ in SLOTS])
 
 
+def without_se(candidate):
+    """The same plan with the squeeze-excite pairs dense (what the space could express before it
+    had slots for them): how much of the speedup the SE pairs bring."""
+    return candidate.replace(compression=[LayerCompression() if role == "se" else c for (_, role, _), c in zip(SLOTS, candidate.compression)])
+
+
 def run(resolution: int, kernel: int, pattern: str, sparsity: float, protocol: Protocol) -> dict:
     space = MobileNetSpace(resolutions=(resolution,), kernels=(kernel,))
     base = space.largest()
@@ -54,12 +61,13 @@ def run(resolution: int, kernel: int, pattern: str, sparsity: float, protocol: P
     r_cgd = cg.build(dense, space=space, name="codegen dense")
     r_cgs = cg.build(sparse, space=space, name=f"codegen {pattern}@{sparsity:g}")
     r_cgu = CodegenCpuTarget(threads=1, fuse_min_bytes=None).build(sparse, space=space, name=f"codegen {pattern}@{sparsity:g}, no fused blocks")
+    r_cge = cg.build(without_se(sparse), space=space, name=f"codegen {pattern}@{sparsity:g}, SE pairs dense")
     x = np.random.default_rng(0).standard_normal(r_cgs.input_shape, dtype=np.float32)
     with torch.no_grad():  # the sparse runnable must compute what torch computes
         from tritune.spaces.mobilenet_net import build_subnet
         ref = build_subnet(space, sparse).eval()(torch.from_numpy(x)).numpy()
     err = float(np.abs(r_cgs.run(x) - ref).max() / np.abs(ref).max())
-    ms = cg.measure([r_ort, r_cgd, r_cgu, r_cgs], protocol=protocol)
+    ms = cg.measure([r_ort, r_cgd, r_cge, r_cgu, r_cgs], protocol=protocol)
     base_ms = ms[0].latency_ms
     rows = [{"model": m.name, "latency_ms": m.latency_ms, "median_ms": m.median_ms, "spread": m.spread,
              "cpu_share": m.cpu_share, "speedup_vs_ort_dense": base_ms / m.latency_ms} for m in ms]

@@ -15,8 +15,9 @@ contenders are timed interleaved with the protocol of `tritune.targets.measure`:
 * ``generated rRxV``: `tritune.kernels.codegen.depthwise` with R output rows x V output vectors
   per register tile; ``r1x4`` is the previous generator's tiling (one row; the stride-2 copy is
   the new one), the same-run baseline for the row-reuse tilings (the default picks 2 or 4 rows, `default_rows`);
-* ``generated packed``: the channel-packed layout, on planes whose output is at most half a
-  vector wide (where `compile_depthwise` picks it by default).
+* ``generated packed``: the channel-packed layout, on planes whose output is at most one vector
+  wide (where `compile_depthwise` picks it by default, `default_packed`, except k = 3 at stride 2
+  on outputs wider than half a vector).
 
 ``--narrow`` runs only those narrow shapes.
 """
@@ -59,7 +60,7 @@ def run_shape(c: int, hw: int, k: int, s: int, protocol: Any, seed: int = 0) -> 
     from tritune.kernels.codegen import vector_width
 
     variants = [(f"generated r{rows}x{vectors}", dict(rows=rows, vectors=vectors, packed=False)) for rows, vectors in TILINGS]
-    if -(-hw // s) <= vector_width() // 2:
+    if -(-hw // s) <= vector_width():
         variants.append(("generated packed", dict(packed=True)))
     for name, opts in variants:
         kern = compile_depthwise(conv.weight, conv.bias, (hw, hw), s, "none", **opts)
@@ -96,14 +97,14 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="three shapes, fewer rounds")
-    ap.add_argument("--narrow", action="store_true", help="only the shapes whose output is at most half a vector wide")
+    ap.add_argument("--narrow", action="store_true", help="only the shapes whose output is at most one vector wide")
     ap.add_argument("--out", type=Path, default=None, help=f"results JSON (default {OUT}; --quick: not written unless given)")
     args = ap.parse_args(argv)
     from tritune.kernels.codegen import vector_width
 
     shapes = [SHAPES[1], SHAPES[5], SHAPES[8]] if args.quick else SHAPES
     if args.narrow:
-        shapes = [sh for sh in shapes if -(-sh[1] // sh[3]) <= vector_width() // 2]
+        shapes = [sh for sh in shapes if -(-sh[1] // sh[3]) <= vector_width()]
     protocol = Protocol(threads=1, warmup=5, rounds=3 if args.quick else 7, runs_per_round=10 if args.quick else 20)
     try:
         from tqdm import tqdm
