@@ -119,6 +119,17 @@ def test_profile_writes_rows_and_resumes_without_rebuilding(tmp_path):
     # numbers without a reference must not be mixed into this profile
     with pytest.raises(ProfileMismatchError, match="reference 'largest' != 'none'"):
         profile(target, space, 5, tmp_path, seed=1, protocol=TINY, group_size=2, progress=False, reference="none")
+    # a profile written before the space had squeeze-excite slots: its reference is another candidate
+    # (and so is everything the seed draws now), so it is not extended; its rows stay as they were
+    from tritune.spaces.mobilenet import PRE_SE_SLOTS
+
+    meta_path, rows_before = tmp_path / METADATA_FILE, (tmp_path / MEASUREMENTS_FILE).read_text()
+    meta = json.loads(meta_path.read_text())
+    meta["reference"]["candidate"]["compression"] = meta["reference"]["candidate"]["compression"][:PRE_SE_SLOTS]
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ProfileMismatchError, match="reference candidate differs"):
+        profile(target, space, 5, tmp_path, seed=1, protocol=TINY, group_size=2, progress=False)
+    assert (tmp_path / MEASUREMENTS_FILE).read_text() == rows_before
     with pytest.raises(ValueError, match="profile.reference: 'median' not allowed; allowed: largest, none"):
         profile(target, space, 5, tmp_path, seed=1, protocol=TINY, progress=False, reference="median")
 
