@@ -291,24 +291,30 @@ class _Writer:
         if self.geo.one_plane:
             self.one_plane_store()
             return
+        self.emit(  # the first n (< VW) lanes: one masked store where the CPU has it
+            "#if defined(__AVX512F__) && VW == 16",
+            "#include <immintrin.h>",
+            "INL void store_first(float *restrict d, const vf v, const int n) { _mm512_mask_storeu_ps(d, (__mmask16)((1u << n) - 1u), (__m512)v); }",
+            "#else",
+            "INL void store_first(float *restrict d, const vf v, const int n) { float t_[VW]; vst(t_, v); for (int i = 0; i < n; ++i) d[i] = t_[i]; }",
+            "#endif",
+        )
         if self.geo.wp == self.geo.out_width:  # no padding columns: the grid is the output
             self.emit(
                 "INL void store_q(float *restrict yrow, const int q, const vf v) {",
                 "if (q + VW <= Q) { vst(yrow + q, v); return; }",
                 "if (q >= Q) return;",
-                "float t_[VW]; vst(t_, v);",
-                "for (int i = 0; i < Q - q; ++i) yrow[q + i] = t_[i];",
+                "store_first(yrow + q, v, Q - q);",
                 "}",
             )
             return
-        self.emit(
+        self.emit(  # padding columns (load-bound kernels): on rows narrower than WP every vector ends in a partial store
             "INL void store_q(float *restrict yrow, const int q, const vf v) {",
             "if (q >= Q) return;",
             "const int yy = q / WP, xx = q - yy * WP;",
             "float *d = yrow + yy * WO + xx;",
             "if (xx + VW <= WO) { vst(d, v); return; }",
-            "float t_[VW]; vst(t_, v);",
-            "for (int i = 0; i < WO - xx; ++i) d[i] = t_[i];",
+            "store_first(d, v, WO - xx);",
             "}",
         )
 
