@@ -23,7 +23,9 @@ to float, the ``weight_mask`` buffer gives the pattern's structure):
 4. blocks whose expanded tensor has at least ``fuse_min_bytes`` (default 1 MiB) run fused
    (`tritune.kernels.codegen.fused`): expand -> depthwise -> project band after band of rows, the
    expanded tensor kept in a ring of rows that stays in L2 (squeeze-excite blocks: expand ->
-   depthwise with its pool); ``fuse_min_bytes=None`` never fuses;
+   depthwise with its pool); the first block, when its input is that large, is fused with the
+   stride-2 stem that produces it (stem -> depthwise -> project, and the residual sum from the
+   ring), so the network's first tensor never exists in full; ``fuse_min_bytes=None`` never fuses;
 5. every op is a C step with one calling convention, and the whole network runs as one
    `OpChain`: one ctypes call per inference, no Python or numpy between ops.
 
@@ -389,17 +391,21 @@ class CodegenCpuTarget(BuildsMobileNets, Target):
             prefix = L.name.rsplit(".", 1)[0].removesuffix(".se")
             if L.name.startswith(f"{prefix}.se.") and L.op != "global_pool":
                 continue  # SE reduce / expand / scale are planned with the SE pool
-            if prefix in with_add and prefix not in residual and L.op in ("conv", "dwconv"):
-                residual[prefix] = x
             if i in skip:
                 continue  # planned inside a fused block
+            if prefix in with_add and prefix not in residual and L.op in ("conv", "dwconv"):
+                residual[prefix] = x
             if i in fused:
                 group = fused[i]
                 after = layers[group[-1] + 1] if group[-1] + 1 < len(layers) else None
                 se_pool = after is not None and after.op == "global_pool" and after.name.endswith(".se.pool")
-                op, y = self._fused_op(modules, [layers[j] for j in group], x, bufs, se_pool, scratch)
+                head = layers[group[0]]
+                stem_add = head.op == "conv" and head.kernel == 3 and after is not None and after.op == "add"
+                op, y = self._fused_op(modules, [layers[j] for j in group], x, bufs, se_pool, scratch, residual=stem_add)
                 ops.append(op)
                 skip.update(group)
+                if stem_add:  # the block's input never exists: its residual sum is part of the fused step
+                    skip.add(group[-1] + 1)
                 consumed(x)
                 x = y
                 fused_pool = op.keep.pooled  # read by the squeeze-excite pool that follows (if any)
@@ -463,8 +469,9 @@ class CodegenCpuTarget(BuildsMobileNets, Target):
 
     def _fusable(self, layers: list) -> dict[int, tuple[int, ...]]:
         """Blocks planned as one fused step (`tritune.kernels.codegen.fused`): index of the first
-        layer -> indices of [expand,] depthwise, project, for blocks without squeeze-excite whose
-        tensor around the depthwise layer (the expanded one) has at least `fuse_min_bytes`."""
+        layer -> indices of [expand or stem,] depthwise, project, for blocks without squeeze-excite
+        whose tensor around the depthwise layer (the expanded one, or the stem's output) has at
+        least `fuse_min_bytes`."""
         from ..kernels.codegen import vector_width
 
         if self.fuse_min_bytes is None:
@@ -477,6 +484,11 @@ class CodegenCpuTarget(BuildsMobileNets, Target):
                 continue
             prefix = L.name.rsplit(".", 1)[0]
             nxt, prev = layers[i + 1], layers[i - 1] if i > 0 else None
+            if (i == 1 and prev.op == "conv" and prev.kernel == 3 and prev.groups == 1 and prev.stride == 2 and self.threads == 1
+                    and L.stride == 1 and one_by_one(nxt) and nxt.name.startswith(prefix + ".") and L.in_w >= vw
+                    and (L.in_h * L.in_w) % vw == 0):  # the network's stem produces the first block's input band by band
+                out[0] = (0, i, i + 1)
+                continue
             expand = i - 1 if one_by_one(prev) and prev.name.startswith(prefix + ".") and L.in_w >= vw else None
             if one_by_one(nxt) and nxt.name.startswith(prefix + ".") and -(-L.in_w // L.stride) >= vw:
                 group = ((expand,) if expand is not None else ()) + (i, i + 1)
@@ -488,11 +500,12 @@ class CodegenCpuTarget(BuildsMobileNets, Target):
         return out
 
     def _fused_op(self, modules: dict, group: list, x: np.ndarray, bufs: _Buffers, se_pool: bool,
-                  scratch: np.ndarray | None) -> tuple[Op, np.ndarray]:
+                  scratch: np.ndarray | None, residual: bool = False) -> tuple[Op, np.ndarray]:
         from ..kernels.codegen.fused import compile_fused_block
 
         dw_at = next(j for j, L in enumerate(group) if L.op == "dwconv")
         dw, expand, proj = group[dw_at], group[:dw_at], group[dw_at + 1:]
+        stem = bool(expand) and expand[0].kernel == 3  # the network's stem, not a 1x1 expand
         packed, act, bias, tile, families = {}, {}, {}, {}, []
         for role, L in (("expand", expand[0] if expand else None), ("project", proj[0] if proj else None)):
             if L is None:
@@ -504,22 +517,27 @@ class CodegenCpuTarget(BuildsMobileNets, Target):
             families.append(family)
             tile[role] = None
             if self.autotune:  # the variant measured fastest for the layer alone, run band by band
-                tile[role] = self._tuned(packed[role], "conv1x1", (L.in_h, L.in_w), 1, b, act[role]).variant
+                kind = "conv3x3" if role == "expand" and stem else "conv1x1"
+                tile[role] = self._tuned(packed[role], kind, (L.in_h, L.in_w), L.stride, b, act[role]).variant
         if proj and act["project"] != "none":
             raise ValueError(f"codegen-cpu: layer {proj[0].name}: a fused block's project layer has activation {act['project']!r}; allowed: none")
         wd, bd, _ = _weights(modules[dw.name])
-        blk = compile_fused_block(packed["expand"], wd, (x.shape[1], x.shape[2]), dw.stride, packed["project"],
-                                  expand_bias=bias["expand"], expand_act=act["expand"] or "none", dw_bias=bd,
-                                  dw_act=_act_name(modules[dw.name]), project_bias=bias["project"], pool=se_pool,
-                                  expand_tile=tile["expand"], project_tile=tile["project"], scratch=scratch, threads=self.threads,
-                                  cache_dir=self.cache_dir, cc=self.cc)
+        producer = {"stem": packed["expand"], "stem_stride": expand[0].stride, "stem_bias": bias["expand"], "stem_act": act["expand"],
+                    "stem_tile": tile["expand"], "residual": residual} if stem else {
+                    "expand_bias": bias["expand"], "expand_act": act["expand"] or "none", "expand_tile": tile["expand"]}
+        blk = compile_fused_block(None if stem else packed["expand"], wd, (x.shape[1], x.shape[2]), dw.stride, packed["project"],
+                                  dw_bias=bd, dw_act=_act_name(modules[dw.name]), project_bias=bias["project"], pool=se_pool,
+                                  project_tile=tile["project"], scratch=scratch, threads=self.threads, cache_dir=self.cache_dir,
+                                  cc=self.cc, **producer)
         y = bufs.get(blk.out_shape)
         family = next((f for f in families if f != "dense"), "dense")
         pattern = next((L.pattern for L in group if L.op == "conv" and L.sparsity > 0), "dense")
         name = dw.name.rsplit(".", 1)[0]
         op = Op(name, family, "fused_block", blk.step(x.reshape(blk.in_shape), y), blk, pattern,
-                " ".join([f"{'e' if expand else ''}dw{dw.kernel}s{dw.stride}{'p' if proj else ''}{'+pool' if se_pool else ''}", f"r{blk.rows}",
-                          *[f"{role}:{k.variant.name}" for role, k in (("e", blk.expand), ("p", blk.project)) if k is not None]]), blk.compile_s, blk.cached)
+                " ".join([f"{('s' if stem else 'e') if expand else ''}dw{dw.kernel}s{dw.stride}{'p' if proj else ''}{'+pool' if se_pool else ''}"
+                          f"{'+res' if residual else ''}", f"r{blk.rows}",
+                          *[f"{role}:{k.variant.name}" for role, k in (("s", blk.stem), ("e", blk.expand), ("p", blk.project)) if k is not None]]),
+                blk.compile_s, blk.cached)
         return op, y
 
     def _se(self, modules: dict, layers: dict, prefix: str, pooled: np.ndarray, x: np.ndarray, bufs: _Buffers) -> list[Op]:

@@ -12,7 +12,7 @@ from tritune.kernels.codegen.fused import band_rows, compile_fused_block
 from tritune.kernels.formats import pack
 from tritune.kernels.patterns import make_mask
 from tritune.spaces import LayerCompression, create
-from tritune.spaces.mobilenet import SLOTS
+from tritune.spaces.mobilenet import SLOTS, MobileNetSpace
 from tritune.spaces.mobilenet_net import build_subnet, input_shape
 from tritune.targets.codegen_cpu import CodegenCpuTarget
 
@@ -156,6 +156,28 @@ def test_candidate_with_fused_blocks_equals_torch(pattern):
     assert _rel(fused.run(x), ref) <= 1e-4
 
 
+@pytest.mark.parametrize("autotune", [False, True])
+def test_candidate_with_a_fused_stem_equals_torch(autotune):
+    """With a stride-2 stem, the first block runs fused with it (its residual sum included) and
+    the network still computes what torch computes."""
+    space = MobileNetSpace(resolutions=(64,), widths=(1.0,), depths=(1,), expands=(3,), kernels=(3,))
+    cand = space.smallest()
+    plan = [LayerCompression("block8x1", 0.75) if role in ("conv", "project", "se") and k == 1 else c
+            for (_, role, k), c in zip(SLOTS, cand.compression)]
+    cand = space.validate(cand.replace(compression=plan))
+    x = torch.randn(input_shape(space, cand), generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        ref = build_subnet(space, cand)(x).numpy()
+    fused = CodegenCpuTarget(fuse_min_bytes=0, autotune=autotune).build(cand, space=space)
+    first = [op for op in fused.plan if op["name"] == "first"]
+    assert len(first) == 1 and first[0]["variant"].startswith("sdw3s1p+res")
+    assert not any(op["name"] in ("stem", "first.add") for op in fused.plan)
+    for _ in range(2):
+        assert _rel(fused.run(x), ref) <= 1e-4
+    if autotune:
+        assert " s:t" in first[0]["variant"]  # the stem's measured tile is recorded
+
+
 def test_autotuned_fused_blocks_use_the_measured_tiles():
     space = create("mobilenet-small")
     base = space.smallest().replace(arch={"resolution": 64})
@@ -193,3 +215,42 @@ def test_blocks_sharing_a_scratch_buffer_stay_correct():
     for _ in range(2):
         for blk, x, ref in zip(blocks, xs, refs):
             assert _rel(blk.run(x), ref) <= 1e-4
+
+
+@pytest.mark.parametrize("c,e,o,hw,s,pattern,rows", [(3, 16, 24, (64, 64), 2, "dense", 0), (3, 24, 16, (96, 80), 2, "kernel_pattern", 3),
+                                                     (5, 16, 16, (34, 32), 2, "block4x1", 1), (3, 16, 16, (66, 64), 2, "dense", 2)])
+def test_fused_block_with_a_stem_equals_torch(c, e, o, hw, s, pattern, rows):
+    """A 3x3 stem produces the depthwise input band by band (the network's first tensor never
+    exists): stem -> depthwise -> project (+ the residual sum with the stem output, read from the
+    ring, when the widths agree) equals torch, twice (the stem restages its input on the first
+    band of every run); bad shapes are refused with the field named."""
+    ho, wo = -(-hw[0] // s), -(-hw[1] // s)
+    if wo < vector_width() or (ho * wo) % vector_width():
+        pytest.skip("this CPU's vector width does not divide the stem output")
+    rng = np.random.default_rng(3)
+    stem = _packed(pattern, (e, c, 3, 3), 0.75, 4)
+    project = _packed("block8x1", (o, e, 1, 1), 0.5, 5)
+    dw = rng.standard_normal((e, 1, 3, 3)).astype(np.float32)
+    bs, bd, bp = (rng.standard_normal(n).astype(np.float32) for n in (e, e, o))
+    residual = o == e
+    blk = compile_fused_block(None, dw, hw, 1, project, stem=stem, stem_stride=s, stem_bias=bs, stem_act="hswish", dw_bias=bd,
+                              dw_act="hswish", project_bias=bp, rows=rows, residual=residual)
+    assert blk.stem is not None and blk.expand is None and blk.in_shape == (c, *hw)
+    x = aligned_empty((c, *hw))
+    x[:] = rng.standard_normal((c, *hw))
+    t = torch.from_numpy(x)[None].double()
+    t0 = F.hardswish(F.conv2d(t, torch.from_numpy(stem.unpack()).double(), torch.from_numpy(bs).double(), s, 1))
+    t = F.hardswish(F.conv2d(t0, torch.from_numpy(dw).double(), torch.from_numpy(bd).double(), 1, 1, groups=e))
+    ref = F.conv2d(t, torch.from_numpy(project.unpack()).double(), torch.from_numpy(bp).double())
+    ref = (ref + t0 if residual else ref)[0].numpy()
+    for _ in range(2):
+        out = np.full(blk.out_shape, np.nan, dtype=np.float32)
+        assert _rel(blk.run(x, out), ref) <= 1e-4
+    with pytest.raises(ValueError, match="stem, expand: both given"):
+        compile_fused_block(project, dw, hw, 1, project, stem=stem)
+    with pytest.raises(ValueError, match="in_hw: .* whole number"):
+        compile_fused_block(None, dw, (34, 34), 1, project, stem=stem, stem_stride=2)
+    with pytest.raises(ValueError, match="stem_stride 1 not allowed; allowed: threads=1, stem_stride 2"):
+        compile_fused_block(None, dw, hw, 1, project, stem=stem, stem_stride=1)
+    with pytest.raises(ValueError, match="residual: allowed only"):  # the output has other channels than the stem
+        compile_fused_block(None, dw, hw, 1, _packed("dense", (e + 8, e, 1, 1), 0.0, 6), stem=stem, residual=True)

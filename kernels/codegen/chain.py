@@ -112,9 +112,15 @@ void tt_matvec(void *xv, void *yv, void *pv) {
    row is computed once. p = {expand band fn (0: none, the depthwise reads x: ring = x, RB = H),
    its ws, depthwise band fn, its ws, project band fn (0: none, the depthwise writes y), its ws,
    ring, band buffer, H, W, HO, WO, S, K, R, RB, ring channel stride, band buffer channel stride,
-   G}: expanded rows are computed in multiples of G rows (G * W a multiple of the SIMD width, RB a
-   multiple of G), so every run starts on a vector boundary. */
+   G, producer kind, residual channels}: expanded rows are computed in multiples of G rows (G * W a
+   multiple of the SIMD width, RB a multiple of G), so every run starts on a vector boundary.
+   Producer kind 0: the expand entry is a 1x1 band function (rows of x in place); 1: a 3x3 rows
+   function (a stem: it reads the whole x and writes output positions qs .. qe), H and W are then
+   its output's. Residual channels > 0 (stride 1, producer of the output's channel count): the
+   block's residual sum with the produced rows, read from the ring, since with a stem the block
+   input never exists in full. */
 typedef void (*tt_band1x1)(const float *, float *, float *, long);
+typedef void (*tt_rows3x3)(const float *, float *, float *, long, long);
 typedef void (*tt_banddw)(const float *, float *, float *, const long *);
 void tt_mbconv(void *xv, void *yv, void *pv) {
     const long *p = pv;
@@ -122,7 +128,7 @@ void tt_mbconv(void *xv, void *yv, void *pv) {
     const tt_banddw fd = (tt_banddw)p[2];
     float *we = (float *)p[1], *wd = (float *)p[3], *wp = (float *)p[5], *ring = (float *)p[6], *band = (float *)p[7];
     const long H = p[8], W = p[9], HO = p[10], WO = p[11], S = p[12], K = p[13], R = p[14], RB = p[15];
-    const long ldr = p[16], ldb = p[17], G = p[18];
+    const long ldr = p[16], ldb = p[17], G = p[18], kind = p[19], res = p[20];
     const float *x = xv;
     float *y = yv;
     long done = fe ? 0 : H; /* expanded rows computed so far */
@@ -133,12 +139,19 @@ void tt_mbconv(void *xv, void *yv, void *pv) {
         if (need > H) need = H;
         while (done < need) { /* new rows, in runs that do not wrap around the ring */
             const long slot = done % RB, n = need - done < RB - slot ? need - done : RB - slot;
-            fe(x + done * W, ring + slot * W, we, n * W);
+            if (kind == 1) ((tt_rows3x3)p[0])(x, ring + slot * W, we, done * W, (done + n) * W);
+            else fe(x + done * W, ring + slot * W, we, n * W);
             done += n;
         }
         const long dp[5] = {yo0, nr, RB, ldr, fp ? ldb : HO * WO};
         fd(src, fp ? band : y + yo0 * WO, wd, dp);
         if (fp) fp(band, y + yo0 * WO, wp, nr * WO);
+        for (long c = 0; c < res; c++) /* rows yo0 .. yo0 + nr are still in the ring: the band read them */
+            for (long j = 0; j < nr; j++) {
+                const float *restrict rr = ring + c * ldr + ((yo0 + j) % RB) * W;
+                float *restrict yy = y + c * HO * WO + (yo0 + j) * WO;
+                for (long i = 0; i < WO; i++) yy[i] += rr[i];
+            }
     }
 }
 

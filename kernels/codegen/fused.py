@@ -10,7 +10,10 @@ Lin et al. 2021, applied to one block at a time).
 
 The kernels are the layer kernels of `tritune.kernels.codegen` compiled for bands: the 1x1 ones
 with channel strides (`compile_layer(channel_strides=...)`, entry ``tt_band``), the depthwise
-one with a one-band workspace (`compile_depthwise(band=...)`). The driver loop is C
+one with a one-band workspace (`compile_depthwise(band=...)`). The network's first block can
+take the stride-2 stem as its producer instead of an expand layer (entry ``tt_rows`` of a 3x3
+kernel: runs of output rows written into the ring), adding its residual from the ring, so the
+stem's output is never written in full either. The driver loop is C
 (``tt_mbconv`` of `tritune.kernels.codegen.chain.elementwise`), so a fused block is one step of an
 `OpChain`.
 """
@@ -72,6 +75,8 @@ class FusedBlock:
     _band: np.ndarray = field(repr=False)
     _params: np.ndarray = field(repr=False)
     _lib: Any = field(repr=False)
+    #: the 3x3 convolution producing the depthwise input instead of an expand layer (a stem)
+    stem: CompiledKernel | None = None
 
     @property
     def pooled(self) -> np.ndarray | None:
@@ -80,11 +85,11 @@ class FusedBlock:
 
     @property
     def compile_s(self) -> float:
-        return sum(k.compile_s for k in (self.expand, self.depthwise, self.project) if k is not None)
+        return sum(k.compile_s for k in (self.stem, self.expand, self.depthwise, self.project) if k is not None)
 
     @property
     def cached(self) -> bool:
-        return all(k.cached for k in (self.expand, self.depthwise, self.project) if k is not None)
+        return all(k.cached for k in (self.stem, self.expand, self.depthwise, self.project) if k is not None)
 
     def _checked(self, x: Any, out: Any) -> tuple[np.ndarray, np.ndarray]:
         for what, arr, shape in (("x", x, self.in_shape), ("out", out, self.out_shape)):
@@ -110,7 +115,9 @@ def compile_fused_block(expand: PackedWeight | None, dw_weight: Any, in_hw: tupl
                         project: PackedWeight | None = None, *, expand_bias: Any = None, expand_act: str = "none",
                         dw_bias: Any = None, dw_act: str = "none", project_bias: Any = None, pool: bool = False, rows: int = 0,
                         expand_tile: Any = None, project_tile: Any = None, scratch: np.ndarray | None = None,
-                        threads: int = 1, cache_dir: Any = None, cc: str | None = None) -> FusedBlock:
+                        stem: PackedWeight | None = None, stem_stride: int = 2, stem_bias: Any = None, stem_act: str = "none",
+                        stem_tile: Any = None, residual: bool = False, threads: int = 1, cache_dir: Any = None,
+                        cc: str | None = None) -> FusedBlock:
     """Compile expand (packed ``[E, C, 1, 1]``; None: the block starts with the depthwise layer)
     -> depthwise (``[E, 1, k, k]``, stride 1/2, 'same' padding) -> project (packed
     ``[O, E, 1, 1]``, no activation; None: the block ends with the depthwise layer, e.g. before a
@@ -121,21 +128,37 @@ def compile_fused_block(expand: PackedWeight | None, dw_weight: Any, in_hw: tupl
     ``scratch``: a float32 buffer (`new_scratch`) the ring and band buffer are carved from when it
     is large enough -- blocks of one network run one after another and can share it, so it stays
     in L2 from block to block.
+    ``stem`` (packed ``[E, C, 3, 3]``, instead of ``expand``): a full 3x3 convolution (stride
+    ``stem_stride`` = 2, padding 1, ``stem_bias`` / ``stem_act`` fused, single thread) computes the
+    depthwise input band by band, so the network's first tensor never exists in full; ``in_hw``
+    is then the stem's input size, and its output must be a whole number of SIMD vectors.
+    ``residual`` (with a stem, stride 1, as many output channels as the stem): the block adds its
+    input, which then never exists in full, to its output band by band, from the ring.
     Every width (input, and output with a
     project) must be at least one SIMD vector."""
-    h, w = (int(v) for v in in_hw)
+    if stem is not None and expand is not None:
+        raise ValueError("stem, expand: both given; allowed: one producer of the depthwise input (a 3x3 stem or a 1x1 expand)")
+    if stem is not None and (threads != 1 or stem_stride != 2):  # stride 1 stages one shared plane, whose grid is not the output
+        raise ValueError(f"stem: threads {threads}, stem_stride {stem_stride!r} not allowed; allowed: threads=1, stem_stride 2")
+    x_hw = tuple(int(v) for v in in_hw)
+    h, w = x_hw if stem is None else ((x_hw[0] + stem_stride - 1) // stem_stride, (x_hw[1] + stem_stride - 1) // stem_stride)
     vw = compiler.vector_width(cc)
+    if stem is not None and (h * w) % vw:
+        raise ValueError(f"in_hw: {in_hw!r} not allowed with a stem; allowed: a stem output of a whole number of {vw}-float vectors")
     dw = np.asarray(dw_weight.detach().cpu().numpy() if hasattr(dw_weight, "detach") else dw_weight, dtype=np.float32)
-    if expand is None and project is None:
+    producer = expand if stem is None else stem
+    if producer is None and project is None:
         raise ValueError("expand, project: both None; allowed: at least one 1x1 layer to fuse with the depthwise one")
-    if dw.ndim != 4 or (expand is not None and dw.shape[0] != expand.shape[0]):
+    if dw.ndim != 4 or (producer is not None and dw.shape[0] != producer.shape[0]):
         raise ValueError(f"dw_weight: shape {dw.shape} not allowed; allowed: [E, 1, k, k], one filter per expanded channel")
     e, k = dw.shape[0], dw.shape[2]
     ho, wo = (h + stride - 1) // stride, (w + stride - 1) // stride
-    if (expand is not None and w < vw) or (project is not None and wo < vw):
+    if (producer is not None and w < vw) or (project is not None and wo < vw):
         raise ValueError(f"in_hw: {in_hw!r} not allowed; allowed: input width >= {vw} and, with a project layer, output width >= {vw} (one SIMD vector)")
     if project is not None and (len(project.shape) != 4 or project.shape[1] != e):
         raise ValueError(f"project: shape {project.shape} not allowed; allowed: [O, {e}, 1, 1]")
+    if residual and (stem is None or stride != 1 or project is None or project.shape[0] != e):
+        raise ValueError("residual: allowed only with a stem, depthwise stride 1 and a project layer with as many outputs as the stem")
     if pool and project is not None:
         raise ValueError("pool: not allowed with a project layer; allowed: pool=True only when the block ends with the depthwise layer")
     if isinstance(rows, bool) or not isinstance(rows, (int, np.integer)) or rows < 0:
@@ -147,9 +170,15 @@ def compile_fused_block(expand: PackedWeight | None, dw_weight: Any, in_hw: tupl
     rb = _round_up((r - 1) * stride + k + g - 1, g)
     ldr, ldb = _round_up(rb * w, vw), _round_up(r * wo, vw)
     opts = dict(threads=threads, cache_dir=cache_dir, cc=cc)
-    k_exp = None
+    k_exp = k_stem = None
     if expand is not None:
         k_exp = compile_layer(expand, "conv1x1", (h, w), 1, expand_bias, expand_act, expand_tile, channel_strides=(h * w, ldr), **opts)
+    elif stem is not None:
+        k_stem = compile_layer(stem, "conv3x3", x_hw, stem_stride, stem_bias, stem_act, stem_tile,
+                               channel_strides=(x_hw[0] * x_hw[1], ldr), **opts)
+        if not k_stem.rows_fn:
+            raise ValueError(f"stem: its kernel has no rows entry ({k_stem.geometry.mode} layout, grid {k_stem.geometry.wp} wide); "
+                             "allowed: a 3x3 layer whose grid is its output")
     else:  # the depthwise layer reads the block input in place
         rb, ldr = h, h * w
     k_dw = compile_depthwise(dw, dw_bias, (h, w), stride, dw_act, cache_dir=cache_dir, cc=cc, band=r, pool=bool(pool))
@@ -159,7 +188,7 @@ def compile_fused_block(expand: PackedWeight | None, dw_weight: Any, in_hw: tupl
     for kern, what in ((k_exp, "expand"), (k_proj, "project")):
         if kern is not None and not kern.band_fn:
             raise ValueError(f"{what}: its kernel has no band entry ({kern.geometry.mode} layout); allowed: a 1x1 layer in the direct layout")
-    n_ring, n_band = (e * ldr if k_exp else 0), (e * ldb if k_proj else 0)
+    n_ring, n_band = (e * ldr if producer is not None else 0), (e * ldb if k_proj else 0)
     if scratch is not None and scratch.size >= n_ring + n_band:  # blocks run one after another: share it
         ring, band = scratch[:n_ring], scratch[n_ring:n_ring + n_band]
     else:
@@ -173,11 +202,13 @@ def compile_fused_block(expand: PackedWeight | None, dw_weight: Any, in_hw: tupl
     def ws(kern: Any) -> int:
         return 0 if kern is None else int(kern._ws.ctypes.data)
 
-    params = np.array([entry(k_exp), ws(k_exp), entry(k_dw), ws(k_dw), entry(k_proj), ws(k_proj), ring.ctypes.data,
-                       band.ctypes.data, h, w, ho, wo, stride, k, r, rb, ldr, ldb, g], dtype=np.int64)
-    in_c = expand.shape[1] if expand is not None else e
+    first = (int(k_stem.rows_fn), ws(k_stem)) if k_stem is not None else (entry(k_exp), ws(k_exp))
+    params = np.array([*first, entry(k_dw), ws(k_dw), entry(k_proj), ws(k_proj), ring.ctypes.data,
+                       band.ctypes.data, h, w, ho, wo, stride, k, r, rb, ldr, ldb, g, int(k_stem is not None), e if residual else 0],
+                      dtype=np.int64)
+    in_c = producer.shape[1] if producer is not None else e
     out_c = project.shape[0] if project is not None else e
-    return FusedBlock(k_exp, k_dw, k_proj, r, (in_c, h, w), (out_c, ho, wo), ring, band, params, elementwise(cc, cache_dir))
+    return FusedBlock(k_exp, k_dw, k_proj, r, (in_c, *x_hw), (out_c, ho, wo), ring, band, params, elementwise(cc, cache_dir), k_stem)
 
 
 __all__ = ["FusedBlock", "BAND_BUDGET", "band_rows", "compile_fused_block", "new_scratch"]

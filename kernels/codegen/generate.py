@@ -119,6 +119,7 @@ class _Writer:
     def __init__(self, geo: Geometry, low: Lowered, variants: list[Variant], bias: np.ndarray | None, act: str,
                  threads: int, vw: int, channel_strides: tuple[int, int] | None = None) -> None:
         self.geo, self.low, self.variants, self.bias, self.act, self.threads, self.vw = geo, low, variants, bias, act, threads, vw
+        self.channel_strides = channel_strides
         self.ldx, self.ldy = channel_strides or (geo.hw, geo.out_pixels)
         self.out: list[str] = []
 
@@ -469,15 +470,17 @@ class _Writer:
             return f"(int)ROWMAP[b * {R} + {r}]"
         return f"(b * {R} + {r})"
 
-    def block_fn(self, var: Variant, nv: int, rp: int) -> str:
+    def block_fn(self, var: Variant, nv: int, rp: int, rows: bool = False) -> str:
         """``blk_<variant>_<nv>_<rp>(xs, y, pt, q0, b, kt)``: rows ``b*R .. b*R+rp`` at positions
-        ``q0 .. q0 + nv*VW`` for K tile ``kt``; partial sums go to ``y`` (direct) or ``pt``."""
+        ``q0 .. q0 + nv*VW`` for K tile ``kt``; partial sums go to ``y`` (direct) or ``pt``.
+        ``rows``: the row-band version (`rows_entry`), one more argument ``qs``: position ``q``
+        is stored at ``q - qs`` of each output channel (``LDY`` floats apart), unclipped."""
         vw, sets, geo = self.vw, var.unroll, self.geo
         n_kt = self.n_ktiles(var)
         T = self.tile(var)
-        name = f"blk_{var.name}_{nv}_{rp}"
+        name = f"blk_{var.name}_{nv}_{rp}" + ("_r" if rows else "")
         self.emit(f"INL void {name}(const float *restrict xs, float *restrict y, float *restrict pt, const int q0, "
-                  "const int b, const int kt) {",
+                  f"const int b, const int kt{', const long qs' if rows else ''}) {{",
                   "const vf z_ = {0}; (void)kt; (void)pt;", *self.declare(sets, rp, nv),
                   *[f"const int row{r}_ = {self.row_of(r)};" for r in range(rp)])
 
@@ -506,23 +509,27 @@ class _Writer:
                 val = f"act_v({self.acc(0, r, v)} + {bias})"
                 if geo.mode == "direct":
                     self.emit(f"vst(y + (size_t)row{r}_ * LDY + q0 + {v * vw}, {val});")
+                elif rows:
+                    self.emit(f"vst(y + (size_t)row{r}_ * LDY + (q0 - qs) + {v * vw}, {val});")
                 else:
                     self.emit(f"store_q(y + (size_t)row{r}_ * HWO, q0 + {v * vw}, {val});")
         self.emit("}")
         return name
 
-    def tile_fn(self, var: Variant, nv: int) -> str:
-        """``tile_<variant>_<nv>(xs, y, pt, q0)``: every row at positions ``q0 .. q0 + nv*VW``."""
+    def tile_fn(self, var: Variant, nv: int, rows: bool = False) -> str:
+        """``tile_<variant>_<nv>(xs, y, pt, q0)``: every row at positions ``q0 .. q0 + nv*VW``
+        (``rows``: the row-band version, `block_fn`)."""
         full, last = self.block_rows()
         R = self.rows_per_tile
-        fns = [(self.block_fn(var, nv, R), f"for (int b = 0; b < {full}; ++b)", "b")] if full else []
+        fns = [(self.block_fn(var, nv, R, rows), f"for (int b = 0; b < {full}; ++b)", "b")] if full else []
         if last:
-            fns.append((self.block_fn(var, nv, last), "", str(full)))
-        name = f"tile_{var.name}_{nv}"
-        self.emit(f"static void {name}(const float *restrict xs, float *restrict y, float *restrict pt, const int q0) {{",
+            fns.append((self.block_fn(var, nv, last, rows), "", str(full)))
+        name = f"tile_{var.name}_{nv}" + ("_r" if rows else "")
+        qs = ", const long qs" if rows else ""
+        self.emit(f"static void {name}(const float *restrict xs, float *restrict y, float *restrict pt, const int q0{qs}) {{",
                   f"for (int kt = 0; kt < {self.n_ktiles(var)}; ++kt) {{")
         for fn, loop, b in fns:
-            self.emit(f"{loop} {fn}(xs, y, pt, q0, {b}, kt);")
+            self.emit(f"{loop} {fn}(xs, y, pt, q0, {b}, kt{', qs' if rows else ''});")
         self.emit("}", "}")
         return name
 
@@ -561,6 +568,22 @@ class _Writer:
         self.emit(f"void tt_run_{var.name}(const float *restrict x, float *restrict y, float *restrict ws) {{",
                   *self.fill_empty_rows(), "stage(x, ws);", self.par(),
                   f"for (int t = 0; t < {n_tiles}; ++t) {fn}(ws, y, {pt}, t * {T});", "}")
+        if self.channel_strides:
+            self.rows_entry(var)
+
+    def rows_entry(self, var: Variant) -> None:
+        """``tt_rows_<variant>(x, y, ws, qs, qe)``: output positions ``qs .. qe`` (whole rows, both
+        multiples of VW) of every channel into ``y`` (``LDY`` floats apart, position ``qs`` first),
+        staging the input when ``qs == 0``: the producer of a fused block (a stem), called for
+        successive runs of rows from the first."""
+        T = self.tile(var)
+        tiled = self.n_ktiles(var) > 1
+        pt = "ws + PT_OFF" if tiled else "0"
+        big, one = self.tile_fn(var, var.nv, rows=True), self.tile_fn(var, 1, rows=True)
+        self.emit(f"void tt_rows_{var.name}(const float *restrict x, float *restrict y, float *restrict ws, long qs, long qe) {{",
+                  "if (qs == 0) stage(x, ws);", "long q = qs;",
+                  f"for (; q + {T} <= qe; q += {T}) {big}(ws, y, {pt}, (int)q, qs);",
+                  f"for (; q < qe; q += VW) {one}(ws, y, {pt}, (int)q, qs);", "}")
 
     # ----- narrow (a few pixels): scalar loops the compiler vectorises over rows ----------------------
     def narrow_bsr(self, var: Variant) -> None:
@@ -635,9 +658,11 @@ def generate(geo: Geometry, low: Lowered, variants: list[Variant], *, bias: np.n
              threads: int = 1, vector_width: int = 16, channel_strides: tuple[int, int] | None = None) -> str:
     """The C source of a layer with one ``tt_run_<variant.name>`` per variant (names must differ).
 
-    ``channel_strides``: (input, output) floats between channels, direct layout only (default:
-    the pixel counts). With them a direct kernel reads and writes a band of rows inside larger
-    tensors; ``tt_band_<variant>(x, y, ws, npix)`` computes the first ``npix`` (>= VW) pixels."""
+    ``channel_strides``: (input, output) floats between channels (default: the pixel counts).
+    With them a direct kernel (1x1) reads and writes a band of rows inside larger tensors:
+    ``tt_band_<variant>(x, y, ws, npix)`` computes the first ``npix`` (>= VW) pixels; a staged
+    3x3 kernel whose grid is its output (single thread; input stride H*W) writes runs of its
+    output rows: ``tt_rows_<variant>(x, y, ws, qs, qe)`` (`_Writer.rows_entry`)."""
     if not variants:
         raise ValueError("variants: at least one variant is required")
     names = [v.name for v in variants]
@@ -648,10 +673,12 @@ def generate(geo: Geometry, low: Lowered, variants: list[Variant], *, bias: np.n
     for var in variants:
         check_variant(geo, low, var)
     if channel_strides is not None:
-        if geo.mode != "direct":
-            raise ValueError(f"channel_strides: only for the direct layout (1x1 layers); this layer is {geo.mode}")
         ldx, ldy = (int(v) for v in channel_strides)
         if ldx < 1 or ldy < 1:
             raise ValueError(f"channel_strides: {channel_strides!r} not allowed; allowed: two positive integers")
+        rows_ok = geo.kind == "conv3x3" and geo.mode == "staged" and geo.wp == geo.out_width and ldx == geo.hw and threads == 1
+        if geo.mode != "direct" and not rows_ok:
+            raise ValueError(f"channel_strides: only for the direct layout (1x1 layers) and, as (H*W, output stride), for single-thread "
+                             f"3x3 layers whose grid is their output; this layer is {geo.mode}")
         channel_strides = (ldx, ldy)
     return _Writer(geo, low, list(variants), bias, act, threads, vector_width, channel_strides).source()

@@ -136,6 +136,9 @@ class CompiledKernel:
     #: address of ``tt_band_<variant>(x, y, ws, npix)`` (direct 1x1 layouts; 0 otherwise): the
     #: entry a fused block calls for each band of rows
     band_fn: int = field(default=0, repr=False)
+    #: address of ``tt_rows_<variant>(x, y, ws, qs, qe)`` (3x3 layers compiled with channel
+    #: strides; 0 otherwise): runs of output rows, the producer of a fused block
+    rows_fn: int = field(default=0, repr=False)
     _fn: Any = field(default=None, repr=False)
     _ws: np.ndarray | None = field(default=None, repr=False)
     _cdll: Any = field(default=None, repr=False)
@@ -208,6 +211,8 @@ def load(build: Build, lib: compiler.Library, variant: Variant, source: str) -> 
     fn.restype = None
     band = getattr(cdll, f"tt_band_{variant.name}", None)
     band_fn = fn_address(band) if band is not None else 0
+    rows = getattr(cdll, f"tt_rows_{variant.name}", None)
+    rows_fn = fn_address(rows) if rows is not None else 0
     ws = aligned_empty((int(cdll.tt_workspace_floats()),))
     ws[:] = 0.0
     geo = build.geo
@@ -218,7 +223,7 @@ def load(build: Build, lib: compiler.Library, variant: Variant, source: str) -> 
     return CompiledKernel(
         geometry=geo, pattern=build.packed.pattern, variant=variant, compile_s=lib.compile_s,
         source_hash=hashlib.sha256(source.encode()).hexdigest(), library=str(lib.path), threads=build.threads,
-        act=build.act, in_shape=in_shape, out_shape=out_shape, cached=not lib.compiled, band_fn=band_fn, _fn=fn, _ws=ws,
+        act=build.act, in_shape=in_shape, out_shape=out_shape, cached=not lib.compiled, band_fn=band_fn, rows_fn=rows_fn, _fn=fn, _ws=ws,
         _cdll=cdll,
     )
 
@@ -235,10 +240,11 @@ def compile_layer(packed: PackedWeight, kind: str, in_hw: tuple[int, int] | None
     measures instead); ``threads``: OpenMP threads inside the call. Patterns: every family of
     `tritune.kernels.formats` (dense and channel run through the block kernel with full 8x1
     blocks); kernel_pattern only for conv3x3. ``channel_strides``: (input, output) floats between
-    channels, for 1x1 kernels that run on bands of rows inside larger tensors (`band_fn`)."""
+    channels, for 1x1 kernels that run on bands of rows inside larger tensors (`band_fn`), and
+    (H*W, output stride) for 3x3 layers that produce runs of rows into one (`rows_fn`)."""
     build = prepare(packed, kind, in_hw, stride, bias, act, threads, cc)
     if channel_strides is not None:
-        if build.geo.mode == "staged":  # bands start anywhere in a row: read in place, unaligned
+        if build.geo.mode == "staged":  # 1x1: bands start anywhere in a row, read in place; 3x3: the grid is the output
             geo = geometry(kind, packed.shape, in_hw, stride, build.vector_width, aligned=False)
             build = replace(build, geo=geo, low=lower(packed, geo))
         build = replace(build, channel_strides=tuple(int(v) for v in channel_strides))
