@@ -87,6 +87,37 @@ _ACT = {
 }
 
 
+#: ``load_part(p, n)`` / ``store_part(p, v, n)``: the first ``n`` (<= VW) floats of a vector, the
+#: rest of a loaded vector zero; one masked load / store on AVX-512 (never touching memory past
+#: ``p + n``), a copy through the stack elsewhere. For rows and planes that are not a whole number
+#: of vectors (generated 3x3 and depthwise kernels).
+PARTIAL_VECTORS = r"""
+#if defined(__AVX512F__) && VW == 16
+#include <immintrin.h>
+#endif
+INL vf load_part(const float *restrict p, int n) {
+    if (n == VW) return vld(p);
+#if defined(__AVX512F__) && VW == 16
+    return (vf)_mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1u), p);
+#else
+    float t[VW] = {0};
+    memcpy(t, p, (size_t)n * sizeof(float));
+    return vld(t);
+#endif
+}
+INL void store_part(float *restrict p, vf v, int n) {
+    if (n == VW) { vst(p, v); return; }
+#if defined(__AVX512F__) && VW == 16
+    _mm512_mask_storeu_ps(p, (__mmask16)((1u << n) - 1u), (__m512)v);
+#else
+    float t[VW];
+    vst(t, v);
+    memcpy(p, t, (size_t)n * sizeof(float));
+#endif
+}
+"""
+
+
 def activation(act: str) -> str:
     vec, scalar = _ACT[act]
     return f"INL vf act_v(vf v) {{ {vec} }}\nINL float act_s(float v) {{ {scalar} }}\n"

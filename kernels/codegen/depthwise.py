@@ -22,7 +22,7 @@ import numpy as np
 
 from . import compiler
 from .chain import CStep, fn_address
-from .csource import activation, float_array, prelude
+from .csource import PARTIAL_VECTORS, activation, float_array, prelude
 from .plan import ACTIVATIONS
 from .runtime import aligned_empty
 
@@ -341,7 +341,8 @@ def _packed_source(weight: np.ndarray, bias: np.ndarray, in_hw: tuple[int, int],
     wt = wt.reshape(groups, vw, k * k).transpose(0, 2, 1)  # [group][tap][lane]
     bs = np.zeros(groups * vw, dtype=np.float32)
     bs[:C] = bias
-    return "#include <immintrin.h>\n" + prelude(vw) + activation(act) + float_array("WT", wt.reshape(-1)) + float_array("BS", bs) + _transpose_source(vw) + f"""
+    return (prelude(vw) + PARTIAL_VECTORS + activation(act) + float_array("WT", wt.reshape(-1)) + float_array("BS", bs)
+            + _transpose_source(vw)) + f"""
 #define C {C}
 #define G {groups}
 #define H {H}
@@ -359,29 +360,6 @@ def _packed_source(weight: np.ndarray, bias: np.ndarray, in_hw: tuple[int, int],
 long tt_workspace_floats(void) {{ return POOL_OFF + (POOL ? G * VW : 0); }}
 long tt_pool_offset(void) {{ return POOL ? POOL_OFF : -1; }}
 int tt_abi_version(void) {{ return 1; }}
-
-/* the first n (<= VW) floats at p, zeros after: a masked load where the CPU has one (never reads past p + n) */
-INL vf load_part(const float *restrict p, int n) {{
-    if (n == VW) return vld(p);
-#if defined(__AVX512F__) && VW == 16
-    return (vf)_mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1u), p);
-#else
-    float t[VW] = {{0}};
-    memcpy(t, p, (size_t)n * sizeof(float));
-    return vld(t);
-#endif
-}}
-
-INL void store_part(float *restrict p, vf v, int n) {{
-    if (n == VW) {{ vst(p, v); return; }}
-#if defined(__AVX512F__) && VW == 16
-    _mm512_mask_storeu_ps(p, (__mmask16)((1u << n) - 1u), (__m512)v);
-#else
-    float t[VW];
-    vst(t, v);
-    memcpy(p, t, (size_t)n * sizeof(float));
-#endif
-}}
 
 void tt_run(const float *restrict x, float *restrict y, float *restrict ws) {{
     float *restrict outb = ws + OUT_OFF; /* the group's output pixel vectors, [HO * WO][VW] */

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .csource import ABI_VERSION, activation, float_array, int_array, prelude
+from .csource import ABI_VERSION, PARTIAL_VECTORS, activation, float_array, int_array, prelude
 from .plan import Bsr, Geometry, KernelPattern, Lowered, Nm
 
 #: Most accumulator vectors one tile may hold (AVX-512 has 32 vector registers; the rest hold
@@ -292,20 +292,13 @@ class _Writer:
         if self.geo.one_plane:
             self.one_plane_store()
             return
-        self.emit(  # the first n (< VW) lanes: one masked store where the CPU has it
-            "#if defined(__AVX512F__) && VW == 16",
-            "#include <immintrin.h>",
-            "INL void store_first(float *restrict d, const vf v, const int n) { _mm512_mask_storeu_ps(d, (__mmask16)((1u << n) - 1u), (__m512)v); }",
-            "#else",
-            "INL void store_first(float *restrict d, const vf v, const int n) { float t_[VW]; vst(t_, v); for (int i = 0; i < n; ++i) d[i] = t_[i]; }",
-            "#endif",
-        )
+        self.emit(PARTIAL_VECTORS)  # store_part: a row's last, partial vector in one masked store
         if self.geo.wp == self.geo.out_width:  # no padding columns: the grid is the output
             self.emit(
                 "INL void store_q(float *restrict yrow, const int q, const vf v) {",
                 "if (q + VW <= Q) { vst(yrow + q, v); return; }",
                 "if (q >= Q) return;",
-                "store_first(yrow + q, v, Q - q);",
+                "store_part(yrow + q, v, Q - q);",
                 "}",
             )
             return
@@ -315,7 +308,7 @@ class _Writer:
             "const int yy = q / WP, xx = q - yy * WP;",
             "float *d = yrow + yy * WO + xx;",
             "if (xx + VW <= WO) { vst(d, v); return; }",
-            "store_first(d, v, WO - xx);",
+            "store_part(d, v, WO - xx);",
             "}",
         )
 
