@@ -553,14 +553,18 @@ class _Writer:
 
     def staged(self, var: Variant) -> None:
         T = self.tile(var)
-        n_tiles = -(-self.geo.q // T)
+        # whole tiles, then the grid's last vectors as one smaller tile: no vector past the grid
+        # is computed (3x3 128x128 at 14x14, block4x1: 5 + 5 + 3 vectors instead of 3 x 5)
+        n_tiles, tail = divmod(-(-self.geo.q // self.vw), var.nv)
         fn = self.tile_fn(var, var.nv)
         tiled = self.n_ktiles(var) > 1
         thread = "omp_get_thread_num()" if self.threads > 1 else "0"
         pt = f"ws + PT_OFF + (size_t){thread} * CO * {T}" if tiled else "0"
+        pt0 = "ws + PT_OFF" if tiled else "0"
         self.emit(f"void tt_run_{var.name}(const float *restrict x, float *restrict y, float *restrict ws) {{",
                   *self.fill_empty_rows(), "stage(x, ws);", self.par(),
-                  f"for (int t = 0; t < {n_tiles}; ++t) {fn}(ws, y, {pt}, t * {T});", "}")
+                  f"for (int t = 0; t < {n_tiles}; ++t) {fn}(ws, y, {pt}, t * {T});",
+                  f"{self.tile_fn(var, tail)}(ws, y, {pt0}, {n_tiles * T});" if tail else "", "}")
         if self.channel_strides:
             self.rows_entry(var)
 
