@@ -139,17 +139,20 @@ def test_tile_variants_match(cache, pattern, shape, kind, in_hw, stride, tile):
 
 
 @pytest.mark.parametrize("pattern,shape,kind,in_hw,tile", [
-    ("block4x1", (19, 7, 3, 3), "conv3x3", (13, 14), Variant(5, 1, 0)),  # 12 vectors: 5 + 5 + a 2-vector tail
-    ("block8x1", (16, 21, 3, 3), "conv3x3", (7, 9), Variant(3, 1, 63)),  # 4 vectors: 3 + 1, K tiles
+    ("block4x1", (19, 7, 3, 3), "conv3x3", (13, 14), Variant(5, 1, 0)),  # 12 vectors: 4 + 4 + 4
+    ("block8x1", (16, 21, 3, 3), "conv3x3", (7, 9), Variant(3, 1, 63)),  # 4 vectors: 2 + 2, K tiles
     ("kernel_pattern", (20, 9, 3, 3), "conv3x3", (5, 5), Variant(3, 1, 0)),  # aligned rows: 5 vectors, 3 + 2
-    ("unstructured", (37, 150, 1, 1), "conv1x1", (9, 9), Variant(4, 1, 48)),  # staged 1x1: 6 vectors, 4 + 2
+    ("unstructured", (37, 150, 1, 1), "conv1x1", (9, 9), Variant(4, 1, 48)),  # staged 1x1: 6 vectors, 3 + 3
+    ("unstructured", (37, 150, 1, 1), "conv1x1", (28, 28), Variant(8, 1, 64)),  # direct: 49 vectors, 7 x 7
+    ("block4x1", (30, 70, 1, 1), "conv1x1", (13, 16), Variant(4, 1, 0)),  # direct: 13 vectors, 4 + 3 + 3 + 3
 ])
-def test_staged_grid_ends_in_a_smaller_tile(cache, pattern, shape, kind, in_hw, tile):
-    """A staged grid whose vectors are not a multiple of the tile ends in one smaller tile (no
-    vector past the grid is computed); every output is still written, and right."""
+def test_grid_splits_into_even_tiles(cache, pattern, shape, kind, in_hw, tile):
+    """A grid whose vectors are not a multiple of the tile is cut into tiles as even as possible
+    (no vector past the grid, no one-vector tail); every output is still written, and right."""
     packed = _layer(pattern, shape, 0.78 if pattern == "kernel_pattern" else 0.75, seed=7)
     kernel = _check(packed, kind, in_hw, cache, act="relu", tile=tile)
-    assert kernel.geometry.mode == "staged" and (-(-kernel.geometry.q // cc_mod.vector_width())) % tile.nv
+    geo = kernel.geometry
+    assert (-(-geo.q // cc_mod.vector_width())) % tile.nv
     x = np.random.default_rng(2).standard_normal(kernel.in_shape).astype(np.float32)
     out = np.full(kernel.out_shape, np.nan, dtype=np.float32)
     kernel.run(x, out)

@@ -59,9 +59,11 @@ def candidate_variants(geo: Geometry, low: Lowered, vector_width: int) -> list[V
     vectors = max(1, -(-positions // vector_width))
 
     def balanced(nv: int) -> int:
-        """At most ``nv`` vectors per tile, tiles of equal size (staged layers compute whole tiles)."""
+        """The widest tile the generator makes of at most ``nv`` vectors (it cuts the grid into
+        tiles as even as possible, `generate._Writer.tile_loops`): variants that would run the
+        same tiles get one name."""
         nv = max(1, min(nv, vectors))
-        return -(-vectors // -(-vectors // nv)) if geo.mode == "staged" else nv
+        return -(-vectors // -(-vectors // nv))
 
     if rows >= 2:
         nvs = sorted({max(1, min(n, MAX_ACCUMULATORS // rows)) for n in (8 // rows or 1, 16 // rows or 1, 24 // rows or 1)})
