@@ -160,6 +160,44 @@ def test_grid_splits_into_even_tiles(cache, pattern, shape, kind, in_hw, tile):
     np.testing.assert_array_equal(out, kernel.run(x))
 
 
+@pytest.mark.parametrize("pattern,shape,in_hw,tile", [
+    ("unstructured", (37, 150, 1, 1), (16, 16), Variant(2, 4, 0, True)),  # direct: 16 vectors, 2 x 8
+    ("unstructured", (37, 150, 1, 1), (12, 12), Variant(4, 1, 48, True)),  # direct, K tiles, 9 vectors: 3 x 3
+    ("unstructured", (37, 150, 1, 1), (9, 11), Variant(4, 2, 0, True)),  # staged rows (99 px): last vectors part / past the row
+    ("nm2:4", (21, 150, 1, 1), (13, 13), Variant(2, 2, 40, True)),  # staged, K tiles
+    ("gather_scatter", (19, 64, 1, 1), (8, 8), Variant(3, 1, 0, True)),
+    ("block4x1", (30, 70, 1, 1), (13, 14), Variant(3, 1, 0, True)),  # direct, unaligned: an overlapping last vector
+])
+def test_packed_tile_panels_match_torch(cache, pattern, shape, in_hw, tile):
+    """Packed variants copy each tile's input columns into a contiguous panel first and read only
+    the panel (the staged layout packs straight from the caller's rows and skips staging)."""
+    packed = _layer(pattern, shape, 0.75, seed=5)
+    _check(packed, "conv1x1", in_hw, cache, act="relu", tile=tile)  # with a bias
+    kernel = compile_layer(packed, "conv1x1", in_hw, act="relu", tile=tile, cache_dir=cache)
+    assert kernel.variant.name.endswith("p")
+    x = np.random.default_rng(4).standard_normal(kernel.in_shape).astype(np.float32)
+    out = np.full(kernel.out_shape, np.nan, dtype=np.float32)
+    kernel.run(x, out)
+    np.testing.assert_allclose(out, _reference(packed, "conv1x1", x, None, 1, "relu"), rtol=0, atol=1e-4 * np.abs(out).max())
+    x2 = np.random.default_rng(5).standard_normal(kernel.in_shape).astype(np.float32)  # a new input: a new panel
+    np.testing.assert_allclose(kernel.run(x2), _reference(packed, "conv1x1", x2, None, 1, "relu"), rtol=0,
+                               atol=1e-4 * np.abs(out).max())
+
+
+def test_packing_is_refused_where_it_does_not_apply(cache):
+    with pytest.raises(ValueError, match="variant.pack"):
+        Variant(2, 1, 0, "yes")
+    with pytest.raises(ValueError, match="tile.pack"):
+        compile_layer(_layer("block4x1", (8, 6, 3, 3), 0.5, seed=1), "conv3x3", (8, 8), tile=Variant(2, 1, 0, True), cache_dir=cache)
+    with pytest.raises(ValueError, match="tile.pack"):
+        compile_layer(_layer("block4x1", (8, 6), 0.5, seed=1), "linear", tile=Variant(1, 1, 0, True), cache_dir=cache)
+    with pytest.raises(ValueError, match="channel_strides"):
+        compile_layer(_layer("unstructured", (8, 6, 1, 1), 0.5, seed=1), "conv1x1", (4, 8), tile=Variant(2, 1, 0, True),
+                      channel_strides=(32, 40), cache_dir=cache)
+    assert Variant.coerce({"nv": 2, "pack": True}) == Variant(2, 1, 0, True)
+    assert Variant(2, 4, 0, True).name == "t2u4k0p" and Variant(2, 4, 0, True).to_json()["pack"] is True
+
+
 def test_large_layer_and_aligned_buffers(cache):
     packed = _layer("block8x1", (128, 128, 1, 1), 0.9, seed=5)
     kernel = compile_layer(packed, "conv1x1", (14, 16), cache_dir=cache)
@@ -279,5 +317,11 @@ def test_threads_give_the_same_result(cache):
     threaded = compile_layer(packed, "conv1x1", (9, 9), tile=Variant(2, 1, 24), threads=2, cache_dir=cache)
     assert threaded.geometry.mode == "direct"
     x = np.random.default_rng(3).standard_normal(threaded.in_shape).astype(np.float32)
+    ref = _reference(packed, "conv1x1", x, None, 1, "none")
+    assert np.abs(threaded.run(x) - ref).max() <= REL_TOL * np.abs(ref).max()
+    # packed panels, one per thread
+    packed = _layer("unstructured", (30, 70, 1, 1), 0.75, seed=10)
+    threaded = compile_layer(packed, "conv1x1", (12, 16), tile=Variant(2, 2, 32, True), threads=2, cache_dir=cache)
+    x = np.random.default_rng(4).standard_normal(threaded.in_shape).astype(np.float32)
     ref = _reference(packed, "conv1x1", x, None, 1, "none")
     assert np.abs(threaded.run(x) - ref).max() <= REL_TOL * np.abs(ref).max()

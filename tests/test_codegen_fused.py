@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from tritune.kernels.codegen import aligned_empty, compile_layer, compiler_available, vector_width
 from tritune.kernels.codegen.depthwise import compile_depthwise
 from tritune.kernels.codegen.fused import band_rows, compile_fused_block
+from tritune.kernels.codegen.generate import Variant
 from tritune.kernels.formats import pack
 from tritune.kernels.patterns import make_mask
 from tritune.spaces import LayerCompression, create
@@ -74,6 +75,23 @@ def test_fused_block_equals_torch(case):
     if o is None:  # the squeeze-excite pool, summed over the bands
         assert np.allclose(blk.pooled, ref.reshape(e, -1).mean(axis=1), rtol=1e-4, atol=1e-5)
     assert _rel(blk.run(x), ref) <= 1e-4  # a second run starts from a clean ring
+
+
+def test_fused_block_runs_a_packed_tile_unpacked():
+    """A variant tuned for the layer alone may pack tile panels; band kernels read their rows in
+    place, so the block runs it unpacked (same tiles) instead of refusing it."""
+    if 24 < vector_width():
+        pytest.skip("widths below this CPU's vector width are not fused")
+    rng = np.random.default_rng(3)
+    expand, project = _packed("unstructured", (24, 8, 1, 1), 0.5, 1), _packed("unstructured", (16, 24, 1, 1), 0.5, 2)
+    dw = rng.standard_normal((24, 1, 3, 3)).astype(np.float32)
+    be, bd, bp = (rng.standard_normal(n).astype(np.float32) for n in (24, 24, 16))
+    tile = Variant(2, 2, 0, True)
+    blk = compile_fused_block(expand, dw, (20, 24), 1, project, expand_bias=be, expand_act="relu", dw_bias=bd, dw_act="hswish",
+                              project_bias=bp, expand_tile=tile, project_tile=tile)
+    x = aligned_empty((8, 20, 24))
+    x[:] = rng.standard_normal((8, 20, 24))
+    assert _rel(blk.run(x), _reference(x, expand, be, dw, bd, 1, project, bp)) <= 1e-4
 
 
 def test_fused_block_without_expand():

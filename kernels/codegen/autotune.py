@@ -31,7 +31,7 @@ from .plan import Geometry, KernelPattern, Lowered
 from .runtime import CompiledKernel, aligned_empty, load, prepare
 
 #: Timing protocol of the autotuner (layers run 10 us - 5 ms; this costs ~0.1-1 s per layer).
-TUNE_PROTOCOL = {"warmup": 3, "rounds": 3, "runs_per_round": 5}
+TUNE_PROTOCOL = {"warmup": 3, "rounds": 5, "runs_per_round": 5}
 RECORD_VERSION = 1
 
 
@@ -51,7 +51,8 @@ class TuneResult:
 
 
 def candidate_variants(geo: Geometry, low: Lowered, vector_width: int) -> list[Variant]:
-    """The tilings worth timing for this layer (at most about six)."""
+    """The tilings worth timing for this layer (at most six; ten for one-row kernels, which also
+    try packed input panels)."""
     if geo.mode == "narrow":
         return [Variant(1, 1), Variant(1, 4)] if rows_per_tile(low) < 4 else [Variant(1, 1), Variant(1, 2)]
     rows = rows_per_tile(low)
@@ -65,26 +66,31 @@ def candidate_variants(geo: Geometry, low: Lowered, vector_width: int) -> list[V
         nv = max(1, min(nv, vectors))
         return -(-vectors // -(-vectors // nv))
 
+    # (nv, unroll, K tiles: "both" = with and without an L1-sized K tile / "l1" / "none", pack)
     if rows >= 2:
         nvs = sorted({max(1, min(n, MAX_ACCUMULATORS // rows)) for n in (8 // rows or 1, 16 // rows or 1, 24 // rows or 1)})
-        shapes = [(nv, 1) for nv in nvs]
+        shapes = [(nv, 1, "both", False) for nv in nvs]
         if isinstance(low, KernelPattern) and rows * nvs[0] * 2 <= MAX_ACCUMULATORS:
-            shapes.append((nvs[0], 2))
-    else:
-        shapes = [(8, 1), (4, 2), (4, 1)]
+            shapes.append((nvs[0], 2, "both", False))
+        limit = 6
+    else:  # one load per FMA: packed panels win on wide layers (kernels benchmark), not on 128-channel ones
+        shapes = [(8, 1, "both", False), (4, 2, "both", False), (4, 1, "both", False),
+                  (2, 4, "none", True), (4, 2, "none", True), (4, 1, "l1", True), (8, 1, "l1", True)]
+        limit = 10
     out: list[Variant] = []
-    for nv, unroll in shapes:
+    for nv, unroll, k_tiles, pack in shapes:
         nv = balanced(nv)
         kt = l1_k_tile(geo, low, nv * vector_width)
-        for k_tile in ((kt, 0) if kt else (0,)):
-            var = Variant(nv, unroll, k_tile)
+        options = {"both": (kt, 0), "l1": (kt,), "none": (0,)}[k_tiles] if kt else (0,)
+        for k_tile in options:
+            var = Variant(nv, unroll, k_tile, pack)
             try:
                 check_variant(geo, low, var)
             except ValueError:
                 continue
             if var not in out:
                 out.append(var)
-    return out[:6]
+    return out[:limit]
 
 
 def _record_path(cache: Path, key: str) -> Path:

@@ -20,7 +20,7 @@ stem's output is never written in full either. The driver loop is C
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -29,6 +29,7 @@ from ..formats import PackedWeight
 from . import compiler
 from .chain import CStep, address, elementwise
 from .depthwise import DepthwiseKernel, compile_depthwise
+from .generate import Variant
 from .runtime import CompiledKernel, aligned_empty, compile_layer
 
 #: Bytes the ring and the band buffer may take together: about the 1 MiB L2 of this CPU less
@@ -170,6 +171,8 @@ def compile_fused_block(expand: PackedWeight | None, dw_weight: Any, in_hw: tupl
     rb = _round_up((r - 1) * stride + k + g - 1, g)
     ldr, ldb = _round_up(rb * w, vw), _round_up(r * wo, vw)
     opts = dict(threads=threads, cache_dir=cache_dir, cc=cc)
+    # band kernels read their rows in place: a tuned variant that packs tile panels runs unpacked
+    expand_tile, project_tile = (None if t is None else replace(Variant.coerce(t), pack=False) for t in (expand_tile, project_tile))
     k_exp = k_stem = None
     if expand is not None:
         k_exp = compile_layer(expand, "conv1x1", (h, w), 1, expand_bias, expand_act, expand_tile, channel_strides=(h * w, ldr), **opts)
