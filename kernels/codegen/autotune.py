@@ -51,7 +51,7 @@ class TuneResult:
 
 
 def candidate_variants(geo: Geometry, low: Lowered, vector_width: int) -> list[Variant]:
-    """The tilings worth timing for this layer (at most six; ten for one-row kernels, which also
+    """The tilings worth timing for this layer (at most eight; ten for one-row kernels, which also
     try packed input panels)."""
     if geo.mode == "narrow":
         return [Variant(1, 1), Variant(1, 4)] if rows_per_tile(low) < 4 else [Variant(1, 1), Variant(1, 2)]
@@ -68,11 +68,13 @@ def candidate_variants(geo: Geometry, low: Lowered, vector_width: int) -> list[V
 
     # (nv, unroll, K tiles: "both" = with and without an L1-sized K tile / "l1" / "none", pack)
     if rows >= 2:
-        nvs = sorted({max(1, min(n, MAX_ACCUMULATORS // rows)) for n in (8 // rows or 1, 16 // rows or 1, 24 // rows or 1)})
+        # one vector too: the narrowest input tile stays in L1 (block8x1 on 512x512 at 56x56: 3.4 ms
+        # at three vectors, 1.6 ms at one; kernels benchmark)
+        nvs = sorted({1} | {max(1, min(n, MAX_ACCUMULATORS // rows)) for n in (8 // rows or 1, 16 // rows or 1, 24 // rows or 1)})
         shapes = [(nv, 1, "both", False) for nv in nvs]
         if isinstance(low, KernelPattern) and rows * nvs[0] * 2 <= MAX_ACCUMULATORS:
             shapes.append((nvs[0], 2, "both", False))
-        limit = 6
+        limit = 8
     else:  # one load per FMA: packed panels win on wide layers (kernels benchmark), not on 128-channel ones
         shapes = [(8, 1, "both", False), (4, 2, "both", False), (4, 1, "both", False),
                   (2, 4, "none", True), (4, 2, "none", True), (4, 1, "l1", True), (8, 1, "l1", True)]
