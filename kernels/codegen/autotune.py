@@ -30,7 +30,7 @@ from .generate import MAX_ACCUMULATORS, Variant, check_variant, l1_k_tile, rows_
 from .plan import Geometry, KernelPattern, Lowered
 from .runtime import CompiledKernel, aligned_empty, load, prepare
 
-#: Timing protocol of the autotuner (layers run 10 us - 5 ms; this costs ~0.1-1 s per layer).
+#: Timing protocol of the autotuner (layers run 10 us - 15 ms; compiling included, 0.2-6 s per layer in the kernels benchmark).
 TUNE_PROTOCOL = {"warmup": 3, "rounds": 5, "runs_per_round": 5}
 RECORD_VERSION = 1
 

@@ -591,7 +591,7 @@ class _Writer:
         thread = "omp_get_thread_num()" if self.threads > 1 else "0"
         pt = f"ws + PT_OFF + (size_t){thread} * CO * {T}" if tiled else "0"
         pk = f", ws + PK_OFF + (size_t){thread} * K * {T}" if var.pack else ""
-        pk0 = f", ws + PK_OFF" if var.pack else ""
+        pk0 = ", ws + PK_OFF" if var.pack else ""
         lines, start = [], 0
         for size, count in ((base + 1, extra), (base, tiles - extra)):
             if count:
@@ -631,7 +631,7 @@ class _Writer:
     def staged(self, var: Variant) -> None:
         # no vector past the grid is computed (3x3 128x128 at 14x14, block4x1: 5 + 4 + 4 vectors, not 3 x 5)
         self.emit(f"void tt_run_{var.name}(const float *restrict x, float *restrict y, float *restrict ws) {{",
-                  *self.fill_empty_rows(), *(("",) if var.pack else ("stage(x, ws);",)),
+                  *self.fill_empty_rows(), "" if var.pack else "stage(x, ws);",
                   *self.tile_loops(var, -(-self.geo.q // self.vw), "x" if var.pack else "ws"), "}")
         if self.channel_strides:
             self.rows_entry(var)
