@@ -579,54 +579,56 @@ class _Writer:
         return lines + ["}"]
 
     # ----- entry points -----------------------------------------------------------------------------
+    def scratch(self, var: Variant, per_thread: bool = True) -> tuple[str, str]:
+        """A tile call's scratch arguments: the K-tile partial sums (``0``: not K-tiled) and, for
+        packed variants, ``, <input panel>`` (after ``q0``). ``per_thread``: the calling OpenMP
+        thread's (inside a parallel loop); otherwise the first thread's."""
+        T = self.tile(var)
+        thread = "omp_get_thread_num()" if per_thread and self.threads > 1 else ""
+        pt = ("ws + PT_OFF" + (f" + (size_t){thread} * CO * {T}" if thread else "")) if self.n_ktiles(var) > 1 else "0"
+        pk = (", ws + PK_OFF" + (f" + (size_t){thread} * K * {T}" if thread else "")) if var.pack else ""
+        return pt, pk
+
     def tile_loops(self, var: Variant, n_vectors: int, xs: str) -> list[str]:
         """Loops computing output vectors ``0 .. n_vectors`` in tiles of at most ``var.nv`` vectors,
         as even as possible (49 vectors at nv=8: 7 x 7, not 6 x 8 + 1; 13 at nv=4: 4 + 3 x 3):
         a narrow last tile runs its entry loop for few FMAs (unstructured 256x256 at 14x14 spent
         ~15 % of its time on a one-vector tail)."""
-        vw, T = self.vw, self.tile(var)
+        vw = self.vw
         tiles = -(-n_vectors // var.nv)
         base, extra = divmod(n_vectors, tiles)
-        tiled = self.n_ktiles(var) > 1
-        thread = "omp_get_thread_num()" if self.threads > 1 else "0"
-        pt = f"ws + PT_OFF + (size_t){thread} * CO * {T}" if tiled else "0"
-        pk = f", ws + PK_OFF + (size_t){thread} * K * {T}" if var.pack else ""
-        pk0 = ", ws + PK_OFF" if var.pack else ""
         lines, start = [], 0
         for size, count in ((base + 1, extra), (base, tiles - extra)):
             if count:
                 fn = self.tile_fn(var, size)
                 if count > 1:
+                    pt, pk = self.scratch(var)
                     lines += [self.par(), f"for (int t = 0; t < {count}; ++t) {fn}({xs}, y, {pt}, {start * vw} + t * {size * vw}{pk});"]
                 else:
-                    lines.append(f"{fn}({xs}, y, {'ws + PT_OFF' if tiled else '0'}, {start * vw}{pk0});")
+                    pt, pk = self.scratch(var, per_thread=False)
+                    lines.append(f"{fn}({xs}, y, {pt}, {start * vw}{pk});")
                 start += size * count
         return lines
 
     def direct(self, var: Variant) -> None:
         vw, T = self.vw, self.tile(var)
         hw = self.geo.hw
-        if var.pack:  # no band entry (bands read in place)
-            tail = f"{self.tile_fn(var, 1)}(x, y, {'ws + PT_OFF' if self.n_ktiles(var) > 1 else '0'}, {hw - vw}, ws + PK_OFF);"
-            self.emit(f"void tt_run_{var.name}(const float *restrict x, float *restrict y, float *restrict ws) {{",
-                      *self.fill_empty_rows(), *self.tile_loops(var, hw // vw, "x"), tail if hw % vw else "", "}")
-            return
-        names = {nv: self.tile_fn(var, nv) for nv in sorted({var.nv, 1})}
-        tiled = self.n_ktiles(var) > 1
-        thread = "omp_get_thread_num()" if self.threads > 1 else "0"
-        pt = f"ws + PT_OFF + (size_t){thread} * CO * {T}" if tiled else "0"
-        pt0 = "ws + PT_OFF" if tiled else "0"
+        pt0, pk0 = self.scratch(var, per_thread=False)
+        one = self.tile_fn(var, 1)
         self.emit(f"void tt_run_{var.name}(const float *restrict x, float *restrict y, float *restrict ws) {{",
                   "(void)ws;", *self.fill_empty_rows(), *self.tile_loops(var, hw // vw, "x"),
                   # a last part vector overlaps the one before (recomputes a few pixels)
-                  f"{names[1]}(x, y, {pt0}, {hw - vw});" if hw % vw else "", "}")
+                  f"{one}(x, y, {pt0}, {hw - vw}{pk0});" if hw % vw else "", "}")
+        if var.pack:  # no band entry: bands read their rows in place
+            return
         # the same over the first npix (>= VW) pixels of each row: one band of rows of a fused block
+        big, (pt, _) = self.tile_fn(var, var.nv), self.scratch(var)
         self.emit(f"void tt_band_{var.name}(const float *restrict x, float *restrict y, float *restrict ws, long npix) {{",
                   "(void)ws;", *self.fill_empty_rows("npix"), f"const long nt_ = npix / {T};", self.par(),
-                  f"for (long t = 0; t < nt_; ++t) {names[var.nv]}(x, y, {pt}, (int)(t * {T}));",
+                  f"for (long t = 0; t < nt_; ++t) {big}(x, y, {pt}, (int)(t * {T}));",
                   f"long q_ = nt_ * {T};",
-                  f"for (; q_ + VW <= npix; q_ += VW) {names[1]}(x, y, {pt0}, (int)q_);",
-                  f"if (q_ < npix) {names[1]}(x, y, {pt0}, (int)(npix - VW));", "}")
+                  f"for (; q_ + VW <= npix; q_ += VW) {one}(x, y, {pt0}, (int)q_);",
+                  f"if (q_ < npix) {one}(x, y, {pt0}, (int)(npix - VW));", "}")
 
     def staged(self, var: Variant) -> None:
         # no vector past the grid is computed (3x3 128x128 at 14x14, block4x1: 5 + 4 + 4 vectors, not 3 x 5)
@@ -642,8 +644,7 @@ class _Writer:
         staging the input when ``qs == 0``: the producer of a fused block (a stem), called for
         successive runs of rows from the first."""
         T = self.tile(var)
-        tiled = self.n_ktiles(var) > 1
-        pt = "ws + PT_OFF" if tiled else "0"
+        pt, _ = self.scratch(var, per_thread=False)  # single thread
         big, one = self.tile_fn(var, var.nv, rows=True), self.tile_fn(var, 1, rows=True)
         self.emit(f"void tt_rows_{var.name}(const float *restrict x, float *restrict y, float *restrict ws, long qs, long qe) {{",
                   "if (qs == 0) stage(x, ws);", "long q = qs;",
