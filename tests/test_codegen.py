@@ -100,15 +100,16 @@ def test_kernel_matches_dense_torch(cache, pattern, opts, shape, kind, in_hw, st
 
 
 @pytest.mark.parametrize("pattern,opts,shape,in_hw,tile", [
-    ("block8x1", {}, (24, 13, 3, 3), (9, 15), None),  # rows W + 1 = 16 floats: one vector per grid row
-    ("block4x1", {}, (19, 7, 3, 3), (6, 17), Variant(3, 1, 0)),  # a partial block row; vectors straddle grid rows
-    ("block8x1", {}, (16, 21, 3, 3), (11, 40), Variant(2, 1, 63)),  # K tiles (partial sums in the workspace)
-    ("block16x1", {}, (32, 5, 3, 3), (5, 31), Variant(1, 1, 0)),
+    ("block2x2", {}, (24, 13, 3, 3), (9, 15), None),  # rows W + 1 = 16 floats: one vector per grid row
+    ("block4x2", {}, (19, 7, 3, 3), (6, 17), Variant(3, 1, 0)),  # a partial block row; vectors straddle grid rows
+    ("block4x2", {}, (16, 21, 3, 3), (11, 40), Variant(2, 1, 64)),  # K tiles (partial sums in the workspace)
+    ("kernel_pattern", {"share": 4}, (32, 5, 3, 3), (5, 31), Variant(1, 1, 0)),
     ("kernel_pattern", {"share": 8}, (20, 9, 3, 3), (7, 23), None),
 ])
 def test_one_plane_3x3_layout_matches_torch_and_writes_every_output(cache, pattern, opts, shape, in_hw, tile):
-    """Stride-1 3x3 kernels that share loads stage one plane with a shared zero column; the lane
-    on that column is dropped when stored, so no output is skipped or shifted."""
+    """Stride-1 3x3 kernels that share loads (and are not read in place, see the masked layout)
+    stage one plane with a shared zero column; the lane on that column is dropped when stored, so
+    no output is skipped or shifted."""
     packed = _layer(pattern, shape, 0.78 if pattern == "kernel_pattern" else 0.75, seed=sum(shape), **opts)
     kernel = _check(packed, "conv3x3", in_hw, cache, act="relu", tile=tile)
     assert kernel.geometry.one_plane and kernel.geometry.wp == in_hw[1] + 1
@@ -117,9 +118,57 @@ def test_one_plane_3x3_layout_matches_torch_and_writes_every_output(cache, patte
     kernel.run(x, out)
     assert np.isfinite(out).all()
     # narrow rows (a vector would hold two zero columns), stride 2 and load-bound kernels keep three planes
-    for other, hw, stride in (("block8x1", (9, 13), 1), ("block8x1", (9, 15), 2), ("unstructured", (9, 15), 1)):
+    for other, hw, stride in (("block4x2", (9, 13), 1), ("block8x1", (9, 15), 2), ("unstructured", (9, 15), 1)):
         k = compile_layer(_layer(other, shape, 0.75, seed=1), "conv3x3", hw, stride, cache_dir=cache)
         assert not k.geometry.one_plane and k.geometry.planes == 3 * stride
+
+
+def _avx512(cache) -> bool:
+    return cc_mod.vector_width() == 16
+
+
+@pytest.mark.parametrize("pattern,shape,in_hw,tile,threads", [
+    ("block8x1", (24, 13, 3, 3), (9, 15), None, 1),  # default tile
+    ("block4x1", (19, 7, 3, 3), (6, 17), Variant(3, 1, 0), 1),  # a partial block row
+    ("block4x1", (12, 9, 3, 3), (20, 20), Variant(1, 2, 0), 1),  # one-vector tiles: many clear of the border rows; 2 sets
+    ("block4x1", (8, 6, 3, 3), (13, 29), Variant(7, 1, 0), 1),  # seven masks at once
+    ("block16x1", (32, 5, 3, 3), (5, 31), Variant(1, 1, 0), 1),
+    ("block8x1", (16, 11, 3, 3), (1, 37), Variant(2, 1, 0), 1),  # one row: every tap above or below is masked out
+    ("block8x1", (16, 11, 3, 3), (37, 1), Variant(2, 1, 0), 1),  # one column: a vector spans 16 rows
+    ("block8x1", (9, 4, 3, 3), (1, 1), None, 1),  # one pixel: only the centre tap
+    ("block8x1", (16, 10, 3, 3), (3, 5), None, 1),
+    ("dense", (13, 6, 3, 3), (11, 12), Variant(2, 1, 0), 1),
+    ("channel", (21, 8, 3, 3), (10, 9), Variant(2, 1, 0), 1),  # pruned rows (no blocks) are act(bias)
+    ("block8x1", (40, 17, 3, 3), (23, 21), Variant(2, 1, 0), 2),  # two OpenMP threads
+])
+def test_masked_3x3_layout_matches_torch_and_writes_every_output(cache, pattern, shape, in_hw, tile, threads):
+    """Stride-1 3x3 block kernels with one-column blocks read the caller's input in place (no
+    staging copy): per-tap lane masks zero the reads past the image border, on images smaller than
+    a vector, one row or one column wide, and on tiles clear of the border rows (fewer masks)."""
+    if not _avx512(cache):
+        pytest.skip("the masked layout is for AVX-512 (vector width 16)")
+    packed = _layer(pattern, shape, 0.75, seed=sum(shape))
+    rng = np.random.default_rng(3)
+    b = rng.standard_normal(shape[0]).astype(np.float32)
+    opts = {"threads": threads} if threads > 1 and openmp_supported() else {}
+    kernel = compile_layer(packed, "conv3x3", in_hw, 1, b, "hswish", tile=tile, cache_dir=cache, **opts)
+    assert kernel.geometry.mode == "masked" and kernel.variant.k_tile == 0
+    x = aligned_empty(kernel.in_shape)
+    x[...] = rng.standard_normal(kernel.in_shape)
+    out = np.full(kernel.out_shape, np.nan, dtype=np.float32)
+    kernel.run(x, out)
+    ref = _reference(packed, "conv3x3", np.array(x), b, 1, "hswish")
+    assert np.isfinite(out).all()
+    err = np.abs(out - ref).max() / max(np.abs(ref).max(), 1e-6)
+    assert err <= REL_TOL, f"{pattern} {shape} {in_hw} {kernel.variant.name}: rel err {err:.2e}"
+
+
+def test_masked_3x3_layout_refuses_k_tiles(cache):
+    if not _avx512(cache):
+        pytest.skip("the masked layout is for AVX-512 (vector width 16)")
+    packed = _layer("block8x1", (16, 21, 3, 3), 0.75, seed=2)
+    with pytest.raises(ValueError, match=r"tile.k_tile: 63 not allowed for a 3x3 layer read in place \(masked layout\); allowed: 0"):
+        compile_layer(packed, "conv3x3", (11, 40), 1, tile=Variant(2, 1, 63), cache_dir=cache)
 
 
 @pytest.mark.parametrize("pattern,shape,kind,in_hw,stride,tile", [
@@ -140,7 +189,7 @@ def test_tile_variants_match(cache, pattern, shape, kind, in_hw, stride, tile):
 
 @pytest.mark.parametrize("pattern,shape,kind,in_hw,tile", [
     ("block4x1", (19, 7, 3, 3), "conv3x3", (13, 14), Variant(5, 1, 0)),  # 12 vectors: 4 + 4 + 4
-    ("block8x1", (16, 21, 3, 3), "conv3x3", (7, 9), Variant(3, 1, 63)),  # 4 vectors: 2 + 2, K tiles
+    ("block4x2", (16, 21, 3, 3), "conv3x3", (7, 9), Variant(3, 1, 63)),  # 4 vectors: 2 + 2, K tiles
     ("kernel_pattern", (20, 9, 3, 3), "conv3x3", (5, 5), Variant(3, 1, 0)),  # aligned rows: 5 vectors, 3 + 2
     ("unstructured", (37, 150, 1, 1), "conv1x1", (9, 9), Variant(4, 1, 48)),  # staged 1x1: 6 vectors, 3 + 3
     ("unstructured", (37, 150, 1, 1), "conv1x1", (28, 28), Variant(8, 1, 64)),  # direct: 49 vectors, 7 x 7

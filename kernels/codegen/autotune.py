@@ -56,7 +56,7 @@ def candidate_variants(geo: Geometry, low: Lowered, vector_width: int) -> list[V
     if geo.mode == "narrow":
         return [Variant(1, 1), Variant(1, 4)] if rows_per_tile(low) < 4 else [Variant(1, 1), Variant(1, 2)]
     rows = rows_per_tile(low)
-    positions = geo.q if geo.mode == "staged" else geo.hw
+    positions = geo.q
     vectors = max(1, -(-positions // vector_width))
 
     def balanced(nv: int) -> int:

@@ -106,8 +106,9 @@ def check_variant(geo: Geometry, low: Lowered, var: Variant) -> None:
             f"tile: nv={var.nv} x unroll={var.unroll} x {rows} rows per tile = {rows * var.nv * var.unroll} "
             f"accumulator vectors; allowed: at most {MAX_ACCUMULATORS}"
         )
-    if var.k_tile and geo.mode == "narrow":
-        raise ValueError(f"tile.k_tile: {var.k_tile} not allowed for a narrow (few pixels) layer; allowed: 0")
+    if var.k_tile and geo.mode in ("narrow", "masked"):
+        what = "a narrow (few pixels) layer" if geo.mode == "narrow" else "a 3x3 layer read in place (masked layout)"
+        raise ValueError(f"tile.k_tile: {var.k_tile} not allowed for {what}; allowed: 0")
     if var.pack and (geo.kind != "conv1x1" or geo.mode == "narrow"):
         raise ValueError(f"tile.pack: True not allowed for a {geo.kind} layer in the {geo.mode} layout; "
                          f"allowed: False (packing is for 1x1 layers of at least a quarter vector of pixels)")
@@ -224,11 +225,14 @@ class _Writer:
         if geo.kind == "conv3x3" and not isinstance(low, KernelPattern) and not self.entry_offsets:
             self.emit(int_array("OFFK", geo.column_offsets(), "int32_t"))
         if isinstance(low, Bsr):
-            if self.entry_offsets:  # one load less per entry than IDX -> OFFK
+            if geo.mode == "masked":
+                self.masked_arrays()
+            elif self.entry_offsets:  # one load less per entry than IDX -> OFFK
                 self.emit(int_array("XOFF", geo.column_offsets()[low.cols.astype(np.int64)], "int32_t"))
             else:
                 self.emit(int_array("IDX", low.cols))
-            self.emit(int_array("IP", low.indptr, "int32_t"), float_array("WV", low.values))
+            if geo.mode != "masked":
+                self.emit(int_array("IP", low.indptr, "int32_t"), float_array("WV", low.values))
             if low.rows is not None:
                 self.emit(int_array("ROWMAP", low.rows))
                 unmapped = np.setdiff1d(np.arange(geo.cout), low.rows)
@@ -245,6 +249,33 @@ class _Writer:
             for var in self.variants:
                 if self.n_ktiles(var) > 1:
                     self.emit(int_array(f"KP_{var.name}", self.kpat_kpointers(var), "int32_t"))
+
+    def masked_arrays(self) -> None:
+        """Masked layout: the blocks of each block row sorted by tap group ``g = dx * 3 + dy``, then
+        input channel (``TP[b * 10 + g]``: the first block of group ``g``); each block's input offset
+        (``XOFF``, negative for taps above or left of the first pixel) and the lane masks
+        ``MK[g * NVEC + v]`` of tap group ``g`` on output vector ``v``."""
+        geo, low = self.geo, self.low
+        cin, (h, w) = geo.cin, geo.in_hw
+        counts = np.diff(low.indptr.astype(np.int64))
+        block_row = np.repeat(np.arange(low.n_block_rows), counts)
+        cols = low.cols.astype(np.int64)
+        dy, dx = divmod(cols % 9, 3)
+        key = (block_row * 9 + dx * 3 + dy) * cin + cols // 9
+        order = np.argsort(key, kind="stable")
+        starts = (np.arange(low.n_block_rows)[:, None] * 9 + np.arange(10)[None, :]) * cin
+        nvec = -(-geo.hw // self.vw)
+        p = np.arange(nvec * self.vw)
+        y, x = p // w, p % w
+        masks = np.empty((9, nvec), dtype=np.int64)
+        for g in range(9):
+            gx, gy = divmod(g, 3)
+            ok = (p < geo.hw) & (y + gy - 1 >= 0) & (y + gy - 1 < h) & (x + gx - 1 >= 0) & (x + gx - 1 < w)
+            masks[g] = ok.reshape(nvec, self.vw).astype(np.int64) @ (1 << np.arange(self.vw))
+        self.emit(f"#define NVEC {nvec}",
+                  int_array("XOFF", geo.column_offsets()[cols[order]], "int32_t"),
+                  int_array("TP", np.searchsorted(key[order], starts.reshape(-1)), "int32_t"),
+                  int_array("MK", masks, "uint16_t"), float_array("WV", low.values[order]))
 
     def kpat_kpointers(self, var: Variant) -> np.ndarray:
         """Unit ranges per (group, pattern, K tile of input channels): [g, p, kt .. kt + 1]."""
@@ -271,7 +302,7 @@ class _Writer:
         self.emit(f"#define K {geo.k}", f"#define CI {geo.cin}", f"#define CO {geo.cout}", f"#define HW {geo.hw}",
                   f"#define HWO {geo.out_pixels}", f"#define WS_FLOATS {self.workspace_floats()}",
                   f"#define LDX {self.ldx}", f"#define LDY {self.ldy}")
-        if geo.mode == "staged":
+        if geo.grid:
             h, w = geo.in_hw
             self.emit(f"#define H {h}", f"#define W {w}", f"#define WP {geo.wp}", f"#define HQ {geo.hq}",
                       f"#define PS {geo.ps}", f"#define WO {geo.out_width}", f"#define Q {geo.q}",
@@ -392,7 +423,9 @@ class _Writer:
         """3x3 single-column blocks store each block's workspace offset instead of its column."""
         return self.geo.kind == "conv3x3" and isinstance(self.low, Bsr) and self.low.c == 1
 
-    def bsr_entry(self, j: str, u: int, rp: int, nv: int) -> list[str]:
+    def bsr_entry(self, j: str, u: int, rp: int, nv: int, masks: list[str] | None = None) -> list[str]:
+        """One block: its ``C`` input vectors of the tile (``masks``: masked layout, one lane mask
+        per vector) times its ``rp x C`` weights into accumulator set ``u``."""
         R, C = self.low.r, self.low.c
         lines = ["{", f"const float *w_ = WV + (size_t)({j}) * {R * C};"]
         if self.entry_offsets:
@@ -402,14 +435,45 @@ class _Writer:
         for c in range(C):
             if not self.entry_offsets:
                 lines.append(f"const float *x{c}_ = {self.xaddr(self.col_expr(c))};")
-            lines += [f"const vf xv{c}_{v} = vld(x{c}_ + {v * self.vw});" for v in range(nv)]
+            lines += [f"const vf xv{c}_{v} = " + (f"vldm(x{c}_ + {v * self.vw}, {masks[v]});" if masks else f"vld(x{c}_ + {v * self.vw});")
+                      for v in range(nv)]
         for c in range(C):
             for r in range(rp):
                 lines += [f"{self.acc(u, r, v)} += w_[{r * C + c}] * xv{c}_{v};" for v in range(nv)]
         return lines + ["}"]
 
-    def bsr_loop(self, var: Variant, rp: int, nv: int) -> list[str]:
+    def entry_loop(self, var: Variant, rp: int, nv: int, jb: str, je: str, masks: list[str] | None = None) -> list[str]:
+        """Blocks ``jb .. je`` of the block row, ``var.unroll`` at a time into independent accumulator sets."""
         sets = var.unroll
+        lines = [f"int j = {jb}; const int je_ = {je};"]
+        if sets > 1:
+            lines.append(f"for (; j + {sets} <= je_; j += {sets}) {{")
+            for u in range(sets):
+                lines += self.bsr_entry(f"j + {u}", u, rp, nv, masks)
+            lines.append("}")
+        lines.append("for (; j < je_; ++j)")
+        return lines + self.bsr_entry("j", 0, rp, nv, masks)
+
+    def masked_loop(self, var: Variant, rp: int, nv: int) -> list[str]:
+        """Masked layout: the block row's tap groups, each with its lane masks loaded once. Tiles
+        clear of the first and last image row need only the column masks: three groups (dx), the
+        middle one unmasked; the others run all nine (dy, dx) groups."""
+        def group(first: int, last: int, mask: int | None) -> list[str]:  # blocks of groups first .. last, masks of group `mask`
+            masks = None if mask is None else [f"m{v}_" for v in range(nv)]
+            loads = [] if mask is None else [f"const __mmask16 m{v}_ = (__mmask16)MK[{mask} * NVEC + v0_ + {v}];" for v in range(nv)]
+            return ["{", *loads, *self.entry_loop(var, rp, nv, f"TP[b * 10 + {first}]", f"TP[b * 10 + {last}]", masks), "}"]
+
+        lines = ["const int v0_ = q0 / VW;", f"if (q0 >= W && q0 + {nv * self.vw} <= (H - 1) * W) {{"]
+        for dx in range(3):
+            lines += group(dx * 3, dx * 3 + 3, None if dx == 1 else dx * 3 + 1)
+        lines.append("} else {")
+        for g in range(9):
+            lines += group(g, g + 1, g)
+        return lines + ["}"]
+
+    def bsr_loop(self, var: Variant, rp: int, nv: int) -> list[str]:
+        if self.geo.mode == "masked":
+            return self.masked_loop(var, rp, nv)
         uniform = self.low.uniform
         if self.n_ktiles(var) > 1:
             n = self.n_ktiles(var) + 1
@@ -418,14 +482,7 @@ class _Writer:
             jb, je = f"b * {uniform}", f"b * {uniform} + {uniform}"
         else:
             jb, je = "IP[b]", "IP[b + 1]"
-        lines = [f"int j = {jb}; const int je_ = {je};"]
-        if sets > 1:
-            lines.append(f"for (; j + {sets} <= je_; j += {sets}) {{")
-            for u in range(sets):
-                lines += self.bsr_entry(f"j + {u}", u, rp, nv)
-            lines.append("}")
-        lines.append("for (; j < je_; ++j)")
-        return lines + self.bsr_entry("j", 0, rp, nv)
+        return self.entry_loop(var, rp, nv, jb, je)
 
     def nm_entries(self, g: str, sets: int, nv: int, gi: int = 0) -> list[str]:
         N, M = self.low.n, self.low.m
@@ -632,9 +689,10 @@ class _Writer:
 
     def staged(self, var: Variant) -> None:
         # no vector past the grid is computed (3x3 128x128 at 14x14, block4x1: 5 + 4 + 4 vectors, not 3 x 5)
+        in_place = var.pack or self.geo.mode == "masked"
         self.emit(f"void tt_run_{var.name}(const float *restrict x, float *restrict y, float *restrict ws) {{",
-                  *self.fill_empty_rows(), "" if var.pack else "stage(x, ws);",
-                  *self.tile_loops(var, -(-self.geo.q // self.vw), "x" if var.pack else "ws"), "}")
+                  *self.fill_empty_rows(), "" if in_place else "stage(x, ws);",
+                  *self.tile_loops(var, -(-self.geo.q // self.vw), "x" if in_place else "ws"), "}")
         if self.channel_strides:
             self.rows_entry(var)
 
@@ -704,11 +762,16 @@ class _Writer:
         self.arrays()
         if geo.mode == "staged":
             self.stage()
+        if geo.mode == "masked":
+            self.emit("#if !defined(__AVX512F__) || VW != 16", "#error the masked layout needs AVX-512", "#endif",
+                      "#include <immintrin.h>",
+                      "INL vf vldm(const float *p, __mmask16 m) { return (vf)_mm512_maskz_loadu_ps(m, p); }")
+        if geo.grid:
             self.store_helper()
         for var in self.variants:
             if geo.mode == "direct":
                 self.direct(var)
-            elif geo.mode == "staged":
+            elif geo.grid:
                 self.staged(var)
             elif isinstance(self.low, Bsr):
                 self.narrow_bsr(var)

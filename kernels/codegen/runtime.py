@@ -26,7 +26,7 @@ from . import compiler
 from .chain import CStep, fn_address
 from .csource import ABI_VERSION
 from .generate import Variant, generate, l1_k_tile, rows_per_tile
-from .plan import ACTIVATIONS, KINDS, Geometry, Lowered, geometry, load_bound, lower
+from .plan import ACTIVATIONS, KINDS, Geometry, Lowered, geometry, load_bound, lower, reads_in_place
 
 _C_VOID_P = ctypes.c_void_p
 ALIGNMENT = 64
@@ -54,7 +54,7 @@ def default_variant(geo: Geometry, low: Lowered, vector_width: int) -> Variant:
     rows = rows_per_tile(low)
     if geo.mode == "narrow":
         return Variant(nv=1, unroll=1 if rows >= 4 else 4)
-    positions = geo.q if geo.mode == "staged" else geo.hw
+    positions = geo.q
     nv = max(1, min(4 if rows == 1 else 16 // rows, positions // vector_width))
     k_tile = l1_k_tile(geo, low, nv * vector_width) if rows == 1 else 0
     return Variant(nv=nv, unroll=1, k_tile=k_tile, pack=rows == 1 and geo.kind == "conv1x1" and geo.k >= 256)
@@ -109,7 +109,7 @@ def prepare(packed: PackedWeight, kind: str, in_hw: tuple[int, int] | None = Non
         raise ValueError(f"kind: {kind!r} not allowed; allowed: {', '.join(KINDS)}")
     threads = _check_threads(threads)
     vw = compiler.vector_width(cc)
-    geo = geometry(kind, packed.shape, in_hw, stride, vw, aligned=load_bound(packed))
+    geo = geometry(kind, packed.shape, in_hw, stride, vw, aligned=load_bound(packed), in_place=reads_in_place(packed))
     low = lower(packed, geo)
     if threads > 1 and not compiler.openmp_supported(cc):
         warnings.warn(f"compile_layer: the C compiler has no OpenMP support; running {threads} threads as 1", RuntimeWarning,
