@@ -51,8 +51,7 @@ class TuneResult:
 
 
 def candidate_variants(geo: Geometry, low: Lowered, vector_width: int) -> list[Variant]:
-    """The tilings worth timing for this layer (at most eight; ten for one-row kernels, which also
-    try packed input panels)."""
+    """The tilings worth timing for this layer (at most ten; packed input panels for 1x1 layers)."""
     if geo.mode == "narrow":
         return [Variant(1, 1), Variant(1, 4)] if rows_per_tile(low) < 4 else [Variant(1, 1), Variant(1, 2)]
     rows = rows_per_tile(low)
@@ -74,7 +73,10 @@ def candidate_variants(geo: Geometry, low: Lowered, vector_width: int) -> list[V
         shapes = [(nv, 1, "both", False) for nv in nvs]
         if isinstance(low, KernelPattern) and rows * nvs[0] * 2 <= MAX_ACCUMULATORS:
             shapes.append((nvs[0], 2, "both", False))
-        limit = 8
+        # packed panels pay on wide inputs (block4x1 on 512x512 at 56x56, 75 %: 0.86 of ideal at best
+        # unpacked, 1.03 packed at two vectors) and lose a little on small ones (128x128: 1.07 -> 1.06)
+        shapes += [(nv, 1, "none", True) for nv in sorted({2, 16 // rows or 1})]
+        limit = 10
     else:  # one load per FMA: packed panels win on wide layers (kernels benchmark), not on 128-channel ones
         shapes = [(8, 1, "both", False), (4, 2, "both", False), (4, 1, "both", False),
                   (2, 4, "none", True), (4, 2, "none", True), (4, 1, "l1", True), (8, 1, "l1", True)]
