@@ -1,6 +1,8 @@
 """Generated C kernels: every family against dense torch, odd shapes, the compile cache, compiler errors, autotuning."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -161,6 +163,22 @@ def test_masked_3x3_layout_matches_torch_and_writes_every_output(cache, pattern,
     assert np.isfinite(out).all()
     err = np.abs(out - ref).max() / max(np.abs(ref).max(), 1e-6)
     assert err <= REL_TOL, f"{pattern} {shape} {in_hw} {kernel.variant.name}: rel err {err:.2e}"
+
+
+@pytest.mark.parametrize("pattern,tile", [
+    ("block8x1", Variant(2, 1, 0)),  # input and output prefetch
+    ("unstructured", Variant(4, 1, 64)),  # K tiles: output prefetch in the last one
+    ("unstructured", Variant(2, 2, 0, True)),  # packed: output prefetch only
+])
+def test_large_1x1_layers_prefetch_and_match_torch(cache, pattern, tile):
+    """Layers past `PREFETCH_BYTES` of input and output prefetch the next tile (prefetches past
+    the last tile must not fault or change anything)."""
+    from tritune.kernels.codegen.generate import PREFETCH_BYTES
+    shape, in_hw = (256, 260, 1, 1), (48, 48)
+    assert (shape[0] + shape[1]) * in_hw[0] * in_hw[1] * 4 >= PREFETCH_BYTES
+    kernel = _check(_layer(pattern, shape, 0.9, seed=11), "conv1x1", in_hw, cache, act="relu", tile=tile)
+    source = Path(kernel.library).with_suffix(".c").read_text()
+    assert "__builtin_prefetch(y + " in source
 
 
 def test_masked_3x3_layout_refuses_k_tiles(cache):

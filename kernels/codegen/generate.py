@@ -42,6 +42,9 @@ from .plan import Bsr, Geometry, KernelPattern, Lowered, Nm
 #: Most accumulator vectors one tile may hold (AVX-512 has 32 vector registers; the rest hold
 #: the loaded activations and broadcasts).
 MAX_ACCUMULATORS = 28
+#: Input plus output bytes from which 1x1 tiles prefetch the next tile (`_Writer.prefetch_lines`):
+#: well past a core's L2, where lines come from L3 or DRAM.
+PREFETCH_BYTES = 4 * 1024 * 1024
 #: Bytes of input tile K tiling aims for (L1 data cache of current x86 cores: 32-48 KiB).
 L1_TARGET = 32 * 1024
 
@@ -623,8 +626,10 @@ class _Writer:
         tile, the next tile's lines of its own output rows. Layers whose input and output do not
         fit the caches otherwise wait on one DRAM line per input channel and output row in turn
         (side by side, 512x512 at 56x56 and 90 %: block4x1 0.62 -> 1.11 of ideal at four
-        vectors, unstructured packed 0.48 -> 0.68; layers in L2 within +-2 %)."""
-        if self.geo.mode != "direct":
+        vectors, unstructured packed 0.48 -> 0.68; layers in L2 within +-2 %). Only layers of at
+        least `PREFETCH_BYTES` of input and output, and not band kernels (their rows are in L2)."""
+        geo = self.geo
+        if geo.mode != "direct" or self.channel_strides or (geo.k + geo.cout) * geo.hw * 4 < PREFETCH_BYTES:
             return []
         T, K, R = nv * self.vw, self.geo.k, self.rows_per_tile
         n_kt = self.n_ktiles(var)
