@@ -125,7 +125,7 @@ def test_one_plane_3x3_layout_matches_torch_and_writes_every_output(cache, patte
         assert not k.geometry.one_plane and k.geometry.planes == 3 * stride
 
 
-def _avx512(cache) -> bool:
+def _avx512() -> bool:
     return cc_mod.vector_width() == 16
 
 
@@ -147,7 +147,7 @@ def test_masked_3x3_layout_matches_torch_and_writes_every_output(cache, pattern,
     """Stride-1 3x3 block kernels with one-column blocks read the caller's input in place (no
     staging copy): per-tap lane masks zero the reads past the image border, on images smaller than
     a vector, one row or one column wide, and on tiles clear of the border rows (fewer masks)."""
-    if not _avx512(cache):
+    if not _avx512():
         pytest.skip("the masked layout is for AVX-512 (vector width 16)")
     packed = _layer(pattern, shape, 0.75, seed=sum(shape))
     rng = np.random.default_rng(3)
@@ -182,7 +182,7 @@ def test_large_1x1_layers_prefetch_and_match_torch(cache, pattern, tile):
 
 
 def test_masked_3x3_layout_refuses_k_tiles(cache):
-    if not _avx512(cache):
+    if not _avx512():
         pytest.skip("the masked layout is for AVX-512 (vector width 16)")
     packed = _layer("block8x1", (16, 21, 3, 3), 0.75, seed=2)
     with pytest.raises(ValueError, match=r"tile.k_tile: 63 not allowed for a 3x3 layer read in place \(masked layout\); allowed: 0"):

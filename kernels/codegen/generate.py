@@ -228,13 +228,13 @@ class _Writer:
         if geo.kind == "conv3x3" and not isinstance(low, KernelPattern) and not self.entry_offsets:
             self.emit(int_array("OFFK", geo.column_offsets(), "int32_t"))
         if isinstance(low, Bsr):
-            if geo.mode == "masked":
+            if geo.mode == "masked":  # blocks in tap-group order, with their own pointers
                 self.masked_arrays()
-            elif self.entry_offsets:  # one load less per entry than IDX -> OFFK
-                self.emit(int_array("XOFF", geo.column_offsets()[low.cols.astype(np.int64)], "int32_t"))
             else:
-                self.emit(int_array("IDX", low.cols))
-            if geo.mode != "masked":
+                if self.entry_offsets:  # one load less per entry than IDX -> OFFK
+                    self.emit(int_array("XOFF", geo.column_offsets()[low.cols.astype(np.int64)], "int32_t"))
+                else:
+                    self.emit(int_array("IDX", low.cols))
                 self.emit(int_array("IP", low.indptr, "int32_t"), float_array("WV", low.values))
             if low.rows is not None:
                 self.emit(int_array("ROWMAP", low.rows))
@@ -631,14 +631,14 @@ class _Writer:
         geo = self.geo
         if geo.mode != "direct" or self.channel_strides or (geo.k + geo.cout) * geo.hw * 4 < PREFETCH_BYTES:
             return []
-        T, K, R = nv * self.vw, self.geo.k, self.rows_per_tile
-        n_kt = self.n_ktiles(var)
+        T, R, n_kt = nv * self.vw, self.rows_per_tile, self.n_ktiles(var)
+        lines_at = range(T, 2 * T, 64 // 4)  # the next tile's 64-byte lines, in floats from q0
         lines = []
         if not var.pack and n_kt == 1:
-            per = -(-K // full)
+            per = -(-geo.k // full)
             lines += [f"for (int k_ = b * {per}; k_ < b * {per} + {per} && k_ < K; ++k_) {{",
-                      *[f"__builtin_prefetch(xs + (size_t)k_ * LDX + q0 + {T + o}, 0, 2);" for o in range(0, T, 16)], "}"]
-        out = [f"__builtin_prefetch(y + (size_t)({self.row_of(r)}) * LDY + q0 + {T + o}, 1, 2);" for r in range(R) for o in range(0, T, 16)]
+                      *[f"__builtin_prefetch(xs + (size_t)k_ * LDX + q0 + {o}, 0, 2);" for o in lines_at], "}"]
+        out = [f"__builtin_prefetch(y + (size_t)({self.row_of(r)}) * LDY + q0 + {o}, 1, 2);" for r in range(R) for o in lines_at]
         return lines + (out if n_kt == 1 else [f"if (kt == {n_kt - 1}) {{", *out, "}"])
 
     def pack_lines(self, var: Variant, nv: int) -> list[str]:
