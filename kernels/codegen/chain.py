@@ -76,33 +76,27 @@ void tt_add(void *xv, void *rv, void *pv) {
     for (; i < n; i++) x[i] += r[i];
 }
 
+/* One row at a time: the rows are contiguous, so the weights stream through memory in one
+   sequential run, which the hardware prefetcher follows (a classifier's weights are megabytes
+   and come from DRAM inside a network; four rows at once, four interleaved runs, took 1.6x as
+   long there on a Zen 4). */
 void tt_matvec(void *xv, void *yv, void *pv) {
     const float *restrict x = xv; float *restrict y = yv; const long *p = pv;
     const long O = p[0], I = p[1], act = p[4];
     const float *restrict W = (const float *)p[2];
     const float *restrict b = (const float *)p[3];
-    long o = 0;
-    for (; o + 4 <= O; o += 4) {
-        const float *w0 = W + o * I, *w1 = w0 + I, *w2 = w1 + I, *w3 = w2 + I;
+    for (long o = 0; o < O; o++) {
+        const float *w = W + o * I;
         vf a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
         long i = 0;
-        for (; i + VW <= I; i += VW) {
-            vf xv_ = vld(x + i);
-            a0 += vld(w0 + i) * xv_; a1 += vld(w1 + i) * xv_; a2 += vld(w2 + i) * xv_; a3 += vld(w3 + i) * xv_;
+        for (; i + 4 * VW <= I; i += 4 * VW) {
+            a0 += vld(w + i) * vld(x + i); a1 += vld(w + i + VW) * vld(x + i + VW);
+            a2 += vld(w + i + 2 * VW) * vld(x + i + 2 * VW); a3 += vld(w + i + 3 * VW) * vld(x + i + 3 * VW);
         }
-        float s0 = hsum(a0), s1 = hsum(a1), s2 = hsum(a2), s3 = hsum(a3);
-        for (; i < I; i++) { s0 += w0[i] * x[i]; s1 += w1[i] * x[i]; s2 += w2[i] * x[i]; s3 += w3[i] * x[i]; }
-        y[o] = act_code_s(s0 + b[o], act); y[o + 1] = act_code_s(s1 + b[o + 1], act);
-        y[o + 2] = act_code_s(s2 + b[o + 2], act); y[o + 3] = act_code_s(s3 + b[o + 3], act);
-    }
-    for (; o < O; o++) {
-        const float *w0 = W + o * I;
-        vf a0 = {0};
-        long i = 0;
-        for (; i + VW <= I; i += VW) a0 += vld(w0 + i) * vld(x + i);
-        float s0 = hsum(a0);
-        for (; i < I; i++) s0 += w0[i] * x[i];
-        y[o] = act_code_s(s0 + b[o], act);
+        for (; i + VW <= I; i += VW) a0 += vld(w + i) * vld(x + i);
+        float s = hsum((a0 + a1) + (a2 + a3));
+        for (; i < I; i++) s += w[i] * x[i];
+        y[o] = act_code_s(s + b[o], act);
     }
 }
 
