@@ -22,7 +22,9 @@ Design choices, after a feasibility probe on an AVX-512 CPU (issue 4):
   are not unrolled over the weights: fully unrolled code with weights as immediates was about
   2x slower in the probe (instruction cache);
 * the pixel grid is cut into tiles as even as possible (no narrow tail tile, no vector past the
-  grid);
+  grid); a part vector at the end of a row of pixels belongs to the last tile, not to a pass of
+  its own, and on AVX-512 it is a half vector when at most half of it is pixels (`HALF`): 14x14
+  images are 12.25 vectors, 7x7 ones 3.06;
 * ``pack`` variants (1x1) first copy each tile's input columns into one contiguous panel, as
   dense GEMM libraries pack their panels: kernels with one load per FMA then read a few
   contiguous pages instead of one strided row per input channel (TLB, prefetch, alignment);
@@ -45,6 +47,9 @@ MAX_ACCUMULATORS = 28
 #: Input plus output bytes from which 1x1 tiles prefetch the next tile (`_Writer.prefetch_lines`):
 #: well past a core's L2, where lines come from L3 or DRAM.
 PREFETCH_BYTES = 4 * 1024 * 1024
+#: Floats of a half vector: an AVX-512 grid's last vector when at most half of it is pixels
+#: (`_Writer.tail_vector`).
+HALF = 8
 #: Bytes of input tile K tiling aims for (L1 data cache of current x86 cores: 32-48 KiB).
 L1_TARGET = 32 * 1024
 
@@ -140,6 +145,8 @@ class _Writer:
         self.out: list[str] = []
         self.emitted: set[str] = set()  # tile functions already in the source
         self.packed_tile = 0  # while a packed variant's block function is emitted: its tile width
+        self.vecs: list[tuple[int, bool]] | None = None  # while a tail tile is emitted: (offset from q0, half) per vector
+        self.tail = self.tail_vector()
 
     # ----- helpers ------------------------------------------------------------------------------
     def emit(self, *lines: str) -> None:
@@ -154,16 +161,54 @@ class _Writer:
     def tile(self, var: Variant) -> int:
         return var.nv * self.vw
 
+    def tail_vector(self) -> tuple[int, int, bool] | None:
+        """How the last tile ends: (vectors of the grid, position of the last one, whether it is a
+        half vector), or None where every tile is plain. A 1x1 layer whose pixels are not a whole
+        number of vectors (direct layout) ends in a vector that overlaps the one before, inside
+        the last tile rather than in a pass of its own; a masked 3x3 grid whose last vector holds
+        at most `HALF` pixels ends in a half vector. On AVX-512 a half vector is one ymm register:
+        half the loads, and on cores that split 512-bit FMAs in two (AMD Zen 4) half the FMAs."""
+        geo, vw = self.geo, self.vw
+        part = geo.hw % vw
+        half = vw == 16 and 0 < part <= HALF
+        if geo.mode == "direct" and part:
+            return geo.hw // vw + 1, geo.hw - (HALF if half else vw), half
+        if geo.mode == "masked" and half:
+            return geo.hw // vw + 1, geo.hw // vw * vw, True
+        return None
+
+    def vec(self, v: int) -> tuple[int, bool]:
+        """(offset from the tile's first pixel, half) of vector ``v`` of the tile being emitted."""
+        return self.vecs[v] if self.vecs else (v * self.vw, False)
+
+    def vt(self, v: int) -> str:
+        return "vh" if self.vec(v)[1] else "vf"
+
+    def vload(self, base: str, v: int, mask: str | None = None) -> str:
+        """Load of vector ``v`` from ``base`` (the tile's first pixel; a packed panel holds vector
+        ``v`` at ``v * VW``), under lane mask ``mask`` if given."""
+        off, half = self.vec(v)
+        if self.packed_tile:
+            off = v * self.vw
+        h = "h" if half else ""
+        return f"vldm{h}({base} + {off}, {mask})" if mask else f"vld{h}({base} + {off})"
+
     @staticmethod
     def acc(u: int, r: int, v: int) -> str:
         return f"a{u}_{r}_{v}"
 
     def declare(self, sets: int, rows: int, nv: int) -> list[str]:
-        names = [self.acc(u, r, v) for u in range(sets) for r in range(rows) for v in range(nv)]
-        return [f"vf {', '.join(names[i:i + 8])};" for i in range(0, len(names), 8)]
+        lines = []
+        for t in ("vf", "vh"):
+            names = [self.acc(u, r, v) for u in range(sets) for r in range(rows) for v in range(nv) if self.vt(v) == t]
+            lines += [f"{t} {', '.join(names[i:i + 8])};" for i in range(0, len(names), 8)]
+        if any(self.vec(v)[1] for v in range(nv)):
+            lines.append("const vh zh_ = {0};")
+        return lines
 
     def zero(self, sets: int, rows: int, nv: int, first_set: int = 0) -> list[str]:
-        return [f"{self.acc(u, r, v)} = z_;" for u in range(first_set, sets) for r in range(rows) for v in range(nv)]
+        return [f"{self.acc(u, r, v)} = {'zh_' if self.vec(v)[1] else 'z_'};"
+                for u in range(first_set, sets) for r in range(rows) for v in range(nv)]
 
     def reduce(self, sets: int, rows: int, nv: int) -> list[str]:
         lines = []
@@ -369,6 +414,21 @@ class _Writer:
             "}",
         )
 
+    def half_helpers(self) -> None:
+        """The half vector type ``vh`` (one ymm register) of a tail tile (`tail_vector`): loads,
+        stores, the activation (on the zero-extended full vector) and, for the masked layout, the
+        masked load and the store of the grid's last pixels."""
+        self.emit("#include <immintrin.h>", "typedef float vh __attribute__((vector_size(32)));",
+                  "INL vh vldh(const float *p) { vh v; memcpy(&v, p, sizeof v); return v; }",
+                  "INL void vsth(float *p, vh v) { memcpy(p, &v, sizeof v); }",
+                  "INL vh act_h(vh v) { return (vh)_mm512_castps512_ps256((__m512)act_v((vf)_mm512_zextps256_ps512((__m256)v))); }")
+        if self.geo.mode == "masked":
+            self.emit("INL vh vldmh(const float *p, __mmask16 m) { return (vh)_mm256_maskz_loadu_ps((__mmask8)m, p); }",
+                      "INL void store_qh(float *restrict yrow, const int q, const vh v) {",
+                      f"if (q + {HALF} <= Q) {{ vsth(yrow + q, v); return; }}",
+                      "if (q < Q) _mm256_mask_storeu_ps(yrow + q, (__mmask8)((1u << (Q - q)) - 1u), (__m256)v);",
+                      "}")
+
     def one_plane_store(self) -> None:
         """One-plane grid (rows W + 1 wide): output index = q - row, and the lane on the zero
         column (``g``, at most one per vector as W + 1 >= VW) is dropped: AVX-512 compresses it
@@ -438,8 +498,7 @@ class _Writer:
         for c in range(C):
             if not self.entry_offsets:
                 lines.append(f"const float *x{c}_ = {self.xaddr(self.col_expr(c))};")
-            lines += [f"const vf xv{c}_{v} = " + (f"vldm(x{c}_ + {v * self.vw}, {masks[v]});" if masks else f"vld(x{c}_ + {v * self.vw});")
-                      for v in range(nv)]
+            lines += [f"const {self.vt(v)} xv{c}_{v} = {self.vload(f'x{c}_', v, masks[v] if masks else None)};" for v in range(nv)]
         for c in range(C):
             for r in range(rp):
                 lines += [f"{self.acc(u, r, v)} += w_[{r * C + c}] * xv{c}_{v};" for v in range(nv)]
@@ -494,7 +553,7 @@ class _Writer:
             u = (gi * N + n) % sets
             e = f"({g}) * {N} + {n}"
             lines += ["{", f"const float *x_ = {self.xaddr(f'({g}) * {M} + ix_[{e}]')};", f"const float w_ = wv_[{e}];"]
-            lines += [f"{self.acc(u, 0, v)} += w_ * vld(x_ + {v * self.vw});" for v in range(nv)]
+            lines += [f"{self.acc(u, 0, v)} += w_ * {self.vload('x_', v)};" for v in range(nv)]
             lines.append("}")
         return lines
 
@@ -556,7 +615,7 @@ class _Writer:
         vw, sets, geo = self.vw, var.unroll, self.geo
         n_kt = self.n_ktiles(var)
         T = self.tile(var)
-        name = f"blk_{var.name}_{nv}_{rp}" + ("_r" if rows else "")
+        name = f"blk_{var.name}_{nv}_{rp}" + ("_r" if rows else "") + ("_t" if self.vecs else "")
         self.packed_tile = T if var.pack else 0
         self.emit(f"INL void {name}(const float *restrict xs, float *restrict y, float *restrict pt, const int q0, "
                   f"const int b, const int kt{', const long qs' if rows else ''}) {{",
@@ -566,9 +625,12 @@ class _Writer:
         def partial(r: int, v: int) -> str:
             return f"pt + (size_t)row{r}_ * {T} + {v * vw}"
 
+        def h(v: int) -> str:
+            return "h" if self.vec(v)[1] else ""
+
         if n_kt > 1:
             self.emit("if (kt == 0) {", *self.zero(1, rp, nv), "} else {",
-                      *[f"{self.acc(0, r, v)} = vld({partial(r, v)});" for r in range(rp) for v in range(nv)],
+                      *[f"{self.acc(0, r, v)} = vld{h(v)}({partial(r, v)});" for r in range(rp) for v in range(nv)],
                       "}", *self.zero(sets, rp, nv, first_set=1))
         else:
             self.emit(*self.zero(sets, rp, nv))
@@ -581,28 +643,33 @@ class _Writer:
         self.emit(*self.reduce(sets, rp, nv))
         if n_kt > 1:
             self.emit(f"if (kt < {n_kt - 1}) {{",
-                      *[f"vst({partial(r, v)}, {self.acc(0, r, v)});" for r in range(rp) for v in range(nv)], "return;", "}")
+                      *[f"vst{h(v)}({partial(r, v)}, {self.acc(0, r, v)});" for r in range(rp) for v in range(nv)], "return;", "}")
         for r in range(rp):
             bias = self.bias_of(f"row{r}_")
             for v in range(nv):
-                val = f"act_v({self.acc(0, r, v)} + {bias})"
+                off = self.vec(v)[0]
+                val = f"act_{'h' if h(v) else 'v'}({self.acc(0, r, v)} + {bias})"
                 if geo.mode == "direct":
-                    self.emit(f"vst(y + (size_t)row{r}_ * LDY + q0 + {v * vw}, {val});")
+                    self.emit(f"vst{h(v)}(y + (size_t)row{r}_ * LDY + q0 + {off}, {val});")
                 elif rows:
-                    self.emit(f"vst(y + (size_t)row{r}_ * LDY + (q0 - qs) + {v * vw}, {val});")
+                    self.emit(f"vst(y + (size_t)row{r}_ * LDY + (q0 - qs) + {off}, {val});")
                 else:
-                    self.emit(f"store_q(y + (size_t)row{r}_ * HWO, q0 + {v * vw}, {val});")
+                    self.emit(f"store_q{h(v)}(y + (size_t)row{r}_ * HWO, q0 + {off}, {val});")
         self.emit("}")
         self.packed_tile = 0
         return name
 
-    def tile_fn(self, var: Variant, nv: int, rows: bool = False) -> str:
+    def tile_fn(self, var: Variant, nv: int, rows: bool = False, tail: int | None = None) -> str:
         """``tile_<variant>_<nv>(xs, y, pt, q0)``: every row at positions ``q0 .. q0 + nv*VW``
-        (``rows``: the row-band version, `block_fn`); emitted once per variant, width and kind."""
-        name = f"tile_{var.name}_{nv}" + ("_r" if rows else "")
+        (``rows``: the row-band version, `block_fn`; ``tail``: the grid's last tile, whose last
+        vector is `tail_vector`'s, ``tail`` floats from ``q0``); emitted once per variant, width
+        and kind."""
+        name = f"tile_{var.name}_{nv}" + ("_r" if rows else "") + ("_t" if tail is not None else "")
         if name in self.emitted:
             return name
         self.emitted.add(name)
+        if tail is not None:
+            self.vecs = [(v * self.vw, False) for v in range(nv - 1)] + [(tail, self.tail[2])]
         full, last = self.block_rows()
         R = self.rows_per_tile
         fns = [(self.block_fn(var, nv, R, rows), f"for (int b = 0; b < {full}; ++b)", "b")] if full else []
@@ -613,11 +680,12 @@ class _Writer:
         self.emit(f"static void {name}(const float *restrict xs, float *restrict y, float *restrict pt, const int q0{qs}{pk}) {{",
                   *self.pack_lines(var, nv), f"for (int kt = 0; kt < {self.n_ktiles(var)}; ++kt) {{")
         src = "pk" if var.pack else "xs"
-        ahead = self.prefetch_lines(var, nv, full) if full and not rows else []
+        ahead = self.prefetch_lines(var, nv, full) if full and not rows and tail is None else []
         for fn, loop, b in fns:
             call = f"{fn}({src}, y, pt, q0, {b}, kt{', qs' if rows else ''});"
             self.emit(*([f"{loop} {{", *ahead, call, "}"] if ahead and b == "b" else [f"{loop} {call}"]))
         self.emit("}", "}")
+        self.vecs = None
         return name
 
     def prefetch_lines(self, var: Variant, nv: int, full: int) -> list[str]:
@@ -655,8 +723,9 @@ class _Writer:
         lines = ["for (int k = 0; k < K; ++k) {",
                  f"const float *s_ = xs + (size_t)k * {'HW' if staged else 'LDX'} + q0; float *d_ = pk + (size_t)k * {T};"]
         for v in range(nv):
-            load = f"load_upto(s_ + {v * vw}, (long)HW - q0 - {v * vw})" if staged else f"vld(s_ + {v * vw})"
-            lines.append(f"vst(d_ + {v * vw}, {load});")
+            off, half = self.vec(v)
+            load = f"load_upto(s_ + {off}, (long)HW - q0 - {off})" if staged else f"vld{'h' if half else ''}(s_ + {off})"
+            lines.append(f"vst{'h' if half else ''}(d_ + {v * vw}, {load});")
         # the next tile's columns, toward L2 while this tile computes (large inputs live in DRAM)
         lines += [f"__builtin_prefetch(s_ + {T + o}, 0, 2);" for o in range(0, nv * vw, 64 // 4)]
         return lines + ["}"]
@@ -680,8 +749,12 @@ class _Writer:
         vw = self.vw
         tiles = -(-n_vectors // var.nv)
         base, extra = divmod(n_vectors, tiles)
+        runs = [[base + 1, extra], [base, tiles - extra]]
+        last = base if tiles > extra else base + 1
+        if self.tail:  # the last tile is the tail tile (`tail_vector`)
+            runs[1 if tiles > extra else 0][1] -= 1
         lines, start = [], 0
-        for size, count in ((base + 1, extra), (base, tiles - extra)):
+        for size, count in runs:
             if count:
                 fn = self.tile_fn(var, size)
                 if count > 1:
@@ -691,21 +764,22 @@ class _Writer:
                     pt, pk = self.scratch(var, per_thread=False)
                     lines.append(f"{fn}({xs}, y, {pt}, {start * vw}{pk});")
                 start += size * count
+        if self.tail:
+            fn = self.tile_fn(var, last, tail=self.tail[1] - start * vw)
+            pt, pk = self.scratch(var, per_thread=False)
+            lines.append(f"{fn}({xs}, y, {pt}, {start * vw}{pk});")
         return lines
 
     def direct(self, var: Variant) -> None:
         vw, T = self.vw, self.tile(var)
         hw = self.geo.hw
-        pt0, pk0 = self.scratch(var, per_thread=False)
-        one = self.tile_fn(var, 1)
         self.emit(f"void tt_run_{var.name}(const float *restrict x, float *restrict y, float *restrict ws) {{",
-                  "(void)ws;", *self.fill_empty_rows(), *self.tile_loops(var, hw // vw, "x"),
-                  # a last part vector overlaps the one before (recomputes a few pixels)
-                  f"{one}(x, y, {pt0}, {hw - vw}{pk0});" if hw % vw else "", "}")
+                  "(void)ws;", *self.fill_empty_rows(), *self.tile_loops(var, self.tail[0] if self.tail else hw // vw, "x"), "}")
         if var.pack:  # no band entry: bands read their rows in place
             return
         # the same over the first npix (>= VW) pixels of each row: one band of rows of a fused block
-        big, (pt, _) = self.tile_fn(var, var.nv), self.scratch(var)
+        big, one, (pt, _) = self.tile_fn(var, var.nv), self.tile_fn(var, 1), self.scratch(var)
+        pt0, _ = self.scratch(var, per_thread=False)
         self.emit(f"void tt_band_{var.name}(const float *restrict x, float *restrict y, float *restrict ws, long npix) {{",
                   "(void)ws;", *self.fill_empty_rows("npix"), f"const long nt_ = npix / {T};", self.par(),
                   f"for (long t = 0; t < nt_; ++t) {big}(x, y, {pt}, (int)(t * {T}));",
@@ -794,6 +868,8 @@ class _Writer:
                       "INL vf vldm(const float *p, __mmask16 m) { return (vf)_mm512_maskz_loadu_ps(m, p); }")
         if geo.grid:
             self.store_helper()
+        if self.tail and self.tail[2]:
+            self.half_helpers()
         for var in self.variants:
             if geo.mode == "direct":
                 self.direct(var)

@@ -20,7 +20,7 @@ loop nests cover the patterns (formats in `tritune.kernels.formats`):
 * ``direct`` (1x1 with pixels a multiple of the SIMD width, or any 1x1 whose kernel shares
   loads between rows): column ``k`` is row ``k`` of the caller's input, read in place (64-byte
   aligned buffers, see `aligned_empty`, keep every vector load inside one cache line); a pixel
-  tail is computed by an overlapping last vector;
+  tail is computed by an overlapping last vector of the last tile;
 * ``staged`` (3x3, and the 1x1 layers of load-bound kernels whose pixel count is not a multiple
   of the SIMD width): the input is copied once per run into a zero-bordered workspace. A 3x3
   input gets one plane per (row phase ``a`` < stride, column tap ``dx``):
