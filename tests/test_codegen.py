@@ -165,29 +165,37 @@ def test_masked_3x3_layout_matches_torch_and_writes_every_output(cache, pattern,
     assert err <= REL_TOL, f"{pattern} {shape} {in_hw} {kernel.variant.name}: rel err {err:.2e}"
 
 
-@pytest.mark.parametrize("pattern,in_hw,tile", [
-    ("block4x1", (14, 14), Variant(4, 1, 0)),  # 12 vectors + 4 pixels: half tail vector (AVX-512)
-    ("block8x1", (7, 7), Variant(2, 1, 0)),  # 3 vectors + 1 pixel
-    ("block8x1", (5, 5), Variant(1, 1, 0)),  # 1 vector + 9 pixels: a full overlapping tail vector
-    ("block4x1", (6, 6), Variant(3, 1, 0, True)),  # packed tail tile
-    ("block4x1", (14, 14), Variant(2, 2, 48)),  # K tiles: the tail's partial sums
-    ("block16x1", (3, 11), Variant(1, 1, 0)),  # tail tile of one vector only
-    ("dense", (9, 9), Variant(3, 1, 0)),
+@pytest.mark.parametrize("kind,pattern,in_hw,stride,tile,opts", [
+    ("conv1x1", "block4x1", (14, 14), 1, Variant(4, 1, 0), {}),  # 12 vectors + 4 pixels: half tail vector (AVX-512)
+    ("conv1x1", "block8x1", (7, 7), 1, Variant(2, 1, 0), {}),  # 3 vectors + 1 pixel
+    ("conv1x1", "block8x1", (5, 5), 1, Variant(1, 1, 0), {}),  # 1 vector + 9 pixels: a full overlapping tail vector
+    ("conv1x1", "block4x1", (6, 6), 1, Variant(3, 1, 0, True), {}),  # packed tail tile
+    ("conv1x1", "block4x1", (14, 14), 1, Variant(2, 2, 48), {}),  # K tiles: the tail's partial sums
+    ("conv1x1", "block16x1", (3, 11), 1, Variant(1, 1, 0), {}),  # tail tile of one vector only
+    ("conv1x1", "dense", (9, 9), 1, Variant(3, 1, 0), {}),
+    ("conv1x1", "unstructured", (14, 14), 1, Variant(4, 2, 0), {}),  # staged grid: half tail over the padding
+    ("conv1x1", "unstructured", (14, 14), 1, Variant(4, 1, 0, True), {}),  # packed from the caller's rows
+    ("conv1x1", "unstructured", (14, 14), 1, Variant(4, 1, 32), {}),
+    ("conv1x1", "nm2:4", (7, 7), 1, Variant(2, 1, 0), {}),
+    ("conv3x3", "kernel_pattern", (20, 20), 1, Variant(2, 1, 0), {}),  # padded rows: the last one ends 4 pixels in
+    ("conv3x3", "kernel_pattern", (14, 14), 1, Variant(3, 1, 0), {"share": 8}),  # the grid is the output
+    ("conv3x3", "unstructured", (20, 20), 2, Variant(1, 1, 0), {}),  # stride 2: 10 x 10 outputs
+    ("conv3x3", "block4x1", (7, 7), 1, Variant(2, 1, 0), {}),  # masked: 49 pixels
 ])
-def test_1x1_tail_tiles_match_torch_and_write_every_output(cache, pattern, in_hw, tile):
-    """A 1x1 layer whose pixels are not a whole number of vectors ends in a tail tile: its last
-    vector overlaps the one before (half a vector on AVX-512 when at most half is left)."""
-    shape = (40, 100, 1, 1)
-    packed = _layer(pattern, shape, 0.75, seed=sum(in_hw))
+def test_tail_tiles_match_torch_and_write_every_output(cache, kind, pattern, in_hw, stride, tile, opts):
+    """The grid's last tile ends in the part vector: a 1x1 layer's overlaps the vector before (a
+    half vector on AVX-512 when at most half of it is left), a grid's holds its last pixels."""
+    k = 1 if kind == "conv1x1" else 3
+    shape = (40, 100 if k == 1 else 12, k, k)
+    packed = _layer(pattern, shape, 0.75, seed=sum(in_hw), **opts)
     rng = np.random.default_rng(5)
     b = rng.standard_normal(shape[0]).astype(np.float32)
-    kernel = compile_layer(packed, "conv1x1", in_hw, 1, b, "hswish", tile=tile, cache_dir=cache)
-    assert kernel.geometry.mode == "direct"
+    kernel = compile_layer(packed, kind, in_hw, stride, b, "hswish", tile=tile, cache_dir=cache)
     x = aligned_empty(kernel.in_shape)
     x[...] = rng.standard_normal(kernel.in_shape)
     out = np.full(kernel.out_shape, np.nan, dtype=np.float32)
     kernel.run(x, out)
-    ref = _reference(packed, "conv1x1", np.array(x), b, 1, "hswish")
+    ref = _reference(packed, kind, np.array(x), b, stride, "hswish")
     assert np.isfinite(out).all()
     err = np.abs(out - ref).max() / max(np.abs(ref).max(), 1e-6)
     assert err <= REL_TOL, f"{pattern} {in_hw} {kernel.variant.name}: rel err {err:.2e}"
