@@ -202,6 +202,35 @@ def test_tail_tiles_match_torch_and_write_every_output(cache, kind, pattern, in_
     assert err <= REL_TOL, f"{pattern} {in_hw} {kernel.variant.name}: rel err {err:.2e}"
 
 
+@pytest.mark.parametrize("vw", [8, 4])
+@pytest.mark.parametrize("kind,pattern,in_hw,tile", [
+    ("conv1x1", "block4x1", (14, 14), Variant(4, 1, 0)),
+    ("conv1x1", "block4x1", (6, 6), Variant(3, 1, 0, True)),
+    ("conv1x1", "block8x1", (5, 5), Variant(2, 1, 0)),  # a tail at every width
+    ("conv1x1", "unstructured", (14, 14), Variant(2, 2, 48)),
+    ("conv3x3", "block8x1", (9, 15), Variant(2, 1, 0)),
+])
+def test_avx_and_sse_widths_tail_tiles_match_torch(cache, monkeypatch, vw, kind, pattern, in_hw, tile):
+    """The tilings of narrower SIMD units (AVX: 8 lanes, SSE / NEON: 4), generated and run on
+    this machine: tails are full overlapping vectors there, and no masked layout."""
+    from tritune.kernels.codegen import runtime
+
+    monkeypatch.setattr(runtime.compiler, "vector_width", lambda cc=None: vw)
+    k = 1 if kind == "conv1x1" else 3
+    shape = (40, 100 if k == 1 else 12, k, k)
+    packed = _layer(pattern, shape, 0.75, seed=7)
+    b = np.random.default_rng(6).standard_normal(shape[0]).astype(np.float32)
+    kernel = compile_layer(packed, kind, in_hw, 1, b, "hswish", tile=tile, cache_dir=cache)
+    assert kernel.geometry.mode != "masked"
+    x = aligned_empty(kernel.in_shape)
+    x[...] = np.random.default_rng(7).standard_normal(kernel.in_shape)
+    out = np.full(kernel.out_shape, np.nan, dtype=np.float32)
+    kernel.run(x, out)
+    ref = _reference(packed, kind, np.array(x), b, 1, "hswish")
+    err = np.abs(out - ref).max() / max(np.abs(ref).max(), 1e-6)
+    assert np.isfinite(out).all() and err <= REL_TOL, f"vw {vw} {pattern} {in_hw}: rel err {err:.2e}"
+
+
 @pytest.mark.parametrize("pattern,tile", [
     ("block8x1", Variant(2, 1, 0)),  # input and output prefetch
     ("unstructured", Variant(4, 1, 64)),  # K tiles: output prefetch in the last one
