@@ -32,7 +32,7 @@ import torch
 from tritune.spaces import LayerCompression
 from tritune.spaces.mobilenet import SLOTS, MobileNetSpace
 from tritune.targets.codegen_cpu import CodegenCpuTarget
-from tritune.targets.measure import Protocol, measure_many
+from tritune.targets.measure import Protocol, measure_passes
 from tritune.targets.ort_cpu import OrtCpuTarget
 
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results" / "codegen_model.json"
@@ -80,7 +80,7 @@ def build(resolution: int, kernel: int, pattern: str, sparsity: float) -> dict:
 def finish(cfg: dict, ms: list) -> dict:
     """A configuration's result from its measurements (``ms``: one per runnable, in order)."""
     resolution, kernel, pattern, sparsity, sparse = (cfg[k] for k in ("resolution", "kernel", "pattern", "sparsity", "sparse"))
-    r_ort, r_cgd, r_cge, r_cgu, r_cgs = cfg["runnables"]
+    r_ort, r_cgd, _, _, r_cgs = cfg["runnables"]
     cg, ort, err = cfg["cg"], cfg["ort"], cfg["err"]
     base_ms = ms[0].latency_ms
     rows = [{"model": m.name, "latency_ms": m.latency_ms, "median_ms": m.median_ms, "spread": m.spread,
@@ -116,11 +116,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--passes: {args.passes} not allowed; allowed: an integer >= 1")
     protocol = Protocol(threads=1)
     configs = [build(r, k, args.pattern, args.sparsity) for k in args.kernels for r in args.resolutions]
-    best: list[list] = [[] for _ in configs]
-    for _ in range(args.passes):  # per model the faster pass: a slow phase of the host rarely covers a configuration twice
-        for i, cfg in enumerate(configs):
-            ms = measure_many(cfg["runnables"], protocol)
-            best[i] = ms if not best[i] else [min(a, b, key=lambda m: m.latency_ms) for a, b in zip(best[i], ms)]
+    best = measure_passes([cfg["runnables"] for cfg in configs], protocol, args.passes)
     results = [finish(cfg, ms) for cfg, ms in zip(configs, best)]
     print("| res | dw kernel | model | ms (min of round medians) | spread | cpu share | speedup vs ORT dense |")
     print("|---|---|---|---|---|---|---|")

@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from tritune.kernels.codegen import compiler_available, find_compiler, vector_width
-    from tritune.targets.measure import Protocol, measure_many
+    from tritune.targets.measure import Protocol, measure_passes
     from tritune.targets.ort_cpu import cpu_fingerprint
 
     if not compiler_available():
@@ -254,13 +254,9 @@ def main(argv: list[str] | None = None) -> int:
                     fields.pop("compile_s")  # the library is cached: the first tuning compiled it
                     row.update(fields)
             print(f"tuning {n + 1}/{args.tunings}: {time.perf_counter() - t:.1f} s", file=sys.stderr, flush=True)
-        best: list[list[Any]] = [[] for _ in prepared]
-        for p in range(args.passes):
-            t = time.perf_counter()
-            for i, (shape, runs, names, _, _) in enumerate(prepared):
-                ms = measure_many(runs, protocol, names)
-                best[i] = ms if not best[i] else [min(a, b, key=lambda m: m.latency_ms) for a, b in zip(best[i], ms)]
-            print(f"timing pass {p + 1}/{args.passes}: {time.perf_counter() - t:.1f} s", file=sys.stderr, flush=True)
+        t = time.perf_counter()
+        best = measure_passes([runs for _, runs, _, _, _ in prepared], protocol, args.passes, [names for _, _, names, _, _ in prepared])
+        print(f"timing, {args.passes} passes: {time.perf_counter() - t:.1f} s", file=sys.stderr, flush=True)
         for (shape, _, _, shape_rows, _), ms in zip(prepared, best):
             rows += finish_shape(shape, shape_rows, ms)
     finally:

@@ -8,7 +8,7 @@ per-round median ignores rounds that a disturbance hit. With 1 thread, 10 warm-u
 least 5 rounds of 20 runs, two repeats of the same model agree within +-10% for 98% of models.
 
 `measure_many(runnables, protocol)` runs it over a group of models and returns one `Measurement`
-(a JSON-able dataclass) per model:
+(a JSON-able dataclass) per model (`measure_passes`: over several groups, several times):
 
 * ``latency_ms``: min over rounds of the round's median run time -- the number to use;
 * ``median_ms``, ``p10_ms``, ``p90_ms``: over every timed run of every round;
@@ -179,6 +179,25 @@ def measure_many(runnables: Sequence[Any], protocol: Protocol | None = None, nam
     one_thread = protocol.threads == 1
     return [summarize_rounds(labels[i], times[i], protocol.warmup, protocol.threads, cpu_times[i] if one_thread else None)
             for i in range(len(fns))]
+
+
+def measure_passes(groups: Sequence[Sequence[Any]], protocol: Protocol | None = None, passes: int = 2,
+                   names: Sequence[Sequence[str] | None] | None = None) -> list[list[Measurement]]:
+    """`measure_many` over each group in turn, ``passes`` times over all groups; per runnable the
+    `Measurement` of its faster pass. A slow phase of a shared machine that covers one group's
+    whole timing rarely covers it in both passes, and taking each runnable's lower latency is the
+    protocol's own statistic over the rounds of every pass (baselines and contenders alike)."""
+    if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
+        raise ValueError(f"passes: {passes!r} not allowed; allowed: an integer >= 1")
+    names = list(names) if names is not None else [None] * len(groups)
+    if len(names) != len(groups):
+        raise ValueError(f"measure: {len(names)} name lists for {len(groups)} groups")
+    best: list[list[Measurement]] = [[] for _ in groups]
+    for _ in range(passes):
+        for i, group in enumerate(groups):
+            ms = measure_many(group, protocol, names[i])
+            best[i] = ms if not best[i] else [min(a, b, key=lambda m: m.latency_ms) for a, b in zip(best[i], ms)]
+    return best
 
 
 def measure_target(target_name: str, runnables: Any, protocol: Protocol, options: dict[str, Any]) -> Measurement | list[Measurement]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from tritune.spaces import LayerCompression, create
 from tritune.spaces.mobilenet import SLOTS
 from tritune.spaces.mobilenet_net import build_subnet
 from tritune.targets import FINGERPRINT_KEYS, CAPABILITY_KEYS, create_target, list_targets
-from tritune.targets.measure import Measurement, Protocol, measure_many
+from tritune.targets.measure import Measurement, Protocol, measure_many, measure_passes
 from tritune.targets.ort_cpu import OrtCpuTarget, nodes_of_layers, onnx_module_path
 
 #: int8 tolerance on these random-weight networks: relative L2 error of the logits below 5%
@@ -166,6 +167,28 @@ def test_rounds_are_interleaved_across_models():
     out = measure_many(fns, Protocol(warmup=1, rounds=2, runs_per_round=2), names=["a", "b", "c"])
     assert log == list("abc") + list("aabbcc") * 2
     assert [m.name for m in out] == ["a", "b", "c"]
+
+
+def test_passes_keep_each_runnables_faster_pass():
+    """A runnable slowed through its whole first pass is reported from its second one."""
+    proto = Protocol(warmup=1, rounds=2, runs_per_round=2)
+    per_pass = proto.warmup + proto.rounds * proto.runs_per_round
+
+    def slowed_first_pass():
+        count = {"n": 0}
+
+        def run():
+            count["n"] += 1
+            if count["n"] <= per_pass:
+                time.sleep(0.005)
+        return run
+
+    (one,) = measure_passes([[slowed_first_pass(), lambda: None]], proto, passes=1, names=[["slow", "fast"]])
+    (two,) = measure_passes([[slowed_first_pass(), lambda: None]], proto, passes=2, names=[["slow", "fast"]])
+    assert [m.name for m in two] == ["slow", "fast"]
+    assert one[0].latency_ms >= 4.0 and two[0].latency_ms < 1.0
+    with pytest.raises(ValueError, match="passes"):
+        measure_passes([[lambda: None]], proto, passes=0)
 
 
 def test_latency_builds_and_measures(space):
