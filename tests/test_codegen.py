@@ -231,6 +231,42 @@ def test_avx_and_sse_widths_tail_tiles_match_torch(cache, monkeypatch, vw, kind,
     assert np.isfinite(out).all() and err <= REL_TOL, f"vw {vw} {pattern} {in_hw}: rel err {err:.2e}"
 
 
+@pytest.mark.parametrize("vw", [None, 8, 4])
+@pytest.mark.parametrize("pattern,tile", [
+    ("unstructured", Variant(2, 1, 0)),
+    ("unstructured", Variant(1, 2, 0, True)),
+    ("unstructured", Variant(3, 3, 40)),  # twelve entries per step, K tiles
+    ("gather_scatter", Variant(4, 4, 0)),
+    ("block4x1", Variant(2, 1, 0)),
+])
+def test_csr_kernels_take_weights_four_at_a_time_and_match_torch(cache, monkeypatch, vw, pattern, tile):
+    """Single-weight entries on AVX / AVX-512 (this machine's width, or forced to 8) are loaded
+    four at a time and shuffled into place (`_Writer.weight_quads`), entry ``i`` of a step into
+    accumulator set ``i % unroll``; rows of every length mod 4 end in the one-entry loop. Other
+    widths, and kernels with several weights per entry, broadcast each weight."""
+    from tritune.kernels.codegen import runtime
+
+    if vw is not None:
+        monkeypatch.setattr(runtime.compiler, "vector_width", lambda cc=None: vw)
+    shape, in_hw = (36, 90, 1, 1), (11, 11)
+    packed = _layer(pattern, shape, 0.75, seed=3)
+    lengths = np.diff(packed.arrays["indptr"]) if "indptr" in packed.arrays else None
+    if pattern == "unstructured":
+        assert set(lengths % 4) == {0, 1, 2, 3}
+    b = np.random.default_rng(4).standard_normal(shape[0]).astype(np.float32)
+    build = runtime.prepare(packed, "conv1x1", in_hw, 1, b, "relu")
+    quads = pattern != "block4x1" and build.vector_width in (8, 16)
+    assert ("wq_load(" in build.source([tile])) == quads
+    kernel = compile_layer(packed, "conv1x1", in_hw, 1, b, "relu", tile=tile, cache_dir=cache)
+    x = aligned_empty(kernel.in_shape)
+    x[...] = np.random.default_rng(5).standard_normal(kernel.in_shape)
+    out = np.full(kernel.out_shape, np.nan, dtype=np.float32)
+    kernel.run(x, out)
+    ref = _reference(packed, "conv1x1", np.array(x), b, 1, "relu")
+    err = np.abs(out - ref).max() / max(np.abs(ref).max(), 1e-6)
+    assert np.isfinite(out).all() and err <= REL_TOL, f"vw {build.vector_width} {pattern} {tile.name}: rel err {err:.2e}"
+
+
 @pytest.mark.parametrize("pattern,tile", [
     ("block8x1", Variant(2, 1, 0)),  # input and output prefetch
     ("unstructured", Variant(4, 1, 64)),  # K tiles: output prefetch in the last one
