@@ -237,13 +237,17 @@ def test_avx_and_sse_widths_tail_tiles_match_torch(cache, monkeypatch, vw, kind,
     ("unstructured", Variant(1, 2, 0, True)),
     ("unstructured", Variant(3, 3, 40)),  # twelve entries per step, K tiles
     ("gather_scatter", Variant(4, 4, 0)),
+    ("nm2:4", Variant(2, 1, 0)),
+    ("nm2:8", Variant(2, 6, 0)),  # three groups of two entries per step would split a quad: four
+    ("nm1:4", Variant(3, 3, 48)),
     ("block4x1", Variant(2, 1, 0)),
 ])
-def test_csr_kernels_take_weights_four_at_a_time_and_match_torch(cache, monkeypatch, vw, pattern, tile):
-    """Single-weight entries on AVX / AVX-512 (this machine's width, or forced to 8) are loaded
-    four at a time and shuffled into place (`_Writer.weight_quads`), entry ``i`` of a step into
-    accumulator set ``i % unroll``; rows of every length mod 4 end in the one-entry loop. Other
-    widths, and kernels with several weights per entry, broadcast each weight."""
+def test_single_weight_entries_take_weights_four_at_a_time_and_match_torch(cache, monkeypatch, vw, pattern, tile):
+    """Single-weight entries (CSR, N:M) on AVX / AVX-512 (this machine's width, or forced to 8)
+    are loaded four at a time and shuffled into place (`_Writer.weight_quads`), entry ``i`` of a
+    step into accumulator set ``i % unroll``; CSR rows of every length mod 4 end in the
+    one-entry loop. Other widths, and kernels with several weights per entry, broadcast each
+    weight."""
     from tritune.kernels.codegen import runtime
 
     if vw is not None:

@@ -502,17 +502,28 @@ class _Writer:
 
     @property
     def weight_quads(self) -> bool:
-        """Single-entry blocks (CSR) on AVX / AVX-512 take their weights four at a time.
+        """Single-weight entries (CSR, N:M) on AVX / AVX-512 take their weights four at a time.
 
         Such a kernel makes one vector load per FMA, so its load ports are its limit, and a
         broadcast load per weight on top takes a port slot per entry: 13 % of an unstructured
         1x1 kernel's time with its input in L1 (512x512 at 28x28, two vectors per tile, measured
         by dropping the broadcasts). One 16-byte load per four entries and an in-lane shuffle per
         entry move that work to a shuffle unit. Side by side at 90 %: the fastest variant of each
-        kernels-benchmark 1x1 shape +2-10 %, single variants -2 % to +31 %. Kernels that share
+        kernels-benchmark 1x1 shape +2-10 %, single variants -2 % to +31 %; N:M 2:4 variants
+        -4 % to +13 %, the fastest of three shapes -1 % to +8 %. Kernels that share
         loads between rows (blocks, kernel patterns: several weights per loaded vector) gained
         nothing that way (-9 % to +3 %), so they keep their broadcasts."""
-        return isinstance(self.low, Bsr) and self.low.r * self.low.c == 1 and self.vw in (8, 16)
+        single = isinstance(self.low, Nm) or (isinstance(self.low, Bsr) and self.low.r * self.low.c == 1)
+        return single and self.vw in (8, 16) and self.geo.mode != "narrow"
+
+    @property
+    def qt(self) -> str:
+        """The C type of a quad register (`quad_helpers`)."""
+        return "__m512" if self.vw == 16 else "__m256"
+
+    def wq(self, q: str, i: int, v: int) -> str:
+        """Weight ``i`` of quad register ``q``, as the type of vector ``v`` of the tile."""
+        return f"WQH({q}, {i})" if self.vec(v)[1] else f"WQ({q}, {i})"
 
     def quad_helpers(self) -> None:
         """``wq_load``: four weights repeated in every 128-bit lane; ``WQ(q, i)`` / ``WQH``:
@@ -534,9 +545,7 @@ class _Writer:
         lane) of a single weight loaded by `quad_helpers`' ``wq_load`` (CSR)."""
         R, C = self.low.r, self.low.c
         if quad is not None:
-            lines = ["{", f"const vf wq_ = WQ({quad[0]}, {quad[1]});"]
-            if any(self.vec(v)[1] for v in range(nv)):
-                lines.append(f"const vh wqh_ = WQH({quad[0]}, {quad[1]});")
+            lines = ["{"]
         else:
             lines = ["{", f"const float *w_ = WV + (size_t)({j}) * {R * C};"]
         if self.entry_offsets:
@@ -550,7 +559,7 @@ class _Writer:
         for c in range(C):
             for r in range(rp):
                 if quad is not None:
-                    lines += [f"{self.acc(u, r, v)} += {'wqh_' if self.vec(v)[1] else 'wq_'} * xv{c}_{v};" for v in range(nv)]
+                    lines += [f"{self.acc(u, r, v)} += {self.wq(*quad, v)} * xv{c}_{v};" for v in range(nv)]
                 else:
                     lines += [f"{self.acc(u, r, v)} += w_[{r * C + c}] * xv{c}_{v};" for v in range(nv)]
         return lines + ["}"]
@@ -562,7 +571,7 @@ class _Writer:
         if self.weight_quads:  # a multiple of four entries at a time: entry i into set i % sets
             step = math.lcm(sets, 4)
             lines.append(f"for (; j + {step} <= je_; j += {step}) {{")
-            lines += [f"const {'__m512' if self.vw == 16 else '__m256'} wq{i}_ = wq_load(WV + j + {4 * i});" for i in range(step // 4)]
+            lines += [f"const {self.qt} wq{i}_ = wq_load(WV + j + {4 * i});" for i in range(step // 4)]
             for i in range(step):
                 lines += self.bsr_entry(f"j + {i}", i % sets, rp, nv, masks, (f"wq{i // 4}_", i % 4))
             lines.append("}")
@@ -604,14 +613,20 @@ class _Writer:
             jb, je = "IP[b]", "IP[b + 1]"
         return self.entry_loop(var, rp, nv, jb, je)
 
-    def nm_entries(self, g: str, sets: int, nv: int, gi: int = 0) -> list[str]:
+    def nm_entries(self, g: str, sets: int, nv: int, gi: int = 0, quads: bool = False) -> list[str]:
+        """Group ``g``'s ``N`` entries, entry ``i`` of the iteration into set ``i % sets``
+        (``quads``: weight ``i`` from quad register ``wq<i // 4>_``, `quad_helpers`)."""
         N, M = self.low.n, self.low.m
         lines = []
         for n in range(N):
-            u = (gi * N + n) % sets
+            i = gi * N + n
             e = f"({g}) * {N} + {n}"
-            lines += ["{", f"const float *x_ = {self.xaddr(f'({g}) * {M} + ix_[{e}]')};", f"const float w_ = wv_[{e}];"]
-            lines += [f"{self.acc(u, 0, v)} += w_ * {self.vload('x_', v)};" for v in range(nv)]
+            lines += ["{", f"const float *x_ = {self.xaddr(f'({g}) * {M} + ix_[{e}]')};"]
+            if quads:
+                lines += [f"{self.acc(i % sets, 0, v)} += {self.wq(f'wq{i // 4}_', i % 4, v)} * {self.vload('x_', v)};" for v in range(nv)]
+            else:
+                lines.append(f"const float w_ = wv_[{e}];")
+                lines += [f"{self.acc(i % sets, 0, v)} += w_ * {self.vload('x_', v)};" for v in range(nv)]
             lines.append("}")
         return lines
 
@@ -622,12 +637,16 @@ class _Writer:
         gn = self.low.values.shape[1]
         sets = var.unroll
         gu = max(1, sets // N, 4 // N)  # at least four entries per iteration
+        quads = self.weight_quads
+        while quads and gu * N % 4:  # whole quads of weights per iteration
+            gu += 1
         lines = [f"const float *wv_ = NMV + (size_t)b * {gn}; const uint8_t *ix_ = NMI + (size_t)b * {gn};",
                  f"int g = kt * {per}; const int ge_ = kt * {per} + {per} < {groups} ? kt * {per} + {per} : {groups};"]
         if gu > 1:
             lines.append(f"for (; g + {gu} <= ge_; g += {gu}) {{")
+            lines += [f"const {self.qt} wq{i}_ = wq_load(wv_ + (size_t)g * {N} + {4 * i});" for i in range(gu * N // 4 if quads else 0)]
             for gi in range(gu):
-                lines += self.nm_entries(f"g + {gi}", sets, nv, gi)
+                lines += self.nm_entries(f"g + {gi}", sets, nv, gi, quads)
             lines.append("}")
         lines.append("for (; g < ge_; ++g) {")
         return lines + self.nm_entries("g", sets, nv) + ["}"]
