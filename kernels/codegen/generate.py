@@ -508,7 +508,7 @@ class _Writer:
         broadcast load per weight on top takes a port slot per entry: 13 % of an unstructured
         1x1 kernel's time with its input in L1 (512x512 at 28x28, two vectors per tile, measured
         by dropping the broadcasts). One 16-byte load per four entries and an in-lane shuffle per
-        entry move that work to a shuffle unit. Side by side at 90 %: the fastest variant of each
+        entry take that work off the load ports. Side by side at 90 %: the fastest variant of each
         kernels-benchmark 1x1 shape +2-10 %, single variants -2 % to +31 %; N:M 2:4 variants
         -4 % to +13 %, the fastest of three shapes -1 % to +8 %. Kernels that share
         loads between rows (blocks, kernel patterns: several weights per loaded vector) gained
