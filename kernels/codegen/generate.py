@@ -521,6 +521,10 @@ class _Writer:
         """The C type of a quad register (`quad_helpers`)."""
         return "__m512" if self.vw == 16 else "__m256"
 
+    def quad_loads(self, base: str, count: int) -> list[str]:
+        """Quad registers ``wq0_ ..``: weights ``base .. base + 4 * count`` (`quad_helpers`)."""
+        return [f"const {self.qt} wq{i}_ = wq_load({base} + {4 * i});" for i in range(count)]
+
     def wq(self, q: str, i: int, v: int) -> str:
         """Weight ``i`` of quad register ``q``, as the type of vector ``v`` of the tile."""
         return f"WQH({q}, {i})" if self.vec(v)[1] else f"WQ({q}, {i})"
@@ -530,12 +534,12 @@ class _Writer:
         weight ``i`` of them in every lane of a full / half vector (`_Writer.entry_loop`)."""
         if self.vw == 16:
             self.emit("#include <immintrin.h>",
-                      "INL __m512 wq_load(const float *p) { return _mm512_broadcast_f32x4(_mm_loadu_ps(p)); }",
+                      f"INL {self.qt} wq_load(const float *p) {{ return _mm512_broadcast_f32x4(_mm_loadu_ps(p)); }}",
                       "#define WQ(q, i) ((vf)_mm512_permute_ps((q), 0x55 * (i)))",
                       "#define WQH(q, i) ((vh)_mm512_castps512_ps256(_mm512_permute_ps((q), 0x55 * (i))))")
         else:
             self.emit("#include <immintrin.h>",
-                      "INL __m256 wq_load(const float *p) { return _mm256_broadcast_ps((const __m128 *)p); }",
+                      f"INL {self.qt} wq_load(const float *p) {{ return _mm256_broadcast_ps((const __m128 *)p); }}",
                       "#define WQ(q, i) ((vf)_mm256_permute_ps((q), 0x55 * (i)))")
 
     def bsr_entry(self, j: str, u: int, rp: int, nv: int, masks: list[str] | None = None,
@@ -571,7 +575,7 @@ class _Writer:
         if self.weight_quads:  # a multiple of four entries at a time: entry i into set i % sets
             step = math.lcm(sets, 4)
             lines.append(f"for (; j + {step} <= je_; j += {step}) {{")
-            lines += [f"const {self.qt} wq{i}_ = wq_load(WV + j + {4 * i});" for i in range(step // 4)]
+            lines += self.quad_loads("WV + j", step // 4)
             for i in range(step):
                 lines += self.bsr_entry(f"j + {i}", i % sets, rp, nv, masks, (f"wq{i // 4}_", i % 4))
             lines.append("}")
@@ -644,7 +648,7 @@ class _Writer:
                  f"int g = kt * {per}; const int ge_ = kt * {per} + {per} < {groups} ? kt * {per} + {per} : {groups};"]
         if gu > 1:
             lines.append(f"for (; g + {gu} <= ge_; g += {gu}) {{")
-            lines += [f"const {self.qt} wq{i}_ = wq_load(wv_ + (size_t)g * {N} + {4 * i});" for i in range(gu * N // 4 if quads else 0)]
+            lines += self.quad_loads(f"wv_ + (size_t)g * {N}", gu * N // 4) if quads else []
             for gi in range(gu):
                 lines += self.nm_entries(f"g + {gi}", sets, nv, gi, quads)
             lines.append("}")
