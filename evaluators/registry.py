@@ -7,62 +7,86 @@
 ``latency`` takes the evaluator's own options (``metric``, ``cheap``), the target name
 (``target``), and passes every other option -- or an explicit ``target_options`` mapping -- to
 `tritune.targets.create_target`.
+
+More kinds come from `register_evaluator` in the user's own Python or from an installed package's
+entry point in the group ``tritune.evaluators``. Options are checked against the factory's
+signature and type hints (`tritune.spaces.plugins.check_options`) before anything is built.
 """
 from __future__ import annotations
 
-import inspect
 from typing import Any, Callable, Mapping
 
+from ..spaces.plugins import PluginGroup, check_options
 from ..targets.base import Target
 from ..targets.registry import create_target, list_targets
 from .base import Evaluator
 from .tabular import TabularAccuracy, TargetLatency
 
+ENTRY_POINT_GROUP = "tritune.evaluators"
+
 _FACTORIES: dict[str, Callable[..., Evaluator]] = {}
+#: kind -> a function returning the factory, imported on first use (torch only for jobs that need it)
+_LOADERS: dict[str, Callable[[], Callable[..., Evaluator]]] = {}
 _DESCRIPTIONS: dict[str, str] = {}
+_PLUGINS = PluginGroup(ENTRY_POINT_GROUP)
 
 
-def register_evaluator(kind: str, factory: Callable[..., Evaluator], description: str = "") -> None:
-    """Add an evaluator kind (a class or a function taking keyword options)."""
+def register_evaluator(kind: str, factory: Callable[..., Evaluator] | None = None, description: str = "", *,
+                       loader: Callable[[], Callable[..., Evaluator]] | None = None) -> None:
+    """Add an evaluator kind: ``factory`` (a class or a function taking keyword options), or a
+    ``loader`` returning it on first use."""
     if not isinstance(kind, str) or not kind:
         raise ValueError(f"evaluator kind: {kind!r} must be a non-empty string")
-    _FACTORIES[kind] = factory
+    if (factory is None) == (loader is None):
+        raise ValueError(f"evaluator {kind}: give exactly one of factory or loader")
+    if factory is not None and not callable(factory):
+        raise ValueError(f"evaluator {kind}: factory {factory!r} is not callable")
+    _FACTORIES.pop(kind, None)
+    _LOADERS.pop(kind, None)
+    if factory is not None:
+        _FACTORIES[kind] = factory
+    else:
+        _LOADERS[kind] = loader  # type: ignore[assignment]
     _DESCRIPTIONS[kind] = description
 
 
 def list_evaluators() -> dict[str, str]:
-    return dict(sorted(_DESCRIPTIONS.items()))
+    """Registered and plug-in kinds -> one-line description (nothing is imported)."""
+    out = dict(_DESCRIPTIONS)
+    for kind, text in _PLUGINS.describe().items():
+        out.setdefault(kind, text)
+    return dict(sorted(out.items()))
 
 
-def _check_options(kind: str, factory: Callable[..., Any], options: Mapping[str, Any]) -> None:
-    signature = inspect.signature(factory)
-    params = [p for p in signature.parameters.values() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    if any(p.kind == p.VAR_KEYWORD for p in signature.parameters.values()):
-        return
-    try:
-        signature.bind(**options)
-    except TypeError:
-        allowed = [p.name for p in params]
-        bad = sorted(set(options) - set(allowed))
-        detail = f"unknown options {bad}" if bad else f"bad options {sorted(options)}"
-        raise ValueError(f"evaluator {kind}: {detail}; allowed: {', '.join(allowed) or '(none)'}") from None
+def _factory(kind: Any) -> Callable[..., Evaluator]:
+    if isinstance(kind, str):
+        if kind in _FACTORIES:
+            return _FACTORIES[kind]
+        if kind in _LOADERS:
+            _FACTORIES[kind] = _LOADERS[kind]()
+            return _FACTORIES[kind]
+        factory = _PLUGINS.load(kind, f"evaluator {kind}")
+        if factory is not None:
+            register_evaluator(kind, factory)
+            return factory
+    raise ValueError(f"evaluator kind: {kind!r} not allowed; allowed: {', '.join(list_evaluators())}")
 
 
-def create_evaluator(kind: str, **options: Any) -> Evaluator:
+def check_evaluator_options(kind: str, options: Mapping[str, Any]) -> None:
+    """Raise ValueError naming an unknown kind, an unknown option or a value of the wrong type."""
+    check_options(_factory(kind), options, f"evaluator {kind}")
+
+
+def create_evaluator(kind: str, /, **options: Any) -> Evaluator:
     """Build an evaluator; unknown kinds and bad options raise ValueError naming them."""
-    if kind not in _FACTORIES:
-        raise ValueError(f"evaluator kind: {kind!r} not allowed; allowed: {', '.join(sorted(_FACTORIES))}")
-    factory = _FACTORIES[kind]
-    _check_options(kind, factory, options)
-    return factory(**options)
+    check_evaluator_options(kind, options)
+    return _factory(kind)(**options)
 
 
 def _latency(target: str | Target | None = None, metric: str = "latency", cheap: bool = True,
              target_options: Mapping[str, Any] | None = None, **more: Any) -> TargetLatency:
     if target is None:
         raise ValueError(f"evaluator latency: option 'target' is required; allowed targets: {', '.join(list_targets())}")
-    if target_options is not None and not isinstance(target_options, Mapping):
-        raise ValueError(f"evaluator latency: target_options must be a mapping, got {type(target_options).__name__}")
     opts = dict(target_options or {})
     clash = sorted(set(opts) & set(more))
     if clash:
@@ -80,24 +104,29 @@ def _latency(target: str | Target | None = None, metric: str = "latency", cheap:
     return TargetLatency(built, metric=metric, cheap=cheap)
 
 
-def _lazy(module: str, name: str, kind: str) -> Callable[..., Evaluator]:
-    """A factory importing its class on first use (torch is only loaded by jobs that need it)."""
+def _supernet_accuracy() -> Callable[..., Evaluator]:
+    from .supernet_accuracy import SupernetAccuracy
 
-    def factory(**options: Any) -> Evaluator:
-        import importlib
+    return SupernetAccuracy
 
-        cls = getattr(importlib.import_module(f"{__package__}.{module}"), name)
-        _check_options(kind, cls, options)
-        return cls(**options)
 
-    return factory
+def _supernet_finetune() -> Callable[..., Evaluator]:
+    from .supernet_accuracy import FinetuneAccuracy
+
+    return FinetuneAccuracy
+
+
+def _predicted_accuracy() -> Callable[..., Evaluator]:
+    from .predicted import PredictedMetric
+
+    return PredictedMetric
 
 
 register_evaluator("nb201-accuracy", TabularAccuracy, "NAS-Bench-201 test accuracy from the NATS-Bench table (costly query)")
 register_evaluator("latency", _latency, "latency (ms) of a hardware target: target: NAME plus the target's options (cheap)")
-register_evaluator("supernet-accuracy", _lazy("supernet_accuracy", "SupernetAccuracy", "supernet-accuracy"),
-                   "mobilenet accuracy (%) with weights inherited from a supernet checkpoint + BN recalibration (costly)")
-register_evaluator("supernet-finetune", _lazy("supernet_accuracy", "FinetuneAccuracy", "supernet-finetune"),
-                   "mobilenet accuracy (%) after a short fine-tune from supernet weights, compression kept (costly)")
-register_evaluator("predicted-accuracy", _lazy("predicted", "PredictedMetric", "predicted-accuracy"),
-                   "accuracy from a saved accuracy predictor file: path: FILE (cheap)")
+register_evaluator("supernet-accuracy", loader=_supernet_accuracy,
+                   description="mobilenet accuracy (%) with weights inherited from a supernet checkpoint + BN recalibration (costly)")
+register_evaluator("supernet-finetune", loader=_supernet_finetune,
+                   description="mobilenet accuracy (%) after a short fine-tune from supernet weights, compression kept (costly)")
+register_evaluator("predicted-accuracy", loader=_predicted_accuracy,
+                   description="accuracy from a saved accuracy predictor file: path: FILE (cheap)")

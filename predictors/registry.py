@@ -2,11 +2,15 @@
 
 A kind is the ``kind`` string written into every saved predictor. Classes register themselves
 with `register_predictor` when their module is imported; ``tritune.predictors`` imports the
-built-in ones, so `tritune.predictors.load` knows them.
+built-in ones, so `tritune.predictors.load` knows them. An installed package adds a kind with an
+entry point in the group ``tritune.predictors`` (looked up, and imported, only when a file names
+that kind). A file's ``kind`` is only ever looked up here, never imported as a path.
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, TypeVar
+
+from ..spaces.plugins import PluginGroup
 
 if TYPE_CHECKING:  # pragma: no cover
     from .base import Predictor
@@ -15,6 +19,8 @@ P = TypeVar("P", bound="type[Predictor]")
 
 #: kind -> predictor class.
 PREDICTORS: dict[str, type["Predictor"]] = {}
+ENTRY_POINT_GROUP = "tritune.predictors"
+_PLUGINS = PluginGroup(ENTRY_POINT_GROUP)
 
 
 def register_predictor(cls: P) -> P:
@@ -28,7 +34,13 @@ def register_predictor(cls: P) -> P:
 
 def predictor_class(kind: str) -> type["Predictor"]:
     """The class registered under ``kind``; ValueError naming the known kinds otherwise."""
-    try:
+    if isinstance(kind, str) and kind in PREDICTORS:
         return PREDICTORS[kind]
-    except (KeyError, TypeError):
-        raise ValueError(f"predictor kind {kind!r} unknown; known kinds: {', '.join(sorted(PREDICTORS)) or '(none)'}") from None
+    cls = _PLUGINS.load(kind, f"predictor kind {kind}") if isinstance(kind, str) and kind else None
+    if cls is None:
+        known = sorted(set(PREDICTORS) | set(_PLUGINS.entry_points()))
+        raise ValueError(f"predictor kind {kind!r} unknown; known kinds: {', '.join(known) or '(none)'}")
+    if not (isinstance(cls, type) and callable(getattr(cls, "from_document", None))):
+        raise ValueError(f"predictor kind {kind!r}: plug-in {cls!r} is not a Predictor class")
+    PREDICTORS[kind] = cls  # type: ignore[assignment]
+    return cls  # type: ignore[return-value]

@@ -1,42 +1,74 @@
-"""Spaces by name, so jobs, the CLI and saved files can refer to them as text."""
+"""Spaces by name, so jobs, the CLI and saved files can refer to them as text.
+
+Built-in spaces register here; the user's own Python adds more with `register_space`, and an
+installed package with an entry point in the group ``tritune.spaces`` (see `tritune.spaces.plugins`).
+"""
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 from .base import SearchSpace
 from .mobilenet import MobileNetSpace
 from .nb201 import NB201Space
+from .plugins import PluginGroup, check_options
+
+ENTRY_POINT_GROUP = "tritune.spaces"
 
 _FACTORIES: dict[str, Callable[..., SearchSpace]] = {}
 _DESCRIPTIONS: dict[str, str] = {}
+_PLUGINS = PluginGroup(ENTRY_POINT_GROUP)
 
 
 def register_space(name: str, factory: Callable[..., SearchSpace], description: str = "") -> None:
     """Add a space (a class or a function taking keyword config)."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"space name: {name!r} must be a non-empty string")
+    if not callable(factory):
+        raise ValueError(f"space {name}: factory {factory!r} is not callable")
     _FACTORIES[name] = factory
     _DESCRIPTIONS[name] = description
 
 
 def list_spaces() -> dict[str, str]:
-    return dict(_DESCRIPTIONS)
+    """Registered and plug-in space names -> one-line description (plug-ins are not imported)."""
+    out = dict(_DESCRIPTIONS)
+    for name, text in _PLUGINS.describe().items():
+        out.setdefault(name, text)
+    return out
+
+
+def _factory(name: Any) -> Callable[..., SearchSpace]:
+    if isinstance(name, str) and name in _FACTORIES:
+        return _FACTORIES[name]
+    factory = _PLUGINS.load(name, f"space {name}") if isinstance(name, str) else None
+    if factory is None:
+        raise ValueError(f"space: {name!r} not allowed; allowed: {', '.join(sorted(list_spaces()))}")
+    register_space(name, factory)
+    return factory
+
+
+def check_space_options(name: str, config: dict[str, Any], where: str | None = None) -> None:
+    """Raise ValueError naming an unknown name, an unknown option or a value of the wrong type."""
+    check_options(_factory(name), config, where or f"space {name}", unknown="bad options")
 
 
 def create(name: str, **config: Any) -> SearchSpace:
     """Build a registered space; unknown names and bad options raise ValueError naming them."""
-    if name not in _FACTORIES:
-        raise ValueError(f"space: {name!r} not allowed; allowed: {', '.join(sorted(_FACTORIES))}")
-    try:
-        return _FACTORIES[name](**config)
-    except TypeError as exc:
-        raise ValueError(f"space {name}: bad options {sorted(config)} ({exc})") from None
+    check_space_options(name, config)
+    return _factory(name)(**config)
 
 
+@functools.wraps(MobileNetSpace, assigned=("__doc__",), updated=())
 def _mobilenet_small(**config: Any) -> MobileNetSpace:
     defaults = dict(resolutions=(28, 32, 40, 48, 56, 64), widths=(0.5, 0.75, 1.0), stem_stride=1, in_channels=1, num_classes=10)
     defaults.update(config)
     space = MobileNetSpace(**defaults)
     space.name = "mobilenet-small"
     return space
+
+
+_mobilenet_small.__wrapped__ = MobileNetSpace  # type: ignore[attr-defined]  # its options are MobileNetSpace's
 
 
 register_space("nb201", NB201Space, "NAS-Bench-201 cell: 6 edges x 5 ops, 15,625 architectures with published tables")

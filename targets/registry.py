@@ -8,14 +8,16 @@ a function taking keyword options)::
     my-board = "my_package.targets:MyBoardTarget"
 
 Entry points are discovered the first time the registry is asked about a name it does not know
-(or for a listing) and each is imported only when that target is created.
+(or for a listing) and each is imported only when that target is created. Options are checked
+against the factory's signature and type hints (`tritune.spaces.plugins.check_options`); options
+that would let a job file run code (``codegen-cpu``'s compiler command) are refused from files.
 """
 from __future__ import annotations
 
-import inspect
-from importlib.metadata import EntryPoint, entry_points
+from importlib.metadata import entry_points
 from typing import Any, Callable
 
+from ..spaces.plugins import PluginGroup, check_options
 from .base import Target, check_target
 from .codegen_cpu import CodegenCpuTarget
 from .ort_cpu import OrtCpuTarget
@@ -25,13 +27,17 @@ ENTRY_POINT_GROUP = "tritune.targets"
 
 _FACTORIES: dict[str, Callable[..., Target]] = {}
 _DESCRIPTIONS: dict[str, str] = {}
-_PLUGINS: dict[str, EntryPoint] | None = None
+#: name -> {option: why it is refused from a job file or the command line}
+_PYTHON_ONLY: dict[str, dict[str, str]] = {}
 
 
-def register_target(name: str, factory: Callable[..., Target], description: str = "") -> None:
+def register_target(name: str, factory: Callable[..., Target], description: str = "", *,
+                    python_only: dict[str, str] | None = None) -> None:
     """Add a target under ``name`` (a class or a function taking keyword options).
 
-    Registering an existing name replaces it (so a plug-in or a test can override a target)."""
+    Registering an existing name replaces it (so a plug-in or a test can override a target).
+    ``python_only``: options that would let a job file run code (a compiler command), each with
+    the way to set it instead; `create_target` refuses them unless ``trusted=True``."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"target name: {name!r} must be a non-empty string")
     if not callable(factory):
@@ -41,67 +47,54 @@ def register_target(name: str, factory: Callable[..., Target], description: str 
         text = getattr(factory, "description", "")
         description = text if isinstance(text, str) else ""
     _DESCRIPTIONS[name] = description
+    _PYTHON_ONLY[name] = dict(python_only or {})
 
 
-def _plugins() -> dict[str, EntryPoint]:
-    global _PLUGINS
-    if _PLUGINS is None:
-        found: dict[str, EntryPoint] = {}
-        try:
-            eps = entry_points(group=ENTRY_POINT_GROUP)
-        except Exception:  # a broken environment must not break the built-in targets
-            eps = ()
-        for ep in eps:
-            found.setdefault(ep.name, ep)
-        _PLUGINS = found
-    return _PLUGINS
+def _discover(group: str):
+    return entry_points(group=group)
+
+
+_PLUGINS = PluginGroup(ENTRY_POINT_GROUP, _discover)
 
 
 def refresh_plugins() -> None:
     """Forget discovered entry points (after installing a plug-in in a running process)."""
-    global _PLUGINS
-    _PLUGINS = None
+    _PLUGINS.refresh()
 
 
 def list_targets() -> dict[str, str]:
     """Registered and plug-in target names -> one-line description (plug-ins are not imported)."""
     out = dict(_DESCRIPTIONS)
-    for name, ep in _plugins().items():
-        out.setdefault(name, f"plug-in {ep.value}")
+    for name, text in _PLUGINS.describe().items():
+        out.setdefault(name, text)
     return dict(sorted(out.items()))
 
 
 def _factory(name: str) -> Callable[..., Target]:
     if name in _FACTORIES:
         return _FACTORIES[name]
-    ep = _plugins().get(name)
-    if ep is None:
+    factory = _PLUGINS.load(name, f"target {name}")
+    if factory is None:
         raise ValueError(f"target: {name!r} not allowed; allowed: {', '.join(list_targets())}")
-    try:
-        factory = ep.load()
-    except Exception as exc:
-        raise ValueError(f"target {name}: plug-in {ep.value!r} (entry point group {ENTRY_POINT_GROUP}) failed to load: {exc}") from exc
     register_target(name, factory)
     return factory
 
 
-def create_target(name: str, **options: Any) -> Target:
-    """Build a target by name; unknown names and bad options raise ValueError naming them."""
+def check_target_options(name: str, options: dict[str, Any], *, trusted: bool = False) -> None:
+    """Raise ValueError naming an unknown target, an unknown option or a value of the wrong type."""
     if not isinstance(name, str):
         raise ValueError(f"target: expected a name, got {type(name).__name__}; allowed: {', '.join(list_targets())}")
     factory = _factory(name)
-    try:
-        signature = inspect.signature(factory)
-    except (TypeError, ValueError):
-        signature = None
-    if signature is not None:
-        try:
-            signature.bind(**options)
-        except TypeError:
-            allowed = [p.name for p in signature.parameters.values() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-            bad = sorted(set(options) - set(allowed)) or sorted(options)
-            raise ValueError(f"target {name}: bad options {bad}; allowed: {', '.join(allowed) or '(none)'}") from None
-    target = factory(**options)
+    check_options(factory, options, f"target {name}", unknown="bad options",
+                  python_only=None if trusted else _PYTHON_ONLY.get(name))
+
+
+def create_target(name: str, *, trusted: bool = False, **options: Any) -> Target:
+    """Build a target by name; unknown names and bad options raise ValueError naming them.
+
+    ``trusted=True`` (Python callers only) also accepts the options a job file may not set."""
+    check_target_options(name, options, trusted=trusted)
+    target = _factory(name)(**options)
     return check_target(target, f"target {name}")
 
 
@@ -119,4 +112,6 @@ register_target(
     "codegen-cpu",
     CodegenCpuTarget,
     "Generated sparse C kernels on this CPU (float32): block / unstructured / N:M / kernel-pattern sparsity runs faster",
+    python_only={"cc": "it names a program to run; set $CC instead",
+                 "cache_dir": "compiled libraries found there are loaded; set $TRITUNE_KERNEL_CACHE instead"},
 )
