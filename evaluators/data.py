@@ -29,8 +29,12 @@ User data:
 * A folder with one sub-folder per class (``{"folder": path}`` or a path to a directory): PNG,
   JPEG, ... read with PIL, converted to the majority mode (grayscale ``L`` or ``RGB``) and
   resized to a square ``image_size`` (default: the most common shorter side).
-* A callable returning a torch ``Dataset`` of ``(image, label)`` or a ``(train, test)`` pair
-  (``{"callable": f, "kwargs": {...}}``, ``f`` itself, or the string ``"module:function"``).
+* A data set of the user's own code: a function returning a torch ``Dataset`` of
+  ``(image, label)`` or a ``(train, test)`` pair. Python callers pass the function itself (``f``
+  or ``{"callable": f, "kwargs": {...}}``). A job file names it: ``register_dataset(NAME, f)`` in
+  the user's Python, or an installed package's entry point in the group ``tritune.datasets``,
+  then ``dataset: NAME`` or ``{name: NAME, kwargs: {...}}`` (kwargs are plain values). A file
+  never names a module to import: ``"module:function"`` is refused.
 
 Labels that are not ``0..K-1`` are mapped to that range in sorted order; ``ImageData.classes``
 keeps the original names.
@@ -39,7 +43,6 @@ from __future__ import annotations
 
 import collections
 import functools
-import importlib
 import os
 import types
 from dataclasses import dataclass
@@ -51,7 +54,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset
 
-__all__ = ["ImageData", "available_datasets", "load_dataset"]
+from ..spaces.plugins import PluginGroup, check_options
+
+__all__ = ["ImageData", "available_datasets", "load_dataset", "register_dataset"]
+
+ENTRY_POINT_GROUP = "tritune.datasets"
 
 
 @dataclass(frozen=True)
@@ -179,9 +186,42 @@ _EMBEDDED: dict[str, Callable[[], tuple[np.ndarray, np.ndarray]]] = {
 }
 
 
+#: name -> a function returning a torch Dataset or a (train, test) pair (`register_dataset`)
+_REGISTERED: dict[str, Callable[..., Any]] = {}
+_PLUGINS = PluginGroup(ENTRY_POINT_GROUP)
+
+
 def available_datasets() -> list[str]:
     """Names of the embedded data sets (no download needed)."""
     return list(_EMBEDDED)
+
+
+def register_dataset(name: str, fn: Callable[..., Any]) -> None:
+    """Let job files name ``fn`` (returning a torch Dataset or a ``(train, test)`` pair) as ``name``."""
+    if not isinstance(name, str) or not name or name in _EMBEDDED:
+        raise ValueError(f"dataset name: {name!r} must be a non-empty string other than {', '.join(_EMBEDDED)}")
+    if not callable(fn):
+        raise ValueError(f"dataset {name}: {fn!r} is not callable")
+    _REGISTERED[name] = fn
+
+
+def _known_names() -> list[str]:
+    return [*_EMBEDDED, *sorted(set(_REGISTERED) | set(_PLUGINS.entry_points()))]
+
+
+def _named_callable(name: str, where: str) -> Callable[..., Any] | None:
+    """The registered or plug-in data set ``name`` (a plug-in is imported now), else None."""
+    if name in _REGISTERED:
+        return _REGISTERED[name]
+    fn = _PLUGINS.load(name, f"{where} {name}")
+    if fn is not None:
+        _REGISTERED[name] = fn
+    return fn
+
+
+_NO_IMPORTS = ("a file never names code to import; register the function with "
+               "tritune.evaluators.data.register_dataset(NAME, fn) in your Python, or install it as an entry point "
+               f"in the group {ENTRY_POINT_GROUP}, then write dataset: NAME")
 
 
 # --------------------------------------------------------------------------------------------
@@ -302,18 +342,7 @@ def _folder(path: Path, image_size: int | None, where: str) -> tuple[np.ndarray,
 
 def _resolve_callable(fn: Any, where: str) -> Callable:
     if isinstance(fn, str):
-        module, sep, attr = fn.partition(":")
-        if not sep or not module or not attr:
-            raise ValueError(f"{where}: callable {fn!r} must be written 'module:function'")
-        try:
-            obj = importlib.import_module(module)
-        except ImportError as exc:
-            raise ValueError(f"{where}: cannot import module {module!r} of {fn!r}: {exc}") from exc
-        for part in attr.split("."):
-            if not hasattr(obj, part):
-                raise ValueError(f"{where}: module {module!r} has no attribute {attr!r}")
-            obj = getattr(obj, part)
-        fn = obj
+        raise ValueError(f"{where}.callable: {fn!r} not allowed: {_NO_IMPORTS}")
     if not callable(fn):
         raise ValueError(f"{where}: {fn!r} is not callable; expected a function returning a torch Dataset or a (train, test) pair")
     return fn
@@ -386,10 +415,12 @@ def load_dataset(spec: str | Mapping | os.PathLike | Callable, *, image_size: in
                  seed: int = 0, test_fraction: float = 0.2) -> ImageData:
     """Load an embedded set or user data as a normalised, stratified `ImageData`.
 
-    ``spec``: an embedded name (`available_datasets`), ``{"name": ...}``, ``{"npz": path}``,
+    ``spec``: an embedded, registered (`register_dataset`) or plug-in name, ``{"name": ...}``
+    (``{"name": ..., "kwargs": {...}}`` for registered and plug-in ones), ``{"npz": path}``,
     ``{"x": array, "y": array}``, ``{"folder": path}`` or a directory path, a callable (or
-    ``{"callable": f, "kwargs": {...}}`` or ``"module:function"``) returning a torch Dataset or a
-    ``(train, test)`` pair (then the split is the caller's and ``test_fraction`` is unused).
+    ``{"callable": f, "kwargs": {...}}``) returning a torch Dataset or a ``(train, test)`` pair
+    (then the split is the caller's and ``test_fraction`` is unused). Strings never name code:
+    ``"module:function"`` is refused.
     ``image_size``: resize (bilinear, square) to this side; default the source's own size.
     """
     where = "dataset"
@@ -402,15 +433,17 @@ def load_dataset(spec: str | Mapping | os.PathLike | Callable, *, image_size: in
 
     classes: tuple[str, ...] = ()
     pair: tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None
-    if isinstance(spec, str) and ":" in spec and spec not in _EMBEDDED:
-        spec = {"callable": spec}
-    if isinstance(spec, (str, os.PathLike)) and not (isinstance(spec, str) and spec in _EMBEDDED):
+    if isinstance(spec, str) and ("\0" in spec or len(spec) > 4096):
+        raise ValueError(f"{where}: {spec[:60]!r}... not allowed; a name or path holds no NUL and at most 4096 characters")
+    if isinstance(spec, (str, os.PathLike)) and not (isinstance(spec, str) and (spec in _EMBEDDED or _named_callable(spec, where))):
         path = Path(os.fspath(spec))
         if isinstance(spec, os.PathLike) or path.is_dir() or os.sep in str(spec):
             spec = {"folder": path}
+        elif ":" in spec:
+            raise ValueError(f"{where}: {spec!r} not allowed: {_NO_IMPORTS}")
         else:
-            raise ValueError(f"{where}: unknown data set {spec!r}; allowed: {', '.join(_EMBEDDED)}, "
-                             f"{{'npz': path}}, {{'folder': path}}, a directory, a callable or 'module:function'")
+            raise ValueError(f"{where}: unknown data set {spec!r}; allowed: {', '.join(_known_names())}, "
+                             f"{{'npz': path}}, {{'folder': path}}, a directory, or (from Python) a callable")
     if isinstance(spec, str):
         spec = {"name": spec}
 
@@ -420,7 +453,7 @@ def load_dataset(spec: str | Mapping | os.PathLike | Callable, *, image_size: in
         raise ValueError(f"{where}: {type(spec).__name__} not allowed; allowed: a name ({', '.join(_EMBEDDED)}), "
                          f"a mapping with one of name, npz, x/y, folder, callable, a directory path or a callable")
     keys = [k for k in ("name", "npz", "x", "folder", "callable") if k in spec]
-    allowed_extra = {"name": set(), "npz": set(), "x": {"y"}, "folder": set(), "callable": {"kwargs"}}
+    allowed_extra = {"name": {"kwargs"}, "npz": set(), "x": {"y"}, "folder": set(), "callable": {"kwargs"}}
     if len(keys) != 1:
         raise ValueError(f"{where}: mapping must hold exactly one of name, npz, x (with y), folder, callable; got {sorted(spec)}")
     kind = keys[0]
@@ -428,25 +461,42 @@ def load_dataset(spec: str | Mapping | os.PathLike | Callable, *, image_size: in
     if unknown:
         raise ValueError(f"{where}: unknown fields {sorted(unknown)} for {kind!r}; allowed: {sorted({kind} | allowed_extra[kind])}")
 
+    kwargs = spec.get("kwargs")
+    if kwargs is not None and not (isinstance(kwargs, Mapping) and all(isinstance(k, str) for k in kwargs)):
+        raise ValueError(f"{where}.kwargs: {kwargs!r} not allowed; expected a mapping of keyword arguments")
+    fn: Callable[..., Any] | None = None
     if kind == "name":
         name = spec["name"]
-        if name not in _EMBEDDED:
-            raise ValueError(f"{where}.name: unknown data set {name!r}; allowed: {', '.join(_EMBEDDED)}")
+        if not isinstance(name, str):
+            raise ValueError(f"{where}.name: {name!r} not allowed; expected a data set name ({', '.join(_known_names())})")
+        if name in _EMBEDDED and "kwargs" in spec:
+            raise ValueError(f"{where}.kwargs: the embedded data set {name!r} takes no kwargs")
+        fn = None if name in _EMBEDDED else _named_callable(name, where)
+        if name not in _EMBEDDED and fn is None:
+            raise ValueError(f"{where}.name: unknown data set {name!r}; allowed: {', '.join(_known_names())}")
+    elif kind == "callable":
+        fn = _resolve_callable(spec["callable"], where)
+        name = getattr(fn, "__name__", "callable")
+
+    if kind == "name" and fn is None:
         x, y = _EMBEDDED[name]()
     elif kind in ("npz", "x"):
+        if kind == "npz" and not isinstance(spec["npz"], (str, os.PathLike)):
+            raise ValueError(f"{where}.npz: {spec['npz']!r} not allowed; expected a file path")
         if kind == "x" and "y" not in spec:
             raise ValueError(f"{where}: field 'x' needs 'y' beside it")
         name = Path(os.fspath(spec["npz"])).stem if kind == "npz" else "arrays"
         x, y = _arrays(spec, where)
     elif kind == "folder":
+        if not isinstance(spec["folder"], (str, os.PathLike)):
+            raise ValueError(f"{where}.folder: {spec['folder']!r} not allowed; expected a directory path")
         path = Path(os.fspath(spec["folder"]))
         name = path.name or "folder"
         x, y, classes = _folder(path, image_size, where)
     else:
-        fn = _resolve_callable(spec["callable"], where)
-        kwargs = dict(spec.get("kwargs") or {})
-        name = spec["callable"] if isinstance(spec["callable"], str) else getattr(fn, "__name__", "callable")
-        result = fn(**kwargs)
+        assert fn is not None
+        check_options(fn, dict(kwargs or {}), f"{where}.kwargs")
+        result = fn(**dict(kwargs or {}))
         if isinstance(result, (tuple, list)):
             if len(result) != 2:
                 raise ValueError(f"{where}: callable returned {len(result)} items; allowed: one Dataset or a (train, test) pair")

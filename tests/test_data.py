@@ -11,7 +11,11 @@ import torch
 from PIL import Image
 from torch.utils.data import TensorDataset
 
-from tritune.evaluators.data import ImageData, available_datasets, load_dataset
+from importlib.metadata import EntryPoint
+
+from tritune.evaluators import data as data_module
+from tritune.evaluators.data import ImageData, available_datasets, load_dataset, register_dataset
+from tritune.spaces.plugins import PluginGroup
 
 EMBEDDED = {"digits": (1797, 8), "mnist5k": (5000, 28), "mnist5k-hard": (5000, 32)}
 
@@ -171,16 +175,52 @@ def test_callable_round_trips(tmp_path, monkeypatch):
     assert _same_images(raw(pair, "test"), _dataset(9).tensors[0].numpy())
     lst = load_dataset({"callable": ListDataset, "kwargs": {"n": 10}}, test_fraction=0.4)
     assert (len(lst.train), len(lst.test), lst.image_size) == (6, 4, 5)
-    (tmp_path / "my_user_data.py").write_text(textwrap.dedent("""
+    # a job file names a function of the user's own Python by the name it was registered under
+    def make(n: int = 12):
+        return TensorDataset(torch.rand(n, 3, 4, 4), torch.arange(n) % 2)
+
+    monkeypatch.setattr(data_module, "_REGISTERED", {})
+    register_dataset("my-data", make)
+    s = load_dataset("my-data")
+    assert (s.channels, s.num_classes, s.name, len(s.train) + len(s.test)) == (3, 2, "my-data", 12)
+    assert len(load_dataset({"name": "my-data", "kwargs": {"n": 20}}).train) == 16
+    with pytest.raises(ValueError, match=r"dataset.kwargs.n: '20' \(str\) not allowed; expected an integer"):
+        load_dataset({"name": "my-data", "kwargs": {"n": "20"}})
+    with pytest.raises(ValueError, match=r"dataset.kwargs: unknown options \['size'\]"):
+        load_dataset({"name": "my-data", "kwargs": {"size": 20}})
+
+
+def test_plugin_datasets_come_from_entry_points(tmp_path, monkeypatch):
+    module = "tritune_test_plugin_data"
+    (tmp_path / f"{module}.py").write_text(textwrap.dedent("""
         import torch
         from torch.utils.data import TensorDataset
         def make():
-            return TensorDataset(torch.rand(12, 3, 4, 4), torch.arange(12) % 2)
+            return TensorDataset(torch.rand(10, 1, 4, 4), torch.arange(10) % 2)
     """))
     monkeypatch.syspath_prepend(str(tmp_path))
-    s = load_dataset("my_user_data:make")
-    assert (s.channels, s.num_classes, s.name) == (3, 2, "my_user_data:make")
-    sys.modules.pop("my_user_data", None)
+    ep = EntryPoint(name="plug-data", value=f"{module}:make", group="tritune.datasets")
+    monkeypatch.setattr(data_module, "_REGISTERED", {})
+    monkeypatch.setattr(data_module, "_PLUGINS", PluginGroup("tritune.datasets", lambda group: [ep]))
+    try:
+        assert module not in sys.modules
+        with pytest.raises(ValueError, match="unknown data set 'other'.*plug-data"):
+            load_dataset("other")
+        assert module not in sys.modules  # listed, not imported
+        assert load_dataset("plug-data").num_classes == 2 and module in sys.modules
+    finally:
+        sys.modules.pop(module, None)
+
+
+@pytest.mark.parametrize("spec", ["os:system", {"callable": "os:system", "kwargs": {"command": "true"}},
+                                  {"callable": "tritune.evaluators.data:_digits"}, "builtins:exec"])
+def test_strings_never_name_code(spec, tmp_path, monkeypatch):
+    """A job file is data: a 'module:function' string is refused, nothing is imported or called."""
+    calls = []
+    monkeypatch.setattr("os.system", lambda *a, **k: calls.append(a))
+    with pytest.raises(ValueError, match="never names code to import.*register_dataset"):
+        load_dataset(spec)
+    assert calls == []
 
 
 # --------------------------------------------------------------------------------------- errors
@@ -254,10 +294,12 @@ def test_bad_spec_forms():
         load_dataset({"npz": "a", "folder": "b"})
     with pytest.raises(ValueError, match="unknown fields"):
         load_dataset({"name": "digits", "colour": True})
-    with pytest.raises(ValueError, match="cannot import module 'no_such_module_xyz'"):
+    with pytest.raises(ValueError, match="never names code to import"):
         load_dataset("no_such_module_xyz:make")
-    with pytest.raises(ValueError, match="has no attribute 'nope'"):
-        load_dataset("tritune.evaluators.data:nope")
+    with pytest.raises(ValueError, match="dataset.name: 7 not allowed"):
+        load_dataset({"name": 7})
+    with pytest.raises(ValueError, match="takes no kwargs"):
+        load_dataset({"name": "digits", "kwargs": {}})
     with pytest.raises(ValueError, match="expected a torch Dataset"):
         load_dataset(lambda: 123)
     with pytest.raises(ValueError, match="int not allowed"):
