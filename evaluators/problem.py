@@ -12,6 +12,22 @@ from typing import Mapping, Sequence
 import numpy as np
 
 DIRECTIONS = ("minimize", "maximize")
+#: Longest metric name accepted from a file.
+MAX_METRIC_NAME = 100
+
+
+def _metric_name(value: object, where: str) -> str:
+    if not isinstance(value, str) or not value or len(value) > MAX_METRIC_NAME:
+        raise ValueError(f"{where}.metric: {value!r} not allowed; expected a metric name (a string of 1 to {MAX_METRIC_NAME} characters)")
+    return value
+
+
+def _bound(value: object, where: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{where}: {value!r} not allowed; expected a finite number")
+    return float(value)
 
 
 @dataclass(frozen=True)
@@ -35,6 +51,10 @@ class Constraint:
     def __post_init__(self) -> None:
         if self.max is None and self.min is None:
             raise ValueError(f"constraints.{self.metric}: give max, min or both")
+        for name in ("max", "min"):
+            object.__setattr__(self, name, _bound(getattr(self, name), f"constraints.{self.metric}.{name}"))
+        if self.max is not None and self.min is not None and self.min > self.max:
+            raise ValueError(f"constraints.{self.metric}: min {self.min:g} > max {self.max:g}; no value can satisfy it")
 
     def violation(self, value: float) -> float:
         """0 when satisfied, else the relative excess (so different metrics are comparable)."""
@@ -93,20 +113,33 @@ class Problem:
 
     @classmethod
     def from_config(cls, objectives: Sequence[Mapping], constraints: Sequence[Mapping] = ()) -> "Problem":
+        """Build from job-file values; every wrong type or value is a ValueError naming the field."""
+        if not isinstance(objectives, (list, tuple)):
+            raise ValueError(f"objectives: {objectives!r} not allowed; expected a list of {{metric: NAME, direction: minimize|maximize}}")
+        if not isinstance(constraints, (list, tuple)):
+            raise ValueError(f"constraints: {constraints!r} not allowed; expected a list of {{metric: NAME, max: X, min: X}}")
         objs = []
         for i, o in enumerate(objectives):
             if not isinstance(o, Mapping) or "metric" not in o:
                 raise ValueError(f"objectives[{i}]: expected {{metric: NAME, direction: minimize|maximize}}")
-            unknown = set(o) - {"metric", "direction"}
+            unknown = sorted(map(str, set(o) - {"metric", "direction"}))
             if unknown:
-                raise ValueError(f"objectives[{i}]: unknown fields {sorted(unknown)}; allowed: metric, direction")
-            objs.append(Objective(str(o["metric"]), str(o.get("direction", "minimize"))))
+                raise ValueError(f"objectives[{i}]: unknown fields {unknown}; allowed: metric, direction")
+            metric = _metric_name(o["metric"], f"objectives[{i}]")
+            direction = o.get("direction", "minimize")
+            if direction not in DIRECTIONS or not isinstance(direction, str):
+                raise ValueError(f"objectives[{i}].direction: {direction!r} not allowed; allowed: {', '.join(DIRECTIONS)}")
+            objs.append(Objective(metric, direction))
         cons = []
         for i, c in enumerate(constraints):
             if not isinstance(c, Mapping) or "metric" not in c:
                 raise ValueError(f"constraints[{i}]: expected {{metric: NAME, max: X}} or min: X")
-            unknown = set(c) - {"metric", "max", "min"}
+            unknown = sorted(map(str, set(c) - {"metric", "max", "min"}))
             if unknown:
-                raise ValueError(f"constraints[{i}]: unknown fields {sorted(unknown)}; allowed: metric, max, min")
-            cons.append(Constraint(str(c["metric"]), c.get("max"), c.get("min")))
+                raise ValueError(f"constraints[{i}]: unknown fields {unknown}; allowed: metric, max, min")
+            metric = _metric_name(c["metric"], f"constraints[{i}]")
+            bounds = {k: _bound(c.get(k), f"constraints[{i}].{k}") for k in ("max", "min")}
+            if bounds["max"] is None and bounds["min"] is None:
+                raise ValueError(f"constraints[{i}] ({metric}): give max, min or both (finite numbers)")
+            cons.append(Constraint(metric, bounds["max"], bounds["min"]))
         return cls(tuple(objs), tuple(cons))

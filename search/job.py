@@ -1,25 +1,38 @@
 """A search job: the YAML a user writes, validated into one value that builds everything else.
 
 Every error names the offending field (``job.strategy.name``) and, where the set is closed, the
-allowed values, so a typo costs seconds, not a traceback.
+allowed values, so a typo costs seconds, not a traceback. A job is data: the file is read with
+`tritune.search.jobfile` (bounded, plain values only), every field is type-checked strictly (no
+booleans or strings where numbers belong, no NaN), and the options of each part are checked
+against its factory's type hints before anything is built. No field names code to import.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
-
 from ..spaces import SearchSpace
 from ..spaces import create as create_space
 from ..evaluators.problem import Problem
+from .jobfile import InputError, check_plain, read_yaml
 
 JOB_SCHEMA_VERSION = 1
 EXECUTORS = ("inprocess", "ray")
 TOP_LEVEL = ("name", "space", "evaluators", "objectives", "constraints", "strategy", "budget", "batch_size", "seed", "run_dir", "executor")
+#: Bounds on what a job may ask for (a name ends up in paths and titles; a seed in 32-bit generators).
+MAX_NAME = 100
+MAX_PATH = 4096
+MAX_EVALUATIONS = 10_000_000
+MAX_TRIALS = 1_000_000_000
+MAX_BATCH = 100_000
+MAX_SEED = 2**32 - 1
+MAX_WORKERS = 4096
+MAX_PARTS = 64
+_NAME = re.compile(r"[^\W_][\w .+@=,-]*", re.UNICODE)
 
 
 class JobError(ValueError):
@@ -31,13 +44,58 @@ def _expect(cond: bool, message: str) -> None:
         raise JobError(message)
 
 
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _int(value: Any, where: str, lo: int, hi: int) -> int:
+    _expect(isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi,
+            f"{where}: {_show(value)} not allowed; expected an integer from {lo} to {hi}")
+    return value
+
+
+def check_name(value: Any, where: str) -> str:
+    """A name that also becomes part of paths and titles: 1-100 letters, digits, ``space . + @ = , - _``."""
+    _expect(isinstance(value, str) and 0 < len(value) <= MAX_NAME and _NAME.fullmatch(value) is not None and value.strip() == value,
+            f"{where}: {_show(value)} not allowed; expected 1 to {MAX_NAME} letters, digits or . + @ = , - _ (starting with a "
+            "letter or digit)")
+    return value
+
+
+def check_path(value: Any, where: str) -> str:
+    """A path given in a file: a non-empty string of at most 4096 characters without NUL."""
+    _expect(isinstance(value, str) and 0 < len(value) <= MAX_PATH and "\0" not in value,
+            f"{where}: {_show(value)} not allowed; expected a path (a string of 1 to {MAX_PATH} characters)")
+    return value
+
+
+def check_run_dir(path: str | Path, where: str = "run_dir") -> Path:
+    """Refuse a run directory that cannot be one: an existing file, or a path through a file."""
+    p = Path(path)
+    check_path(str(path), where)
+    if p.exists() and not p.is_dir():
+        raise JobError(f"{where}: {str(p)!r} is a file, not a directory")
+    for parent in p.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise JobError(f"{where}: {str(p)!r} goes through {str(parent)!r}, which is a file, not a directory")
+            break
+    return p
+
+
 def _named(value: Any, where: str) -> tuple[str, dict]:
     """Accept ``NAME`` or ``{name: NAME, ...options}``."""
     if isinstance(value, str):
-        return value, {}
-    _expect(isinstance(value, Mapping) and isinstance(value.get("name"), str), f"job.{where}: expected a name or {{name: NAME, ...options}}, got {value!r}")
+        return check_part_name(value, f"job.{where}"), {}
+    _expect(isinstance(value, Mapping) and "name" in value, f"job.{where}: expected a name or {{name: NAME, ...options}}, got {_show(value)}")
     options = {k: v for k, v in value.items() if k != "name"}
-    return value["name"], options
+    return check_part_name(value["name"], f"job.{where}.name"), options
+
+
+def check_part_name(value: Any, where: str) -> str:
+    _expect(isinstance(value, str) and 0 < len(value) <= MAX_NAME, f"{where}: {_show(value)} not allowed; expected a name (a string of 1 to {MAX_NAME} characters)")
+    return value
 
 
 @dataclass(frozen=True)
@@ -63,36 +121,55 @@ class Job:
     @classmethod
     def from_yaml(cls, path: str | Path, validate: bool = True) -> "Job":
         """Read a job file; ``validate=False`` skips building its parts (a tool that prepares
-        an input of the job, such as its supernet checkpoint, reads the job before it exists)."""
+        an input of the job, such as its supernet checkpoint, reads the job before it exists).
+        Errors name the file and the field."""
         path = Path(path)
-        if not path.is_file():
-            raise JobError(f"job file {str(path)!r}: not found")
         try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise JobError(f"job file {str(path)!r}: not valid YAML ({exc})".replace("\n", " ")) from None
+            data = read_yaml(path, "job file")
+        except InputError as exc:
+            raise JobError(str(exc)) from None
         _expect(isinstance(data, Mapping), f"job file {str(path)!r}: expected a mapping of fields {', '.join(TOP_LEVEL)}")
         data = dict(data)
-        data.setdefault("name", path.stem)
-        return cls.from_dict(data, validate=validate)
+        if "name" not in data:
+            _expect(_NAME.fullmatch(path.stem) is not None and len(path.stem) <= MAX_NAME,
+                    f"job file {str(path)!r}: the file name does not make a job name; add name: NAME")
+            data["name"] = path.stem
+        try:
+            return cls.from_dict(data, validate=validate)
+        except JobError as exc:
+            raise JobError(f"job file {str(path)!r}: {exc}") from None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], validate: bool = True) -> "Job":
+        """Check every field's type and bounds (and, with ``validate``, build each part once)."""
+        _expect(isinstance(data, Mapping), f"job: expected a mapping of fields {', '.join(TOP_LEVEL)}, got {type(data).__name__}")
+        try:
+            check_plain(data, "job")
+        except InputError as exc:
+            raise JobError(str(exc)) from None
         unknown = sorted(set(data) - set(TOP_LEVEL))
         _expect(not unknown, f"job: unknown fields {unknown}; allowed: {', '.join(TOP_LEVEL)}")
         for required in ("space", "evaluators", "objectives"):
             _expect(required in data, f"job.{required}: required")
-        name = str(data.get("name", "search"))
+        name = check_name(data.get("name", "search"), "job.name")
         space, space_options = _named(data["space"], "space")
 
         evaluators = data["evaluators"]
-        _expect(isinstance(evaluators, list) and evaluators, "job.evaluators: expected a non-empty list of {kind: KIND, ...options}")
+        _expect(isinstance(evaluators, (list, tuple)) and 0 < len(evaluators) <= MAX_PARTS,
+                f"job.evaluators: expected a non-empty list (at most {MAX_PARTS}) of {{kind: KIND, ...options}}")
         for i, ev in enumerate(evaluators):
-            _expect(isinstance(ev, Mapping) and isinstance(ev.get("kind"), str), f"job.evaluators[{i}]: expected {{kind: KIND, ...options}}, got {ev!r}")
+            _expect(isinstance(ev, Mapping) and "kind" in ev, f"job.evaluators[{i}]: expected {{kind: KIND, ...options}}, got {_show(ev)}")
+            check_part_name(ev["kind"], f"job.evaluators[{i}].kind")
         objectives = data["objectives"]
-        _expect(isinstance(objectives, list) and objectives, "job.objectives: expected a non-empty list of {metric: NAME, direction: minimize|maximize}")
-        constraints = data.get("constraints") or []
-        _expect(isinstance(constraints, list), "job.constraints: expected a list of {metric: NAME, max: X} / {metric: NAME, min: X}")
+        _expect(isinstance(objectives, (list, tuple)) and 0 < len(objectives) <= MAX_PARTS,
+                "job.objectives: expected a non-empty list of {metric: NAME, direction: minimize|maximize}")
+        constraints = data.get("constraints", [])
+        _expect(isinstance(constraints, (list, tuple)) and len(constraints) <= MAX_PARTS,
+                "job.constraints: expected a list of {metric: NAME, max: X} / {metric: NAME, min: X}")
+        try:
+            Problem.from_config(objectives, constraints)
+        except ValueError as exc:
+            raise JobError(f"job.{exc}") from None
 
         strategy, strategy_options = _named(data.get("strategy", "random"), "strategy")
         budget = data.get("budget", 100)
@@ -102,38 +179,62 @@ class Job:
             _expect(not unknown, f"job.budget: unknown fields {unknown}; allowed: evaluations, max_trials")
             max_trials = budget.get("max_trials")
             budget = budget.get("evaluations", 100)
-        _expect(isinstance(budget, int) and not isinstance(budget, bool) and budget > 0, f"job.budget.evaluations: {budget!r} must be a positive integer")
-        _expect(max_trials is None or (isinstance(max_trials, int) and max_trials >= budget), f"job.budget.max_trials: {max_trials!r} must be an integer >= evaluations")
-        batch_size = data.get("batch_size", 4)
-        _expect(isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size > 0, f"job.batch_size: {batch_size!r} must be a positive integer")
-        seed = data.get("seed", 0)
-        _expect(isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0, f"job.seed: {seed!r} must be a non-negative integer")
+        _expect(isinstance(budget, int) and not isinstance(budget, bool) and budget > 0, f"job.budget.evaluations: {_show(budget)} must be a positive integer")
+        _int(budget, "job.budget.evaluations", 1, MAX_EVALUATIONS)
+        if max_trials is not None:
+            _int(max_trials, "job.budget.max_trials", budget, MAX_TRIALS)
+        batch_size = _int(data.get("batch_size", 4), "job.batch_size", 1, MAX_BATCH)
+        seed = _int(data.get("seed", 0), "job.seed", 0, MAX_SEED)
+        run_dir = check_path(data["run_dir"], "job.run_dir") if "run_dir" in data else f"runs/{name}"
 
-        executor = data.get("executor", {}) or {}
+        executor = data.get("executor", {})
         if isinstance(executor, str):
             executor = {"kind": executor}
         _expect(isinstance(executor, Mapping), "job.executor: expected {kind: inprocess|ray, workers: N, address: ADDR}")
         unknown = sorted(set(executor) - {"kind", "workers", "address"})
         _expect(not unknown, f"job.executor: unknown fields {unknown}; allowed: kind, workers, address")
         kind = executor.get("kind", "inprocess")
-        _expect(kind in EXECUTORS, f"job.executor.kind: {kind!r} not allowed; allowed: {', '.join(EXECUTORS)}")
-        workers = executor.get("workers", 2 if kind == "ray" else 1)
-        _expect(isinstance(workers, int) and workers > 0, f"job.executor.workers: {workers!r} must be a positive integer")
+        _expect(isinstance(kind, str) and kind in EXECUTORS, f"job.executor.kind: {_show(kind)} not allowed; allowed: {', '.join(EXECUTORS)}")
+        workers = _int(executor.get("workers", 2 if kind == "ray" else 1), "job.executor.workers", 1, MAX_WORKERS)
+        address = executor.get("address")
+        _expect(address is None or (isinstance(address, str) and 0 < len(address) <= 1000 and "\0" not in address),
+                f"job.executor.address: {_show(address)} not allowed; expected a Ray address such as 'ray://host:10001' or 'auto'")
 
         job = cls(
             name=name, space=space, space_options=dict(space_options), evaluators=tuple(dict(e) for e in evaluators),
-            objectives=tuple(dict(o) if isinstance(o, Mapping) else o for o in objectives),
-            constraints=tuple(dict(c) if isinstance(c, Mapping) else c for c in constraints),
+            objectives=tuple(dict(o) for o in objectives), constraints=tuple(dict(c) for c in constraints),
             strategy=strategy, strategy_options=dict(strategy_options), budget=budget, max_trials=max_trials,
-            batch_size=batch_size, seed=seed, run_dir=str(data.get("run_dir") or f"runs/{name}"),
-            executor=kind, workers=workers, address=executor.get("address"),
+            batch_size=batch_size, seed=seed, run_dir=run_dir, executor=kind, workers=workers, address=address,
         )
         if validate:
             job.validate()
         return job
 
+    def check_options(self) -> None:
+        """Check each part's name and options against its factory's signature and type hints,
+        building nothing (an unknown option or a wrong type is one line naming the field)."""
+        from ..evaluators.registry import check_evaluator_options
+        from ..spaces.registry import check_space_options
+        from .strategies import check_strategy_options
+
+        try:
+            check_space_options(self.space, self.space_options)
+        except ValueError as exc:
+            raise JobError(f"job.space: {exc}") from None
+        for i, spec in enumerate(self.evaluators):
+            try:
+                check_evaluator_options(spec["kind"], {k: v for k, v in spec.items() if k != "kind"})
+            except ValueError as exc:
+                raise JobError(f"job.evaluators[{i}]: {exc}") from None
+        try:
+            check_strategy_options(self.strategy, self.strategy_options)
+        except ValueError as exc:
+            raise JobError(f"job.strategy: {exc}") from None
+
     def validate(self) -> None:
-        """Build every part once so that bad options fail before any trial runs."""
+        """Check every part's options, then build each part once so that bad options fail before
+        any trial runs."""
+        self.check_options()
         try:
             space = self.build_space()
             problem = self.problem()
