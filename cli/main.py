@@ -11,10 +11,15 @@ import numpy as np
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
-    from ..search.job import Job
+    from ..search.job import Job, check_run_dir
     from ..search.run import run_search
 
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers: {args.workers} not allowed; expected an integer >= 1")
+    if args.address is not None and not args.address.strip():
+        raise ValueError("--address: empty; expected a Ray address such as 'ray://host:10001' or 'auto'")
     job = Job.from_yaml(args.job)
+    check_run_dir(args.run_dir or job.run_dir, "--run-dir" if args.run_dir else f"job file {args.job!r}: job.run_dir")
     result = run_search(
         job, run_dir=args.run_dir, resume=args.resume, executor="ray" if args.ray else None,
         workers=args.workers, address=args.address, progress=not args.quiet,
@@ -56,15 +61,22 @@ def _cmd_spaces(args: argparse.Namespace) -> int:
 
 def _cmd_results(args: argparse.Namespace) -> int:
     from ..search.job import Job
+    from ..search.jobfile import loads_json
     from ..search.report import format_front, front, knee
     from ..search.store import TrialStore
 
+    if args.limit < 0:
+        raise ValueError(f"--limit: {args.limit} not allowed; expected an integer >= 0")
     run = Path(args.run)
     db = run / "trials.db"
-    if not db.exists():
+    if not db.is_file():
         raise ValueError(f"results show: {str(run)!r} holds no trials.db (is it a run directory?)")
     with TrialStore(db) as store:
-        job = Job.from_dict(json.loads(store.get_meta("job") or "{}"))
+        # the stored job is data: read it plainly and check its fields; nothing of it is built
+        stored = store.get_meta("job")
+        if not isinstance(stored, str):
+            raise ValueError(f"results show: {str(db)!r} holds no job; not a complete tritune run")
+        job = Job.from_dict(loads_json(stored, f"the job stored in {str(db)!r}"), validate=False)
         records = [r for r in store.all() if r.status != "running"]
     problem = job.problem()
     best = front(records, problem)
@@ -113,16 +125,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _input_error(exc: BaseException) -> str | None:
+    """The message of an error caused by input (a file, a run directory, an argument), else None (a bug)."""
+    import sqlite3
+
+    if isinstance(exc, ValueError):  # tritune's own input errors, and Unicode errors
+        return _one_line(exc)
+    if isinstance(exc, OSError):  # missing, unreadable or misplaced files and directories
+        if exc.filename is not None and exc.strerror:
+            where = repr(exc.filename) if exc.filename2 is None else f"{exc.filename!r} -> {exc.filename2!r}"
+            return _one_line(f"{where}: {exc.strerror}")
+        return _one_line(exc)
+    if isinstance(exc, sqlite3.DatabaseError):  # a damaged or foreign trials.db
+        return _one_line(f"trials.db is damaged or not a tritune store ({exc})")
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; an error caused by input is one line ``tritune: error: ...`` and exit 2."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"tritune: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("tritune: interrupted; finished trials are saved, continue with --resume", file=sys.stderr)
         return 130
+    except Exception as exc:
+        message = _input_error(exc)
+        if message is None:
+            raise
+        print(f"tritune: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
