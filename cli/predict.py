@@ -5,42 +5,86 @@
 
 With ``--predictor`` the saved predictor answers (refused if it was made for another target) and
 its measured error is printed; without it the target itself answers (a table look-up, or a real
-build-and-measure on a runtime target, which takes seconds per candidate).
+build-and-measure on a runtime target, which takes seconds per candidate). A predictor file that
+is not authenticated (no ``TRITUNE_PREDICTOR_KEY`` HMAC, see `tritune.predictors.io`) only
+*claims* its error: it is printed as the file's claim, unverified.
 """
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 
 
+#: Most candidates one call predicts (``--sample`` or a candidate file's list).
+MAX_CANDIDATES = 100_000
+
+
 def _parse_options(pairs: list[str]) -> dict:
+    from ..search.jobfile import InputError, loads_json
+
     options = {}
     for pair in pairs:
         if "=" not in pair:
             raise ValueError(f"--target-option: {pair!r} is not KEY=VALUE")
         key, value = pair.split("=", 1)
+        if not key or key in options:
+            raise ValueError(f"--target-option: {pair!r}: {'empty' if not key else 'repeated'} key")
         try:
-            options[key] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key] = value
+            options[key] = loads_json(value, f"--target-option {key}")
+        except InputError:
+            options[key] = value  # not JSON: the text itself
     return options
+
+
+def _read_candidates(path: Path) -> list:
+    from ..search.jobfile import read_json
+    from ..spaces import Candidate
+
+    where = f"candidate file {str(path)!r}"
+    data = read_json(path, "candidate file", limit=64 << 20)
+    items = data if isinstance(data, list) else [data]
+    if not items:
+        raise ValueError(f"{where}: holds an empty list; expected a candidate object or a non-empty list of them")
+    if len(items) > MAX_CANDIDATES:
+        raise ValueError(f"{where}: holds {len(items)} candidates; at most {MAX_CANDIDATES} per call")
+    candidates = []
+    for i, item in enumerate(items):
+        try:
+            candidates.append(Candidate.from_json(item))
+        except ValueError as exc:
+            raise ValueError(f"{where}: [{i}]: {exc}") from None
+    return candidates
+
+
+def _error_line(error: dict, authenticated: bool) -> str:
+    def number(key: str, scale: float = 1.0, fmt: str = ".2f") -> str:
+        value = error.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return "?"
+        return format(scale * value, fmt)
+
+    text = (f"MAPE {number('mape')}%, within ±10% {number('within_10', 100.0, '.1f')}%, "
+            f"Spearman {number('spearman', fmt='.3f')} (n={number('n', fmt='.0f')})")
+    if authenticated:
+        return f"measured error on held-out data (authenticated file): {text}"
+    return (f"error the file claims (unverified: the file carries no valid HMAC; set TRITUNE_PREDICTOR_KEY to the "
+            f"key it was saved with to verify it): {text}")
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from ..predictors import load
-    from ..spaces import Candidate, create
+    from ..spaces import create
     from ..targets.registry import create_target
 
+    if not 1 <= args.sample <= MAX_CANDIDATES:
+        raise ValueError(f"--sample: {args.sample} not allowed; expected an integer from 1 to {MAX_CANDIDATES}")
+    if args.seed < 0:
+        raise ValueError(f"--seed: {args.seed} not allowed; expected an integer >= 0")
     target = create_target(args.target, **_parse_options(args.target_option))
     if args.candidate:
-        path = Path(args.candidate)
-        if not path.is_file():
-            raise ValueError(f"predict: candidate file {str(path)!r} not found")
-        data = json.loads(path.read_text())
-        candidates = [Candidate.from_json(c) for c in (data if isinstance(data, list) else [data])]
+        candidates = _read_candidates(Path(args.candidate))
         space = create(args.space or candidates[0].space)
         candidates = [space.validate(c) for c in candidates]
     elif args.space:
@@ -55,18 +99,17 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if args.predictor:
         predictor = load(args.predictor, expected_fingerprint=target.fingerprint())
         values = np.asarray(predictor.predict(candidates), dtype=float)
-        source = f"predictor {args.predictor} ({type(predictor).__name__})"
-        error = predictor.error_ or {}
+        authenticated = bool(getattr(predictor, "authenticated_", False))
+        source = f"predictor {args.predictor} ({type(predictor).__name__}, {'authenticated' if authenticated else 'unauthenticated'})"
+        error = predictor.error_ if isinstance(predictor.error_, dict) else {}
     else:
         values = np.asarray(target.latency(candidates), dtype=float)
-        source, error = f"target {args.target}", {}
+        source, error, authenticated = f"target {args.target}", {}, False
     print(f"{'candidate':14s} latency_ms   ({source})")
     for c, v in zip(candidates, values):
         print(f"{c.id:14s} {v:10.4g}")
     if error:
-        print(f"measured error on held-out data: MAPE {error.get('mape', float('nan')):.2f}%, "
-              f"within ±10% {100 * error.get('within_10', float('nan')):.1f}%, Spearman {error.get('spearman', float('nan')):.3f} "
-              f"(n={error.get('n', '?')})")
+        print(_error_line(error, authenticated))
     elif args.predictor is None:
         print("values come from the target itself (measured or tabulated), not from a model")
     return 0

@@ -24,7 +24,7 @@ from tritune.predictors import (
     score_report,
     table_arrays,
 )
-from tritune.predictors.io import digest
+from tritune.predictors.io import KEY_ENV, digest, seal
 from tritune.predictors.nb201_features import FEATURE_NAMES, nb201_features
 from tritune.spaces import LayerSpec, NB201Space, create
 from tritune.spaces.nb201 import OPS
@@ -185,7 +185,7 @@ def rewrite(path: Path, edit, resign: bool) -> None:
     doc = json.loads(path.read_text())
     edit(doc)
     if resign:
-        doc["sha256"] = digest(doc)
+        seal(doc)
     path.write_text(json.dumps(doc))
 
 
@@ -197,7 +197,8 @@ def test_fewshot_round_trip_predicts_identically(saved_fewshot):
     assert loaded.error_ == pred.error_ and loaded.metric == "latency_ms"
     assert loaded.target_fingerprint == NB201TableTarget("help_pixel3").fingerprint()
     doc = json.loads(path.read_text())
-    assert doc["format"] == "tritune-predictor" and doc["schema"] == 1 and doc["kind"] == "fewshot-latency"
+    assert doc["format"] == "tritune-predictor" and doc["schema"] == 2 and doc["kind"] == "fewshot-latency"
+    assert doc["checksum"] == "sha256:" + digest(doc) and "hmac" not in doc and "sha256" not in doc
     assert set(doc["error"]) >= {"mape", "rmse", "within_5", "within_10", "spearman", "kendall", "n"}
 
 
@@ -214,8 +215,71 @@ def test_tampered_file_is_refused(saved_fewshot):
 
 def test_newer_schema_is_refused(saved_fewshot):
     _, path = saved_fewshot
-    rewrite(path, lambda d: d.update(schema=2), resign=True)
-    with pytest.raises(ValueError, match="schema 2 is newer"):
+    rewrite(path, lambda d: d.update(schema=3), resign=True)
+    with pytest.raises(ValueError, match="schema 3 is newer"):
+        predictors.load(path)
+
+
+def test_schema_1_files_still_load_unauthenticated(saved_fewshot):
+    pred, path = saved_fewshot
+    doc = json.loads(path.read_text())
+    del doc["checksum"]
+    doc["schema"] = 1
+    doc["sha256"] = digest(doc)
+    path.write_text(json.dumps(doc))
+    loaded = predictors.load(path)
+    assert np.array_equal(loaded.predict_all(), pred.predict_all()) and loaded.authenticated_ is False
+    doc["error"]["mape"] = 0.5  # an edit without recomputing the checksum
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        predictors.load(path)
+
+
+def test_checksum_is_no_authentication_but_the_hmac_is(saved_fewshot, tmp_path, monkeypatch):
+    """A re-sealed forgery passes the checksum (anyone can compute it) and loads unauthenticated;
+    with TRITUNE_PREDICTOR_KEY set, only files saved with that key load."""
+    pred, plain = saved_fewshot
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    forged = tmp_path / "forged.json"
+    forged.write_text(plain.read_text())
+    rewrite(forged, lambda d: d["error"].update(mape=0.5, within_10=0.99), resign=True)
+    loaded = predictors.load(forged)
+    assert loaded.error_["mape"] == 0.5 and loaded.authenticated_ is False
+
+    monkeypatch.setenv(KEY_ENV, "a team secret of enough bytes")
+    signed = pred.save(tmp_path / "signed.json")
+    doc = json.loads(signed.read_text())
+    assert doc["hmac"].startswith("hmac-sha256:") and len(doc["hmac"]) == len("hmac-sha256:") + 64
+    assert predictors.load(signed).authenticated_ is True
+    with pytest.raises(ValueError, match="carries no HMAC"):
+        predictors.load(forged)  # a checksum-only file is refused while the key is set
+    forged_signed = tmp_path / "forged_signed.json"
+    forged_signed.write_text(signed.read_text())
+    rewrite(forged_signed, lambda d: d["error"].update(mape=0.5), resign=True)  # re-sealed without the key
+    with pytest.raises(ValueError, match="carries no HMAC"):
+        predictors.load(forged_signed)
+    doc["error"]["mape"] = 0.5
+    doc["checksum"] = seal(dict(doc))["checksum"]  # a correct checksum, the old HMAC
+    forged_signed.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="HMAC mismatch"):
+        predictors.load(forged_signed)
+    monkeypatch.setenv(KEY_ENV, "another key of enough bytes!")
+    with pytest.raises(ValueError, match="HMAC mismatch"):
+        predictors.load(signed)
+    monkeypatch.setenv(KEY_ENV, "short")
+    with pytest.raises(ValueError, match="at least 16"):
+        predictors.load(signed)
+    monkeypatch.delenv(KEY_ENV)
+    assert predictors.load(signed).authenticated_ is False  # no key: nothing can be verified
+
+
+def test_damaged_params_are_a_clean_error(saved_fewshot):
+    _, path = saved_fewshot
+    rewrite(path, lambda d: d["params"].clear(), resign=True)
+    with pytest.raises(ValueError, match="params do not make a 'fewshot-latency' predictor"):
+        predictors.load(path)
+    rewrite(path, lambda d: d.update(error=[1, 2]), resign=True)
+    with pytest.raises(ValueError, match="field 'error' is list"):
         predictors.load(path)
 
 
