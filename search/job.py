@@ -125,7 +125,7 @@ class Job:
         Errors name the file and the field."""
         path = Path(path)
         try:
-            data = read_yaml(path, "job file")
+            data = read_yaml(path, "job file", "job")
         except InputError as exc:
             raise JobError(str(exc)) from None
         _expect(isinstance(data, Mapping), f"job file {str(path)!r}: expected a mapping of fields {', '.join(TOP_LEVEL)}")

@@ -181,8 +181,9 @@ def _where(label: str, exc: yaml.YAMLError) -> str:
     return f"{label}: not valid YAML{at}: {' '.join(text.split())}"
 
 
-def loads_yaml(text: str, label: str = "YAML") -> Any:
-    """Parse one YAML document into plain values within the module's bounds."""
+def loads_yaml(text: str, label: str = "YAML", root: str = "") -> Any:
+    """Parse one YAML document into plain values within the module's bounds; errors start with
+    ``label`` and name a field as a path from ``root`` (``job.constraints[0].max``)."""
     if len(text) > MAX_FILE_BYTES:
         raise InputError(f"{label}: larger than {MAX_FILE_BYTES} characters")
     loader = _PlainLoader(text)
@@ -202,13 +203,13 @@ def loads_yaml(text: str, label: str = "YAML") -> Any:
         raise InputError(f"{label}: {' '.join(str(exc).split())}") from None
     finally:
         loader.dispose()
-    check_plain(data, label)
+    check_plain(data, root, label=label)
     return data
 
 
-def read_yaml(path: str | os.PathLike, what: str = "YAML file") -> Any:
+def read_yaml(path: str | os.PathLike, what: str = "YAML file", root: str = "") -> Any:
     """`read_text` + `loads_yaml`, errors naming ``what`` and the path."""
-    return loads_yaml(read_text(path, what), f"{what} {str(Path(path))!r}")
+    return loads_yaml(read_text(path, what), f"{what} {str(Path(path))!r}", root)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,7 +246,7 @@ def loads_json(text: str, label: str = "JSON") -> Any:
         raise
     except ValueError as exc:  # e.g. an integer of more digits than Python converts
         raise InputError(f"{label}: {' '.join(str(exc).split())}") from None
-    check_plain(data, label, max_nodes=None)
+    check_plain(data, "", label=label, max_nodes=None)
     return data
 
 
@@ -262,44 +263,50 @@ def _show(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def check_plain(value: Any, where: str, *, max_depth: int = MAX_DEPTH, max_nodes: int | None = MAX_NODES,
+def check_plain(value: Any, where: str, *, label: str = "", max_depth: int = MAX_DEPTH, max_nodes: int | None = MAX_NODES,
                 max_string: int = MAX_STRING) -> None:
     """Refuse anything but plain, bounded, finite values (iteratively: no recursion on deep input).
 
     Allowed: mappings with string keys, lists / tuples, strings, ints, finite floats, bools,
-    ``None``. Python callers may also pass ``os.PathLike`` values (paths)."""
+    ``None``. Python callers may also pass ``os.PathLike`` values (paths). A refusal reads
+    ``LABEL: WHERE.field[i]: ...``."""
+    prefix = f"{label}: " if label else ""
+
+    def fail(path: str, detail: str) -> InputError:
+        return InputError(f"{prefix}{path or 'the document'}: {detail}")
+
     stack: list[tuple[Any, str, int]] = [(value, where, 0)]
     nodes = 0
     while stack:
         item, path, depth = stack.pop()
         nodes += 1
         if max_nodes is not None and nodes > max_nodes:
-            raise InputError(f"{where}: more than {max_nodes} values")
+            raise fail(where, f"more than {max_nodes} values")
         if depth > max_depth:
-            raise InputError(f"{path}: nested deeper than {max_depth} levels")
+            raise fail(path, f"nested deeper than {max_depth} levels")
         if item is None or isinstance(item, bool):
             continue
         if isinstance(item, int):
             continue
         if isinstance(item, float):
             if not math.isfinite(item):
-                raise InputError(f"{path}: {item!r} not allowed; numbers must be finite")
+                raise fail(path, f"{item!r} not allowed; numbers must be finite")
             continue
         if isinstance(item, str):
             if len(item) > max_string:
-                raise InputError(f"{path}: a string of {len(item)} characters; at most {max_string} allowed")
+                raise fail(path, f"a string of {len(item)} characters; at most {max_string} allowed")
             continue
         if isinstance(item, os.PathLike):
             continue
         if isinstance(item, Mapping):
             for key, child in item.items():
                 if not isinstance(key, str):
-                    raise InputError(f"{path}: key {_show(key)} is not a string")
-                stack.append((child, f"{path}.{key}", depth + 1))
+                    raise fail(path, f"key {_show(key)} is not a string")
+                stack.append((child, f"{path}.{key}" if path else key, depth + 1))
             continue
         if isinstance(item, (list, tuple)):
             for i, child in enumerate(item):
                 stack.append((child, f"{path}[{i}]", depth + 1))
             continue
-        raise InputError(f"{path}: {type(item).__name__} value {_show(item)} not allowed; allowed: plain strings, numbers, "
+        raise fail(path, f"{type(item).__name__} value {_show(item)} not allowed; allowed: plain strings, numbers, "
                          "booleans, null, lists and mappings")
