@@ -64,9 +64,14 @@ def check_name(value: Any, where: str) -> str:
 
 
 def check_path(value: Any, where: str) -> str:
-    """A path given in a file: a non-empty string of at most 4096 characters without NUL."""
-    _expect(isinstance(value, str) and 0 < len(value) <= MAX_PATH and "\0" not in value,
-            f"{where}: {_show(value)} not allowed; expected a path (a string of 1 to {MAX_PATH} characters)")
+    """A path given in a file: a non-empty string of at most 4096 characters, no NUL, encodable."""
+    ok = isinstance(value, str) and 0 < len(value) <= MAX_PATH and "\0" not in value
+    if ok:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            ok = False
+    _expect(ok, f"{where}: {_show(value)} not allowed; expected a path (a string of 1 to {MAX_PATH} characters)")
     return value
 
 
@@ -242,8 +247,8 @@ class Job:
             self.build_strategy(space, problem, pipeline.oracle)
         except JobError:
             raise
-        except ValueError as exc:
-            raise JobError(f"job: {exc}") from None
+        except (ValueError, OSError) as exc:  # OSError: a file a part names cannot be read
+            raise JobError(f"job: {' '.join(str(exc).split())}") from None
 
     # ----- building -------------------------------------------------------------------------------
     def problem(self) -> Problem:
