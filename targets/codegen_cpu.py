@@ -41,10 +41,15 @@ kernels and element-wise ops stay on one thread.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import shutil
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from importlib import metadata
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -113,6 +118,10 @@ class CodegenRunnable:
     _output: np.ndarray = field(repr=False)
     _buffers: list[np.ndarray] = field(default_factory=list, repr=False)
     _chain: Any = field(default=None, repr=False)
+    #: the packed weight each conv / linear layer runs with, by layer name (what an export saves)
+    packed: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: the building target's ``fuse_min_bytes`` (which blocks run fused)
+    fuse_min_bytes: int | None = FUSE_MIN_BYTES
 
     def __post_init__(self) -> None:
         from ..kernels.codegen.chain import OpChain
@@ -122,6 +131,19 @@ class CodegenRunnable:
     @property
     def plan(self) -> list[dict[str, Any]]:
         return [op.describe() for op in self.ops]
+
+    def libraries(self) -> list[str]:
+        """Paths of the shared libraries this network runs: every generated kernel's and the
+        element-wise library that chains them."""
+        paths = {str(self._chain._lib._name)}
+        for op in self.ops:
+            parts = [getattr(op.keep, role, None) for role in ("stem", "expand", "depthwise", "project")] \
+                if hasattr(op.keep, "depthwise") else [op.keep]
+            for part in parts:
+                library = getattr(part, "library", None)
+                if library:
+                    paths.add(str(library))
+        return sorted(paths)
 
     def _forward(self) -> None:
         self._chain()
@@ -296,9 +318,13 @@ class CodegenCpuTarget(BuildsMobileNets, Target):
     # ----- building -----------------------------------------------------------------------
 
     def build(self, candidate: Any, space: Any = None, input_shape: Sequence[int] | None = None, *,
-              name: str | None = None) -> CodegenRunnable:
+              name: str | None = None, packed: Mapping[str, Any] | None = None) -> CodegenRunnable:
         """A runnable from a candidate of a mobilenet space, or from a `MobileNetSubnet`
-        (``input_shape`` required). Raises `CompilerError` (clear message) without a compiler."""
+        (``input_shape`` required). Raises `CompilerError` (clear message) without a compiler.
+
+        ``packed``: `tritune.kernels.formats.PackedWeight` s by layer name, used instead of
+        packing those layers' module weights (what `load_exported` passes: the structure of a
+        sparse layer whose kept weights include exact zeros is not in its dense weight)."""
         from ..kernels.codegen import CompilerError
         from ..spaces.mobilenet_net import MobileNetSubnet, build_subnet, torch_threads
         from ..spaces.mobilenet_net import input_shape as shape_of
@@ -323,9 +349,11 @@ class CodegenCpuTarget(BuildsMobileNets, Target):
             raise ValueError(f"input_shape: {shape} not allowed; allowed: (1, C, H, W) (batch 1)")
         t_net = time.perf_counter() - t0
         with torch_threads(1):
-            ops, buffers, x_in, logits = self._plan(net, shape)
+            packs = dict(packed or {})
+            ops, buffers, x_in, logits = self._plan(net, shape, packs)
         times = {"net": t_net, "compile": sum(op.compile_s for op in ops), "total": time.perf_counter() - t0}
-        return CodegenRunnable(label, ops, shape, self.threads, cand, times, self.autotune, x_in, logits, buffers)
+        return CodegenRunnable(label, ops, shape, self.threads, cand, times, self.autotune, x_in, logits, buffers, packed=packs,
+                               fuse_min_bytes=self.fuse_min_bytes)
 
     @staticmethod
     def _packed(w: np.ndarray, mask: np.ndarray | None, pattern: str) -> Any:
@@ -334,6 +362,17 @@ class CodegenCpuTarget(BuildsMobileNets, Target):
         if pattern == "dense":  # exact zeros (a trained weight, dequantized codes) stay inside a dense layer
             mask = np.ones(w.shape, dtype=bool)
         return pack(w, pattern, mask)
+
+    def _layer_packed(self, name: str, w: np.ndarray, mask: np.ndarray | None, pattern: str, packs: dict[str, Any]) -> Any:
+        """The packed weight of layer ``name``: the one in ``packs`` (given to `build`), else
+        ``w`` packed in ``pattern`` and recorded in ``packs``."""
+        given = packs.get(name)
+        if given is None:
+            packs[name] = given = self._packed(w, mask, pattern)
+        elif tuple(given.shape) != tuple(w.shape) or given.pattern != pattern:
+            raise ValueError(f"codegen-cpu: packed weight of layer {name}: {given.pattern} {tuple(given.shape)} not allowed; "
+                             f"allowed: {pattern} {tuple(w.shape)} (the layer's plan)")
+        return given
 
     @staticmethod
     def _conv_weights(L: Any, module: Any) -> tuple[np.ndarray, np.ndarray | None, str, str, np.ndarray | None]:
@@ -352,16 +391,14 @@ class CodegenCpuTarget(BuildsMobileNets, Target):
 
         return autotune(packed, kind, in_hw, stride, bias, act, self.threads, cache_dir=self.cache_dir, cc=self.cc)
 
-    def _kernel(self, w: np.ndarray, mask: np.ndarray | None, pattern: str, kind: str, in_hw: Any, stride: int,
-                bias: np.ndarray | None, act: str) -> Any:
+    def _kernel(self, packed: Any, kind: str, in_hw: Any, stride: int, bias: np.ndarray | None, act: str) -> Any:
         from ..kernels.codegen import compile_layer
 
-        packed = self._packed(w, mask, pattern)
         if self.autotune:
             return self._tuned(packed, kind, in_hw, stride, bias, act).kernel
         return compile_layer(packed, kind, in_hw, stride, bias, act, threads=self.threads, cache_dir=self.cache_dir, cc=self.cc)
 
-    def _plan(self, net: Any, shape: tuple[int, ...]) -> tuple[list[Op], list[np.ndarray], np.ndarray, np.ndarray]:
+    def _plan(self, net: Any, shape: tuple[int, ...], packs: dict[str, Any]) -> tuple[list[Op], list[np.ndarray], np.ndarray, np.ndarray]:
         from ..kernels.codegen.chain import add_step, matvec_step, mean_step
         from ..kernels.codegen.depthwise import compile_depthwise
         lib = {"cc": self.cc, "cache_dir": self.cache_dir}
@@ -401,7 +438,7 @@ class CodegenCpuTarget(BuildsMobileNets, Target):
                 se_pool = after is not None and after.op == "global_pool" and after.name.endswith(".se.pool")
                 head = layers[group[0]]
                 stem_add = head.op == "conv" and head.kernel == 3 and after is not None and after.op == "add"
-                op, y = self._fused_op(modules, [layers[j] for j in group], x, bufs, se_pool, scratch, residual=stem_add)
+                op, y = self._fused_op(modules, [layers[j] for j in group], x, bufs, se_pool, scratch, packs, residual=stem_add)
                 ops.append(op)
                 skip.update(group)
                 if stem_add:  # the block's input never exists: its residual sum is part of the fused step
@@ -421,13 +458,14 @@ class CodegenCpuTarget(BuildsMobileNets, Target):
                     raise ValueError(f"codegen-cpu: layer {L.name}: conv with kernel {L.kernel}, groups {L.groups} not allowed; "
                                      "allowed: 1x1 / 3x3 full convolutions, depthwise k 3/5/7")
                 if kind == "linear" and family == "dense" and w.size > BLAS_LINEAR_WEIGHTS:
+                    w = self._layer_packed(L.name, w, None, "dense", packs).unpack()
                     y = bufs.get((w.shape[0],))
                     st = matvec_step(w, b, _act_name(module), x.reshape(-1), y, **lib)
                     ops.append(Op(L.name, "dense", "linear", st.step, st, "dense", "matvec"))
                     consumed(x)
                     x = y
                     continue
-                k = self._kernel(w, mask, pattern, kind, in_hw, L.stride, b, _act_name(module))
+                k = self._kernel(self._layer_packed(L.name, w, mask, pattern, packs), kind, in_hw, L.stride, b, _act_name(module))
                 y = bufs.get(k.out_shape)
                 xin = x.reshape(k.in_shape)
                 ops.append(Op(L.name, family, kind, k.step(xin, y), k, pattern, k.variant.name, k.compile_s, k.cached))
@@ -454,7 +492,7 @@ class CodegenCpuTarget(BuildsMobileNets, Target):
                     st = mean_step(x.reshape(x.shape[0], -1), v, **lib)
                     ops.append(Op(L.name, "dense", "global_pool", st.step, st))
                 if L.name.endswith(".se.pool"):
-                    ops.extend(self._se(modules, by_name, prefix, v, x, bufs))
+                    ops.extend(self._se(modules, by_name, prefix, v, x, bufs, packs))
                 else:
                     consumed(x)
                     x = v
@@ -500,7 +538,7 @@ class CodegenCpuTarget(BuildsMobileNets, Target):
         return out
 
     def _fused_op(self, modules: dict, group: list, x: np.ndarray, bufs: _Buffers, se_pool: bool,
-                  scratch: np.ndarray | None, residual: bool = False) -> tuple[Op, np.ndarray]:
+                  scratch: np.ndarray | None, packs: dict[str, Any], residual: bool = False) -> tuple[Op, np.ndarray]:
         from ..kernels.codegen.fused import compile_fused_block
 
         dw_at = next(j for j, L in enumerate(group) if L.op == "dwconv")
@@ -513,7 +551,7 @@ class CodegenCpuTarget(BuildsMobileNets, Target):
                 continue
             module = modules[L.name]
             w, b, family, pattern, mask = self._conv_weights(L, module)
-            packed[role], bias[role], act[role] = self._packed(w, mask, pattern), b, _act_name(module)
+            packed[role], bias[role], act[role] = self._layer_packed(L.name, w, mask, pattern, packs), b, _act_name(module)
             families.append(family)
             tile[role] = None
             if self.autotune:  # the variant measured fastest for the layer alone, run band by band
@@ -540,7 +578,8 @@ class CodegenCpuTarget(BuildsMobileNets, Target):
                 blk.compile_s, blk.cached)
         return op, y
 
-    def _se(self, modules: dict, layers: dict, prefix: str, pooled: np.ndarray, x: np.ndarray, bufs: _Buffers) -> list[Op]:
+    def _se(self, modules: dict, layers: dict, prefix: str, pooled: np.ndarray, x: np.ndarray, bufs: _Buffers,
+            packs: dict[str, Any]) -> list[Op]:
         """SE reduce (linear + relu), expand (linear + hsigmoid), each with its slot's pattern,
         then x *= scale in place."""
         from ..kernels.codegen.chain import scale_step
@@ -552,7 +591,7 @@ class CodegenCpuTarget(BuildsMobileNets, Target):
             w, b, family, pattern, mask = self._conv_weights(layers[name], module)
             w = w.reshape(w.shape[0], -1)
             mask = None if mask is None else mask.reshape(w.shape)
-            k = self._kernel(w, mask, pattern, "linear", None, 1, b, _act_name(module))
+            k = self._kernel(self._layer_packed(name, w, mask, pattern, packs), "linear", None, 1, b, _act_name(module))
             y = bufs.get(k.out_shape)
             ops.append(Op(name, family, "linear", k.step(v, y), k, pattern, k.variant.name, k.compile_s, k.cached))
             bufs.release(v)
@@ -575,4 +614,176 @@ class CodegenCpuTarget(BuildsMobileNets, Target):
         return out
 
 
-__all__ = ["CodegenCpuTarget", "CodegenRunnable", "Op"]
+# ----- export ---------------------------------------------------------------------------------
+#: ``codegen.json`` of an exported network: what `load_exported` reads.
+EXPORT_FORMAT = "tritune-codegen-export"
+EXPORT_SCHEMA = 1
+#: The time stamp of every member of a written ``.npz`` (zip) file, so the same arrays give the same bytes.
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+
+
+class ExportedModelError(ValueError):
+    """An exported folder that cannot be loaded; the message names the file and the problem."""
+
+
+def write_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> None:
+    """``np.savez`` with fixed member time stamps and sorted members: same arrays, same bytes.
+    Read it back with ``np.load(path, allow_pickle=False)`` (no object arrays are written)."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
+        for key in sorted(arrays):
+            arr = np.asarray(arrays[key])
+            if arr.dtype.hasobject:
+                raise ValueError(f"write_npz: array {key!r} holds Python objects; allowed: numeric and string arrays")
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=_ZIP_TIME)
+            with zf.open(info, "w", force_zip64=True) as fh:
+                np.lib.format.write_array(fh, arr if arr.flags.c_contiguous else arr.copy(), allow_pickle=False)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _weight_arrays(net: Any, runnable: CodegenRunnable) -> dict[str, np.ndarray]:
+    """``<layer>/<array>`` of every weight layer: the packed weight the plan ran (conv / linear)
+    or the dense weight (depthwise), and the bias."""
+    modules = dict(net.named_modules())
+    arrays: dict[str, np.ndarray] = {}
+    for L in net.layers:
+        if not L.has_weights:
+            continue
+        w, b, _ = _weights(modules[L.name])
+        if L.name in runnable.packed:
+            arrays.update(runnable.packed[L.name].to_npz_dict(prefix=f"{L.name}/"))
+        else:
+            arrays[f"{L.name}/weight"] = w
+        if b is not None:
+            arrays[f"{L.name}/bias"] = b
+    return arrays
+
+
+def save_exported(runnable: CodegenRunnable, net: Any, directory: str | os.PathLike) -> dict[str, Any]:
+    """Write a built network into ``directory``: ``kernels/`` (the shared libraries it runs, each
+    beside its C source), ``weights.npz`` (packed weights per layer, biases) and ``codegen.json``
+    (its layer IR, input shape, target settings, file checksums). `load_exported` runs it again
+    without compiling. ``net`` is the `MobileNetSubnet` the runnable was built from. Returns
+    the ``codegen.json`` document."""
+    if runnable.autotuned:
+        raise ValueError("save_exported: the runnable was built with autotune=True; allowed: a build with autotune=False "
+                         "(its kernels are generated again from the weights alone when loaded)")
+    out = Path(directory)
+    kernels = out / "kernels"
+    kernels.mkdir(parents=True, exist_ok=True)
+    libraries = []
+    for path in runnable.libraries():
+        src = Path(path)
+        for item in (src, src.with_suffix(".c")):
+            if item.is_file():
+                shutil.copyfile(item, kernels / item.name)
+        libraries.append({"file": f"kernels/{src.name}", "sha256": _sha256(kernels / src.name)})
+    write_npz(out / "weights.npz", _weight_arrays(net, runnable))
+    doc = {
+        "format": EXPORT_FORMAT, "schema": EXPORT_SCHEMA, "name": runnable.name,
+        "input_shape": list(runnable.input_shape), "threads": runnable.threads,
+        "fuse_min_bytes": runnable.fuse_min_bytes,
+        "layers": [L.to_json() for L in net.layers], "libraries": libraries,
+        "weights": {"file": "weights.npz", "sha256": _sha256(out / "weights.npz")},
+        "plan": [{k: v for k, v in op.items() if k not in ("compile_s", "cached")} for op in runnable.plan],
+    }
+    (out / "codegen.json").write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    return doc
+
+
+def _read_export(where: Path) -> dict[str, Any]:
+    path = where / "codegen.json"
+    if not path.is_file():
+        raise ExportedModelError(f"exported model {str(where)!r}: no codegen.json (not a codegen-cpu export)")
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ExportedModelError(f"{str(path)!r}: not valid JSON ({exc})") from None
+    if not isinstance(doc, dict) or doc.get("format") != EXPORT_FORMAT:
+        raise ExportedModelError(f"{str(path)!r}: format {doc.get('format') if isinstance(doc, dict) else None!r}; allowed: {EXPORT_FORMAT!r}")
+    if doc.get("schema") != EXPORT_SCHEMA:
+        raise ExportedModelError(f"{str(path)!r}: schema {doc.get('schema')!r}; this tritune reads {EXPORT_SCHEMA}")
+    for entry in [doc["weights"], *doc["libraries"]]:
+        file = where / entry["file"]
+        if Path(entry["file"]).is_absolute() or ".." in Path(entry["file"]).parts:
+            raise ExportedModelError(f"{str(path)!r}: file {entry['file']!r} not allowed; allowed: paths inside the export folder")
+        if not file.is_file():
+            raise ExportedModelError(f"exported model {str(where)!r}: {entry['file']} is missing")
+        if _sha256(file) != entry["sha256"]:
+            raise ExportedModelError(f"exported model {str(where)!r}: {entry['file']} changed since export (sha256 differs)")
+    return doc
+
+
+def _net_from_export(doc: dict[str, Any], weights: Mapping[str, np.ndarray]) -> tuple[Any, dict[str, Any]]:
+    """The `MobileNetSubnet` of an export (weights set from the npz) and its packed weights."""
+    import torch
+
+    from ..kernels.formats import PackedWeight
+    from ..spaces.layers import LayerSpec
+    from ..spaces.mobilenet import STAGES
+    from ..spaces.mobilenet_net import MobileNetSubnet
+
+    layers = [LayerSpec.from_json(d) for d in doc["layers"]]
+    net = MobileNetSubnet(layers, len(STAGES))
+    modules = dict(net.named_modules())
+    packs: dict[str, Any] = {}
+    with torch.no_grad():
+        for L in layers:
+            if not L.has_weights:
+                continue
+            module = modules[L.name]
+            op = module.conv if hasattr(module, "conv") else module.linear
+            if f"{L.name}/weight" in weights:
+                w = np.asarray(weights[f"{L.name}/weight"])
+            else:
+                packs[L.name] = PackedWeight.from_npz_dict(weights, prefix=f"{L.name}/")
+                w = packs[L.name].unpack()
+            op.weight.copy_(torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32)).reshape(op.weight.shape))
+            bias = weights.get(f"{L.name}/bias")
+            op.bias.copy_(torch.from_numpy(np.asarray(bias, dtype=np.float32)) if bias is not None else torch.zeros_like(op.bias))
+    return net.eval().requires_grad_(False), packs
+
+
+def load_exported(directory: str | os.PathLike, *, allow_compile: bool = False, cc: str | None = None) -> CodegenRunnable:
+    """Run an exported codegen-cpu network (`save_exported`) from Python: ``load_exported(DIR).run(x)``
+    gives the logits of one input ``[1, C, H, W]`` (``profile()`` and ``bench_fn()`` as for a built one).
+
+    The shared libraries in ``DIR/kernels`` are loaded as they are; nothing is compiled. Where this
+    machine's compiler or CPU differs from the exporting one, the kernels' cache keys differ and
+    loading is refused, unless ``allow_compile`` (the kernels are then generated again from the
+    packed weights, in a temporary folder). ``DIR`` is never written to. Only numbers are read
+    (``np.load(..., allow_pickle=False)``, JSON); every file is checked against its SHA-256."""
+    import tempfile
+
+    from ..kernels.codegen import compiler
+
+    where = Path(directory)
+    doc = _read_export(where)
+    with np.load(where / doc["weights"]["file"], allow_pickle=False) as npz:
+        weights = {k: npz[k] for k in npz.files}
+    net, packs = _net_from_export(doc, weights)
+    cache = Path(tempfile.mkdtemp(prefix="tritune-exported-"))
+    for entry in doc["libraries"]:  # the exported libraries, seen through a private cache folder
+        src = (where / entry["file"]).resolve()
+        os.symlink(src, cache / src.name)
+        if src.with_suffix(".c").is_file():
+            os.symlink(src.with_suffix(".c"), cache / src.with_suffix(".c").name)
+    target = CodegenCpuTarget(threads=int(doc["threads"]), cc=cc, cache_dir=str(cache), fuse_min_bytes=doc["fuse_min_bytes"])
+    before = compiler.stats()["compiles"]
+    runnable = target.build(net, input_shape=tuple(doc["input_shape"]), name=str(doc.get("name") or where.name), packed=packs)
+    compiled = compiler.stats()["compiles"] - before
+    if compiled and not allow_compile:
+        raise ExportedModelError(f"exported model {str(where)!r}: {compiled} of its kernels were built for another CPU or "
+                                 "C compiler than this one; pass allow_compile=True to generate them again from weights.npz")
+    return runnable
+
+
+__all__ = ["CodegenCpuTarget", "CodegenRunnable", "ExportedModelError", "Op", "load_exported", "save_exported", "write_npz"]
