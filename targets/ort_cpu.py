@@ -49,7 +49,7 @@ import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -147,6 +147,32 @@ class _Calibration:
 
     def rewind(self) -> None:  # not needed by MinMax
         pass
+
+
+class _Inputs:
+    """`CalibrationDataReader` over given inputs (one array per calibration run)."""
+
+    def __init__(self, input_name: str, inputs: Sequence[np.ndarray]) -> None:
+        self._items = iter([{input_name: np.ascontiguousarray(x, dtype=np.float32)} for x in inputs])
+
+    def get_next(self) -> dict | None:
+        return next(self._items, None)
+
+    def rewind(self) -> None:  # not needed by MinMax
+        pass
+
+
+@dataclass(frozen=True)
+class LayerQuantization:
+    """Quantization parameters a real-weight build keeps instead of letting the quantizer choose
+    them (`OrtCpuTarget.build` with ``layer_quantization``): ``weight_scales`` per output channel
+    (symmetric int8 codes, zero point 0: a weight that is ``codes * scales`` is stored as exactly
+    those codes), and the uint8 ``input_scale`` / ``input_zero_point`` of the layer's input
+    (None: calibrated like every other tensor)."""
+
+    weight_scales: Sequence[float] | None = None
+    input_scale: float | None = None
+    input_zero_point: int | None = None
 
 
 @contextlib.contextmanager
@@ -294,13 +320,20 @@ class OrtCpuTarget(BuildsMobileNets, Target):
             return program.model_proto
 
     def build(self, candidate: Any, space: Any = None, input_shape: Sequence[int] | None = None, *,
-              quantize: Sequence[str] | None = None, name: str | None = None) -> OrtRunnable:
+              quantize: Sequence[str] | None = None, name: str | None = None,
+              calibration: Sequence[np.ndarray] | None = None,
+              layer_quantization: Mapping[str, LayerQuantization] | None = None) -> OrtRunnable:
         """Build a runnable from a candidate (of a mobilenet space) or from a ``torch.nn.Module``.
 
         Candidate: layers with ``w_bits <= 8`` run int8; ``space`` defaults to the registered
         space of ``candidate.space``; ``input_shape`` to ``(1, in_channels, res, res)``.
         Module: ``input_shape`` is required; ``quantize`` lists module paths (IR layer names) to
-        run int8 (default none). ``quantize`` given with a candidate overrides its plan."""
+        run int8 (default none). ``quantize`` given with a candidate overrides its plan.
+
+        A module with real weights (an extracted subnet) passes ``calibration``: the inputs the
+        activation ranges are calibrated on (arrays of ``input_shape``; default: seeded random
+        ones), and ``layer_quantization``: per quantized layer the parameters to keep
+        (`LayerQuantization`), so its int8 weights are its own codes."""
         t0 = time.perf_counter()
         times: dict[str, float] = {}
         if isinstance(candidate, Candidate):
@@ -332,7 +365,7 @@ class OrtCpuTarget(BuildsMobileNets, Target):
 
         t = time.perf_counter()
         if quantize:
-            model = self._quantize(model, quantize, shape)
+            model = self._quantize(model, quantize, shape, calibration, layer_quantization)
         times["quantize"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -346,7 +379,8 @@ class OrtCpuTarget(BuildsMobileNets, Target):
             seed=self.seed,
         )
 
-    def _quantize(self, model: Any, layers: Sequence[str], shape: Sequence[int]) -> Any:
+    def _quantize(self, model: Any, layers: Sequence[str], shape: Sequence[int], calibration: Sequence[np.ndarray] | None = None,
+                  layer_quantization: Mapping[str, LayerQuantization] | None = None) -> Any:
         import onnx
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -357,14 +391,31 @@ class OrtCpuTarget(BuildsMobileNets, Target):
             raise ValueError(f"ort-cpu: no Conv/Gemm/MatMul node found for layers {missing[:5]} (module paths must equal IR layer names)")
         selected = [n for nodes in owned.values() for n in nodes]
         input_name = model.graph.input[0].name
+        extra: dict[str, Any] = {"WeightSymmetric": True, "ActivationSymmetric": False}
+        if layer_quantization:
+            nodes = {n.name: n for n in model.graph.node}
+            overrides = {}
+            for layer, lq in layer_quantization.items():
+                op = next((nodes[n] for n in owned.get(layer, ()) if nodes[n].op_type in QUANTIZED_OPS), None)
+                if op is None:
+                    raise ValueError(f"ort-cpu.build: layer_quantization names layer {layer!r}, which is not among the quantized layers")
+                if lq.weight_scales is not None:
+                    overrides[op.input[1]] = [{"axis": 0, "scale": np.array(s, dtype=np.float32), "zero_point": np.array(0, dtype=np.int8)}
+                                              for s in np.asarray(lq.weight_scales, dtype=np.float32).reshape(-1)]
+                if lq.input_scale is not None:
+                    overrides[op.input[0]] = [{"scale": np.array(lq.input_scale, dtype=np.float32),
+                                               "zero_point": np.array(lq.input_zero_point or 0, dtype=np.uint8), "quant_type": QuantType.QUInt8}]
+            # keep the given weight scales even where the int32 bias scale (input x weight scale) is tiny
+            extra.update({"TensorQuantOverrides": overrides, "QDQDisableWeightAdjustForInt32Bias": True})
+        reader = _Calibration(input_name, shape, self.calibration_samples, self.seed + 1) if calibration is None else _Inputs(input_name, calibration)
         with tempfile.TemporaryDirectory(prefix="tritune-ort-") as tmp, _quiet():
             out = os.path.join(tmp, "int8.onnx")
             quantize_static(
-                model, out, _Calibration(input_name, shape, self.calibration_samples, self.seed + 1),
+                model, out, reader,
                 quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=False,
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                 nodes_to_quantize=selected, calibrate_method=CalibrationMethod.MinMax,
-                extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
+                extra_options=extra,
             )
             return onnx.load(out)
 
