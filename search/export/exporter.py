@@ -1,0 +1,341 @@
+"""Export front members of a run, or any (candidate, weights), to files a device runs.
+
+`export_model` writes one folder for one candidate whose standalone network is given (inherited
+supernet weights, or fine-tuned ones from a later stage); `export_run` picks members of a run's
+Pareto front and exports each with the weights the search scored it with.
+
+A folder ``<out>/<candidate_id>/`` holds ``model.onnx`` (always), for ``codegen-cpu`` also
+``kernels/``, ``weights.npz`` and ``codegen.json`` (`tritune.targets.codegen_cpu.load_exported`
+runs them), and ``manifest.json``. Each file is verified on the data set's test split against the
+torch network it came from (max abs difference of the logits, top-1 agreement), and its own
+accuracy is measured. A folder is written whole or not at all (built beside, then renamed).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from ...evaluators.data import ImageData
+from ...spaces.candidate import Candidate
+from ...spaces.mobilenet_net import MobileNetSubnet, torch_threads
+from ...spaces.supernet import resize_input
+from . import manifest as mf
+from .onnx_model import build_onnx, layer_notes, ort_layer_profile
+from .runs import ExportError, FrontMember, RunData, file_sha256, load_run
+
+#: Targets an export builds for (both run on this machine, so their latency is measured too).
+TARGETS = ("ort-cpu", "codegen-cpu")
+#: Target options a run directory may set for an export; others (a compiler command, a cache
+#: folder, autotuning) are the exporting machine's business and never read from a run.
+TARGET_OPTIONS = {"ort-cpu": ("threads", "exporter", "protocol"), "codegen-cpu": ("threads", "fuse_min_bytes", "protocol")}
+EVAL_BATCH = 500
+
+
+@dataclass(frozen=True)
+class SearchScores:
+    """What the search (or a pipeline stage) reported for a candidate: ``accuracy`` (%),
+    ``latency_ms`` and ``latency_source`` (which target or predictor produced it), plus
+    where it came from (``origin``: run directory, trial, rank, knee, stage)."""
+
+    accuracy: float | None = None
+    latency_ms: float | None = None
+    latency_source: dict[str, Any] | None = None
+    origin: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ExportedModel:
+    """An exported folder and its manifest."""
+
+    directory: Path
+    manifest: dict[str, Any]
+
+    @property
+    def candidate_id(self) -> str:
+        return str(self.manifest["candidate_id"])
+
+
+# ----- evaluation ---------------------------------------------------------------------------------
+def _torch_logits(net: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
+    with torch.no_grad(), torch_threads(1):
+        return np.concatenate([net(x[i:i + EVAL_BATCH]).numpy() for i in range(0, len(x), EVAL_BATCH)])
+
+
+def _single_logits(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> np.ndarray:
+    return np.concatenate([np.asarray(run(x[i:i + 1]), dtype=np.float32).reshape(1, -1) for i in range(len(x))])
+
+
+def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    return 100.0 * float(np.mean(logits.argmax(1) == labels))
+
+
+def _verification(logits: np.ndarray, reference: np.ndarray, labels: np.ndarray, runtime: str) -> dict[str, Any]:
+    return {"runtime": runtime, "against": "the torch subnet (tritune.spaces.supernet.extract)", "images": int(len(labels)),
+            "accuracy": _accuracy(logits, labels), "max_abs_diff": float(np.max(np.abs(logits - reference))),
+            "top1_agreement": float(np.mean(logits.argmax(1) == reference.argmax(1)))}
+
+
+def _measurement_json(m: Any, reference: Any, protocol: Any) -> dict[str, Any]:
+    return {"protocol": protocol.to_json(), "latency_ms": m.latency_ms, "median_ms": m.median_ms, "p10_ms": m.p10_ms,
+            "p90_ms": m.p90_ms, "spread": m.spread, "round_medians_ms": m.round_medians_ms, "cpu_share": m.cpu_share,
+            "reference_build_ms": None if reference is None else reference.latency_ms,
+            "reference_build": "the target's own build of the candidate (random seeded weights, as a search times it), "
+                               "timed in the same interleaved rounds"}
+
+
+def _scaled(profile: dict[str, Any], latency_ms: float) -> dict[str, Any]:
+    """A per-layer profile with ``ms`` scaled to sum to the measured latency (``raw_ms`` as
+    profiled: a profiler's per-node overhead inflates small layers, so only the split is used)."""
+    raw = dict(profile["ms"])
+    total = sum(raw.values())
+    factor = latency_ms / total if total > 0 else 0.0
+    return {**profile, "raw_ms": raw, "raw_total_ms": total, "scale": factor, "ms": {k: v * factor for k, v in raw.items()}}
+
+
+def _target(name: str, options: Mapping[str, Any] | None) -> Any:
+    from ...targets.registry import create_target
+
+    if name not in TARGETS:
+        raise ExportError(f"export --target: {name!r} not allowed; allowed: {', '.join(TARGETS)}")
+    opts = {k: v for k, v in dict(options or {}).items() if k in TARGET_OPTIONS[name]}
+    try:
+        return create_target(name, **opts)
+    except ValueError as exc:
+        raise ExportError(f"export --target {name}: {exc}") from None
+
+
+def _files(directory: Path) -> dict[str, dict[str, Any]]:
+    out = {}
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        if path.name != "manifest.json":
+            out[path.relative_to(directory).as_posix()] = {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
+    return out
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ----- one model ----------------------------------------------------------------------------------
+def export_model(candidate: Candidate, subnet: MobileNetSubnet, *, data: ImageData, calibration: Sequence[torch.Tensor],
+                 out_dir: str | os.PathLike, space: Any, target: str = "ort-cpu", target_options: Mapping[str, Any] | None = None,
+                 scores: SearchScores | None = None, weights: Mapping[str, Any] | None = None, measure: bool = True,
+                 progress: Callable[[str], None] | None = None) -> ExportedModel:
+    """Export one candidate's standalone network into ``out_dir/<candidate_id>/``.
+
+    ``subnet``: the candidate's `MobileNetSubnet` with the weights to ship (from
+    `tritune.spaces.supernet.extract` after recalibration, or after fine-tuning);
+    ``calibration``: the image batches its BN statistics and activation ranges were set on (at
+    the data set's resolution; they also calibrate the int8 graph's remaining tensors);
+    ``data``: the data set whose test split verifies the files; ``space``: the configured space;
+    ``scores``: what the search reported (`SearchScores`); ``weights``: where the weights came
+    from (manifest ``weights``); ``measure``: time the files on this machine (and profile them
+    per layer)."""
+    say = progress or (lambda _msg: None)
+    tgt = _target(target, target_options)
+    scores = scores or SearchScores()
+    res = int(candidate["resolution"])
+    shape = (1, int(data.channels), res, res)
+    x_test = resize_input(data.test.tensors[0], res)
+    labels = data.test.tensors[1].numpy()
+    calib = torch.cat([resize_input(b.cpu(), res) for b in calibration]).numpy()
+    root = Path(out_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{candidate.id}.", dir=root))
+    try:
+        subnet = subnet.eval()
+        say(f"{candidate.id}: torch reference")
+        reference = _torch_logits(subnet, x_test)
+        say(f"{candidate.id}: model.onnx")
+        onnx_run = build_onnx(subnet, shape, [calib[i:i + 1] for i in range(len(calib))], threads=getattr(tgt, "threads", 1),
+                              exporter=getattr(tgt, "exporter", "torchscript"))
+        import onnx
+
+        onnx.checker.check_model(onnx.load_from_string(onnx_run.onnx_bytes), full_check=True)
+        (tmp / "model.onnx").write_bytes(onnx_run.onnx_bytes)
+        x_np = x_test.numpy()
+        import onnxruntime
+
+        verification = {"model.onnx": _verification(_single_logits(onnx_run.run, x_np), reference, labels,
+                                                    f"onnxruntime {onnxruntime.__version__} (CPUExecutionProvider)")}
+        runnable, accuracy_file = onnx_run, "model.onnx"
+        if target == "codegen-cpu":
+            from ...targets.codegen_cpu import save_exported
+
+            say(f"{candidate.id}: codegen-cpu kernels")
+            built = tgt.build(subnet, input_shape=shape, name=candidate.id)
+            save_exported(built, subnet, tmp)
+            verification["codegen"] = _verification(_single_logits(built.run, x_np), reference, labels,
+                                                    "tritune codegen-cpu (generated C kernels, float32)")
+            runnable, accuracy_file = built, "codegen"
+        doc: dict[str, Any] = {
+            "format": mf.FORMAT, "schema": mf.SCHEMA, "tritune_version": mf.tritune_version(),
+            "candidate_id": candidate.id, "candidate": candidate.to_json(),
+            "space": {"name": space.name, "config": space.config()},
+            "dataset": {"name": data.name, "test_images": int(len(labels)), "image_size": data.image_size, "channels": data.channels,
+                        "num_classes": data.num_classes, "mean": list(data.mean), "std": list(data.std)},
+            "input": {"name": onnx_run.input_name, "shape": list(shape), "dtype": "float32",
+                      "preprocessing": f"normalise with dataset.mean / dataset.std, then resize to {res}x{res} "
+                                       "(bilinear, align_corners=False, antialiased when shrinking: tritune.spaces.supernet.resize_input)"},
+            "weights": dict(weights or {}),
+            "accuracy": verification[accuracy_file]["accuracy"],
+            "accuracy_of": accuracy_file,
+            "search_accuracy": scores.accuracy,
+            "torch_accuracy": _accuracy(reference, labels),
+            "verification": verification,
+            "latency_predicted_ms": scores.latency_ms,
+            "latency_predictor": scores.latency_source,
+            "latency_measured_ms": None,
+            "latency_measurement": None,
+            "layer_latency": None,
+            "target": target,
+            "target_fingerprint": tgt.fingerprint(),
+            "size_bytes": len(onnx_run.onnx_bytes),
+            "size_of": ["model.onnx"],
+            "origin": dict(scores.origin),
+            "layers": mf.layer_table(subnet, layer_notes(subnet) if target == "ort-cpu" else
+                                     {L.name: {"runs_as": "float32", "weight_storage": "float32 (dequantized), packed in its pattern",
+                                               "input_activation": "float32 (activation bits are not applied on this target)"}
+                                      for L in subnet.layers if L.has_weights}),
+        }
+        if target == "codegen-cpu":  # what a device loads: the compiled kernels (weights inside) and the packed weights
+            shipped = sorted(p for p in tmp.rglob("*") if p.suffix == ".so" or p.name == "weights.npz")
+            doc["size_bytes"] = sum(p.stat().st_size for p in shipped)
+            doc["size_of"] = ["kernels/*.so", "weights.npz"]
+        if measure:
+            say(f"{candidate.id}: timing on {target}")
+            space_build = tgt.build(candidate, space=space)
+            exported_m, reference_m = tgt.measure([runnable, space_build])
+            doc["latency_measured_ms"] = exported_m.latency_ms
+            doc["latency_measurement"] = _measurement_json(exported_m, reference_m, tgt.protocol)
+            names = [L.name for L in subnet.layers]
+            if target == "ort-cpu":
+                doc["layer_latency"] = ort_layer_profile(onnx_run.onnx_bytes, names, x_np[:1], threads=tgt.threads)
+            else:
+                ops = runnable.profile()
+                doc["layer_latency"] = {"source": "tritune codegen-cpu profile(): median time of each op inside whole inferences "
+                                                  "(a fused block is one op, named by its block)",
+                                        "ms": {op["name"]: op["ms"] for op in ops}, "runs": 20}
+            doc["layer_latency"] = _scaled(doc["layer_latency"], exported_m.latency_ms)
+            for row in doc["layers"]:
+                row["latency_ms"] = doc["layer_latency"]["ms"].get(row["name"])
+        doc["files"] = _files(tmp)
+        (tmp / "manifest.json").write_text(mf.dumps(doc))
+        final = root / candidate.id
+        _replace_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return ExportedModel(final, mf.jsonable(doc))
+
+
+# ----- a run --------------------------------------------------------------------------------------
+class SupernetWeights:
+    """The weights a run's ``supernet-accuracy`` evaluator scored candidates with: its checkpoint
+    (checked against the run's record), data set and recalibration settings, rebuilt as data."""
+
+    def __init__(self, run: RunData) -> None:
+        from ...evaluators.supernet_accuracy import SupernetAccuracy
+        from ...spaces.supernet import read_header
+        from .runs import SCORING_OPTIONS, SUPERNET_KINDS, check_input, recorded_input, safe_dataset
+
+        spec = run.evaluator(SUPERNET_KINDS)
+        if spec is None:
+            other = run.evaluator(("supernet-finetune",))
+            if other is not None:
+                raise ExportError(f"run directory {str(run.run_dir)!r}: its accuracy comes from supernet-finetune, whose fine-tuned "
+                                  "weights a search does not keep; export them with tritune.search.export.export_model(candidate, subnet, ...)")
+            raise ExportError(f"run directory {str(run.run_dir)!r}: no supernet-accuracy evaluator; allowed: runs that score "
+                              "candidates with a supernet checkpoint (export needs the weights the search used)")
+        if not isinstance(spec.get("checkpoint"), str) or not spec["checkpoint"]:
+            raise ExportError(f"run directory {str(run.run_dir)!r}: evaluator supernet-accuracy names no checkpoint file")
+        path, record = recorded_input(run, spec["checkpoint"])
+        digest = check_input(path, record, "supernet checkpoint")
+        dataset = spec.get("dataset") or read_header(path).get("extra", {}).get("data")
+        dataset = safe_dataset(dataset, "evaluator supernet-accuracy.dataset")
+        options = {k: spec[k] for k in SCORING_OPTIONS if k in spec}
+        self.evaluator = SupernetAccuracy(str(path), dataset=dataset, threads=1, cache=False, **options)
+        self.metric = self.evaluator.metric
+        self.info = {"source": "supernet checkpoint (inherited weights, BN and activation ranges recalibrated per candidate)",
+                     "checkpoint": str(path), "sha256": digest, "checked_against_run": record is not None,
+                     "dataset": dataset, "recalibration": {"batches": len(self.evaluator.calib),
+                                                           "batch_size": int(self.evaluator.calib[0].shape[0]),
+                                                           "seed": self.evaluator.seed}}
+
+    @property
+    def data(self) -> ImageData:
+        return self.evaluator.data
+
+    @property
+    def calibration(self) -> list[torch.Tensor]:
+        return list(self.evaluator.calib)
+
+    def subnet(self, candidate: Candidate) -> MobileNetSubnet:
+        """The candidate's standalone network as the search scored it."""
+        from ...spaces.supernet import extract
+
+        if candidate.space != self.evaluator.supernet.space.name:
+            raise ExportError(f"candidate {candidate.id}: space {candidate.space!r}; the checkpoint's supernet is for "
+                              f"{self.evaluator.supernet.space.name!r}")
+        with torch_threads(1):
+            return extract(self.evaluator.supernet, candidate, batches=self.evaluator.calib)
+
+
+def _latency_source(run: RunData) -> tuple[str | None, str, dict[str, Any]]:
+    """(target name, metric, source description) of the run's latency evaluator."""
+    spec = run.latency_evaluator()
+    if spec is None:
+        return None, "latency", {}
+    options = {k: v for k, v in spec.items() if k not in ("kind", "target", "metric", "cheap")}
+    name = spec.get("target") if isinstance(spec.get("target"), str) else None
+    return name, str(spec.get("metric", "latency")), {
+        "kind": "target", "name": name, "options": options,
+        "how": "measured by the search on the target's own build of the candidate (random seeded weights)"}
+
+
+def export_run(run_dir: str | os.PathLike, *, select: str | int = "knee", target: str | None = None,
+               out: str | os.PathLike | None = None, measure: bool = True,
+               progress: Callable[[str], None] | None = None) -> list[ExportedModel]:
+    """Export members of a run's Pareto front: ``select`` is ``"knee"`` (default), ``"all"`` or a
+    rank (0 = best by the first objective). ``target``: ``ort-cpu`` or ``codegen-cpu`` (default:
+    the run's latency target when it is one of them, else ``ort-cpu``); ``out``: default
+    ``RUN_DIR/export``."""
+    run = load_run(run_dir)
+    members = run.select(select)
+    latency_target, latency_metric, latency_source = _latency_source(run)
+    target = target or (latency_target if latency_target in TARGETS else "ort-cpu")
+    options = next((dict(e) for e in run.job.evaluators if e.get("kind") == "latency" and e.get("target") == target), {})
+    weights = SupernetWeights(run)
+    space = weights.evaluator.supernet.space
+    out_dir = Path(out) if out is not None else run.run_dir / "export"
+    results = []
+    for member in members:
+        record = member.record
+        same_target = latency_target == target
+        scores = SearchScores(
+            accuracy=record.metrics.get(weights.metric),
+            latency_ms=record.metrics.get(latency_metric) if same_target else None,
+            latency_source=latency_source if same_target else None,
+            origin={"run_dir": str(run.run_dir), "stage": "search", "trial": record.number, "rank": member.rank,
+                    "knee": member.knee, "metrics": dict(record.metrics)},
+        )
+        results.append(export_model(member.candidate, weights.subnet(member.candidate), data=weights.data,
+                                    calibration=weights.calibration, out_dir=out_dir, space=space, target=target,
+                                    target_options=options, scores=scores, weights=weights.info, measure=measure, progress=progress))
+    return results
+
+
+__all__ = ["ExportedModel", "FrontMember", "SearchScores", "SupernetWeights", "TARGETS", "export_model", "export_run"]

@@ -1,0 +1,180 @@
+"""``model.onnx`` of a candidate: its extracted subnet as onnxruntime's CPU target runs it.
+
+The float graph is the subnet with its deployed weights (BN folded, masks baked, quantized
+weights dequantized), exported the way ``ort-cpu`` exports every candidate; then every layer with
+``w_bits <= 8`` is quantized to QDQ with `OrtCpuTarget.build`'s plan (the same nodes, so
+onnxruntime fuses them into the same ``QLinearConv`` / ``QGemm`` kernels the search timed), with
+two differences that keep the search's numbers:
+
+* weights keep the supernet's per-channel scales, so the int8 initializers *are* the layer's
+  codes -- 4-bit codes included, which int8 holds exactly (the manifest says so per layer);
+* a layer whose input the supernet fake-quantized keeps that calibrated uint8 scale and zero
+  point; every other tensor (layer outputs, inputs of layers the search ran in float) is
+  calibrated with MinMax on the images the supernet was recalibrated on.
+
+What the runtime cannot do is written down per layer (`layer_notes`): inputs of float layers
+(``w_bits`` 32) run in float even when the search fake-quantized them, and activations below
+8 bits run on the 8-bit grid of their calibrated range.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections import defaultdict
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ...spaces.compression import FLOAT_BITS
+from ...spaces.mobilenet import STAGES
+from ...spaces.mobilenet_net import ConvAct, LinearAct, MobileNetSubnet
+from ...targets.ort_cpu import LayerQuantization, OrtCpuTarget, OrtRunnable
+
+#: Weight bit-widths onnxruntime runs as int8 (lower ones as int8 codes on their own grid).
+INT8_MAX_BITS = 8
+
+
+def _op(module: Any) -> Any:
+    return module.conv if isinstance(module, ConvAct) else module.linear
+
+
+def deployed_weight(module: Any) -> torch.Tensor:
+    """The float weight a layer computes with (dequantized codes, masks baked)."""
+    op = _op(module)
+    return op.dequantized_weight() if hasattr(op, "dequantized_weight") else op.weight
+
+
+def float_subnet(subnet: MobileNetSubnet) -> MobileNetSubnet:
+    """A plain `MobileNetSubnet` with the deployed float weights of ``subnet`` and no activation
+    fake-quantizers: what is exported before quantization."""
+    net = MobileNetSubnet(list(subnet.layers), len(STAGES))
+    src, dst = dict(subnet.named_modules()), dict(net.named_modules())
+    with torch.no_grad():
+        for L in subnet.layers:
+            if not L.has_weights:
+                continue
+            s_op, d_op = _op(src[L.name]), _op(dst[L.name])
+            d_op.weight.copy_(deployed_weight(src[L.name]))
+            if s_op.bias is not None:
+                d_op.bias.copy_(s_op.bias)
+            else:
+                d_op.bias.zero_()
+    return net.eval().requires_grad_(False)
+
+
+def int8_layers(subnet: MobileNetSubnet) -> list[str]:
+    """IR layers onnxruntime runs int8: ``w_bits <= 8`` (the ``ort-cpu`` target's rule)."""
+    return [L.name for L in subnet.layers if L.has_weights and L.w_bits <= INT8_MAX_BITS]
+
+
+def layer_quantization(subnet: MobileNetSubnet) -> dict[str, LayerQuantization]:
+    """Per int8 layer: its weight scales and, where the search fake-quantized its input, that
+    quantizer's calibrated scale and zero point."""
+    modules = dict(subnet.named_modules())
+    out: dict[str, LayerQuantization] = {}
+    for name in int8_layers(subnet):
+        op = _op(modules[name])
+        scales = op.weight_scales.detach().cpu().numpy().astype(np.float32) if getattr(op, "weight_scales", None) is not None else None
+        quant = getattr(op, "input_quant", None)
+        if quant is not None:
+            out[name] = LayerQuantization(scales, float(quant.scale), int(quant.zero_point))
+        else:
+            out[name] = LayerQuantization(scales)
+    return out
+
+
+def layer_notes(subnet: MobileNetSubnet) -> dict[str, dict[str, str]]:
+    """How each weight layer runs in ``model.onnx`` (weights, input activation)."""
+    notes: dict[str, dict[str, str]] = {}
+    for L in subnet.layers:
+        if not L.has_weights:
+            continue
+        if L.w_bits <= INT8_MAX_BITS:
+            weights = "int8 codes" if L.w_bits == INT8_MAX_BITS else f"int8 holding the {L.w_bits}-bit codes exactly"
+            if L.a_bits < FLOAT_BITS:
+                act = "uint8, the supernet's calibrated range" + ("" if L.a_bits == INT8_MAX_BITS else f" ({L.a_bits}-bit step, 8-bit clipping)")
+            else:
+                act = "uint8 calibrated at export (the search ran this input in float)"
+            notes[L.name] = {"runs_as": "int8 (QDQ)", "weight_storage": weights, "input_activation": act}
+        else:
+            act = "float32" if L.a_bits >= FLOAT_BITS else f"float32 (the search fake-quantized it to {L.a_bits} bits; float layers run float here)"
+            notes[L.name] = {"runs_as": "float32", "weight_storage": "float32", "input_activation": act}
+    return notes
+
+
+def build_onnx(subnet: MobileNetSubnet, input_shape: Sequence[int], calibration: Sequence[np.ndarray], *, threads: int = 1,
+               exporter: str = "torchscript") -> OrtRunnable:
+    """``model.onnx`` of ``subnet`` as an `OrtRunnable` (``onnx_bytes`` is the file); ``calibration``:
+    single inputs of ``input_shape`` (the recalibration images at the candidate's resolution)."""
+    target = OrtCpuTarget(threads=threads, exporter=exporter)
+    layers = int8_layers(subnet)
+    return target.build(float_subnet(subnet), input_shape=tuple(input_shape), quantize=layers, calibration=list(calibration),
+                        layer_quantization=layer_quantization(subnet) if layers else None, name="model.onnx")
+
+
+# ----- per-layer profile ------------------------------------------------------------------------
+_SUFFIX_LAYERS = {"Add": "add", "Mul": "scale", "GlobalAveragePool": "pool"}
+#: Profiled inferences left out at the start (first-run allocations).
+WARMUP_RUNS = 5
+
+
+def _layer_of(node_name: str, layers: set[str]) -> str | None:
+    """IR layer of a profiled node (``/s0/b1/expand/conv/Conv_token_3`` -> ``s0.b1.expand``)."""
+    if not node_name.startswith("/"):
+        return None
+    parts = node_name.strip("/").split("/")
+    path, last = ".".join(parts[:-1]), parts[-1]
+    for op, suffix in _SUFFIX_LAYERS.items():
+        if last.startswith(op) and f"{path}.{suffix}".strip(".") in layers:
+            return f"{path}.{suffix}".strip(".")
+    while path:
+        if path in layers:
+            return path
+        path = path.rpartition(".")[0]
+    return None
+
+
+def ort_layer_profile(onnx_bytes: bytes, layer_names: Sequence[str], x: np.ndarray, *, threads: int = 1,
+                      runs: int = 50) -> dict[str, Any]:
+    """Per IR layer, the median over ``runs`` inferences of its kernels' time in onnxruntime's own
+    profiler (ms). Kernels without a module path (layout reorders, transposes, some Q/DQ) count
+    for the layer that ran before them: they are the cost of the boundary that layer's output
+    crosses."""
+    import onnxruntime as ort
+
+    names = set(layer_names)
+    with tempfile.TemporaryDirectory(prefix="tritune-profile-") as tmp:
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.log_severity_level = 3
+        so.add_session_config_entry("session.set_denormal_as_zero", "1")
+        so.enable_profiling = True
+        so.profile_file_prefix = os.path.join(tmp, "ort")
+        session = ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
+        feed = {session.get_inputs()[0].name: np.ascontiguousarray(x, dtype=np.float32)}
+        for _ in range(WARMUP_RUNS + runs):
+            session.run(None, feed)
+        with open(session.end_profiling()) as fh:
+            events = json.load(fh)
+    runs_at = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
+    runs_at = runs_at[WARMUP_RUNS:]
+    per_run: list[dict[str, float]] = [defaultdict(float) for _ in runs_at]
+    last: dict[int, str] = {}
+    starts = [a for a, _ in runs_at]
+    for e in sorted(events, key=lambda e: e.get("ts", 0)):
+        if e.get("cat") != "Node" or not str(e.get("name", "")).endswith("_kernel_time"):
+            continue
+        i = int(np.searchsorted(starts, e["ts"], side="right")) - 1
+        if i < 0 or e["ts"] > runs_at[i][1]:
+            continue
+        layer = _layer_of(e["name"][: -len("_kernel_time")], names) or last.get(i) or layer_names[0]
+        per_run[i][layer] += float(e.get("dur", 0)) / 1e3
+        last[i] = layer
+    per_layer = {name: float(np.median([r.get(name, 0.0) for r in per_run])) for name in layer_names} if per_run else {}
+    return {"source": f"onnxruntime {ort.__version__} profiler: kernel time per node, median of {runs} runs; "
+                      "kernels without a module path count for the layer before them",
+            "ms": per_layer, "runs": len(per_run)}
