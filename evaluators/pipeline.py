@@ -9,16 +9,18 @@ For each candidate the pipeline
 3. runs the *costly* evaluators (accuracy queries, training) and returns ``"complete"``;
    an evaluator that raises ends it as ``"failed"`` with the metrics gathered so far and the error.
 
-A cheap metric that is NaN (a table without a value) fails any constraint on it, so such a
-candidate is ``"infeasible"``. Complete and infeasible results are memoised per candidate id
+A cheap metric that the problem uses (an objective or a constraint) and that is NaN -- a table
+without a value for this candidate -- makes the candidate ``"infeasible"``: no costly query is
+spent on a candidate that could never be ranked. Complete and infeasible results are memoised per candidate id
 (``cache=True``), so re-evaluating a candidate spends no further budget; failed ones are retried.
 `query_counts` tells how many candidates each evaluator was asked about by this pipeline, so
 accuracy queries (the budget) are counted apart from latency queries.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Mapping, Sequence
 
 from .problem import Problem
 from ..spaces.candidate import Candidate
@@ -90,7 +92,10 @@ class EvaluationPipeline:
         cheap_metrics = {m for e in self.cheap for m in e.metrics}
         #: Constraints decidable from cheap metrics alone (checked before costly evaluators run).
         self.cheap_constraints = tuple(c for c in problem.constraints if c.metric in cheap_metrics)
+        #: Cheap metrics the problem uses; NaN in any of them makes a candidate infeasible.
+        self.used_cheap = tuple(m for m in dict.fromkeys(problem.metrics + problem.constrained_metrics) if m in cheap_metrics)
         self._oracle: dict[str, Metrics] = {}
+        self._on_cheap: Callable[[str, Metrics], None] | None = None
         self._results: dict[str, Evaluation] = {}
         self._counts: dict[str, int] = {e.label: 0 for e in evaluators}
 
@@ -100,6 +105,30 @@ class EvaluationPipeline:
         return tuple(self._producer)
 
     # ----- cheap metrics ---------------------------------------------------------------------
+    def persist_cheap(self, known: Mapping[str, Metrics], save: Callable[[str, Metrics], None] | None) -> None:
+        """Answer cheap queries from ``known`` (candidate id -> metrics) and hand every new
+        answer to ``save``. A resumed search passes what its store kept, so a noisy measured
+        latency is read back, not measured again, and the strategy replays exactly."""
+        for cid, metrics in known.items():
+            self._oracle.setdefault(cid, dict(metrics))
+        self._on_cheap = save
+
+    def known_cheap(self, candidate: Candidate) -> Metrics | None:
+        """The cheap metrics already obtained for ``candidate`` (None: not asked yet)."""
+        found = self._oracle.get(candidate.id)
+        return None if found is None else dict(found)
+
+    def learn_cheap(self, candidate_id: str, metrics: Metrics) -> None:
+        """Adopt the cheap metrics of a trial evaluated elsewhere (a Ray worker), unless known."""
+        names = {m for e in self.cheap for m in e.metrics}
+        if candidate_id not in self._oracle and names and names <= set(metrics):
+            self._remember(candidate_id, {m: metrics[m] for m in names})
+
+    def _remember(self, candidate_id: str, metrics: Metrics) -> None:
+        self._oracle[candidate_id] = dict(metrics)
+        if self._on_cheap is not None:
+            self._on_cheap(candidate_id, dict(metrics))
+
     def _run(self, evaluator: Evaluator, candidates: list[Candidate]) -> list[Metrics]:
         self._counts[evaluator.label] += len(candidates)
         return evaluator.evaluate(candidates)
@@ -130,7 +159,7 @@ class EvaluationPipeline:
                 metrics[c.id].update(r)
         for c in todo:
             if c.id not in errors:
-                self._oracle[c.id] = dict(metrics[c.id])
+                self._remember(c.id, metrics[c.id])
         return metrics, errors
 
     def oracle(self, candidate: Candidate) -> Metrics:
@@ -139,8 +168,12 @@ class EvaluationPipeline:
             merged: Metrics = {}
             for evaluator in self.cheap:
                 merged.update(self._run(evaluator, [candidate])[0])
-            self._oracle[candidate.id] = merged
+            self._remember(candidate.id, merged)
         return dict(self._oracle[candidate.id])
+
+    def missing_cheap(self, metrics: Metrics) -> list[str]:
+        """Used cheap metrics that have no value (absent or NaN) for a candidate."""
+        return [m for m in self.used_cheap if math.isnan(metrics.get(m, math.nan))]
 
     def cheap_violation(self, metrics: Metrics) -> float:
         """Total violation of the constraints decidable from cheap metrics (0 = none violated)."""
@@ -173,6 +206,8 @@ class EvaluationPipeline:
         for c in pending:
             if c.id in errors:
                 done[c.id] = Evaluation("failed", metrics[c.id], errors[c.id])
+            elif self.missing_cheap(metrics[c.id]):
+                done[c.id] = Evaluation("infeasible", metrics[c.id], f"no value for {', '.join(self.missing_cheap(metrics[c.id]))}")
             elif self.cheap_violation(metrics[c.id]) > 0.0:
                 done[c.id] = Evaluation("infeasible", metrics[c.id])
             else:

@@ -10,6 +10,11 @@ to wherever they are evaluated. Two rules make runs reproducible and resumable:
 * **Replay on resume.** A resumed run rebuilds the strategy from its seed and replays the ask/tell
   sequence; trials already in the store are told from the store (and checked to be the same
   candidate), so a completed trial is neither lost nor re-run.
+
+A task whose worker died is handed out again (`retry`), a bounded number of times, under the
+same trial number, so the trial sequence is the one a run without the death would have had.
+A run whose first ``infeasible_limit`` trials all broke a constraint stops with
+`NoFeasibleCandidates` instead of trying up to ``max_trials``.
 """
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ from typing import Callable
 
 from ..spaces import Candidate
 from .store import TrialRecord, TrialStore
-from .strategies.base import Outcome, Proposal, Strategy
+from .strategies.base import NoFeasibleCandidates, Outcome, Proposal, Strategy
 
 
 @dataclass(frozen=True)
@@ -28,8 +33,11 @@ class Task:
     candidate: Candidate
 
 
-class ResumeMismatch(RuntimeError):
-    """The replayed strategy proposed a different candidate than the store holds."""
+class ResumeMismatch(ValueError):
+    """The replayed strategy proposed a different candidate than the store holds (the job's code
+    or a library changed since the run started)."""
+
+
 
 
 class SearchDriver:
@@ -43,6 +51,8 @@ class SearchDriver:
         batch_size: int = 1,
         max_trials: int | None = None,
         on_record: Callable[[TrialRecord, bool], None] | None = None,
+        max_attempts: int = 3,
+        infeasible_limit: int | None = None,
     ) -> None:
         if budget <= 0:
             raise ValueError(f"budget.evaluations: {budget} must be a positive integer")
@@ -51,7 +61,11 @@ class SearchDriver:
         self.strategy, self.store = strategy, store
         self.budget, self.batch_size = int(budget), int(batch_size)
         self.max_trials = int(max_trials) if max_trials else 50 * self.budget
+        self.max_attempts = int(max_attempts)
+        self.infeasible_limit = int(infeasible_limit) if infeasible_limit else max(200, 10 * self.batch_size)
         self.on_record = on_record
+        self._attempts: dict[int, int] = {}
+        self._feasible_seen = False
         self._stored = store.finished()
         self._number = 0
         self._evaluations = 0
@@ -77,6 +91,8 @@ class SearchDriver:
                 return None
             if self.done:
                 return self.FINISHED
+            if not self._feasible_seen and self._number >= self.infeasible_limit:
+                raise NoFeasibleCandidates(f"none of the first {self._number} trials met the constraints")
             self._open_batch()
         task = self._queue.pop(0)
         self.store.mark_running(task.number, task.candidate)
@@ -88,6 +104,16 @@ class SearchDriver:
         record = TrialRecord(number, candidate, status, dict(metrics), error, started or time.time(), time.time(), worker)
         self.store.finish(record)
         self._accept(record, replayed=False)
+
+    def retry(self, number: int, reason: str) -> None:
+        """The evaluation of trial ``number`` was lost with its worker (not an evaluation error):
+        hand the same task out again, or, after ``max_attempts`` losses, record it as failed."""
+        candidate = next(p.candidate for n, p in self._batch if n == number)
+        self._attempts[number] = self._attempts.get(number, 1) + 1
+        if self._attempts[number] > self.max_attempts:
+            self.complete(number, "failed", {}, f"lost its worker {self.max_attempts} times; last: {reason}")
+            return
+        self._queue.insert(0, Task(number, candidate))
 
     # ----- internals ------------------------------------------------------------------------------
     def _open_batch(self) -> None:
@@ -111,6 +137,8 @@ class SearchDriver:
 
     def _accept(self, record: TrialRecord, replayed: bool) -> None:
         self._results[record.number] = record
+        if record.status == "complete":
+            self._feasible_seen = True
         if replayed:
             self.replayed += 1
         if self.on_record is not None:

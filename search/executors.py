@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import sys
 import time
+import warnings
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
 from ..spaces import Candidate
 from .driver import SearchDriver, Task
+from .local_ray import LocalRay
 
 EvaluateFn = Callable[[Candidate], Any]  # returns an object with .status, .metrics, .error
 
@@ -52,6 +55,12 @@ class InProcessExecutor:
 
 
 # ----- Ray Tune -------------------------------------------------------------------------------------
+#: Environment of every Ray worker of a search: Tune must not move a trial into a directory of its
+#: own, or the relative paths of a job (a checkpoint, a predictor) would point nowhere.
+WORKER_ENV = {"RAY_CHDIR_TO_TRIAL_DIR": "0"}
+LOST_WORKER = "the Ray trial ended without a result: its worker process or node was lost"
+
+
 @lru_cache(maxsize=4)
 def _pipeline_for(job_json: str):
     """Build the evaluation pipeline of a job once per Ray worker process."""
@@ -61,20 +70,34 @@ def _pipeline_for(job_json: str):
 
 
 def _tune_trainable(config: dict) -> None:
+    """One trial: evaluate one candidate and report it. Every Python error becomes a "failed"
+    result, so a trial that ends without a result means its process or node died."""
     from ray import tune
 
-    pipeline = _pipeline_for(config["job"])
     started = time.time()
-    result = pipeline.evaluate(Candidate.loads(config["candidate"]))
+    try:
+        pipeline = _pipeline_for(config["job"])
+        candidate = Candidate.loads(config["candidate"])
+        if config.get("cheap") is not None:
+            # the driver's answer (stored, maybe measured): the worker must not measure it again
+            pipeline.persist_cheap({candidate.id: json.loads(config["cheap"])}, None)
+        result = pipeline.evaluate(candidate)
+        status, metrics, error = result.status, result.metrics, result.error
+    except Exception as exc:  # noqa: BLE001 - reported as a failed evaluation, with the reason
+        status, metrics, error = "failed", {}, f"worker {_worker_name()}: {type(exc).__name__}: {exc}"
     tune.report(
         {
-            "tritune_status": result.status,
-            "tritune_metrics": json.dumps(result.metrics),
-            "tritune_error": result.error,
+            "tritune_status": status,
+            "tritune_metrics": json.dumps(metrics),
+            "tritune_error": error,
             "tritune_started": started,
             "tritune_worker": _worker_name(),
         }
     )
+
+
+def _trial_dirname(trial: Any) -> str:
+    return f"trial{trial.config.get('number', 0):06d}_{trial.trial_id}"
 
 
 def _searcher_class():
@@ -84,14 +107,18 @@ def _searcher_class():
         """Tune `Searcher` over a tritune `SearchDriver` (and so over any tritune strategy).
 
         Returns None from `suggest` while the strategy's batch is still out (Tune then waits) and
-        FINISHED when the budget is spent. State lives in the run's SQLite store, so Tune's own
-        searcher checkpoints are not needed.
+        FINISHED when the budget is spent. A result is stored as soon as it reaches the driver
+        (`on_trial_result`), so a worker that dies afterwards costs nothing; a trial that ends
+        without one lost its worker and goes back to the driver (`SearchDriver.retry`). State
+        lives in the run's SQLite store, so Tune's own searcher checkpoints are not needed.
         """
 
-        def __init__(self, driver: SearchDriver, job_json: str) -> None:
+        def __init__(self, driver: SearchDriver, job_json: str, known_cheap: Callable[[Candidate], dict | None] | None = None) -> None:
             super().__init__(metric=None, mode=None)
-            self.driver, self.job_json = driver, job_json
+            self.driver, self.job_json, self.known_cheap = driver, job_json, known_cheap
             self._numbers: dict[str, int] = {}
+            #: trial numbers whose worker was lost, one entry per loss
+            self.lost: list[int] = []
 
         def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
             return True
@@ -103,15 +130,26 @@ def _searcher_class():
             if task is None:
                 return None
             self._numbers[trial_id] = task.number
-            return {"number": task.number, "candidate": task.candidate.dumps(), "job": self.job_json}
+            cheap = self.known_cheap(task.candidate) if self.known_cheap is not None else None
+            return {"number": task.number, "candidate": task.candidate.dumps(), "job": self.job_json,
+                    "cheap": None if cheap is None else json.dumps(cheap)}
+
+        def on_trial_result(self, trial_id: str, result: dict) -> None:
+            if "tritune_status" in result and trial_id in self._numbers:
+                self._complete(self._numbers.pop(trial_id), result)
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
             number = self._numbers.pop(trial_id, None)
-            if number is None:
+            if number is None:  # already stored from its result
                 return
-            if error or not result or "tritune_status" not in result:
-                self.driver.complete(number, "failed", {}, "the Ray trial raised an error (see the Ray logs in the run directory)")
+            if not error and result and "tritune_status" in result:
+                self._complete(number, result)
                 return
+            self.lost.append(number)
+            warnings.warn(f"trial {number}: {LOST_WORKER}; it is evaluated again", RuntimeWarning, stacklevel=1)
+            self.driver.retry(number, LOST_WORKER)
+
+        def _complete(self, number: int, result: dict) -> None:
             self.driver.complete(
                 number,
                 result["tritune_status"],
@@ -128,7 +166,7 @@ def _searcher_class():
             # Tune pickles its configuration for its own restore; tritune resumes from the store,
             # so the live driver (an open SQLite connection) is left out of that copy.
             state = dict(self.__dict__)
-            state["driver"] = None
+            state["driver"] = state["known_cheap"] = None
             return state
 
         def restore_from_dir(self, checkpoint_dir: str) -> None:
@@ -137,17 +175,15 @@ def _searcher_class():
     return StrategySearcher
 
 
-def _loopback_only() -> None:
-    """Keep a local Ray on 127.0.0.1. Ray binds a single-node cluster to the machine's outward
-    address unless clusters are switched off (its own switch for laptops); a local search has
-    no business listening on the network. Processes Ray starts inherit the environment."""
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    from ray._private import ray_constants  # read at import time; ray may be imported already
-
-    ray_constants.ENABLE_RAY_CLUSTER = False
-
-
 class RayExecutor:
+    """Evaluate a search's trials as Ray Tune trials.
+
+    With no address, a `LocalRay` with ``workers`` CPUs on loopback, removed with everything it
+    started when the search ends or dies. With an address, the search joins that cluster (and
+    leaves it running). ``storage`` holds Tune's scratch directory (``storage/tune``): cleared
+    when a search starts, removed when it ends unless a trial lost its worker (then it keeps
+    Tune's error files)."""
+
     name = "ray"
 
     def __init__(self, workers: int = 2, address: str | None = None, storage: str | Path | None = None, cpus_per_trial: float = 1.0) -> None:
@@ -155,39 +191,59 @@ class RayExecutor:
             raise ValueError(f"executor.workers: {workers} must be a positive integer")
         self.workers, self.address, self.cpus_per_trial = int(workers), address, float(cpus_per_trial)
         self.storage = Path(storage).resolve() if storage else None
+        #: trial numbers whose worker was lost during the last `run`, one entry per loss
+        self.lost: list[int] = []
 
-    def _init_ray(self) -> bool:
+    def _init_ray(self) -> Callable[[], None] | None:
+        """Start or join Ray; returns how to leave it (None: Ray was running before)."""
         import ray
 
         if ray.is_initialized():
-            return False
+            return None
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
         os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR"}
+        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR",
+                                  "runtime_env": {"env_vars": dict(WORKER_ENV)}}
         if self.address:
             ray.init(address=self.address, **kwargs)
-        else:
-            _loopback_only()
-            # "local" starts a fresh Ray even when `ray start` left a cluster on this machine
-            # (ray.init() would otherwise join it and refuse num_cpus).
-            ray.init(address="local", num_cpus=self.workers, **kwargs)
-        return True
+            return ray.shutdown
+        local = LocalRay(self.workers)
+        local.start(**kwargs)
+        return local.stop
 
-    def run(self, driver: SearchDriver, job_json: str) -> None:
-        import ray
+    def run(self, driver: SearchDriver, job_json: str, known_cheap: Callable[[Candidate], dict | None] | None = None) -> None:
+        """Evaluate the driver's tasks as Tune trials; ``known_cheap`` gives the cheap metrics
+        the driver already holds for a candidate (sent along, so workers do not re-measure)."""
         from ray import tune
 
-        started_here = self._init_ray()
+        storage = self.storage or Path.cwd() / "ray_results"
+        scratch = storage / "tune"
+        shutil.rmtree(scratch, ignore_errors=True)  # a previous session's, killed or finished
+        leave = self._init_ray()
+        searcher = _searcher_class()(driver, job_json, known_cheap)
         try:
-            searcher = _searcher_class()(driver, job_json)
-            storage = self.storage or Path.cwd() / "ray_results"
             tuner = tune.Tuner(
                 tune.with_resources(_tune_trainable, {"cpu": self.cpus_per_trial}),
-                tune_config=tune.TuneConfig(search_alg=searcher, num_samples=driver.max_trials, max_concurrent_trials=self.workers),
-                run_config=tune.RunConfig(storage_path=str(storage), name="tune", verbose=0, log_to_file=False),
+                tune_config=tune.TuneConfig(
+                    search_alg=searcher,
+                    # every trial number may be handed out max_attempts times (`SearchDriver.retry`)
+                    num_samples=driver.max_trials * driver.max_attempts,
+                    max_concurrent_trials=self.workers,
+                    reuse_actors=True,  # one process per worker slot, its pipeline built once
+                    trial_dirname_creator=_trial_dirname,
+                ),
+                run_config=tune.RunConfig(
+                    storage_path=str(storage), name="tune", verbose=0, log_to_file=False,
+                    # a lost trial is the driver's to retry, under its own number; Tune must not
+                    # restart it (a second copy of the trial) nor stop the search
+                    failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+                ),
             )
             tuner.fit()
         finally:
-            if started_here:
-                ray.shutdown()
+            self.lost = list(searcher.lost)
+            if leave is not None:
+                leave()
+            if not self.lost:
+                shutil.rmtree(scratch, ignore_errors=True)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import csv
 import json
+import math
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -17,11 +19,20 @@ PARETO_SCHEMA_VERSION = 1
 
 def front(records: Sequence[TrialRecord], problem: Problem) -> list[TrialRecord]:
     """Non-dominated feasible trials, best first by the first objective. Duplicates of one
-    candidate (a strategy may re-propose) are kept once."""
+    candidate (a strategy may re-propose) are kept once; a trial with a missing or NaN objective
+    cannot be ranked and is left out, with a warning naming it."""
     seen: dict[str, TrialRecord] = {}
+    unranked = []
     for r in records:
-        if r.status == "complete" and r.candidate.id not in seen:
-            seen[r.candidate.id] = r
+        if r.status != "complete" or r.candidate.id in seen:
+            continue
+        if any(not isinstance(r.metrics.get(m), float) or math.isnan(r.metrics[m]) for m in problem.metrics):
+            unranked.append(r.number)
+            continue
+        seen[r.candidate.id] = r
+    if unranked:
+        warnings.warn(f"Pareto front: trials {unranked[:10]}{' ...' if len(unranked) > 10 else ''} have no value for an objective "
+                      f"({', '.join(problem.metrics)}) and are left out", RuntimeWarning, stacklevel=2)
     feasible = list(seen.values())
     if not feasible:
         return []

@@ -1,17 +1,70 @@
-"""`run_search`: one job from YAML to a Pareto front on disk, resumable."""
+"""`run_search`: one job from YAML to a Pareto front on disk, resumable.
+
+A run directory has one writer at a time (`RunLock`). Its store keeps every trial and every
+cheap metric the search obtained, and the checksums of the files the job's evaluators read
+(``inputs``), so a resume replays exactly and refuses inputs that changed under it.
+"""
 from __future__ import annotations
 
+import hashlib
 import json
+import math
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from tqdm.auto import tqdm
 
-from .driver import SearchDriver
+from .driver import NoFeasibleCandidates, SearchDriver
 from .executors import InProcessExecutor, RayExecutor
 from .job import Job, JobError
+from .lock import RunLock
 from .report import format_front, front, knee, plot_pareto, write_pareto_json, write_trials_csv
 from .store import TrialRecord, TrialStore
+
+#: Evaluator options that name an input file whose contents decide the results.
+INPUT_FILE_OPTIONS = ("checkpoint", "path", "predictor")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def input_files(job: Job) -> dict[str, dict[str, Any]]:
+    """``{absolute path: {"sha256", "size"}}`` of every existing file an evaluator option names."""
+    files: dict[str, dict[str, Any]] = {}
+    for spec in job.evaluators:
+        for key in INPUT_FILE_OPTIONS:
+            value = spec.get(key)
+            if isinstance(value, str) and value and Path(value).expanduser().is_file():
+                path = Path(value).expanduser().resolve()
+                files[str(path)] = {"sha256": file_sha256(path), "size": path.stat().st_size}
+    return files
+
+
+def check_inputs(recorded: dict[str, dict[str, Any]], where: str) -> None:
+    """Raise JobError when a file recorded at the start of a run is gone or changed."""
+    for path, info in sorted(recorded.items()):
+        if not Path(path).is_file():
+            raise JobError(f"{where}: input file {path!r} is missing (the run used it; sha256 {str(info.get('sha256'))[:12]})")
+        if file_sha256(path) != info.get("sha256"):
+            raise JobError(f"{where}: input file {path!r} changed since the run started; results would mix two inputs")
+
+
+def _infeasible_message(job: Job, seen_metrics: list[dict[str, float]], exc: NoFeasibleCandidates) -> str:
+    """Which constraints failed and what the search saw, so a wrong bound is obvious."""
+    parts = []
+    for c in job.problem().constraints:
+        seen = [m[c.metric] for m in seen_metrics if c.metric in m and not math.isnan(m[c.metric])]
+        bound = " and ".join(f"{k} {v:g}" for k, v in (("min", c.min), ("max", c.max)) if v is not None)
+        span = f"seen {min(seen):.4g}..{max(seen):.4g}" if seen else "never measured"
+        parts.append(f"{c.metric} ({bound}; {span})")
+    return f"job {job.name!r}: {exc}; constraints: {', '.join(parts) or '(none)'}; check their bounds and units"
 
 
 @dataclass
@@ -23,6 +76,9 @@ class RunResult:
     evaluations: int
     replayed: int
     queries: dict[str, int] = field(default_factory=dict)
+    #: Candidates this call sent to cheap evaluators (measured, predicted or looked up); what the
+    #: store already held was read back instead.
+    fresh_cheap: int = 0
 
     def table(self, problem) -> str:
         return format_front(self.front, problem, None if self.knee is None else self.knee.number)
@@ -45,7 +101,11 @@ def run_search(
     if address and executor in (None, "ray"):
         executor = "ray"
     job = replace(job, executor=executor or job.executor, workers=workers or job.workers, address=address or job.address)
-    run_dir = Path(run_dir or job.run_dir).resolve()
+    run_dir = Path(run_dir or job.run_dir).expanduser()
+    for parent in (run_dir, *run_dir.parents):
+        if parent.exists() and not parent.is_dir():
+            raise JobError(f"run directory {str(run_dir)!r}: {str(parent)!r} is a file, not a directory")
+    run_dir = run_dir.resolve()
     db = run_dir / "trials.db"
     if db.exists() and not resume:
         raise JobError(f"run directory {str(run_dir)!r} already holds a run; pass --resume to continue it or choose another run_dir")
@@ -53,26 +113,37 @@ def run_search(
         raise JobError(f"run directory {str(run_dir)!r} holds no run to resume (no trials.db)")
     run_dir.mkdir(parents=True, exist_ok=True)
 
+    with RunLock(run_dir):
+        return _run_locked(job, run_dir, db, progress)
+
+
+def _run_locked(job: Job, run_dir: Path, db: Path, progress: bool) -> RunResult:
     problem = job.problem()
     space = job.build_space()
     pipeline = job.build_pipeline(space, problem)
-    strategy = job.build_strategy(space, problem, pipeline.oracle)
 
     with TrialStore(db) as store:
         stored = store.get_meta("job_fingerprint")
         if stored is None:
             store.set_meta("job_fingerprint", job.fingerprint())
             store.set_meta("job", job.to_json())
+            store.set_meta("inputs", json.dumps({"files": input_files(job)}, sort_keys=True))
         elif stored != job.fingerprint():
             raise JobError(
                 f"run directory {str(run_dir)!r} was started by a different job (space, evaluators, objectives, strategy, "
                 "seed, budget or batch size changed); start a new run_dir instead of resuming"
             )
+        else:
+            recorded = json.loads(store.get_meta("inputs") or '{"files": {}}').get("files", {})
+            check_inputs(recorded, f"run directory {str(run_dir)!r}")
         (run_dir / "job.json").write_text(json.dumps(job.to_config(), indent=2, sort_keys=True))
+        pipeline.persist_cheap(store.cheap_metrics(), store.put_cheap)
+        strategy = job.build_strategy(space, problem, pipeline.oracle)
 
         bar = tqdm(total=job.budget, desc=f"{job.name} [{job.strategy}]", unit="eval", disable=not progress, leave=True)
 
         def on_record(record: TrialRecord, replayed: bool) -> None:
+            pipeline.learn_cheap(record.candidate.id, record.metrics)
             if record.status == "complete":
                 bar.update(1)
             bar.set_postfix(trials=record.number + 1, replayed=driver.replayed, refresh=False)
@@ -80,9 +151,12 @@ def run_search(
         driver = SearchDriver(strategy, store, job.budget, job.batch_size, job.max_trials, on_record)
         try:
             if job.executor == "ray":
-                RayExecutor(job.workers, job.address, storage=run_dir / "ray").run(driver, job.to_json())
+                RayExecutor(job.workers, job.address, storage=run_dir / "ray").run(driver, job.to_json(), pipeline.known_cheap)
             else:
                 InProcessExecutor().run(driver, pipeline.evaluate)
+        except NoFeasibleCandidates as exc:
+            seen = [r.metrics for r in store.all()] + list(store.cheap_metrics().values())
+            raise JobError(_infeasible_message(job, seen, exc)) from None
         finally:
             bar.close()
             records = store.all()
@@ -97,4 +171,4 @@ def run_search(
             write_pareto_json(best, problem, run_dir / "pareto.json", {"job": job.name, "strategy": job.strategy, "queries": queries})
             if finished:
                 plot_pareto(finished, problem, run_dir / "pareto.png", title=f"{job.name}: {job.strategy}, {driver.evaluations} evaluations")
-    return RunResult(run_dir, finished, best, k, driver.evaluations, driver.replayed, queries)
+    return RunResult(run_dir, finished, best, k, driver.evaluations, driver.replayed, queries, pipeline.cheap_queries)

@@ -78,7 +78,7 @@ class TrackedStrategy(Strategy):
     def passes_screen(self, candidate: Candidate) -> bool:
         if self.oracle is None or not self.problem.constraints:
             return True
-        return self.known_violation(self.cheap_metrics(candidate) or {}) == 0.0
+        return self.screened(candidate, self.known_violation(self.cheap_metrics(candidate) or {}) == 0.0)
 
     def known_violation(self, metrics: Mapping[str, float]) -> float:
         """Constraint violation over the constrained metrics that are present (absent ones are unknown, not broken)."""

@@ -23,6 +23,15 @@ from ...evaluators.problem import Problem
 
 Oracle = Callable[[Candidate], Mapping[str, float]]
 
+#: Screening gives up when no candidate has passed yet and this many distinct candidates (or
+#: twenty times as many screenings, repeats included) were rejected.
+MAX_REJECTED = 1000
+
+
+class NoFeasibleCandidates(ValueError):
+    """No candidate met the constraints after a bounded number of tries: the constraints are
+    likely impossible (a bound in the wrong unit, say)."""
+
 
 @dataclass(frozen=True)
 class Proposal:
@@ -53,6 +62,9 @@ class Strategy(ABC):
         self._pending: dict[int, Candidate] = {}
         #: every (candidate, outcome) told so far, in tell order
         self.history: list[tuple[Candidate, Outcome]] = []
+        self._rejected: set[str] = set()
+        self._screenings = 0
+        self._passed_screen = False
 
     def ask(self) -> Proposal:
         candidate = self._propose()
@@ -78,7 +90,38 @@ class Strategy(ABC):
             return True
         metrics = self.oracle(candidate)
         known = [c for c in self.problem.constraints if c.metric in metrics]
-        return all(c.violation(metrics[c.metric]) == 0.0 for c in known)
+        return self.screened(candidate, all(c.violation(metrics[c.metric]) == 0.0 for c in known))
+
+    def screen_many(self, candidates: list[Candidate]) -> list[bool]:
+        """`passes_screen` for a batch, where one passing candidate anywhere in it counts (the
+        order of a batch says nothing about feasibility)."""
+        if self.oracle is None or not self.problem.constraints:
+            return [True] * len(candidates)
+        passed = self._passed_screen
+        self._passed_screen = True  # judge the batch as a whole below
+        try:
+            flags = [self.passes_screen(c) for c in candidates]
+        finally:
+            self._passed_screen = passed
+        if any(flags):
+            self._passed_screen = True
+        for c, ok in zip(candidates, flags):
+            if not ok:
+                self.screened(c, False)
+        return flags
+
+    def screened(self, candidate: Candidate, passed: bool) -> bool:
+        """Count a screening; raise `NoFeasibleCandidates` once the bound is reached with no
+        candidate ever passing. Returns ``passed``."""
+        if passed:
+            self._passed_screen = True
+        elif not self._passed_screen:
+            self._rejected.add(candidate.id)
+            self._screenings += 1
+            if len(self._rejected) >= MAX_REJECTED or self._screenings >= 20 * MAX_REJECTED:
+                raise NoFeasibleCandidates(
+                    f"none of {len(self._rejected)} distinct candidates screened met the constraints")
+        return passed
 
     def sample_feasible(self, max_tries: int = 1000) -> Candidate:
         """A random candidate that passes the screen (falls back to the last sample)."""

@@ -343,7 +343,7 @@ class PredictorGuidedEvolution(TrackedStrategy):
                 self._enum_pos = {c: i for i, c in enumerate(self._enum)}
                 self._enum_X = self.space.encode_batch(self._enum)
                 self._enum_oracle = self._oracle_matrix(self._enum)
-                self._enum_screen = np.array([self.passes_screen(c) for c in self._enum], dtype=bool)
+                self._enum_screen = np.array(self.screen_many(self._enum), dtype=bool)
         return bool(self._enum)
 
     def _generate(self, parents: list[Candidate], count: int, taken: set[Candidate]) -> list[Candidate]:
@@ -365,7 +365,8 @@ class PredictorGuidedEvolution(TrackedStrategy):
             out[child] = None
         for _ in range(count - n_mut - n_cx):
             out[self.space.sample(self.rng)] = None
-        return [c for c in out if c not in taken and not self.is_known(c) and self.passes_screen(c)]
+        fresh = [c for c in out if c not in taken and not self.is_known(c)]
+        return [c for c, ok in zip(fresh, self.screen_many(fresh)) if ok]
 
     def _grow_pool(self) -> list[Candidate]:
         """The pool of a large space: the previous pool minus what was proposed since, plus at
