@@ -60,7 +60,7 @@ def _cmd_spaces(args: argparse.Namespace) -> int:
 
 
 def _cmd_results(args: argparse.Namespace) -> int:
-    from ..search.job import Job
+    from ..search.job import Job, JobError
     from ..search.jobfile import loads_json
     from ..search.report import format_front, front, knee
     from ..search.store import TrialStore
@@ -76,7 +76,10 @@ def _cmd_results(args: argparse.Namespace) -> int:
         stored = store.get_meta("job")
         if not isinstance(stored, str):
             raise ValueError(f"results show: {str(db)!r} holds no job; not a complete tritune run")
-        job = Job.from_dict(loads_json(stored, f"the job stored in {str(db)!r}"), validate=False)
+        try:
+            job = Job.from_dict(loads_json(stored, f"the job stored in {str(db)!r}"), validate=False)
+        except JobError as exc:
+            raise JobError(f"the job stored in {str(db)!r}: {exc}") from None
         records = [r for r in store.all() if r.status != "running"]
     problem = job.problem()
     best = front(records, problem)
@@ -112,10 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
     from .predict import add_parser as add_predict_parser
     from .profile import add_parser as add_profile_parser
     from .supernet import add_parser as add_supernet_parser
+    from .export import add_parser as add_export_parser
+    from .report import add_parser as add_report_parser
 
     add_profile_parser(sub)
     add_predict_parser(sub)
     add_supernet_parser(sub)
+    add_export_parser(sub)
+    add_report_parser(sub)
 
     p = sub.add_parser("results", help="show the Pareto front of a run")
     p.add_argument("action", choices=("show",))

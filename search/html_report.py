@@ -1,0 +1,384 @@
+"""``report.html``: one self-contained page about a run -- its Pareto front, a summary per stage,
+and a per-layer view of every exported model.
+
+The page is static HTML with inline SVG and a few lines of inline script (tooltips follow the
+pointer; a counter of script errors is kept in ``body[data-js-errors]``); a Content-Security-Policy
+forbids every fetch, so it opens the same offline, from a mail attachment or a CI artefact. Every
+value from the run (names, ids, metrics) is HTML-escaped.
+
+A stage is a `StageSummary`; `search_stage` summarises a plain search from its store. A staged
+pipeline passes one summary per stage (`write_report(..., stages=[...])`).
+"""
+from __future__ import annotations
+
+import html
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from .export.manifest import ManifestError, read_manifest, tritune_version
+from .export.runs import RunData, load_run
+from .store import TrialRecord
+
+#: Colours of the sparsity pattern families in the per-layer charts.
+PATTERN_COLOURS = {
+    "dense": "#9aa5b1", "unstructured": "#e4572e", "nm": "#17bebb", "block": "#4c6ef5", "channel": "#f2a541",
+    "kernel_pattern": "#9c36b5", "gather_scatter": "#2f9e44",
+}
+_CSP = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:"
+
+
+@dataclass(frozen=True)
+class StageSummary:
+    """One stage of a run for the report: trial counts by status, costly evaluations, the size of
+    its front, the best value of each objective, wall time, and free-form ``details``."""
+
+    name: str
+    trials: int
+    complete: int
+    infeasible: int
+    failed: int
+    evaluations: int
+    front_size: int
+    best: dict[str, float] = field(default_factory=dict)
+    wall_s: float | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def search_stage(run: RunData) -> StageSummary:
+    """The summary of a plain search stage, from its store."""
+    records = run.records
+    counts = {s: sum(r.status == s for r in records) for s in ("complete", "infeasible", "failed")}
+    best = {}
+    for o in run.problem.objectives:
+        values = [r.metrics[o.metric] for r in records if r.status == "complete" and o.metric in r.metrics
+                  and not math.isnan(r.metrics[o.metric])]
+        if values:
+            best[o.metric] = max(values) if o.direction == "maximize" else min(values)
+    times = [(r.started, r.finished) for r in records if r.finished > 0]
+    wall = max(f for _, f in times) - min(s for s, _ in times) if times else None
+    return StageSummary("search", len(records), counts["complete"], counts["infeasible"], counts["failed"],
+                        counts["complete"] + counts["failed"], len(run.front), best, wall,
+                        {"strategy": run.job.strategy, "budget": run.job.budget, "batch size": run.job.batch_size, "seed": run.job.seed})
+
+
+# ----- small helpers -----------------------------------------------------------------------------
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _num(value: Any, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, (int, float)):
+        return f"{value:.{digits}g}"
+    return _e(value)
+
+
+def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    """About ``n`` round tick values covering [lo, hi] (steps of 1, 2 or 5 times a power of ten)."""
+    if not math.isfinite(lo) or not math.isfinite(hi):
+        return []
+    if hi <= lo:
+        return [lo]
+    raw = (hi - lo) / max(1, n)
+    power = 10 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+    start = math.ceil(lo / step) * step
+    ticks = []
+    v = start
+    while v <= hi + step * 1e-9:
+        ticks.append(round(v, 12))
+        v += step
+    return ticks
+
+
+def _family(pattern: str) -> str:
+    from ..spaces.compression import parse_pattern
+
+    try:
+        return parse_pattern(str(pattern)).family
+    except ValueError:
+        return "dense"
+
+
+# ----- the front ---------------------------------------------------------------------------------
+def _tooltip(r: TrialRecord, metrics: Sequence[str], extra: str = "") -> str:
+    values = ", ".join(f"{m} {_num(r.metrics.get(m))}" for m in metrics)
+    return f"candidate {r.candidate.id} (trial {r.number}): {values}{extra}"
+
+
+def front_svg(run: RunData, exported: Iterable[str] = (), width: int = 660, height: int = 420) -> str:
+    """SVG scatter of every complete trial (grey), the front (red, joined), the knee (ringed) and
+    exported models (black squares) over the first two objectives (the trial number when there
+    is one). Each point has a ``<title>`` naming the candidate and its metrics."""
+    problem = run.problem
+    metrics = list(problem.metrics)
+    done = [r for r in run.records if r.status == "complete" and all(m in r.metrics for m in metrics)]
+    exported = set(exported)
+    if len(metrics) >= 2:
+        xm, ym = metrics[1], metrics[0]
+        x_of = lambda r: float(r.metrics[xm])  # noqa: E731
+        x_label = f"{xm} ({'lower' if problem.directions[1] == 'minimize' else 'higher'} is better)"
+    else:
+        xm, ym = "trial", metrics[0]
+        x_of = lambda r: float(r.number)  # noqa: E731
+        x_label = "trial"
+    y_of = lambda r: float(r.metrics[ym])  # noqa: E731
+    y_label = f"{ym} ({'higher' if problem.directions[0] == 'maximize' else 'lower'} is better)"
+    left, right, top, bottom = 70, 20, 20, 50
+    pw, ph = width - left - right, height - top - bottom
+    points = [(x_of(r), y_of(r)) for r in done if math.isfinite(x_of(r)) and math.isfinite(y_of(r))]
+    if not points:
+        return f'<svg class="front" width="{width}" height="80" role="img"><text x="10" y="40">no complete trial to plot</text></svg>'
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    pad = lambda lo, hi: (lo - 0.05 * (hi - lo or abs(lo) or 1.0), hi + 0.05 * (hi - lo or abs(hi) or 1.0))  # noqa: E731
+    x0, x1 = pad(min(xs), max(xs))
+    y0, y1 = pad(min(ys), max(ys))
+    sx = lambda v: left + (v - x0) / (x1 - x0) * pw  # noqa: E731
+    sy = lambda v: top + (1 - (v - y0) / (y1 - y0)) * ph  # noqa: E731
+    out = [f'<svg class="front" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+           f'role="img" aria-label="Pareto front">',
+           f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="#fbfbfd" stroke="#ccd"/>']
+    for t in _nice_ticks(x0, x1):
+        out.append(f'<line x1="{sx(t):.1f}" x2="{sx(t):.1f}" y1="{top}" y2="{top + ph}" stroke="#eee"/>'
+                   f'<text class="tick" x="{sx(t):.1f}" y="{top + ph + 16}" text-anchor="middle">{_num(t)}</text>')
+    for t in _nice_ticks(y0, y1):
+        out.append(f'<line x1="{left}" x2="{left + pw}" y1="{sy(t):.1f}" y2="{sy(t):.1f}" stroke="#eee"/>'
+                   f'<text class="tick" x="{left - 6}" y="{sy(t) + 4:.1f}" text-anchor="end">{_num(t)}</text>')
+    out.append(f'<text class="axis" x="{left + pw / 2}" y="{height - 10}" text-anchor="middle">{_e(x_label)}</text>'
+               f'<text class="axis" transform="translate(16 {top + ph / 2}) rotate(-90)" text-anchor="middle">{_e(y_label)}</text>')
+    front_ids = {r.number for r in run.front}
+    for r in done:
+        if r.number in front_ids:
+            continue
+        out.append(f'<circle class="trial-point" cx="{sx(x_of(r)):.1f}" cy="{sy(y_of(r)):.1f}" r="3" fill="#b8bcc6">'
+                   f'<title>{_e(_tooltip(r, metrics))}</title></circle>')
+    line = sorted((sx(x_of(r)), sy(y_of(r))) for r in run.front)
+    if len(metrics) == 2 and len(line) > 1:
+        out.append('<polyline fill="none" stroke="#d6336c" stroke-width="1.5" points="' + " ".join(f"{a:.1f},{b:.1f}" for a, b in line) + '"/>')
+    knee_number = None if run.knee is None else run.knee.number
+    for rank, r in enumerate(run.front):
+        cx, cy = sx(x_of(r)), sy(y_of(r))
+        marks = (" knee" if r.number == knee_number else "") + (" exported" if r.candidate.id in exported else "")
+        extra = f"; front rank {rank}" + ("; knee" if r.number == knee_number else "") + ("; exported" if r.candidate.id in exported else "")
+        out.append(f'<g class="front-point{marks}" data-candidate="{_e(r.candidate.id)}" data-rank="{rank}"><title>{_e(_tooltip(r, metrics, extra))}</title>')
+        if r.number == knee_number:
+            out.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="9" fill="none" stroke="#111" stroke-width="1.5"/>')
+        if r.candidate.id in exported:
+            out.append(f'<rect x="{cx - 6:.1f}" y="{cy - 6:.1f}" width="12" height="12" fill="none" stroke="#111" stroke-width="1.5"/>')
+        out.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="4.5" fill="#d6336c"/></g>')
+    lx = left + 10
+    out.append(f'<g class="legend" transform="translate({lx} {top + 10})">'
+               '<circle cx="5" cy="0" r="3" fill="#b8bcc6"/><text x="14" y="4">trials</text>'
+               '<circle cx="70" cy="0" r="4.5" fill="#d6336c"/><text x="80" y="4">front</text>'
+               '<circle cx="135" cy="0" r="9" fill="none" stroke="#111"/><text x="150" y="4">knee</text>'
+               '<rect x="190" y="-6" width="12" height="12" fill="none" stroke="#111"/><text x="208" y="4">exported</text></g>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+# ----- tables ------------------------------------------------------------------------------------
+def _table(header: Sequence[str], rows: Iterable[Sequence[str]], cls: str = "") -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    thead = f"<thead><tr>{head}</tr></thead>" if any(header) else ""
+    return f'<table class="{cls}">{thead}<tbody>{body}</tbody></table>'
+
+
+def stages_table(stages: Sequence[StageSummary]) -> str:
+    rows = []
+    for s in stages:
+        best = ", ".join(f"{_e(k)} {_num(v)}" for k, v in s.best.items()) or "–"
+        details = ", ".join(f"{_e(k)} {_e(v)}" for k, v in s.details.items())
+        rows.append([_e(s.name), str(s.trials), str(s.complete), str(s.infeasible), str(s.failed), str(s.evaluations),
+                     str(s.front_size), best, _num(s.wall_s, 3) + (" s" if s.wall_s is not None else ""), details])
+    return _table(["stage", "trials", "complete", "infeasible", "failed", "costly evaluations", "front", "best", "wall time", "settings"],
+                  rows, "stages")
+
+
+def front_table(run: RunData, exported: Mapping[str, str]) -> str:
+    metrics = list(run.problem.metrics) + [m for m in run.problem.constrained_metrics if m not in run.problem.metrics]
+    knee_number = None if run.knee is None else run.knee.number
+    rows = []
+    for rank, r in enumerate(run.front):
+        rows.append([str(rank), str(r.number), f"<code>{_e(r.candidate.id)}</code>", *(_num(r.metrics.get(m)) for m in metrics),
+                     "knee" if r.number == knee_number else "",
+                     f'<a href="#model-{_e(r.candidate.id)}">exported</a>' if r.candidate.id in exported else ""])
+    return _table(["#", "trial", "candidate", *metrics, "", ""], rows, "front-table")
+
+
+# ----- exported models ---------------------------------------------------------------------------
+def layers_svg(manifest: Mapping[str, Any], width: int = 900) -> str:
+    """Per weight layer of an exported model: width (output channels), pattern and realised
+    sparsity, bits, and latency -- one row each, bars scaled per column; ``<title>`` per row."""
+    layers = [L for L in manifest.get("layers", []) if "weights" in L]
+    if not layers:
+        return "<p>no weight layers</p>"
+    row_h, top = 18, 34
+    cols = {"name": 10, "width": 160, "sparsity": 320, "bits": 570, "latency": 640}
+    bar = {"width": 110, "sparsity": 100, "latency": 200}
+    max_w = max(int(L.get("out_channels", 0)) for L in layers) or 1
+    lat = [float(L["latency_ms"]) for L in layers if isinstance(L.get("latency_ms"), (int, float))]
+    max_lat = max(lat) if lat else 0.0
+    height = top + row_h * len(layers) + 10
+    out = [f'<svg class="layers" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
+           f'aria-label="per-layer chart of {_e(manifest.get("candidate_id"))}">']
+    for key, label in (("name", "layer"), ("width", "width (channels)"), ("sparsity", "pattern, sparsity (realised)"),
+                       ("bits", "bits w/a"), ("latency", "latency per layer (µs)")):
+        out.append(f'<text class="head" x="{cols[key]}" y="20">{_e(label)}</text>')
+    for i, L in enumerate(layers):
+        y = top + i * row_h
+        fam = _family(L.get("pattern", "dense"))
+        colour = PATTERN_COLOURS.get(fam, "#9aa5b1")
+        realised = float(L.get("realised_sparsity") or 0.0)
+        planned = float(L.get("sparsity") or 0.0)
+        ms = L.get("latency_ms")
+        tip = (f"{L['name']}: {L.get('op')} {L.get('in_channels')}->{L.get('out_channels')} k{L.get('kernel')} s{L.get('stride')}, "
+               f"{L.get('pattern')} planned {planned:.2f} realised {realised:.2f}, w{L.get('w_bits')} a{L.get('a_bits')}"
+               + (f", {L.get('runs_as')}" if L.get("runs_as") else "") + (f", {ms:.4g} ms" if isinstance(ms, (int, float)) else ""))
+        out.append(f'<g class="layer-row"><title>{_e(tip)}</title>')
+        if i % 2:
+            out.append(f'<rect x="0" y="{y - 13}" width="{width}" height="{row_h}" fill="#f6f7f9"/>')
+        out.append(f'<text x="{cols["name"]}" y="{y}">{_e(L["name"])}</text>')
+        w = bar["width"] * int(L.get("out_channels", 0)) / max_w
+        out.append(f'<rect x="{cols["width"]}" y="{y - 10}" width="{w:.1f}" height="11" fill="#74c0fc"/>'
+                   f'<text class="val" x="{cols["width"] + w + 3:.1f}" y="{y}">{int(L.get("out_channels", 0))}</text>')
+        out.append(f'<rect x="{cols["sparsity"]}" y="{y - 10}" width="{bar["sparsity"]}" height="11" fill="#eceff3"/>'
+                   f'<rect x="{cols["sparsity"]}" y="{y - 10}" width="{bar["sparsity"] * realised:.1f}" height="11" fill="{colour}"/>'
+                   f'<text class="val" x="{cols["sparsity"] + bar["sparsity"] + 5}" y="{y}">{_e(L.get("pattern"))} {realised:.2f}</text>')
+        out.append(f'<text x="{cols["bits"]}" y="{y}">w{_e(L.get("w_bits"))}/a{_e(L.get("a_bits"))}</text>')
+        if isinstance(ms, (int, float)) and max_lat > 0:
+            lw = bar["latency"] * float(ms) / max_lat
+            out.append(f'<rect x="{cols["latency"]}" y="{y - 10}" width="{lw:.1f}" height="11" fill="#845ef7"/>'
+                       f'<text class="val" x="{cols["latency"] + lw + 3:.1f}" y="{y}">{1e3 * float(ms):.3g}</text>')
+        else:
+            out.append(f'<text class="val" x="{cols["latency"]}" y="{y}">–</text>')
+        out.append("</g>")
+    out.append("</svg>")
+    return "".join(out)
+
+
+def _legend() -> str:
+    items = "".join(f'<span class="swatch" style="background:{c}"></span>{_e(f)} ' for f, c in PATTERN_COLOURS.items())
+    return f'<p class="legend">pattern families: {items}</p>'
+
+
+def model_section(manifest: Mapping[str, Any]) -> str:
+    cid = manifest.get("candidate_id")
+    ver = manifest.get("verification", {})
+    check = ver.get("codegen" if manifest.get("target") == "codegen-cpu" else "model.onnx", {})
+    meas = manifest.get("latency_measurement") or {}
+    rows = [
+        ["target", _e(manifest.get("target"))],
+        ["accuracy of the exported file (test split)", _num(manifest.get("accuracy"))],
+        ["accuracy the search reported", _num(manifest.get("search_accuracy"))],
+        ["top-1 agreement / max |Δ logit| vs the torch subnet", f"{_num(check.get('top1_agreement'))} / {_num(check.get('max_abs_diff'))}"],
+        ["latency measured (ms)", _num(manifest.get("latency_measured_ms")) + (f" (spread {_num(meas.get('spread'), 2)})" if meas else "")],
+        ["latency predicted (ms)", _num(manifest.get("latency_predicted_ms")) +
+         (f" ({_e((manifest.get('latency_predictor') or {}).get('name'))})" if manifest.get("latency_predictor") else "")],
+        ["size (bytes)", _num(manifest.get("size_bytes"), 10) + f" ({_e(', '.join(manifest.get('size_of') or []))})"],
+    ]
+    source = (manifest.get("layer_latency") or {}).get("source")
+    note = f"<p class='note'>latency per layer: {_e(source)}; scaled to the measured total.</p>" if source else \
+        "<p class='note'>no per-layer latency (exported without timing).</p>"
+    return (f'<section class="model" id="model-{_e(cid)}"><h3>{_e(cid)}</h3>' + _table(["", ""], rows, "model-summary")
+            + _legend() + layers_svg(manifest) + note + "</section>")
+
+
+def exported_manifests(directory: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """The manifests under ``directory/*/manifest.json`` (sorted by candidate id) and one line per
+    unreadable one."""
+    found, problems = [], []
+    if directory.is_dir():
+        for path in sorted(directory.glob("*/manifest.json")):
+            try:
+                found.append(read_manifest(path))
+            except ManifestError as exc:
+                problems.append(str(exc))
+    return found, problems
+
+
+_STYLE = """
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 24px auto; max-width: 980px; color: #1d2330; }
+h1 { font-size: 22px; } h2 { font-size: 18px; margin-top: 28px; border-bottom: 1px solid #dde; } h3 { font-size: 15px; }
+table { border-collapse: collapse; margin: 8px 0; } th, td { padding: 3px 8px; border-bottom: 1px solid #e4e6eb; text-align: left; }
+th { background: #f1f3f6; font-weight: 600; } code { font-size: 13px; }
+svg text { font: 11px system-ui, sans-serif; fill: #333; } svg text.axis, svg text.head { font-size: 12px; font-weight: 600; }
+.note, .meta { color: #556; font-size: 12.5px; } .warn { color: #b02a37; }
+.swatch { display: inline-block; width: 10px; height: 10px; margin: 0 3px 0 8px; border-radius: 2px; }
+.front-point { cursor: pointer; } .front-point:hover circle { stroke: #000; }
+#tip { position: fixed; pointer-events: none; background: #1d2330; color: #fff; padding: 4px 7px; border-radius: 4px;
+       font-size: 12px; display: none; max-width: 420px; }
+"""
+
+_SCRIPT = """
+(function () {
+  var errors = 0;
+  function bump() { errors += 1; document.body.setAttribute('data-js-errors', String(errors)); }
+  window.addEventListener('error', bump);
+  var tip = document.getElementById('tip');
+  document.querySelectorAll('svg [class] > title, svg g > title').forEach(function (t) {
+    var g = t.parentNode;
+    g.addEventListener('mousemove', function (ev) {
+      tip.textContent = t.textContent; tip.style.display = 'block';
+      tip.style.left = (ev.clientX + 12) + 'px'; tip.style.top = (ev.clientY + 12) + 'px';
+    });
+    g.addEventListener('mouseleave', function () { tip.style.display = 'none'; });
+  });
+  var n = document.querySelectorAll('svg.front .front-point').length;
+  document.getElementById('front-rendered').textContent = String(n);
+  document.body.setAttribute('data-js-errors', String(errors));
+  document.body.setAttribute('data-ready', '1');
+})();
+"""
+
+
+def render_report(run: RunData, stages: Sequence[StageSummary], manifests: Sequence[Mapping[str, Any]],
+                  problems: Sequence[str] = ()) -> str:
+    """The page as a string (see the module docstring)."""
+    job = run.job
+    exported = {str(m["candidate_id"]): str(m.get("target")) for m in manifests}
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        f"<meta http-equiv='Content-Security-Policy' content=\"{_CSP}\">",
+        f"<title>{_e(job.name)}: tritune report</title><style>{_STYLE}</style></head><body data-js-errors='0'>",
+        f"<h1>{_e(job.name)}</h1>",
+        f"<p class='meta'>space {_e(job.space)} · strategy {_e(job.strategy)} · objectives "
+        + ", ".join(f"{_e(o.metric)} ({_e(o.direction)})" for o in run.problem.objectives)
+        + f" · run directory <code>{_e(run.run_dir)}</code> · tritune {_e(tritune_version())}</p>",
+        "<h2>Pareto front</h2>",
+        f"<p class='meta'>{len(run.front)} members on the front (<span id='front-rendered'>{len(run.front)}</span> drawn), "
+        f"{sum(r.status == 'complete' for r in run.records)} complete trials; the knee is ringed, exported models are boxed. "
+        "Hover a point for its candidate and metrics.</p>",
+        front_svg(run, exported),
+        front_table(run, exported),
+        "<h2>Stages</h2>", stages_table(stages),
+        "<h2>Exported models</h2>",
+    ]
+    if problems:
+        parts.append("".join(f"<p class='warn'>{_e(p)}</p>" for p in problems))
+    if manifests:
+        parts.extend(model_section(m) for m in manifests)
+    else:
+        parts.append("<p class='note'>none yet: <code>tritune export RUN_DIR</code> writes them.</p>")
+    parts.append(f"<div id='tip'></div><script>{_SCRIPT}</script></body></html>\n")
+    return "\n".join(parts)
+
+
+def write_report(run_dir: str | Path, out: str | Path | None = None, stages: Sequence[StageSummary] | None = None,
+                 exports: str | Path | None = None) -> Path:
+    """Write the report of a run (default ``RUN_DIR/report.html``); ``stages`` default to the
+    search stage read from the store, ``exports`` to ``RUN_DIR/export``."""
+    run = load_run(run_dir)
+    manifests, problems = exported_manifests(Path(exports) if exports is not None else run.run_dir / "export")
+    page = render_report(run, list(stages) if stages is not None else [search_stage(run)], manifests, problems)
+    path = Path(out) if out is not None else run.run_dir / "report.html"
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+__all__ = ["PATTERN_COLOURS", "StageSummary", "front_svg", "layers_svg", "render_report", "search_stage", "write_report"]
