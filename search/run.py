@@ -98,77 +98,96 @@ def run_search(
     Executor settings may differ between a run and its resume; anything that changes the trial
     sequence (space, evaluators, objectives, strategy, seed, budget, batch size) may not.
     """
+    job, run_dir, db = prepare_run(job, run_dir, resume, executor, workers, address)
+    with RunLock(run_dir), TrialStore(db) as store:
+        open_run(store, job, run_dir)
+        return search_stage(store, job, run_dir, progress=progress)
+
+
+def prepare_run(job: Job, run_dir: str | Path | None, resume: bool, executor: str | None = None, workers: int | None = None,
+                address: str | None = None) -> tuple[Job, Path, Path]:
+    """The job with the command line's executor settings, and its checked run directory and store path."""
     if address and executor in (None, "ray"):
         executor = "ray"
     job = replace(job, executor=executor or job.executor, workers=workers or job.workers, address=address or job.address)
-    run_dir = Path(run_dir or job.run_dir).expanduser()
-    for parent in (run_dir, *run_dir.parents):
+    path = Path(run_dir or job.run_dir).expanduser()
+    for parent in (path, *path.parents):
         if parent.exists() and not parent.is_dir():
-            raise JobError(f"run directory {str(run_dir)!r}: {str(parent)!r} is a file, not a directory")
-    run_dir = run_dir.resolve()
-    db = run_dir / "trials.db"
+            raise JobError(f"run directory {str(path)!r}: {str(parent)!r} is a file, not a directory")
+    path = path.resolve()
+    db = path / "trials.db"
     if db.exists() and not resume:
-        raise JobError(f"run directory {str(run_dir)!r} already holds a run; pass --resume to continue it or choose another run_dir")
+        raise JobError(f"run directory {str(path)!r} already holds a run; pass --resume to continue it or choose another run_dir")
     if resume and not db.exists():
-        raise JobError(f"run directory {str(run_dir)!r} holds no run to resume (no trials.db)")
-    run_dir.mkdir(parents=True, exist_ok=True)
-
-    with RunLock(run_dir):
-        return _run_locked(job, run_dir, db, progress)
+        raise JobError(f"run directory {str(path)!r} holds no run to resume (no trials.db)")
+    path.mkdir(parents=True, exist_ok=True)
+    return job, path, db
 
 
-def _run_locked(job: Job, run_dir: Path, db: Path, progress: bool) -> RunResult:
+def open_run(store: TrialStore, job: Job, run_dir: Path) -> None:
+    """Record the job in a new store, or check that a resumed one was started by the same job."""
+    stored = store.get_meta("job_fingerprint")
+    if stored is None:
+        store.set_meta("job_fingerprint", job.fingerprint())
+        store.set_meta("job", job.to_json())
+    elif stored != job.fingerprint():
+        raise JobError(
+            f"run directory {str(run_dir)!r} was started by a different job (space, evaluators, objectives, strategy, "
+            "seed, budget, batch size or stages changed); start a new run_dir instead of resuming"
+        )
+    (run_dir / "job.json").write_text(json.dumps(job.to_config(), indent=2, sort_keys=True))
+
+
+def search_stage(store: TrialStore, job: Job, run_dir: Path, pipeline: Any = None, *, progress: bool = True) -> RunResult:
+    """The job's own search in an open store (the whole of a plain run; stage 2 of a staged one).
+
+    The files the evaluators read are checksummed when the search first starts and checked on
+    every resume; every cheap metric obtained is kept in the store and read back on resume."""
     problem = job.problem()
     space = job.build_space()
-    pipeline = job.build_pipeline(space, problem)
+    pipeline = pipeline if pipeline is not None else job.build_pipeline(space, problem)
+    recorded = store.get_meta("inputs")
+    if recorded is None:
+        store.set_meta("inputs", json.dumps({"files": input_files(job)}, sort_keys=True))
+    else:
+        check_inputs(json.loads(recorded).get("files", {}), f"run directory {str(run_dir)!r}")
+    pipeline.persist_cheap(store.cheap_metrics(), store.put_cheap)
+    strategy = job.build_strategy(space, problem, pipeline.oracle)
 
-    with TrialStore(db) as store:
-        stored = store.get_meta("job_fingerprint")
-        if stored is None:
-            store.set_meta("job_fingerprint", job.fingerprint())
-            store.set_meta("job", job.to_json())
-            store.set_meta("inputs", json.dumps({"files": input_files(job)}, sort_keys=True))
-        elif stored != job.fingerprint():
-            raise JobError(
-                f"run directory {str(run_dir)!r} was started by a different job (space, evaluators, objectives, strategy, "
-                "seed, budget or batch size changed); start a new run_dir instead of resuming"
-            )
-        else:
-            recorded = json.loads(store.get_meta("inputs") or '{"files": {}}').get("files", {})
-            check_inputs(recorded, f"run directory {str(run_dir)!r}")
-        (run_dir / "job.json").write_text(json.dumps(job.to_config(), indent=2, sort_keys=True))
-        pipeline.persist_cheap(store.cheap_metrics(), store.put_cheap)
-        strategy = job.build_strategy(space, problem, pipeline.oracle)
+    bar = tqdm(total=job.budget, desc=f"{job.name} [{job.strategy}]", unit="eval", disable=not progress, leave=True)
 
-        bar = tqdm(total=job.budget, desc=f"{job.name} [{job.strategy}]", unit="eval", disable=not progress, leave=True)
+    def on_record(record: TrialRecord, replayed: bool) -> None:
+        pipeline.learn_cheap(record.candidate.id, record.metrics)
+        if record.status == "complete":
+            bar.update(1)
+        bar.set_postfix(trials=record.number + 1, replayed=driver.replayed, refresh=False)
 
-        def on_record(record: TrialRecord, replayed: bool) -> None:
-            pipeline.learn_cheap(record.candidate.id, record.metrics)
-            if record.status == "complete":
-                bar.update(1)
-            bar.set_postfix(trials=record.number + 1, replayed=driver.replayed, refresh=False)
-
-        driver = SearchDriver(strategy, store, job.budget, job.batch_size, job.max_trials, on_record)
-        try:
-            if job.executor == "ray":
-                RayExecutor(job.workers, job.address, storage=run_dir / "ray").run(driver, job.to_json(), pipeline.known_cheap)
-            else:
-                InProcessExecutor().run(driver, pipeline.evaluate)
-        except NoFeasibleCandidates as exc:
-            seen = [r.metrics for r in store.all()] + list(store.cheap_metrics().values())
-            raise JobError(_infeasible_message(job, seen, exc)) from None
-        finally:
-            bar.close()
-            records = store.all()
-            finished = [r for r in records if r.status != "running"]
-            best = front(finished, problem)
-            k = knee(best, problem)
-            queries = {
-                "costly": sum(r.status in ("complete", "failed") for r in finished),
-                "cheap": len(finished),
-            }
-            write_trials_csv(finished, run_dir / "trials.csv")
-            write_pareto_json(best, problem, run_dir / "pareto.json", {"job": job.name, "strategy": job.strategy, "queries": queries})
-            if finished:
-                plot_pareto(finished, problem, run_dir / "pareto.png", title=f"{job.name}: {job.strategy}, {driver.evaluations} evaluations")
+    driver = SearchDriver(strategy, store, job.budget, job.batch_size, job.max_trials, on_record)
+    try:
+        run_driver(driver, job, run_dir, pipeline)
+    except NoFeasibleCandidates as exc:
+        seen = [r.metrics for r in store.all()] + list(store.cheap_metrics().values())
+        raise JobError(_infeasible_message(job, seen, exc)) from None
+    finally:
+        bar.close()
+        records = store.all()
+        finished = [r for r in records if r.status != "running"]
+        best = front(finished, problem)
+        k = knee(best, problem)
+        queries = {
+            "costly": sum(r.status in ("complete", "failed") for r in finished),
+            "cheap": len(finished),
+        }
+        write_trials_csv(finished, run_dir / "trials.csv")
+        write_pareto_json(best, problem, run_dir / "pareto.json", {"job": job.name, "strategy": job.strategy, "queries": queries})
+        if finished:
+            plot_pareto(finished, problem, run_dir / "pareto.png", title=f"{job.name}: {job.strategy}, {driver.evaluations} evaluations")
     return RunResult(run_dir, finished, best, k, driver.evaluations, driver.replayed, queries, pipeline.cheap_queries)
+
+
+def run_driver(driver: SearchDriver, job: Job, run_dir: Path, pipeline: Any) -> None:
+    """Evaluate a driver's tasks on the job's executor."""
+    if job.executor == "ray":
+        RayExecutor(job.workers, job.address, storage=run_dir / "ray").run(driver, job.to_json(), pipeline.known_cheap)
+    else:
+        InProcessExecutor().run(driver, pipeline.evaluate)

@@ -1,0 +1,129 @@
+"""What a job's ``stages:`` section asks of the staged pipeline, validated as data.
+
+::
+
+    stages:
+      supernet: {steps: 1500}                 # train the job's supernet (or load a matching one)
+      refine: {finalists: 3, evaluations: 12}  # ratios and bits of the best joint-search results
+      finetune: {top_k: 4, epochs: 2}          # the best refined models, compression kept
+      front: {}                                # fine-tuned accuracy x measured latency, exported
+
+Every section is optional except that a job with ``stages`` always runs the joint search (stage
+2, the job's own strategy and budget). A missing section means the defaults below; ``false``
+skips the stage (``refine: false``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Mapping
+
+from ...spaces.plugins import check_options
+
+STAGE_NAMES = ("supernet", "search", "refine", "finetune", "front")
+
+
+def _positive(value: float, where: str) -> None:
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{where}: {value!r} not allowed; expected a positive number")
+
+
+@dataclass(frozen=True)
+class SupernetStage:
+    """Train the supernet the job's ``supernet-accuracy`` evaluator names, or load it when the
+    checkpoint there was trained for this job's space and these settings. ``train``: the fields
+    of `tritune.evaluators.supernet_training.TrainConfig`."""
+
+    train: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RefineStage:
+    """For each of the ``finalists`` best joint-search results (spread along the front), an
+    evolution over its per-layer ratios and bits, ``evaluations`` costly evaluations each."""
+
+    finalists: int = 3
+    evaluations: int = 12
+    batch_size: int = 4
+    population: int = 6
+
+    def __post_init__(self) -> None:
+        for name in ("finalists", "evaluations", "batch_size", "population"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"job.stages.refine.{name}: {getattr(self, name)!r} not allowed; expected an integer >= 1")
+
+
+@dataclass(frozen=True)
+class FinetuneStage:
+    """Fine-tune the ``top_k`` best models of the joint and refined searches from their
+    inherited weights, masks kept exact and bits kept by quantization-aware training.
+
+    Successive halving: every model trains ``epochs / eta ** (rungs - 1)`` epochs, the best
+    ``1 / eta`` go on, until the last rung's survivors have trained ``epochs`` in all."""
+
+    top_k: int = 4
+    epochs: float = 2.0
+    rungs: int = 2
+    eta: int = 2
+    lr: float = 0.01
+    batch_size: int = 64
+    method: str = "oneshot"
+
+    def __post_init__(self) -> None:
+        for name in ("top_k", "rungs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"job.stages.finetune.{name}: {getattr(self, name)!r} not allowed; expected an integer >= 1")
+        if self.eta < 2:
+            raise ValueError(f"job.stages.finetune.eta: {self.eta!r} not allowed; expected an integer >= 2")
+        _positive(float(self.epochs), "job.stages.finetune.epochs")
+        _positive(float(self.lr), "job.stages.finetune.lr")
+
+    def rung_epochs(self) -> list[float]:
+        """Cumulative epochs at the end of each rung."""
+        return [float(self.epochs) / self.eta ** (self.rungs - 1 - r) for r in range(self.rungs)]
+
+
+@dataclass(frozen=True)
+class FrontStage:
+    """Measure the fine-tuned models on ``target`` (default: the target of the job's latency
+    evaluator), keep the Pareto front of fine-tuned accuracy x measured latency, export it."""
+
+    target: str = ""
+    export: bool = True
+
+
+_SECTIONS: dict[str, type] = {"supernet": SupernetStage, "refine": RefineStage, "finetune": FinetuneStage, "front": FrontStage}
+
+
+@dataclass(frozen=True)
+class StagesConfig:
+    """The parsed ``stages:`` section; a stage set to None is skipped."""
+
+    supernet: SupernetStage | None = field(default_factory=SupernetStage)
+    refine: RefineStage | None = field(default_factory=RefineStage)
+    finetune: FinetuneStage | None = field(default_factory=FinetuneStage)
+    front: FrontStage | None = field(default_factory=FrontStage)
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "job.stages") -> "StagesConfig":
+        if not isinstance(data, Mapping):
+            raise ValueError(f"{where}: expected a mapping with any of {', '.join(_SECTIONS)}, got {type(data).__name__}")
+        unknown = sorted(set(data) - set(_SECTIONS))
+        if unknown:
+            raise ValueError(f"{where}: unknown stages {unknown}; allowed: {', '.join(_SECTIONS)} (the joint search always runs)")
+        parsed: dict[str, Any] = {}
+        for name, section in _SECTIONS.items():
+            value = data.get(name, {})
+            if value is False:
+                parsed[name] = None
+                continue
+            if value is None:
+                value = {}
+            if not isinstance(value, Mapping):
+                raise ValueError(f"{where}.{name}: expected a mapping of options or false, got {type(value).__name__}")
+            check_options(section, value, f"{where}.{name}")
+            parsed[name] = section(**value)
+        return cls(**parsed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: (False if getattr(self, f.name) is None else asdict(getattr(self, f.name))) for f in fields(self)}
