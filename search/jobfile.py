@@ -186,8 +186,9 @@ def loads_yaml(text: str, label: str = "YAML", root: str = "") -> Any:
     ``label`` and name a field as a path from ``root`` (``job.constraints[0].max``)."""
     if len(text) > MAX_FILE_BYTES:
         raise InputError(f"{label}: larger than {MAX_FILE_BYTES} characters")
-    loader = _PlainLoader(text)
+    loader = None
     try:
+        loader = _PlainLoader(text)  # the reader checks for non-printable characters at once
         node = loader.get_single_node()
         if node is None:
             return None
@@ -202,7 +203,8 @@ def loads_yaml(text: str, label: str = "YAML", root: str = "") -> Any:
     except ValueError as exc:  # e.g. an integer of more digits than Python converts
         raise InputError(f"{label}: {' '.join(str(exc).split())}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     check_plain(data, root, label=label)
     return data
 
