@@ -98,7 +98,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     if args.predictor:
         predictor = load(args.predictor, expected_fingerprint=target.fingerprint())
-        values = np.asarray(predictor.predict(candidates), dtype=float)
+        try:
+            values = np.asarray(predictor.predict(candidates), dtype=float)
+        except ValueError as exc:  # a loaded file whose params cannot answer
+            raise ValueError(f"predictor file {args.predictor}: cannot predict with it: {exc}") from None
         authenticated = bool(getattr(predictor, "authenticated_", False))
         source = f"predictor {args.predictor} ({type(predictor).__name__}, {'authenticated' if authenticated else 'unauthenticated'})"
         error = predictor.error_ if isinstance(predictor.error_, dict) else {}

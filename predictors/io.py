@@ -250,7 +250,10 @@ def authenticated(document: Mapping[str, Any], source: str = "") -> bool:
 
     With the key set, a document without a valid HMAC raises `PredictorFileError` (it may have
     been made or changed by anyone); without the key every document is unauthenticated (False)."""
-    key = hmac_key()
+    try:
+        key = hmac_key()
+    except PredictorFileError as exc:
+        raise PredictorFileError(f"predictor file {source}: {exc}") from None
     if key is None:
         return False
     stored = document.get("hmac")

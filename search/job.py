@@ -146,7 +146,8 @@ class Job:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], validate: bool = True) -> "Job":
-        """Check every field's type and bounds (and, with ``validate``, build each part once)."""
+        """Check every field's type and bounds and each part's options against its factory's type
+        hints (building nothing); with ``validate``, also build each part once."""
         _expect(isinstance(data, Mapping), f"job: expected a mapping of fields {', '.join(TOP_LEVEL)}, got {type(data).__name__}")
         try:
             check_plain(data, "job")
@@ -211,6 +212,7 @@ class Job:
             strategy=strategy, strategy_options=dict(strategy_options), budget=budget, max_trials=max_trials,
             batch_size=batch_size, seed=seed, run_dir=run_dir, executor=kind, workers=workers, address=address,
         )
+        job.check_options()
         if validate:
             job.validate()
         return job
@@ -237,9 +239,8 @@ class Job:
             raise JobError(f"job.strategy: {exc}") from None
 
     def validate(self) -> None:
-        """Check every part's options, then build each part once so that bad options fail before
-        any trial runs."""
-        self.check_options()
+        """Build each part once (its options were checked by `from_dict`) so that bad options and
+        unreadable files fail before any trial runs."""
         try:
             space = self.build_space()
             problem = self.problem()

@@ -170,8 +170,12 @@ def build_supernet(header: dict[str, Any]) -> MobileNetSupernet:
     """A fresh supernet for the space and config a checkpoint header names."""
     from ..registry import create
 
+    from ..mobilenet import MobileNetSpace
+
     check_options(SupernetConfig, header["supernet"], "supernet config", unknown="unknown fields")
     space = create(header["space"]["name"], **header["space"]["config"])
+    if not isinstance(space, MobileNetSpace):
+        raise ValueError(f"space {header['space']['name']!r} has no supernet; allowed: mobilenet spaces")
     return MobileNetSupernet(space, SupernetConfig.from_json(header["supernet"]))
 
 
