@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -59,6 +60,20 @@ def _cmd_spaces(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_run_tables(db: Path) -> None:
+    """Refuse, reading only, a trials.db that lacks a run's tables (viewing must not create them)."""
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)) as con:
+            tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError as exc:
+        raise ValueError(f"results show: {str(db)!r} is damaged or not a tritune store ({exc})") from None
+    missing = sorted({"meta", "trials"} - tables)
+    if missing:
+        raise ValueError(f"results show: {str(db)!r} lacks the tables {missing}; it is damaged or not a tritune run")
+
+
 def _cmd_results(args: argparse.Namespace) -> int:
     from ..search.job import Job, JobError
     from ..search.jobfile import loads_json
@@ -71,6 +86,7 @@ def _cmd_results(args: argparse.Namespace) -> int:
     db = run / "trials.db"
     if not db.is_file():
         raise ValueError(f"results show: {str(run)!r} holds no trials.db (is it a run directory?)")
+    _check_run_tables(db)
     with TrialStore(db) as store:
         # the stored job is data: read it plainly and check its fields; nothing of it is built
         stored = store.get_meta("job")
@@ -149,7 +165,20 @@ def _input_error(exc: BaseException) -> str | None:
         return _one_line(exc)
     if isinstance(exc, sqlite3.DatabaseError):  # a damaged or foreign trials.db
         return _one_line(f"trials.db is damaged or not a tritune store ({exc})")
+    if isinstance(exc, RecursionError):  # a file nested deeper than its reader can follow
+        return "an input file is nested too deeply to read (RecursionError)"
+    try:
+        import yaml
+    except ImportError:  # pragma: no cover
+        return None
+    if isinstance(exc, yaml.YAMLError):
+        return _one_line(f"not valid YAML: {exc}")
     return None
+
+
+def _inputs(args: argparse.Namespace) -> list[str]:
+    """The files and directories a command was given, to name them in an error that does not."""
+    return [v for k in ("job", "run", "run_dir", "candidate", "predictor") if isinstance(v := getattr(args, k, None), str)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -164,6 +193,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = _input_error(exc)
         if message is None:
             raise
+        inputs = _inputs(args)
+        if not isinstance(exc, ValueError) and inputs and not any(n in message for n in inputs):
+            message = f"{message} (reading {', '.join(map(repr, inputs))})"
         print(f"tritune: error: {message}", file=sys.stderr)
         return 2
 
