@@ -8,15 +8,12 @@ from typing import Any
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
-
     from ..search.export import TARGETS, export_run
 
     select: str | int = "all" if args.all else args.rank if args.rank is not None else "knee"
     if args.target is not None and args.target not in TARGETS:
         raise ValueError(f"export --target: {args.target!r} not allowed; allowed: {', '.join(TARGETS)}")
-    say = (lambda msg: tqdm.write(f"  {msg}")) if not args.quiet else None
-    results = export_run(args.run, select=select, target=args.target, out=args.out, measure=not args.no_measure, progress=say)
+    results = export_run(args.run, select=select, target=args.target, out=args.out, measure=not args.no_measure, progress=not args.quiet)
     header = f"{'candidate':14s} {'accuracy':>9s} {'search':>8s} {'agree':>6s} {'latency ms':>11s} {'predicted':>10s}  folder"
     print(header)
     for r in results:
@@ -38,5 +35,5 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--target", help="ort-cpu or codegen-cpu (default: the run's latency target, else ort-cpu)")
     p.add_argument("--out", help="output folder (default RUN_DIR/export)")
     p.add_argument("--no-measure", action="store_true", help="skip timing and per-layer profiling")
-    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_export)

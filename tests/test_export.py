@@ -293,6 +293,9 @@ def test_codegen_export_loads_and_runs_without_compiling(run_dir, weights, tmp_p
     got = np.concatenate([runnable.run(x[i:i + 1].numpy()) for i in range(len(x))])
     assert np.abs(got - ref).max() < 1e-3
     assert res.manifest["accuracy_of"] == "codegen" and res.manifest["verification"]["codegen"]["images"] == len(weights.data.test)
+    again = export_run(run_dir, select=0, target="codegen-cpu", out=tmp_path / "again", measure=False)[0].directory
+    for name in ("weights.npz", "codegen.json", "model.onnx", "manifest.json", *(f"kernels/{p.name}" for p in (d / "kernels").iterdir())):
+        assert (d / name).read_bytes() == (again / name).read_bytes(), name
     lib = next((d / "kernels").glob("*.so"))
     lib.write_bytes(lib.read_bytes() + b"\0")
     with pytest.raises(ExportedModelError, match="changed since export"):

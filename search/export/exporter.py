@@ -308,11 +308,13 @@ def _latency_source(run: RunData) -> tuple[str | None, str, dict[str, Any]]:
 
 def export_run(run_dir: str | os.PathLike, *, select: str | int = "knee", target: str | None = None,
                out: str | os.PathLike | None = None, measure: bool = True,
-               progress: Callable[[str], None] | None = None) -> list[ExportedModel]:
+               progress: bool | Callable[[str], None] = False) -> list[ExportedModel]:
     """Export members of a run's Pareto front: ``select`` is ``"knee"`` (default), ``"all"`` or a
     rank (0 = best by the first objective). ``target``: ``ort-cpu`` or ``codegen-cpu`` (default:
     the run's latency target when it is one of them, else ``ort-cpu``); ``out``: default
-    ``RUN_DIR/export``."""
+    ``RUN_DIR/export``; ``progress``: a progress bar (True) or a function told each step."""
+    from tqdm.auto import tqdm
+
     run = load_run(run_dir)
     members = run.select(select)
     latency_target, latency_metric, latency_source = _latency_source(run)
@@ -322,7 +324,9 @@ def export_run(run_dir: str | os.PathLike, *, select: str | int = "knee", target
     space = weights.evaluator.supernet.space
     out_dir = Path(out) if out is not None else run.run_dir / "export"
     results = []
-    for member in members:
+    bar = tqdm(members, desc=f"export [{target}]", unit="model", disable=progress is not True, leave=True)
+    say = progress if callable(progress) else (lambda msg: bar.set_postfix_str(msg, refresh=True)) if progress else None
+    for member in bar:
         record = member.record
         same_target = latency_target == target
         scores = SearchScores(
@@ -334,7 +338,8 @@ def export_run(run_dir: str | os.PathLike, *, select: str | int = "knee", target
         )
         results.append(export_model(member.candidate, weights.subnet(member.candidate), data=weights.data,
                                     calibration=weights.calibration, out_dir=out_dir, space=space, target=target,
-                                    target_options=options, scores=scores, weights=weights.info, measure=measure, progress=progress))
+                                    target_options=options, scores=scores, weights=weights.info, measure=measure, progress=say))
+    bar.close()
     return results
 
 

@@ -1,0 +1,153 @@
+"""Benchmark: are exported models as accurate and as fast as the search said?
+
+For every member of the Pareto front of an example run (``search/examples/mobilenet_mnist.yaml``:
+supernet-accuracy with inherited weights, latency measured on ``ort-cpu``), export it
+(`tritune.search.export.export_run`, ``--all``) and compare:
+
+* **accuracy**: the exported file's top-1 accuracy on the test split (``model.onnx`` in
+  onnxruntime for ``ort-cpu``; the compiled kernels for ``codegen-cpu``) against the accuracy the
+  search reported. Goal: within 0.5 points.
+* **latency**: the exported file timed now (the target's protocol) against the search's number.
+  Goal: within +-10 %. The baseline timed in the same run, in the same interleaved rounds, is the
+  target's own build of the candidate (random seeded weights) -- what the search timed -- so a
+  miss can be told apart from a machine that is faster or slower now than during the search.
+  ``codegen-cpu`` has no search number when the search timed ``ort-cpu``; its row compares with
+  that same-run baseline instead (marked).
+
+The missing steps are done first: the supernet is trained when the job's checkpoint does not exist
+(``--steps``), the search run when its run directory holds no ``trials.db``. A markdown table
+goes to stdout, JSON to ``--out`` (default ``docs/results/export_fidelity.json``).
+
+    python benchmarks/export_fidelity.py                                   # example job as it is
+    python benchmarks/export_fidelity.py --run-dir runs/mobilenet-mnist    # an existing run
+    python benchmarks/export_fidelity.py --targets ort-cpu,codegen-cpu
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tritune.search.export import export_run, load_run
+from tritune.search.job import Job
+
+REPO = Path(__file__).resolve().parents[1]
+ACCURACY_GOAL_POINTS = 0.5
+LATENCY_GOAL = 0.10
+
+
+def _prepare(args: argparse.Namespace) -> Path:
+    """The run directory to export from: trained and searched first when missing."""
+    if args.run_dir and (Path(args.run_dir) / "trials.db").is_file():
+        return Path(args.run_dir)
+    job = Job.from_yaml(args.job, validate=False)
+    evaluators = [dict(e) for e in job.evaluators]
+    spec = next(e for e in evaluators if e.get("kind") == "supernet-accuracy")
+    if args.checkpoint:
+        spec["checkpoint"] = args.checkpoint
+    job = replace(job, evaluators=tuple(evaluators), run_dir=args.run_dir or job.run_dir, budget=args.budget or job.budget)
+    checkpoint = Path(spec["checkpoint"])
+    if not checkpoint.is_file():
+        from tritune.evaluators.data import load_dataset
+        from tritune.evaluators.supernet_training import train_supernet
+        from tritune.spaces.supernet import MobileNetSupernet
+
+        print(f"training the supernet ({args.steps} steps) -> {checkpoint}")
+        supernet = MobileNetSupernet(job.build_space(), {"seed": job.seed})
+        train_supernet(supernet, load_dataset(spec.get("dataset", "mnist5k-hard"), seed=job.seed), {"steps": args.steps},
+                       checkpoint=checkpoint)
+    from tritune.search.run import run_search
+
+    job = Job.from_dict(job.to_config())
+    print(f"searching ({job.budget} evaluations) -> {job.run_dir}")
+    run_search(job, run_dir=job.run_dir)
+    return Path(job.run_dir)
+
+
+def _row(m: dict[str, Any]) -> dict[str, Any]:
+    meas = m.get("latency_measurement") or {}
+    predicted = m.get("latency_predicted_ms")
+    reference = meas.get("reference_build_ms")
+    baseline, against = (predicted, "search") if predicted is not None else (reference, "same-run build")
+    measured = m.get("latency_measured_ms")
+    search_acc = m.get("search_accuracy")
+    d_acc = None if search_acc is None else m["accuracy"] - search_acc
+    ratio = None if not baseline or measured is None else measured / baseline
+    ver = m["verification"]["codegen" if m["target"] == "codegen-cpu" else "model.onnx"]
+    return {
+        "candidate_id": m["candidate_id"], "target": m["target"], "rank": m["origin"].get("rank"), "knee": m["origin"].get("knee"),
+        "search_accuracy": search_acc, "torch_accuracy": m["torch_accuracy"], "exported_accuracy": m["accuracy"], "accuracy_delta": d_acc,
+        "top1_agreement": ver["top1_agreement"], "max_abs_diff": ver["max_abs_diff"],
+        "latency_predicted_ms": predicted, "latency_measured_ms": measured, "reference_build_ms": reference,
+        "latency_baseline": against, "latency_ratio": ratio, "measured_vs_reference": None if not reference or measured is None else measured / reference,
+        "spread": meas.get("spread"), "cpu_share": meas.get("cpu_share"),
+        "accuracy_goal_met": None if d_acc is None else abs(d_acc) <= ACCURACY_GOAL_POINTS,
+        "latency_goal_met": None if ratio is None else abs(ratio - 1.0) <= LATENCY_GOAL,
+        "int8_layers": sum(1 for L in m["layers"] if L.get("runs_as") == "int8 (QDQ)"),
+        "weight_layers": sum(1 for L in m["layers"] if "weights" in L),
+    }
+
+
+def _fmt(v: Any, spec: str) -> str:
+    return "–" if v is None else format(v, spec)
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    head = ("| candidate | target | rank | search acc | exported acc | Δ acc (pts) | top-1 agree | predicted ms | measured ms | "
+            "ratio | same-run build ms | measured / build | goals (acc, lat) |")
+    lines = [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
+    for r in rows:
+        goals = ", ".join("–" if g is None else ("yes" if g else "NO") for g in (r["accuracy_goal_met"], r["latency_goal_met"]))
+        ratio = _fmt(r["latency_ratio"], ".3f") + ("" if r["latency_baseline"] == "search" else " (vs build)")
+        lines.append(f"| {r['candidate_id']}{' (knee)' if r['knee'] else ''} | {r['target']} | {r['rank']} | {_fmt(r['search_accuracy'], '.2f')} | "
+                     f"{_fmt(r['exported_accuracy'], '.2f')} | {_fmt(r['accuracy_delta'], '+.2f')} | {_fmt(r['top1_agreement'], '.4f')} | "
+                     f"{_fmt(r['latency_predicted_ms'], '.4f')} | {_fmt(r['latency_measured_ms'], '.4f')} | {ratio} | "
+                     f"{_fmt(r['reference_build_ms'], '.4f')} | {_fmt(r['measured_vs_reference'], '.3f')} | {goals} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--job", default=str(REPO / "search/examples/mobilenet_mnist.yaml"))
+    parser.add_argument("--run-dir", help="run directory (default: the job's); searched first when it holds no trials.db")
+    parser.add_argument("--checkpoint", help="supernet checkpoint (default: the job's); trained first when missing")
+    parser.add_argument("--steps", type=int, default=1000, help="supernet training steps when the checkpoint is missing")
+    parser.add_argument("--budget", type=int, help="search evaluations when the run is missing (default: the job's)")
+    parser.add_argument("--targets", default="ort-cpu", help="comma-separated: ort-cpu, codegen-cpu")
+    parser.add_argument("--out", default=str(REPO / "docs/results/export_fidelity.json"))
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    run_dir = _prepare(args)
+    run = load_run(run_dir)
+    rows, timings = [], {}
+    for target in [t.strip() for t in args.targets.split(",") if t.strip()]:
+        t0 = time.perf_counter()
+        exported = export_run(run_dir, select="all", target=target, out=run_dir / "export" / target,
+                              progress=lambda msg: print(f"  {msg}", flush=True))
+        timings[target] = time.perf_counter() - t0
+        rows.extend(_row(e.manifest) for e in exported)
+    print()
+    print(table(rows))
+    acc = [r for r in rows if r["accuracy_goal_met"] is not None]
+    lat = [r for r in rows if r["latency_goal_met"] is not None]
+    print(f"\naccuracy within {ACCURACY_GOAL_POINTS} points: {sum(r['accuracy_goal_met'] for r in acc)}/{len(acc)}; "
+          f"latency within ±{LATENCY_GOAL:.0%}: {sum(r['latency_goal_met'] for r in lat)}/{len(lat)}")
+    doc = {
+        "benchmark": "export_fidelity", "run_dir": str(run_dir), "job": run.job.name, "front_size": len(run.front),
+        "goals": {"accuracy_points": ACCURACY_GOAL_POINTS, "latency_relative": LATENCY_GOAL},
+        "export_seconds": timings, "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()},
+        "rows": rows,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    print(f"written: {args.out}")
+
+
+if __name__ == "__main__":
+    main()
