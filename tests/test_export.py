@@ -300,3 +300,16 @@ def test_codegen_export_loads_and_runs_without_compiling(run_dir, weights, tmp_p
     lib.write_bytes(lib.read_bytes() + b"\0")
     with pytest.raises(ExportedModelError, match="changed since export"):
         load_exported(d)
+
+
+def test_a_relative_checkpoint_is_found_where_the_search_read_it(run_dir, tmp_path, monkeypatch):
+    from tritune.search.export.runs import recorded_input
+
+    run = load_run(run_dir)
+    (recorded,) = run.inputs
+    monkeypatch.chdir(tmp_path)  # another working directory than the search's
+    relative = str(Path(recorded).relative_to(Path(recorded).parents[1]))
+    path, record = recorded_input(run, relative)
+    assert str(path) == recorded and record == run.inputs[recorded]
+    path, record = recorded_input(run, "elsewhere/other.safetensors")
+    assert record is None and path == tmp_path / "elsewhere" / "other.safetensors"
