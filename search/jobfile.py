@@ -274,41 +274,58 @@ def check_plain(value: Any, where: str, *, label: str = "", max_depth: int = MAX
     ``LABEL: WHERE.field[i]: ...``."""
     prefix = f"{label}: " if label else ""
 
-    def fail(path: str, detail: str) -> InputError:
-        return InputError(f"{prefix}{path or 'the document'}: {detail}")
+    def path_of(link: tuple | None) -> str:
+        parts: list[str] = []
+        while link is not None:
+            link, key = link
+            parts.append(f"[{key}]" if isinstance(key, int) else (f".{key}" if link is not None or where else str(key)))
+        return where + "".join(reversed(parts))
 
-    stack: list[tuple[Any, str, int]] = [(value, where, 0)]
+    def fail(link: tuple | None, detail: str) -> InputError:
+        return InputError(f"{prefix}{path_of(link) or 'the document'}: {detail}")
+
+    # a stack entry: (value, link to its place as (parent link, key), depth); paths are only spelled out on failure
+    stack: list[tuple[Any, tuple | None, int]] = [(value, None, 0)]
     nodes = 0
+    scalars = (bool, int, type(None))
     while stack:
-        item, path, depth = stack.pop()
+        item, link, depth = stack.pop()
         nodes += 1
         if max_nodes is not None and nodes > max_nodes:
-            raise fail(where, f"more than {max_nodes} values")
-        if depth > max_depth:
-            raise fail(path, f"nested deeper than {max_depth} levels")
-        if item is None or isinstance(item, bool):
+            raise fail(None, f"more than {max_nodes} values")
+        kind = type(item)
+        if kind in scalars:
             continue
-        if isinstance(item, int):
+        if kind is str:
+            if len(item) > max_string:
+                raise fail(link, f"a string of {len(item)} characters; at most {max_string} allowed")
+            continue
+        if kind is float:
+            if not math.isfinite(item):
+                raise fail(link, f"{item!r} not allowed; numbers must be finite")
+            continue
+        if depth >= max_depth and isinstance(item, (Mapping, list, tuple)):
+            raise fail(link, f"nested deeper than {max_depth} levels")
+        if kind is dict or isinstance(item, Mapping):
+            for key, child in item.items():
+                if type(key) is not str:
+                    raise fail(link, f"key {_show(key)} is not a string")
+                stack.append((child, (link, key), depth + 1))
+            continue
+        if kind is list or kind is tuple:
+            for i, child in enumerate(item):
+                stack.append((child, (link, i), depth + 1))
+            continue
+        if isinstance(item, (bool, int)):  # int / bool subclasses
             continue
         if isinstance(item, float):
             if not math.isfinite(item):
-                raise fail(path, f"{item!r} not allowed; numbers must be finite")
+                raise fail(link, f"{item!r} not allowed; numbers must be finite")
             continue
         if isinstance(item, str):
-            if len(item) > max_string:
-                raise fail(path, f"a string of {len(item)} characters; at most {max_string} allowed")
+            stack.append((str(item), link, depth))
             continue
         if isinstance(item, os.PathLike):
             continue
-        if isinstance(item, Mapping):
-            for key, child in item.items():
-                if not isinstance(key, str):
-                    raise fail(path, f"key {_show(key)} is not a string")
-                stack.append((child, f"{path}.{key}" if path else key, depth + 1))
-            continue
-        if isinstance(item, (list, tuple)):
-            for i, child in enumerate(item):
-                stack.append((child, f"{path}[{i}]", depth + 1))
-            continue
-        raise fail(path, f"{type(item).__name__} value {_show(item)} not allowed; allowed: plain strings, numbers, "
+        raise fail(link, f"{type(item).__name__} value {_show(item)} not allowed; allowed: plain strings, numbers, "
                          "booleans, null, lists and mappings")

@@ -767,15 +767,16 @@ def predictor_cases(root: Path, rng: random.Random) -> list[Case]:
 
 # ================================================================================= the test
 def _table(results: list[Result]) -> str:
+    """The counts per input family as a markdown table."""
     families = list(dict.fromkeys(r.case.family for r in results))
-    counts = {f: collections.Counter(r.outcome for r in results if r.case.family == f) for f in families}
-    total = collections.Counter(r.outcome for r in results)
-    header = f"| {'input':22s} | {'cases':>5s} | " + " | ".join(f"{o:>8s}" for o in OUTCOMES) + " |"
-    lines = [header, "|" + "|".join("-" * (len(c) + 2 if i else 24) for i, c in enumerate(header.split("|")[1:-1])) + "|"]
-    for name, c in [*counts.items(), ("all", total)]:
-        n = sum(c.values())
-        lines.append(f"| {name:22s} | {n:5d} | " + " | ".join(f"{c.get(o, 0):>{max(8, len(o))}d}" for o in OUTCOMES) + " |")
-    return "\n".join(lines)
+    rows = [(f, collections.Counter(r.outcome for r in results if r.case.family == f)) for f in families]
+    rows.append(("all", collections.Counter(r.outcome for r in results)))
+    head = ["input", "cases", *OUTCOMES]
+    widths = [max(len(head[0]), *(len(f) for f, _ in rows)), *(max(5, len(h)) for h in head[1:])]
+    line = lambda cells: "| " + " | ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(cells, widths))) + " |"  # noqa: E731
+    out = [line(head), "|" + "|".join(("-" * (w + 1) + ":") if i else "-" * (w + 2) for i, w in enumerate(widths)) + "|"]
+    out += [line([name, sum(c.values()), *(c.get(o, 0) for o in OUTCOMES)]) for name, c in rows]
+    return "\n".join(out)
 
 
 def test_fuzzed_inputs_end_cleanly(tmp_path_factory):
