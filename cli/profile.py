@@ -11,7 +11,17 @@ import argparse
 import json
 
 
+def _at_least(args: argparse.Namespace, minimum: int, *names: str) -> None:
+    """Refuse a numeric argument below ``minimum``, naming the option."""
+    for name in names:
+        value = getattr(args, name)
+        if value < minimum:
+            raise ValueError(f"--{name.replace('_', '-')}: {value} not allowed; expected an integer >= {minimum}")
+
+
 def _cmd_profile(args: argparse.Namespace) -> int:
+    _at_least(args, 1, "n", "threads", "rounds", "runs_per_round", "group_size", "sessions")
+    _at_least(args, 0, "warmup", "seed")
     from ..spaces.registry import create
     from ..targets.measure import Protocol
     from ..targets.profiling import STRATA, profile_sessions
@@ -42,6 +52,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
+    _at_least(args, 0, "seed")
     from ..predictors.from_profile import fit_from_profile, summary
 
     print(f"{summary(fit_from_profile(args.profile, args.predictor, out=args.out, seed=args.seed))}; saved to {args.out}")
@@ -78,7 +89,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--predictor", choices=("layerwise", "whole-model"), default="layerwise", help="predictor --fit makes (default layerwise)")
     p.set_defaults(func=_cmd_profile)
 
-    f = subparsers.add_parser("fit", help="fit a latency predictor on a profile directory and save it (signed JSON)",
+    f = subparsers.add_parser("fit", help="fit a latency predictor on a profile directory and save it (JSON with a checksum; an HMAC with TRITUNE_PREDICTOR_KEY)",
                               description="Fit a latency predictor on every candidate of a `tritune profile` directory; "
                                           "the file carries the target's fingerprint and the predictor's held-out error.")
     f.add_argument("profile", nargs="+", help="profile directory (metadata.json, measurements.jsonl, or the session-<k> "
