@@ -44,6 +44,8 @@ def _cmd_spaces(args: argparse.Namespace) -> int:
         return 0
     if not args.name:
         raise ValueError(f"spaces {args.action}: give a space name; allowed: {', '.join(list_spaces())}")
+    if not 1 <= args.n <= 1_000_000 or args.seed < 0:
+        raise ValueError(f"spaces {args.action}: --n {args.n} / --seed {args.seed} not allowed; expected 1 <= n <= 1000000 and seed >= 0")
     space = create(args.name)
     if args.action == "show":
         info = space.describe()
