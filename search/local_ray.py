@@ -1,0 +1,210 @@
+"""A local Ray that belongs to one search and leaves nothing behind, even after kill -9.
+
+`LocalRay` starts Ray on loopback in a directory of its own, ``<tmp>/tritune-ray/<token>``, and
+marks every Ray process it starts with the environment variable ``TRITUNE_RAY_SESSION=<token>``
+(Ray's processes inherit the environment of the process that starts them). Beside it runs a
+*reaper*: this module as a script, in a session of its own, reading a pipe from the search. When
+the pipe closes -- the search ended, crashed or was killed -- the reaper kills every process
+that carries the mark and deletes the directory. Without it, Ray's agents outlive a killed
+search by about a minute (they report the raylet's death to a GCS that is gone, with a 60 s
+timeout) and its session directory stays forever.
+
+A session whose owner and reaper both died (its whole process group was killed) is cleaned up
+by the next `LocalRay` on this machine. Nothing here touches a Ray it did not start: the mark
+and the directory name identify a session's processes and files exactly.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+MARK = "TRITUNE_RAY_SESSION"
+OWNER_FILE = "owner.json"
+#: Unix socket paths live under a session directory and must stay below ~107 bytes.
+_MAX_ROOT_LEN = 40
+#: A directory without an owner file older than this is debris of a start that failed early.
+_ORPHAN_AGE_S = 600.0
+
+
+def session_root() -> Path:
+    """Where local sessions live: ``<tmp>/tritune-ray`` (``/tmp/tritune-ray`` when TMPDIR is long)."""
+    root = Path(tempfile.gettempdir()) / "tritune-ray"
+    return root if len(str(root)) <= _MAX_ROOT_LEN else Path("/tmp/tritune-ray")
+
+
+def _start_ticks(pid: int) -> int | None:
+    """A process's start time in clock ticks since boot (None: no such process); with the pid
+    it names one process even after pid reuse."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2:].split()
+    return int(fields[19]) if len(fields) > 19 else None
+
+
+def marked_pids(token: str) -> list[int]:
+    """Live processes whose environment carries ``TRITUNE_RAY_SESSION=<token>``."""
+    needle = f"{MARK}={token}".encode()
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = Path(entry.path, "environ").read_bytes()
+        except OSError:  # gone, or another user's
+            continue
+        if needle in environ.split(b"\0"):
+            found.append(int(entry.name))
+    return found
+
+
+def kill_marked(token: str, timeout: float = 10.0) -> int:
+    """SIGKILL every process of session ``token`` until none is left; returns how many."""
+    if not Path("/proc").is_dir():
+        return 0
+    killed: set[int] = set()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pids = [p for p in marked_pids(token) if _start_ticks(p) is not None and not _is_zombie(p)]
+        if not pids:
+            break
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed.add(pid)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.05)
+    return len(killed)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat[stat.rfind(")") + 2:].split()[0] == "Z"
+
+
+def _owner_alive(owner: dict[str, Any]) -> bool:
+    pid, ticks = owner.get("pid"), owner.get("ticks")
+    return isinstance(pid, int) and _start_ticks(pid) is not None and (ticks is None or _start_ticks(pid) == ticks)
+
+
+def clean_stale(root: Path | None = None) -> list[str]:
+    """Kill the processes and delete the directories of sessions whose owner is gone; returns
+    their tokens. Live sessions (another search running now) are left alone."""
+    root = root or session_root()
+    cleaned = []
+    if not root.is_dir():
+        return cleaned
+    for path in sorted(root.iterdir()):
+        if not path.is_dir():
+            continue
+        try:
+            owner = json.loads((path / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            owner = None
+        if owner is None:
+            try:
+                stale = time.time() - path.stat().st_mtime > _ORPHAN_AGE_S
+            except OSError:
+                continue
+        else:
+            stale = not (isinstance(owner, dict) and _owner_alive(owner))
+        if stale:
+            kill_marked(path.name)
+            shutil.rmtree(path, ignore_errors=True)
+            cleaned.append(path.name)
+    return cleaned
+
+
+class LocalRay:
+    """Start (`start`) and stop (`stop`) a single-node Ray on 127.0.0.1 with ``num_cpus``."""
+
+    def __init__(self, num_cpus: int, root: Path | None = None) -> None:
+        self.num_cpus = int(num_cpus)
+        self.root = root or session_root()
+        self.token = f"{os.getpid()}-{secrets.token_hex(3)}"
+        self.dir = self.root / self.token
+        self._reaper: subprocess.Popen | None = None
+
+    def start(self, **init_kwargs: Any) -> None:
+        import ray
+
+        clean_stale(self.root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.dir.mkdir()
+        (self.dir / OWNER_FILE).write_text(json.dumps({"pid": os.getpid(), "ticks": _start_ticks(os.getpid()), "started": time.time()}))
+        if Path("/proc").is_dir():
+            self._reaper = subprocess.Popen(
+                [sys.executable, "-m", "tritune.search.local_ray", str(self.dir)],
+                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            )
+        _loopback_only()
+        saved = os.environ.get(MARK)
+        os.environ[MARK] = self.token
+        try:
+            # "local" starts a fresh Ray even when `ray start` left a cluster on this machine.
+            ray.init(address="local", num_cpus=self.num_cpus, _temp_dir=str(self.dir), **init_kwargs)
+        except BaseException:
+            self.stop()
+            raise
+        finally:
+            if saved is None:
+                os.environ.pop(MARK, None)
+            else:
+                os.environ[MARK] = saved
+
+    def stop(self) -> None:
+        """Shut Ray down, then let the reaper remove what is left (it also does so if we die)."""
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+        if self._reaper is not None:
+            self._reaper.stdin.close()  # type: ignore[union-attr]
+            try:
+                self._reaper.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                pass
+            self._reaper = None
+        else:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _loopback_only() -> None:
+    """Keep a local Ray on 127.0.0.1. Ray binds a single-node cluster to the machine's outward
+    address unless clusters are switched off (its own switch for laptops); a local search has
+    no business listening on the network. Processes Ray starts inherit the environment."""
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    from ray._private import ray_constants  # read at import time; ray may be imported already
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+def _reap(session_dir: str) -> None:
+    """The reaper: wait until the search's pipe closes, then remove its Ray session."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C of the search is the search's to handle
+    try:
+        while sys.stdin.buffer.read(65536):
+            pass
+    except OSError:
+        pass
+    path = Path(session_dir)
+    kill_marked(path.name)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    _reap(sys.argv[1])
