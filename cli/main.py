@@ -136,12 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
     from .supernet import add_parser as add_supernet_parser
     from .export import add_parser as add_export_parser
     from .report import add_parser as add_report_parser
+    from .jobs import add_parser as add_jobs_parser
 
     add_profile_parser(sub)
     add_predict_parser(sub)
     add_supernet_parser(sub)
     add_export_parser(sub)
     add_report_parser(sub)
+    add_jobs_parser(sub)
 
     p = sub.add_parser("results", help="show the Pareto front of a run")
     p.add_argument("action", choices=("show",))
