@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
@@ -63,20 +62,6 @@ def _cmd_spaces(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_run_tables(db: Path) -> None:
-    """Refuse, reading only, a trials.db that lacks a run's tables (viewing must not create them)."""
-    import sqlite3
-
-    try:
-        with contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)) as con:
-            tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    except sqlite3.DatabaseError as exc:
-        raise ValueError(f"results show: {str(db)!r} is damaged or not a tritune store ({exc})") from None
-    missing = sorted({"meta", "trials"} - tables)
-    if missing:
-        raise ValueError(f"results show: {str(db)!r} lacks the tables {missing}; it is damaged or not a tritune run")
-
-
 def _cmd_results(args: argparse.Namespace) -> int:
     from ..search.job import Job, JobError
     from ..search.jobfile import loads_json
@@ -89,8 +74,7 @@ def _cmd_results(args: argparse.Namespace) -> int:
     db = run / "trials.db"
     if not db.is_file():
         raise ValueError(f"results show: {str(run)!r} holds no trials.db (is it a run directory?)")
-    _check_run_tables(db)
-    with TrialStore(db) as store:
+    with TrialStore(db, readonly=True) as store:
         # the stored job is data: read it plainly and check its fields; nothing of it is built
         stored = store.get_meta("job")
         if not isinstance(stored, str):

@@ -40,8 +40,8 @@ class TabularAccuracy(Evaluator):
             cost = float(simulated_cost_s)
         except (TypeError, ValueError):
             cost = math.nan
-        if not (cost >= 0.0 and math.isfinite(cost)):
-            raise ValueError(f"nb201-accuracy simulated_cost_s: {simulated_cost_s!r} must be a number of seconds >= 0")
+        if not (0.0 <= cost <= 60.0):
+            raise ValueError(f"nb201-accuracy simulated_cost_s: {simulated_cost_s!r} not allowed; expected seconds from 0 to 60")
         self.simulated_cost_s = cost
         self.dataset, self.metric = dataset, metric
         self.metrics = (metric,)

@@ -41,6 +41,9 @@ class Predictor(ABC):
     target_fingerprint: dict[str, Any] | None = None
     #: `score_report` on held-out data, set by `fit` (None before).
     error_: dict[str, Any] | None = None
+    #: True when the file it was loaded from carried a valid HMAC (`tritune.predictors.io`);
+    #: an unauthenticated file's ``error_`` is only what the file claims.
+    authenticated_: bool = False
 
     # ----- estimator API ----------------------------------------------------------------------
     @abstractmethod

@@ -21,7 +21,7 @@ from .executors import InProcessExecutor, RayExecutor
 from .job import Job, JobError
 from .lock import RunLock
 from .report import format_front, front, knee, plot_pareto, write_pareto_json, write_trials_csv
-from .store import TrialRecord, TrialStore
+from .store import StoreError, TrialRecord, TrialStore
 
 #: Evaluator options that name an input file whose contents decide the results.
 INPUT_FILE_OPTIONS = ("checkpoint", "path", "predictor")
@@ -127,6 +127,8 @@ def prepare_run(job: Job, run_dir: str | Path | None, resume: bool, executor: st
 def open_run(store: TrialStore, job: Job, run_dir: Path) -> None:
     """Record the job in a new store, or check that a resumed one was started by the same job."""
     stored = store.get_meta("job_fingerprint")
+    if stored is None and (store.count("complete") or store.count("infeasible") or store.count("failed") or store.count("running")):
+        raise StoreError(f"trial store {str(store.path)!r}: holds trials but no job fingerprint; it is damaged, start a new run_dir")
     if stored is None:
         store.set_meta("job_fingerprint", job.fingerprint())
         store.set_meta("job", job.to_json())

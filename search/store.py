@@ -57,17 +57,26 @@ class TrialRecord:
 
 
 class TrialStore:
-    """SQLite-backed trial table for one run directory (safe to reopen after a crash)."""
+    """SQLite-backed trial table for one run directory (safe to reopen after a crash).
 
-    def __init__(self, path: str | Path) -> None:
+    ``readonly=True`` views an existing run: nothing is created or written, and a file that
+    lacks a run's tables is refused."""
+
+    def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
         self.path = Path(path)
+        self.readonly = bool(readonly)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
+            if self.readonly:
+                if not self.path.is_file():
+                    raise StoreError(f"trial store {str(self.path)!r}: no such file")
+                self._db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=30.0, isolation_level=None)
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"trial store {str(self.path)!r}: cannot open ({exc})") from None
         try:
-            self._open()
+            self._open_readonly() if self.readonly else self._open()
         except sqlite3.Error as exc:
             self._db.close()
             raise StoreError(f"trial store {str(self.path)!r}: not a readable tritune store ({exc}); "
@@ -76,8 +85,33 @@ class TrialStore:
             self._db.close()
             raise
 
+    def _open_readonly(self) -> None:
+        tables = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        missing = sorted({"meta", "trials"} - tables)
+        if missing:
+            raise StoreError(f"trial store {str(self.path)!r}: lacks the tables {missing}; it is damaged or not a tritune run")
+        self._check_schema(write=False)
+
+    def _check_schema(self, write: bool) -> None:
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(trials)")}
+        missing = sorted(set(_TRIAL_COLUMNS) - columns)
+        if missing:
+            raise StoreError(f"trial store {str(self.path)!r}: table 'trials' lacks columns {missing}; not a tritune store")
+        version = self.get_meta("schema_version")
+        if version is None or not version.isdigit():
+            if version is not None or not write:
+                raise StoreError(f"trial store {str(self.path)!r}: schema_version {version!r} is not a number")
+            self.set_meta("schema_version", str(STORE_SCHEMA_VERSION))
+        elif int(version) > STORE_SCHEMA_VERSION:
+            raise StoreError(f"trial store {str(self.path)!r}: schema {version} is newer than this tritune understands ({STORE_SCHEMA_VERSION})")
+        elif int(version) < STORE_SCHEMA_VERSION and write:
+            self.set_meta("schema_version", str(STORE_SCHEMA_VERSION))  # version 1 lacked the cheap table, now created
+
     def _open(self) -> None:
         db = self._db
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "meta" in tables and "trials" not in tables:
+            raise StoreError(f"trial store {str(self.path)!r}: has a meta table but no trials table; it is damaged, start a new run_dir")
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         check = db.execute("PRAGMA quick_check").fetchone()
@@ -90,19 +124,7 @@ class TrialStore:
             " started REAL NOT NULL DEFAULT 0, finished REAL NOT NULL DEFAULT 0, worker TEXT NOT NULL DEFAULT '')"
         )
         db.execute("CREATE TABLE IF NOT EXISTS cheap (candidate_id TEXT PRIMARY KEY, metrics TEXT NOT NULL)")
-        columns = {row[1] for row in db.execute("PRAGMA table_info(trials)")}
-        missing = sorted(set(_TRIAL_COLUMNS) - columns)
-        if missing:
-            raise StoreError(f"trial store {str(self.path)!r}: table 'trials' lacks columns {missing}; not a tritune store")
-        version = self.get_meta("schema_version")
-        if version is None or not version.isdigit():
-            if version is not None:
-                raise StoreError(f"trial store {str(self.path)!r}: schema_version {version!r} is not a number")
-            self.set_meta("schema_version", str(STORE_SCHEMA_VERSION))
-        elif int(version) > STORE_SCHEMA_VERSION:
-            raise StoreError(f"trial store {str(self.path)!r}: schema {version} is newer than this tritune understands ({STORE_SCHEMA_VERSION})")
-        elif int(version) < STORE_SCHEMA_VERSION:
-            self.set_meta("schema_version", str(STORE_SCHEMA_VERSION))  # version 1 lacked the cheap table, now created
+        self._check_schema(write=True)
 
     def _execute(self, query: str, args: tuple = ()) -> sqlite3.Cursor:
         try:
@@ -124,13 +146,15 @@ class TrialStore:
     def cheap_metrics(self) -> dict[str, dict[str, float]]:
         """Every stored cheap result, by candidate id."""
         out: dict[str, dict[str, float]] = {}
+        if self.readonly and self._execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'cheap'").fetchone() is None:
+            return out
         for cid, text in self._execute("SELECT candidate_id, metrics FROM cheap").fetchall():
             try:
                 values = json.loads(text)
                 if not isinstance(values, dict):
                     raise ValueError("not a mapping")
                 out[str(cid)] = {str(k): _number(v) for k, v in values.items()}
-            except (ValueError, TypeError) as exc:
+            except (ValueError, TypeError, RecursionError) as exc:
                 raise StoreError(f"trial store {str(self.path)!r}: cheap metrics of {cid!r} are damaged ({exc})") from None
         return out
 
@@ -181,7 +205,7 @@ class TrialStore:
                 raise ValueError("metrics are not a mapping")
             return TrialRecord(int(number), Candidate.loads(cand), status, {str(k): _number(v) for k, v in values.items()},
                                str(error), float(started), float(finished), str(worker))
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
             raise StoreError(f"trial store {str(self.path)!r}: trial {number!r} is damaged ({type(exc).__name__}: {exc})") from None
 
     def finished(self) -> dict[int, TrialRecord]:

@@ -15,7 +15,7 @@ from tritune.predictors import (
     DEFAULT_RULES, FusionRules, KernelBatch, LayerwiseLatencyPredictor, WholeModelPredictor, detect_fusion_rules, kernels,
 )
 from tritune.predictors.fusion import layer_precision, optimized_graph
-from tritune.predictors.io import digest
+from tritune.predictors.io import seal
 from tritune.predictors.metrics import score_report
 from tritune.predictors.ort_layerwise import stratified_split
 from tritune.spaces import LayerCompression, create
@@ -189,7 +189,7 @@ def test_tampered_or_foreign_layerwise_file_is_refused(tmp_path, layerwise):
         predictors.load(path, expected_fingerprint={"target": "ort-cpu", "device": "another cpu"})
     doc = json.loads(path.read_text())
     doc["params"]["features"] = "ort-kernels/v0"
-    doc["sha256"] = digest(doc)
+    seal(doc)
     path.write_text(json.dumps(doc))
     with pytest.raises(ValueError, match="features"):
         predictors.load(path)
