@@ -22,7 +22,8 @@ from .jobfile import InputError, check_plain, read_yaml
 
 JOB_SCHEMA_VERSION = 1
 EXECUTORS = ("inprocess", "ray")
-TOP_LEVEL = ("name", "space", "evaluators", "objectives", "constraints", "strategy", "budget", "batch_size", "seed", "run_dir", "executor")
+TOP_LEVEL = ("name", "space", "evaluators", "objectives", "constraints", "strategy", "budget", "batch_size", "seed", "run_dir", "executor",
+             "stages")
 #: Bounds on what a job may ask for (a name ends up in paths and titles; a seed in 32-bit generators).
 MAX_NAME = 100
 MAX_PATH = 4096
@@ -121,6 +122,8 @@ class Job:
     executor: str = "inprocess"
     workers: int = 1
     address: str | None = None
+    #: The staged pipeline's settings (`tritune.search.stages.StagesConfig`); None: a plain search.
+    stages: dict | None = None
 
     # ----- loading --------------------------------------------------------------------------------
     @classmethod
@@ -206,11 +209,21 @@ class Job:
         _expect(address is None or (isinstance(address, str) and 0 < len(address) <= 1000 and "\0" not in address),
                 f"job.executor.address: {_show(address)} not allowed; expected a Ray address such as 'ray://host:10001' or 'auto'")
 
+        stages = data.get("stages")
+        if stages is not None:
+            from .stages.config import StagesConfig
+
+            try:
+                StagesConfig.from_dict(stages)
+            except ValueError as exc:
+                raise JobError(str(exc)) from None
+            stages = dict(stages)
+
         job = cls(
             name=name, space=space, space_options=dict(space_options), evaluators=tuple(dict(e) for e in evaluators),
             objectives=tuple(dict(o) for o in objectives), constraints=tuple(dict(c) for c in constraints),
             strategy=strategy, strategy_options=dict(strategy_options), budget=budget, max_trials=max_trials,
-            batch_size=batch_size, seed=seed, run_dir=run_dir, executor=kind, workers=workers, address=address,
+            batch_size=batch_size, seed=seed, run_dir=run_dir, executor=kind, workers=workers, address=address, stages=stages,
         )
         job.check_options()
         if validate:
@@ -252,6 +265,14 @@ class Job:
             raise JobError(f"job: {' '.join(str(exc).split())}") from None
 
     # ----- building -------------------------------------------------------------------------------
+    def stages_config(self):
+        """The parsed ``stages`` section (`tritune.search.stages.StagesConfig`), or None."""
+        if self.stages is None:
+            return None
+        from .stages.config import StagesConfig
+
+        return StagesConfig.from_dict(self.stages)
+
     def problem(self) -> Problem:
         return Problem.from_config(self.objectives, self.constraints)
 
@@ -289,7 +310,7 @@ class Job:
         executor: dict[str, Any] = {"kind": self.executor, "workers": self.workers}
         if self.address:
             executor["address"] = self.address
-        return {
+        config = {
             "name": self.name,
             "space": {"name": self.space, **self.space_options},
             "evaluators": [dict(e) for e in self.evaluators],
@@ -302,12 +323,16 @@ class Job:
             "run_dir": self.run_dir,
             "executor": executor,
         }
+        if self.stages is not None:
+            config["stages"] = dict(self.stages)
+        return config
 
     def to_json(self) -> str:
         return json.dumps(self.to_config(), sort_keys=True)
 
     def fingerprint(self) -> str:
-        """What decides the trial sequence; executor settings and paths may change on resume."""
+        """What decides the results (the trial sequence and, with stages, every later stage);
+        executor settings and paths may change on resume."""
         keep = {k: v for k, v in self.to_config().items() if k not in ("run_dir", "executor", "name")}
         keep["schema"] = JOB_SCHEMA_VERSION
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()
