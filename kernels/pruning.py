@@ -256,6 +256,62 @@ class PruningMethod(ABC):
     def _on_finalize(self) -> None:
         """Drop per-method state that must not act after the hard prune (penalties)."""
 
+    def hard_masks(self) -> dict[str, torch.Tensor]:
+        """The masks `finalize` would put in force now, computed without changing anything (to
+        score the network as it would be pruned, in the middle of a method's search)."""
+        self._require_attached()
+        out: dict[str, torch.Tensor] = {}
+        with torch.no_grad():
+            for n, layer in self.layers.items():
+                mask = self.masks[n]
+                if self.final[n] and mask is not None:
+                    out[n] = mask
+                else:
+                    w = self.modules[n].weight.detach()
+                    out[n] = layer.mask(w, importance=self._final_importance(w))
+        return out
+
+    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """What continuing the method needs besides the model: tensors (masks in force and the
+        method's own) and JSON values. `load_state_dict` on a method attached to the same plan
+        restores it, so a run stopped and continued takes the steps an uninterrupted run takes."""
+        self._require_attached()
+        tensors = {f"masks.{n}": m.detach().clone() for n, m in self.masks.items() if m is not None}
+        return tensors, {"name": self.name, "final": dict(self.final)}
+
+    def load_state_dict(self, tensors: Mapping[str, torch.Tensor], values: Mapping[str, Any]) -> None:
+        """Restore what `state_dict` gave (ValueError when it is for another method or plan)."""
+        self._require_attached()
+        if values.get("name") != self.name:
+            raise ValueError(f"pruning state: written by method {values.get('name')!r}, loading into {self.name!r}")
+        final = values.get("final")
+        if not isinstance(final, Mapping) or set(final) != set(self.layers):
+            raise ValueError(f"pruning state: its layers differ from this plan's ({', '.join(sorted(self.layers))})")
+        for n in self.layers:
+            mask = tensors.get(f"masks.{n}")
+            weight = self.modules[n].weight
+            if mask is not None and (mask.dtype != torch.bool or tuple(mask.shape) != tuple(weight.shape)):
+                raise ValueError(f"pruning state: mask of {n} is {mask.dtype} {tuple(mask.shape)}; expected bool {tuple(weight.shape)}")
+            self.masks[n] = None if mask is None else mask.to(weight.device)
+            self.final[n] = bool(final[n])
+        self._load_extra(tensors, values)
+
+    def _load_extra(self, tensors: Mapping[str, torch.Tensor], values: Mapping[str, Any]) -> None:
+        """Per-method part of `load_state_dict`."""
+
+    def _layer_tensors(self, tensors: Mapping[str, torch.Tensor], prefix: str, like: str = "weight") -> dict[str, torch.Tensor]:
+        """``{layer: tensors[prefix.layer]}`` for every planned layer, shapes checked against the weight."""
+        out = {}
+        for n in self.layers:
+            t = tensors.get(f"{prefix}.{n}")
+            if t is None:
+                raise ValueError(f"pruning state: tensor {prefix}.{n} missing")
+            weight = self.modules[n].weight
+            if like == "weight" and tuple(t.shape) != tuple(weight.shape):
+                raise ValueError(f"pruning state: {prefix}.{n} has shape {tuple(t.shape)}; expected {tuple(weight.shape)}")
+            out[n] = t.to(device=weight.device, dtype=weight.dtype)
+        return out
+
     def detach(self) -> None:
         """Remove the gradient hooks (the weights keep their zeros)."""
         for h in self._hooks:
@@ -329,6 +385,14 @@ class GradualMagnitude(PruningMethod):
     def params(self) -> dict[str, Any]:
         return {"initial": self.initial, "start": self.start, "end": self.end, "updates": self.updates}
 
+    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        tensors, values = super().state_dict()
+        values["schedule"] = [[step, dict(applied)] for step, applied in self.schedule]
+        return tensors, values
+
+    def _load_extra(self, tensors: Mapping[str, torch.Tensor], values: Mapping[str, Any]) -> None:
+        self.schedule = [(int(step), {str(k): float(v) for k, v in applied.items()}) for step, applied in values.get("schedule", [])]
+
     def steps(self, total_steps: int) -> tuple[int, int, int]:
         """(first step, last step, frequency) of the ramp for a run of ``total_steps``."""
         t0 = int(round(self.start * total_steps))
@@ -387,6 +451,21 @@ class ADMM(PruningMethod):
                 self.U[n] = torch.zeros_like(w)
                 self.Z[n] = self.project(n, w)
         self.active = True
+
+    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        tensors, values = super().state_dict()
+        for n in self.layers:
+            tensors[f"Z.{n}"] = self.Z[n].detach().clone()
+            tensors[f"U.{n}"] = self.U[n].detach().clone()
+        values.update(rho=self.rho, residuals=list(self.residuals), active=self.active)
+        return tensors, values
+
+    def _load_extra(self, tensors: Mapping[str, torch.Tensor], values: Mapping[str, Any]) -> None:
+        self.Z = self._layer_tensors(tensors, "Z")
+        self.U = self._layer_tensors(tensors, "U")
+        self.rho = float(values["rho"])
+        self.residuals = [float(r) for r in values.get("residuals", [])]
+        self.active = bool(values["active"])
 
     def project(self, name: str, v: torch.Tensor) -> torch.Tensor:
         """Euclidean projection of ``v`` onto the layer's constraint set: keep the entries a mask
@@ -469,6 +548,22 @@ class ReweightedGroupLasso(PruningMethod):
                 self.eps[n] = self.eps_rel * float(norms.median().clamp_min(1e-12))
         self.reweight()
         self.active = True
+
+    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        tensors, values = super().state_dict()
+        for n in self.layers:
+            tensors[f"alpha.{n}"] = self.alpha[n].detach().clone()
+        values.update(eps=dict(self.eps), active=self.active)
+        return tensors, values
+
+    def _load_extra(self, tensors: Mapping[str, torch.Tensor], values: Mapping[str, Any]) -> None:
+        alpha = self._layer_tensors(tensors, "alpha", like="groups")
+        for n, a in alpha.items():
+            if a.numel() != self.group_norms(n).numel():
+                raise ValueError(f"pruning state: alpha.{n} has {a.numel()} groups; expected {self.group_norms(n).numel()}")
+        self.alpha = alpha
+        self.eps = {n: float(values["eps"][n]) for n in self.layers}
+        self.active = bool(values["active"])
 
     def groups(self, name: str, weight: torch.Tensor | None = None) -> torch.Tensor:
         """The layer's weights arranged ``[groups, group size]`` (zero-padded at the edges), the
