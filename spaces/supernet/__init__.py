@@ -8,6 +8,8 @@ sparsity x bit-widths).
   codes + scales), equal to the supernet's output for it.
 * `CandidateSampler` -- the sandwich ends and random candidates of elastic sub-spaces.
 * `save_checkpoint` / `load_checkpoint` -- safetensors + JSON header.
+* `trainable_subnet` -- one candidate as a standalone trainable network (fine-tuning), `deploy`
+  -- that network back in `extract`'s deploy form.
 
 Training lives in `tritune.evaluators.supernet_training`, accuracy evaluators in
 `tritune.evaluators.supernet_accuracy`.
@@ -17,9 +19,11 @@ from .elastic import QUANT_BITS, DeployWeights, ElasticLayer
 from .extract import QuantizedConv2d, QuantizedLinear, extract
 from .network import MobileNetSupernet, SupernetConfig, resize_input
 from .sampling import DIMENSIONS, CandidateSampler, with_compression
+from .trainable import TrainableSubnet, deploy, trainable_subnet
 
 __all__ = [
     "DIMENSIONS", "FORMAT", "QUANT_BITS", "SCHEMA", "CandidateSampler", "Checkpoint", "CheckpointError", "DeployWeights",
     "ElasticLayer", "MobileNetSupernet", "QuantizedConv2d", "QuantizedLinear", "SupernetConfig", "build_supernet",
     "extract", "load_checkpoint", "read_header", "resize_input", "save_checkpoint", "with_compression",
+    "TrainableSubnet", "deploy", "trainable_subnet",
 ]
