@@ -604,8 +604,8 @@ def read_state_header(path: str | os.PathLike) -> dict[str, Any]:
 
 def finetune(net: TrainableSubnet | None, candidate: Candidate, data: ImageData, *, epochs: float, lr: float = 0.01,
              batch_size: int = 64, method: str = DEFAULT_METHOD, seed: int = 0, threads: int = 1,
-             stop_after_epochs: float | None = None, state: str | os.PathLike | None = None, progress: bool = False,
-             **options: Any) -> FinetuneResult:
+             stop_after_epochs: float | None = None, state: str | os.PathLike | None = None, save_every: int = 0,
+             progress: bool = False, **options: Any) -> FinetuneResult:
     """Fine-tune ``candidate``'s network ``net`` (from `trainable_subnet`) on ``data`` for
     ``epochs`` -- the model's whole schedule -- with its compression kept; stop early after
     ``stop_after_epochs`` (a rung of successive halving). ``options``: the other fields of
@@ -613,7 +613,8 @@ def finetune(net: TrainableSubnet | None, candidate: Candidate, data: ImageData,
 
     With ``state`` (a file path): when the file exists the run continues from it (``net`` may be
     None; the settings must equal the saved ones), and the state is written there at the end,
-    so the next rung continues exactly where this one stopped, in this process or another."""
+    so the next rung continues exactly where this one stopped, in this process or another;
+    ``save_every`` steps it is written on the way too (a killed run loses at most that many)."""
     config = FinetuneConfig(epochs=epochs, lr=lr, batch_size=batch_size, method=method, seed=seed, threads=threads, **options)
     if state is not None and Path(state).expanduser().is_file():
         tuner = Finetuner.load_state(state, data, device=next(net.parameters()).device if net is not None else "cpu")
@@ -626,4 +627,4 @@ def finetune(net: TrainableSubnet | None, candidate: Candidate, data: ImageData,
         tuner = Finetuner(net, data, config)
     if tuner.net.candidate != tuner.net.space.validate(candidate):
         raise ValueError(f"finetune: the network is candidate {tuner.net.candidate.id}, not {candidate.id}")
-    return tuner.run(stop_after_epochs, progress=progress, save_to=state)
+    return tuner.run(stop_after_epochs, progress=progress, save_to=state, save_every=save_every if state is not None else 0)

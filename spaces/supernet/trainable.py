@@ -99,8 +99,19 @@ class QATConv2d(_QATOp, nn.Conv2d):
                            groups=spec.groups, bias=bias)
         self._setup(spec, calibration)
 
+    def conv(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """The "same"-padded convolution, its kernel cropped to the centre part that can touch
+        the input: on an ``n`` x ``n`` map a tap more than ``n - 1`` pixels from the centre only
+        meets padding, so late stages' large kernels on tiny maps cost what they compute."""
+        k = weight.shape[-1]
+        e = min(k, 2 * max(x.shape[-2], x.shape[-1]) - 1)
+        if e < k:
+            start = (k - e) // 2
+            weight = weight[..., start : start + e, start : start + e]
+        return F.conv2d(x, weight, bias, self.stride, e // 2, self.dilation, self.groups)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(self.quantized_input(x), self.quantized_weight(), self.bias, self.stride, self.padding, self.dilation, self.groups)
+        return self.conv(self.quantized_input(x), self.quantized_weight(), self.bias)
 
 
 class QATLinear(_QATOp, nn.Linear):
@@ -132,7 +143,7 @@ class ConvBNAct(nn.Module):
         else:  # the deployed arithmetic (BN folded, weights as codes x scales), as the supernet's eval mode
             c = self.conv
             d = fold(c, self.bn)
-            x = F.conv2d(c.quantized_input(x), d.weight, d.bias, c.stride, c.padding, c.dilation, c.groups)
+            x = c.conv(c.quantized_input(x), d.weight, d.bias)
         return self.act(x) if self.act is not None else x
 
 
