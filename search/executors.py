@@ -203,8 +203,12 @@ class RayExecutor:
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
         os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR",
-                                  "runtime_env": {"env_vars": dict(WORKER_ENV)}}
+        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR"}
+        if any(os.environ.get(k) != v for k, v in WORKER_ENV.items()):
+            # Not when the job's own runtime env sets them (`tritune launch`): a driver runtime
+            # env merged into a submitted job's lets Ray delete the job's working directory
+            # while the driver still runs in it.
+            kwargs["runtime_env"] = {"env_vars": dict(WORKER_ENV)}
         if self.address:
             ray.init(address=self.address, **kwargs)
             return ray.shutdown

@@ -24,10 +24,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 #: What the head runs: the module, not a console script that may be missing from PATH.
 ENTRYPOINT = ("-m", "tritune.cli.main", "search")
-#: Variables the search sets itself for its workers (`tritune.search.executors.WORKER_ENV`);
-#: Ray refuses a job whose runtime env and driver set the same one.
-RESERVED_ENV = ("RAY_CHDIR_TO_TRIAL_DIR",)
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+#: How long a submission waits for a freshly started cluster's job agent.
+AGENT_WAIT_S = 60.0
 
 _ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 _SUBMISSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
@@ -72,9 +71,11 @@ class Launch:
 
     @property
     def runtime_env(self) -> dict[str, Any]:
-        env: dict[str, Any] = {"working_dir": str(self.working_dir)}
-        if self.env:
-            env["env_vars"] = dict(self.env)
+        from .executors import WORKER_ENV
+
+        # the search's settings for its workers go into the job's runtime env, so that the driver
+        # adds no runtime env of its own (see `RayExecutor`)
+        env: dict[str, Any] = {"working_dir": str(self.working_dir), "env_vars": {**self.env, **WORKER_ENV}}
         if self.pip:
             env["pip"] = list(self.pip)
         if self.excludes:
@@ -127,6 +128,7 @@ def prepare(
     submission_id: str | None = None,
 ) -> Launch:
     """Check a submission here: the job, its files inside the working dir, every option."""
+    from .executors import WORKER_ENV
     from .job import Job
     from .run import INPUT_FILE_OPTIONS
 
@@ -167,7 +169,7 @@ def prepare(
         key, sep, value = item.partition("=")
         if not sep or not _ENV_KEY.fullmatch(key):
             raise LaunchError(f"--env: {item!r} not allowed; allowed: NAME=VALUE with NAME of letters, digits and '_'")
-        if key in RESERVED_ENV:
+        if key in WORKER_ENV:
             raise LaunchError(f"--env: {key} is set by tritune itself; allowed: any other name")
         env_vars[key] = _no_control(value, f"--env {key}")
     for req in pip:
@@ -210,8 +212,18 @@ def _call(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 def submit(launch: Launch, address: str) -> str:
     """Submit ``launch``; returns the job id."""
     jobs = client(address)
-    return _call("submit", jobs.submit_job, entrypoint=launch.entrypoint, runtime_env=launch.runtime_env,
-                 metadata=launch.metadata, submission_id=launch.submission_id)
+    deadline = time.monotonic() + AGENT_WAIT_S
+    while True:
+        try:
+            return jobs.submit_job(entrypoint=launch.entrypoint, runtime_env=launch.runtime_env, metadata=launch.metadata,
+                                   submission_id=launch.submission_id)
+        except RuntimeError as exc:
+            # a cluster that has just started answers this until its job agent is up
+            if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                raise LaunchError(f"submit: {_first_line(exc)}") from None
+            time.sleep(1.0)
+        except (ConnectionError, ValueError, OSError) as exc:
+            raise LaunchError(f"submit: {_first_line(exc)}") from None
 
 
 def follow(address: str, job_id: str, write: Callable[[str], Any], poll: float = 1.0) -> str:
