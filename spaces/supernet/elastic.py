@@ -65,6 +65,14 @@ class DeployWeights:
     mask: torch.Tensor | None = None
 
 
+def effective_kernel(kernel: int, height: int, width: int) -> int:
+    """The centre part of a ``kernel`` x ``kernel`` "same"-padded convolution that can touch an
+    ``height`` x ``width`` input: a tap farther than ``size - 1`` pixels from the centre only
+    ever meets padding zeros. Late MobileNet stages run 7x7 depthwise kernels on 2x2 or 1x1
+    maps, so cropping to ``2 * size - 1`` is exact and saves most of their time."""
+    return min(kernel, 2 * max(height, width) - 1)
+
+
 def _lru_get(cache: collections.OrderedDict, key, version):
     hit = cache.get(key)
     if hit is None or (version is not None and hit[0] != version):
@@ -190,7 +198,11 @@ class ElasticLayer(nn.Module):
     def _op(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, spec: LayerSpec) -> torch.Tensor:
         if self.op == "linear":
             return F.linear(x, w, b)
-        return F.conv2d(x, w, b, spec.stride, spec.kernel // 2, 1, spec.out_channels if self.op == "dwconv" else 1)
+        k = effective_kernel(spec.kernel, x.shape[-2], x.shape[-1])
+        if k < spec.kernel:
+            start = (spec.kernel - k) // 2
+            w = w[..., start : start + k, start : start + k]
+        return F.conv2d(x, w, b, spec.stride, k // 2, 1, spec.out_channels if self.op == "dwconv" else 1)
 
     def _batch_norm(self, y: torch.Tensor, out: int) -> torch.Tensor:
         bn = self.bn
