@@ -7,7 +7,7 @@ tritune speak about compression without importing any kernel code.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 FLOAT_BITS = 32
 
@@ -159,9 +159,109 @@ class LayerCompression:
 DENSE_FLOAT = LayerCompression()
 
 
+#: How a space may tie compression slots together (one choice for every slot of a group); the
+#: space that owns the slots defines the groups (`tritune.spaces.mobilenet.tie_groups`).
+TIE_MODES = ("none", "block", "stage", "role", "all")
+#: The key of a `CompressionLimit` that applies to every slot.
+ALL_SLOTS = "*"
+
+
+@dataclass(frozen=True)
+class CompressionLimit:
+    """Bounds on the choices of a slot: at least ``min_w_bits`` / ``min_a_bits`` bits, at most
+    ``max_sparsity``, and only ``patterns`` (None: any on the menu). A slot keeps its default
+    (dense at the widest bits) whatever its limits say."""
+
+    min_w_bits: int = 0
+    min_a_bits: int = 0
+    max_sparsity: float = 1.0
+    patterns: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "min_w_bits", int(self.min_w_bits))
+        object.__setattr__(self, "min_a_bits", int(self.min_a_bits))
+        object.__setattr__(self, "max_sparsity", float(self.max_sparsity))
+        if self.patterns is not None:
+            object.__setattr__(self, "patterns", tuple(str(p) for p in self.patterns))
+            for p in self.patterns:
+                parse_pattern(p)
+        if not 0.0 <= self.max_sparsity <= 1.0:
+            raise ValueError(f"compression.limits: max_sparsity {self.max_sparsity} not in [0, 1]")
+
+    def allows(self, choice: "LayerCompression") -> bool:
+        return (choice.w_bits >= self.min_w_bits and choice.a_bits >= self.min_a_bits and choice.sparsity <= self.max_sparsity + 1e-9
+                and (self.patterns is None or choice.pattern in self.patterns))
+
+    def __and__(self, other: "CompressionLimit") -> "CompressionLimit":
+        """Both limits at once."""
+        if self.patterns is None or other.patterns is None:
+            patterns = other.patterns if self.patterns is None else self.patterns
+        else:
+            patterns = tuple(p for p in self.patterns if p in other.patterns)
+        return CompressionLimit(max(self.min_w_bits, other.min_w_bits), max(self.min_a_bits, other.min_a_bits),
+                                min(self.max_sparsity, other.max_sparsity), patterns)
+
+    @classmethod
+    def from_config(cls, cfg: "CompressionLimit | dict", where: str = "compression.limits") -> "CompressionLimit":
+        if isinstance(cfg, CompressionLimit):
+            return cfg
+        allowed = ("min_w_bits", "min_a_bits", "max_sparsity", "patterns")
+        if not isinstance(cfg, dict):
+            raise ValueError(f"{where}: expected a mapping with {', '.join(allowed)}; got {cfg!r}")
+        unknown = sorted(set(cfg) - set(allowed))
+        if unknown:
+            raise ValueError(f"{where}: unknown fields {unknown}; allowed: {', '.join(allowed)}")
+        try:
+            return cls(**cfg)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{where}: {exc}") from None
+
+    def to_config(self) -> dict:
+        out: dict = {}
+        if self.min_w_bits:
+            out["min_w_bits"] = self.min_w_bits
+        if self.min_a_bits:
+            out["min_a_bits"] = self.min_a_bits
+        if self.max_sparsity < 1.0:
+            out["max_sparsity"] = self.max_sparsity
+        if self.patterns is not None:
+            out["patterns"] = list(self.patterns)
+        return out
+
+
+def _pairs(value: Any, where: str, convert: Callable[[Any, str], Any]) -> tuple:
+    """A mapping (or ``(key, value)`` pairs) as key-sorted pairs of converted values: hashable
+    and canonical, so equal menus compare and hash equal."""
+    if isinstance(value, Mapping):
+        items = list(value.items())
+    elif isinstance(value, (tuple, list)) and all(isinstance(p, (tuple, list)) and len(p) == 2 for p in value):
+        items = list(value)
+    else:
+        raise ValueError(f"{where}: expected a mapping; got {value!r}")
+    return tuple(sorted((str(k), convert(v, f"{where}.{k}")) for k, v in items))
+
+
+def _tokens(value: Any, where: str) -> tuple[str, ...]:
+    """Choice tokens (`LayerCompression.token`), checked and sorted."""
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise ValueError(f"{where}: expected a list of choices like 'unstructured@0.9/w4a8'; got {value!r}")
+    tokens = tuple(sorted({str(t) for t in value}))
+    for t in tokens:
+        try:
+            LayerCompression.from_token(t)
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+    return tokens
+
+
 @dataclass(frozen=True)
 class CompressionMenu:
-    """Which patterns, ratios and bit-widths a search may choose from (per layer, filtered by role)."""
+    """Which patterns, ratios and bit-widths a search may choose from (per layer, filtered by role).
+
+    ``tie``: slots sharing one choice (`TIE_MODES`; the space defines the groups). ``limits``:
+    `CompressionLimit` s by slot name, role or ``"*"`` (every slot); a slot obeys all that name
+    it. ``exclude``: choice tokens removed from a tie group's menu (by group name; what
+    `tritune.spaces.supernet.sensitivity` writes for the choices a layer does not survive)."""
 
     patterns: tuple[str, ...] = KNOWN_PATTERNS
     sparsities: tuple[float, ...] = (0.5, 0.75, 0.9)
@@ -169,6 +269,9 @@ class CompressionMenu:
     a_bits: tuple[int, ...] = (8, 32)
     #: Dense float layers only: turn compression off and search the architecture alone.
     enabled: bool = True
+    tie: str = "none"
+    limits: tuple[tuple[str, CompressionLimit], ...] = ()
+    exclude: tuple[tuple[str, tuple[str, ...]], ...] = ()
     _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -176,6 +279,14 @@ class CompressionMenu:
         object.__setattr__(self, "sparsities", tuple(float(s) for s in self.sparsities))
         object.__setattr__(self, "w_bits", tuple(int(b) for b in self.w_bits))
         object.__setattr__(self, "a_bits", tuple(int(b) for b in self.a_bits))
+        if self.tie not in TIE_MODES:
+            raise ValueError(f"compression.tie: {self.tie!r} not allowed; allowed: {', '.join(TIE_MODES)}")
+        object.__setattr__(self, "limits", _pairs(self.limits, "compression.limits", CompressionLimit.from_config))
+        object.__setattr__(self, "exclude", _pairs(self.exclude, "compression.exclude", _tokens))
+        default = self.default()
+        for group, tokens in self.exclude:
+            if default.token in tokens:
+                raise ValueError(f"compression.exclude.{group}: {default.token!r} is the default of every slot and cannot be excluded")
         for p in self.patterns:
             parse_pattern(p)
         if "dense" not in self.patterns:
@@ -198,22 +309,61 @@ class CompressionMenu:
     def from_config(cls, cfg: dict | None) -> "CompressionMenu":
         if cfg is None:
             return cls()
-        allowed = {"patterns", "sparsities", "w_bits", "a_bits", "enabled"}
+        allowed = {"patterns", "sparsities", "w_bits", "a_bits", "enabled", "tie", "limits", "exclude"}
         unknown = set(cfg) - allowed
         if unknown:
             raise ValueError(f"compression: unknown fields {sorted(unknown)}; allowed: {sorted(allowed)}")
         if cfg.get("enabled", True) is False:
             return cls.off()
-        return cls(**{k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in cfg.items() if k != "enabled"})
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items() if k != "enabled"})
 
     def to_config(self) -> dict:
-        return {
+        """The fields that rebuild this menu; ``tie``, ``limits`` and ``exclude`` only when set,
+        so a menu without them has the config (and checkpoints) it always had."""
+        out: dict = {
             "enabled": self.enabled,
             "patterns": list(self.patterns),
             "sparsities": list(self.sparsities),
             "w_bits": list(self.w_bits),
             "a_bits": list(self.a_bits),
         }
+        if self.tie != "none":
+            out["tie"] = self.tie
+        if self.limits:
+            out["limits"] = {k: v.to_config() for k, v in self.limits}
+        if self.exclude:
+            out["exclude"] = {k: list(v) for k, v in self.exclude}
+        return out
+
+    def replace(self, **changes: Any) -> "CompressionMenu":
+        """A copy with some fields changed (``limits`` / ``exclude`` as mappings or pairs)."""
+        fields_ = {"patterns": self.patterns, "sparsities": self.sparsities, "w_bits": self.w_bits, "a_bits": self.a_bits,
+                   "enabled": self.enabled, "tie": self.tie, "limits": self.limits, "exclude": self.exclude}
+        fields_.update(changes)
+        return CompressionMenu(**fields_)
+
+    def limit_for(self, slot: str, role: str) -> CompressionLimit | None:
+        """What bounds a slot: the limits for ``"*"``, its role and its name, all at once."""
+        found = [limit for key, limit in self.limits if key in (ALL_SLOTS, role, slot)]
+        if not found:
+            return None
+        out = found[0]
+        for limit in found[1:]:
+            out = out & limit
+        return out
+
+    def excluded(self, group: str) -> frozenset[str]:
+        """Choice tokens removed from tie group (or slot) ``group``."""
+        return frozenset(dict(self.exclude).get(group, ()))
+
+    def slot_options(self, slot: str, role: str, kernel: int) -> tuple[LayerCompression, ...]:
+        """`options` of the slot's role, within the limits that name the slot."""
+        limit = self.limit_for(slot, role)
+        opts = self.options(role, kernel)
+        if limit is None:
+            return opts
+        default = self.default()
+        return tuple(c for c in opts if c == default or limit.allows(c))
 
     def options(self, role: str, kernel: int) -> tuple[LayerCompression, ...]:
         """Every valid choice for a layer of this role, in a fixed order (dense float first)."""

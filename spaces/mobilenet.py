@@ -20,7 +20,7 @@ import numpy as np
 
 from .base import Gene, Genome, SearchSpace
 from .candidate import Candidate
-from .compression import FLOAT_BITS, CompressionMenu, LayerCompression
+from .compression import ALL_SLOTS, FLOAT_BITS, ROLES, TIE_MODES, CompressionMenu, LayerCompression
 from .layers import ACTIVATIONS, OPS, LayerSpec
 
 #: (base width, first stride, activation, squeeze-excite) of the five searchable stages.
@@ -89,6 +89,58 @@ def with_se_slots(candidate: Candidate) -> Candidate:
     return candidate.replace(compression=(*plan, *extra))
 
 
+#: Slots of the fixed parts before and after the searchable stages.
+HEAD_SLOTS = ("stem", "first.dw", "first.project")
+TAIL_SLOTS = ("final_expand", "feature_mix", "classifier")
+
+
+def slot_block(slot: int) -> tuple[int, int] | None:
+    """``(stage, block)`` of a slot inside an inverted-residual block (it exists only when the
+    stage is that deep), None for the fixed head and tail slots."""
+    name = SLOTS[slot][0]
+    if not name.startswith("s") or "." not in name:
+        return None
+    stage, block = name.split(".")[:2]
+    return int(stage[1:]), int(block[1:])
+
+
+def tie_groups(tie: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """The slots that share one compression choice under ``tie``, as ``(group, slot indices)``:
+
+    * ``none``: every slot alone (the group is named by the slot);
+    * ``block``: ``head`` (stem and the first block), one group per inverted-residual block
+      (``s1.b2``: expand, depthwise, squeeze-excite, project), ``tail`` (final expansion,
+      feature mix, classifier);
+    * ``stage``: ``head``, one group per stage ``s0`` .. ``s4``, ``tail``;
+    * ``role``: one group per layer role (`tritune.spaces.compression.ROLES`);
+    * ``all``: one group, a uniform plan."""
+    if tie not in TIE_MODES:
+        raise ValueError(f"compression.tie: {tie!r} not allowed; allowed: {', '.join(TIE_MODES)}")
+    n = len(SLOTS)
+    if tie == "none":
+        return tuple((SLOTS[i][0], (i,)) for i in range(n))
+    if tie == "all":
+        return (("all", tuple(range(n))),)
+    if tie == "role":
+        return tuple((role, tuple(i for i in range(n) if SLOTS[i][1] == role)) for role in ROLES
+                     if any(r == role for _, r, _ in SLOTS))
+
+    def key(i: int) -> str:
+        blk = slot_block(i)
+        if blk is None:
+            return "head" if SLOTS[i][0] in HEAD_SLOTS else "tail"
+        return f"s{blk[0]}" if tie == "stage" else f"s{blk[0]}.b{blk[1]}"
+
+    groups: dict[str, list[int]] = {"head": []}
+    for s in range(len(STAGES)):
+        for b in range(MAX_DEPTH if tie == "block" else 1):
+            groups[f"s{s}.b{b}" if tie == "block" else f"s{s}"] = []
+    groups["tail"] = []
+    for i in range(n):
+        groups[key(i)].append(i)
+    return tuple((name, tuple(members)) for name, members in groups.items())
+
+
 class MobileNetSpace(SearchSpace):
     name = "mobilenet"
 
@@ -128,6 +180,53 @@ class MobileNetSpace(SearchSpace):
         if self.in_channels <= 0 or self.num_classes <= 1:
             raise ValueError("mobilenet.in_channels must be >= 1 and mobilenet.num_classes >= 2")
         self.menu = compression if isinstance(compression, CompressionMenu) else CompressionMenu.from_config(compression)
+        self._build_menus()
+
+    def _build_menus(self) -> None:
+        """Each slot's menu (its role's options within its limits), the tie groups, and each
+        group's menu: every choice one of its slots can carry that all of them can realise
+        (`project`), less the excluded ones."""
+        menu = self.menu
+        names = {name for name, _, _ in SLOTS}
+        for key, _ in menu.limits:
+            if key != ALL_SLOTS and key not in ROLES and key not in names:
+                raise ValueError(f"mobilenet.compression.limits: {key!r} not allowed; allowed: '*', a role ({', '.join(ROLES)}) or a slot name")
+        self.tie = menu.tie
+        self.groups = tie_groups(self.tie)
+        self.group_of = {i: g for g, (_, members) in enumerate(self.groups) for i in members}
+        self.slot_blocks = tuple(slot_block(i) for i in range(len(SLOTS)))
+        self._slot_menus = tuple(menu.slot_options(name, role, kernel) for name, role, kernel in SLOTS)
+        self._slot_sets = tuple({c: c for c in m} for m in self._slot_menus)
+        self._default = menu.default()
+        group_names = {name for name, _ in self.groups}
+        for key, tokens in menu.exclude:
+            if key not in group_names:
+                raise ValueError(f"mobilenet.compression.exclude: {key!r} is not a group of tie={self.tie}; allowed: {', '.join(n for n, _ in self.groups)}")
+        menus = []
+        for name, members in self.groups:
+            union = list(dict.fromkeys(c for m in members for c in menu.options(SLOTS[m][1], SLOTS[m][2])))
+            known = {c.token for c in union}
+            excluded = menu.excluded(name)
+            for token in sorted(excluded - known):
+                raise ValueError(f"mobilenet.compression.exclude.{name}: {token!r} is not a choice of that group")
+            union = [c for c in union if any(c in self._slot_sets[m] for m in members)]
+            menus.append(tuple(c for c in union if c.token not in excluded and all(self.project(c, m) is not None for m in members)))
+        self.group_menus = tuple(menus)
+        self._slot_choices = tuple(tuple(dict.fromkeys(self.project(c, i) for c in self.group_menus[self.group_of[i]]))
+                                   for i in range(len(SLOTS)))
+
+    def project(self, choice: LayerCompression, slot: int) -> LayerCompression | None:
+        """What slot ``slot`` carries when its tie group takes ``choice``: the choice itself, or
+        dense at the same bit-widths where the slot cannot carry the pattern (a depthwise layer
+        and N:M, ...); None when it can carry neither."""
+        own = self._slot_sets[slot]  # the slot's menu objects (shared by every candidate: cheap to look up)
+        hit = own.get(choice)
+        return hit if hit is not None else own.get(LayerCompression("dense", 0.0, choice.w_bits, choice.a_bits))
+
+    def slot_choices(self, slot: int) -> tuple[LayerCompression, ...]:
+        """Every value slot ``slot`` can hold in a candidate of this space (ties and limits
+        applied; the default first)."""
+        return self._slot_choices[slot]
 
     def config(self) -> dict:
         return {
@@ -144,14 +243,26 @@ class MobileNetSpace(SearchSpace):
 
     # ----- genes -----------------------------------------------------------------------------
     def genes(self) -> list[Gene]:
-        def opts(slot: int) -> tuple[LayerCompression, ...]:
-            _, role, kernel = SLOTS[slot]
-            return self.menu.options(role, kernel)
-
+        """Resolution, width, then per stage its depth and per block its kernel and expand
+        ratio; one compression gene ``comp:<group>`` per tie group -- with ``tie: none`` one per
+        slot, beside its layer's architecture genes, otherwise after all of them."""
         default = self.menu.default()
+        tied = self.tie != "none"
+
+        def comp(group: int) -> Gene:
+            name, members = self.groups[group]
+            blocks = [self.slot_blocks[m] for m in members]
+            if any(b is None or b[1] == 0 for b in blocks):  # the head, the tail and first blocks always exist
+                return Gene(f"comp:{name}", self.group_menus[group], default)
+
+            def alive(g: Genome, blocks: tuple = tuple(sorted(set(blocks)))) -> bool:
+                return any(g[f"s{s}.depth"] > b for s, b in blocks)
+
+            return Gene(f"comp:{name}", self.group_menus[group], default, active=alive)
+
         genes = [Gene("resolution", self.resolutions), Gene("width", self.widths)]
-        for slot in range(3):
-            genes.append(Gene(f"comp:{SLOTS[slot][0]}", opts(slot), default))
+        if not tied:
+            genes += [comp(self.group_of[SLOT_INDEX[n]]) for n in HEAD_SLOTS]
         for s in range(len(STAGES)):
             genes.append(Gene(f"s{s}.depth", self.depths))
             for b in range(MAX_DEPTH):
@@ -160,19 +271,27 @@ class MobileNetSpace(SearchSpace):
 
                 genes.append(Gene(f"s{s}.b{b}.kernel", self.kernels, active=alive))
                 genes.append(Gene(f"s{s}.b{b}.ratio", self.expands, active=alive))
+                if tied:
+                    continue
                 for part in ("expand", "dw", "se", "project"):
                     slot = SLOT_INDEX.get(f"s{s}.b{b}.{part}")
                     if slot is not None:  # "se": only in stages with squeeze-excite
-                        genes.append(Gene(f"comp:{SLOTS[slot][0]}", opts(slot), default, active=alive))
-        for name in ("final_expand", "feature_mix", "classifier"):
-            slot = SLOT_INDEX[name]
-            genes.append(Gene(f"comp:{name}", opts(slot), default))
+                        genes.append(Gene(f"comp:{SLOTS[slot][0]}", self.group_menus[self.group_of[slot]], default, active=alive))
+        if tied:
+            genes += [comp(g) for g in range(len(self.groups))]
+        else:
+            genes += [comp(self.group_of[SLOT_INDEX[n]]) for n in TAIL_SLOTS]
         return genes
 
     def validate(self, candidate: Candidate) -> Candidate:
         """`SearchSpace.validate` of the candidate with a full plan (`with_se_slots`; `to_genome`
-        reads older plans the same way)."""
-        return super().validate(with_se_slots(candidate))
+        reads older plans the same way). With tied slots the canonical candidate also has the
+        default in every slot of a block it lacks."""
+        out = super().validate(with_se_slots(candidate))
+        if self.tie == "none":
+            return out
+        canonical = self.from_genome(self.to_genome(out))
+        return out if canonical == out else canonical
 
     def to_genome(self, candidate: Candidate) -> Genome:
         candidate = with_se_slots(candidate)
@@ -193,9 +312,29 @@ class MobileNetSpace(SearchSpace):
             for b in range(MAX_DEPTH):
                 genome[f"s{s}.b{b}.kernel"] = kernel[s * MAX_DEPTH + b]
                 genome[f"s{s}.b{b}.ratio"] = expand[s * MAX_DEPTH + b]
-        for (slot_name, _, _), comp in zip(SLOTS, candidate.compression):
-            genome[f"comp:{slot_name}"] = comp
+        if self.tie == "none":
+            for (slot_name, _, _), comp in zip(SLOTS, candidate.compression):
+                genome[f"comp:{slot_name}"] = comp
+            return genome
+        for g, (name, members) in enumerate(self.groups):
+            genome[f"comp:{name}"] = self._group_value(candidate.compression, members, depth, name)
         return genome
+
+    def _group_value(self, plan: tuple, members: tuple[int, ...], depth: tuple, group: str) -> Any:
+        """The one choice of a tie group that gives ``plan`` in every slot of it that exists
+        (a pattern the slot cannot carry shows as dense at the same bits, `project`)."""
+        alive = [m for m in members if self.slot_blocks[m] is None or depth[self.slot_blocks[m][0]] > self.slot_blocks[m][1]]
+        values = [plan[m] for m in alive]
+        if not values:  # a block the candidate lacks: the gene is inactive
+            return self._default
+        if not all(type(v) is LayerCompression for v in values):
+            return next(v for v in values if type(v) is not LayerCompression)  # `validate` names it
+        shaped = [v for v in values if v.pattern != "dense"]
+        choice = shaped[0] if shaped else values[0]
+        if any(self.project(choice, m) != plan[m] for m in alive):
+            shown = ", ".join(sorted({v.token for v in values}))
+            raise ValueError(f"candidate comp:{group}: its slots must share one choice under compression.tie={self.tie!r}; got {shown}")
+        return choice
 
     def from_genome(self, genome: Genome) -> Candidate:
         n = range(len(STAGES))
@@ -206,19 +345,37 @@ class MobileNetSpace(SearchSpace):
             "kernel": tuple(genome[f"s{s}.b{b}.kernel"] for s in n for b in range(MAX_DEPTH)),
             "expand": tuple(genome[f"s{s}.b{b}.ratio"] for s in n for b in range(MAX_DEPTH)),
         }
-        plan = tuple(genome[f"comp:{name}"] for name, _, _ in SLOTS)
+        if self.tie == "none":
+            plan = tuple(genome[f"comp:{name}"] for name, _, _ in SLOTS)
+        else:
+            depth = arch["depth"]
+            values = [genome[f"comp:{name}"] for name, _ in self.groups]
+            plan = tuple(self._default if blk is not None and depth[blk[0]] <= blk[1] else (self.project(values[self.group_of[i]], i) or values[self.group_of[i]])
+                         for i, blk in enumerate(self.slot_blocks))
         return Candidate.make(self.name, arch, plan)
 
     def size(self) -> int:
-        def n_opts(slot_name: str) -> int:
-            _, role, kernel = SLOTS[SLOT_INDEX[slot_name]]
-            return len(self.menu.options(role, kernel))
-
-        fixed = math.prod(n_opts(n) for n in ("stem", "first.dw", "first.project", "final_expand", "feature_mix", "classifier"))
-        per_block = len(self.kernels) * len(self.expands) * n_opts("s0.b0.expand") * n_opts("s0.b0.dw") * n_opts("s0.b0.project")
-        se_opts = n_opts(next(name for name, role, _ in SLOTS if role == "se"))
-        stages = math.prod(sum((per_block * (se_opts if se else 1))**d for d in self.depths) for *_, se in STAGES)
-        return len(self.resolutions) * len(self.widths) * fixed * stages
+        """Exact number of distinct candidates: the compression genes of a block count only
+        where the block exists (depth), the others always."""
+        per_block = len(self.kernels) * len(self.expands)
+        fixed = len(self.resolutions) * len(self.widths)
+        scoped: dict[tuple[int, int], int] = {}
+        for gene in self._genes:
+            if not gene.name.startswith("comp:"):
+                continue
+            if gene.active is None:
+                fixed *= len(gene.choices)
+                continue
+            members = self.groups[[n for n, _ in self.groups].index(gene.name[5:])][1]
+            blocks = {self.slot_blocks[m] for m in members}
+            if len(blocks) != 1:
+                raise NotImplementedError(f"space {self.name}: compression gene {gene.name} spans several optional blocks")
+            (blk,) = blocks
+            scoped[blk] = scoped.get(blk, 1) * len(gene.choices)
+        stages = 1
+        for s in range(len(STAGES)):
+            stages *= sum(math.prod(per_block * scoped.get((s, b), 1) for b in range(d)) for d in self.depths)
+        return fixed * stages
 
     # ----- layer IR --------------------------------------------------------------------------
     def channels(self, width: float) -> dict[str, int]:
@@ -427,14 +584,16 @@ class _CodeTables:
 
     # ----- compression: every choice object -> a value code -------------------------------------
     def _compression(self, space: MobileNetSpace) -> None:
-        comp_genes = {g.name: g for g in space._genes if g.name.startswith("comp:")}
-        slot_genes = [comp_genes[f"comp:{name}"] for name, _, _ in SLOTS]
+        slot_choices = [space.slot_choices(i) for i in range(len(SLOTS))]
+        default = space.menu.default()
         values: dict[LayerCompression, int] = {}
         objects: list[LayerCompression] = []
-        for gene in slot_genes:
-            for c in (*gene.choices, gene.default):
+        for choices in slot_choices:
+            for c in (*choices, default):
                 values.setdefault(c, len(values))
                 objects.append(c)
+        # the genes' own objects too (a tie group's choice is the object its slots carry)
+        objects += [c for g in space._genes if g.name.startswith("comp:") for c in g.choices]
         #: ``id`` -> code of compression objects seen (the genes' own first: sampled candidates
         #: share them; unpickled ones share a few per batch); ``keep`` holds every one of them, so
         #: no other live object can have one of these ids. Grows up to `_ID_MEMO` entries, then
@@ -443,7 +602,7 @@ class _CodeTables:
         self.by_id = {id(c): values[c] for c in objects}
         self.by_fields = {_FIELDS(c): code for c, code in values.items()}
         codes = list(values)
-        self.allowed = np.array([[c in g.choice_set for c in codes] for g in slot_genes], dtype=bool)
+        self.allowed = np.array([[c in set(choices) for c in codes] for choices in slot_choices], dtype=bool)
         self.w_bits = np.array([c.w_bits for c in codes], dtype=np.int64)
         #: pruning class of each code: 0 keeps every channel, i > 0 is channel pruning at ``pruned[i]``
         self.pruned = [None, *sorted({c.sparsity for c in codes if c.pattern == "channel"})]
