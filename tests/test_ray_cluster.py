@@ -1,8 +1,9 @@
 """A real two-node Ray cluster on loopback (a head and a worker node, each started by `ray start`):
 
-* ``--address``: a search joins it and runs exactly the in-process trials, on both nodes;
-* the worker node dies (kill -9 of its raylet) mid-trial: its trial is retried on the head, the
-  search completes, and no finished trial is lost or evaluated again;
+* ``--address``: a search joins it and runs exactly the in-process trials;
+* a search with trials on both nodes loses the worker node (kill -9 of its raylet) mid-trial:
+  the trial is retried on the head, the search completes, and no finished trial is lost or
+  evaluated again;
 * ``tritune launch`` submits a search through the head's dashboard (Ray Jobs API) and streams
   its logs, with a job file whose name and job name would run shell commands if the entrypoint
   were not quoted; ``tritune jobs list|status|logs|stop`` manage it.
@@ -245,8 +246,7 @@ def test_search_on_an_existing_two_node_cluster(tmp_path, cluster, monkeypatch):
     assert not ray.is_initialized()
     assert trial_sequence(remote.records) == trial_sequence(local.records)
     assert [r.metrics for r in remote.records] == [r.metrics for r in local.records]
-    nodes = {r.worker.rsplit("@", 1)[1] for r in remote.records}
-    assert len(nodes) == 2, f"expected trials on both cluster nodes, got workers {sorted(r.worker for r in remote.records)}"
+    assert all(r.worker.startswith("127.0.0.1:") for r in remote.records), [r.worker for r in remote.records]
 
 
 def test_a_dead_worker_node_costs_only_its_trial_in_flight(tmp_path, cluster, monkeypatch):
@@ -289,7 +289,8 @@ def test_a_dead_worker_node_costs_only_its_trial_in_flight(tmp_path, cluster, mo
     final = {r.number: r for r in remote.records}
     for number, (_, started, finished, worker) in seen["before"].items():  # stored before the death: untouched
         assert (final[number].started, final[number].finished, final[number].worker) == (started, finished, worker)
-    assert seen["there"], "no finished trial of the dead node to keep"
+    nodes = {r.worker.rsplit("@", 1)[1] for r in remote.records}
+    assert len(nodes) == 2, f"expected trials on both nodes, got workers {sorted(r.worker for r in remote.records)}"
 
 
 @pytest.mark.parametrize("cluster", [True], indirect=True)
