@@ -21,6 +21,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
         raise ValueError("--address: empty; expected a Ray address such as 'ray://host:10001' or 'auto'")
     job = Job.from_yaml(args.job)
     check_run_dir(args.run_dir or job.run_dir, "--run-dir" if args.run_dir else f"job file {args.job!r}: job.run_dir")
+    if job.stages is not None:
+        return _run_stages(job, args)
     result = run_search(
         job, run_dir=args.run_dir, resume=args.resume, executor="ray" if args.ray else None,
         workers=args.workers, address=args.address, progress=not args.quiet,
@@ -32,6 +34,43 @@ def _cmd_search(args: argparse.Namespace) -> int:
     print(result.table(problem))
     print(f"\nwritten: {result.run_dir}/trials.csv, pareto.json, pareto.png, trials.db")
     return 0
+
+
+def _run_stages(job, args: argparse.Namespace) -> int:
+    from ..search.stages.runner import run_pipeline
+
+    result = run_pipeline(job, run_dir=args.run_dir, resume=args.resume, executor="ray" if args.ray else None,
+                          workers=args.workers, address=args.address, progress=not args.quiet)
+    print(f"\n{job.name}: {len(result.stages)} stages")
+    for record in result.stages:
+        print(f"  {record.name:9s} {record.seconds:8.1f} s  {_stage_line(record)}")
+    if result.final:
+        print(f"\nFinal front ({len(result.final)} models; accuracy of the exported files, latency measured on this machine):")
+        print(f"  {'candidate':12s}  {'accuracy %':>10s}  {'latency ms':>10s}  {'fine-tuned %':>12s}  folder")
+        for m in result.final:
+            mark = "  knee" if result.knee is not None and m.candidate.id == result.knee.candidate.id else ""
+            print(f"  {m.candidate.id:12s}  {m.accuracy:10.2f}  {m.latency_ms:10.4g}  {m.finetuned_accuracy:12.2f}  {m.folder}{mark}")
+    written = ["trials.db", "pareto.json", "stages.json"] + (["final.json", "export/"] if result.final else [])
+    if (result.run_dir / "report.html").is_file():
+        written.append("report.html")
+    print(f"\nwritten: {result.run_dir}/{{{','.join(written)}}}")
+    return 0
+
+
+def _stage_line(record) -> str:
+    s = record.summary
+    if record.name == "supernet":
+        return f"{s.get('how', '?')}: {s.get('steps', '?')} steps, {s.get('checkpoint', '')}"
+    if record.name == "search":
+        return f"{s.get('evaluations', '?')} evaluations, {s.get('trials', '?')} trials, front of {s.get('front', '?')}"
+    if record.name == "refine":
+        return f"{len(s.get('finalists', []))} finalists, {sum((s.get('evaluations') or {}).values())} evaluations"
+    if record.name == "finetune":
+        models = s.get("models", [])
+        return ", ".join(f"{m['candidate_id']} {m['inherited_accuracy']:.1f}->{m['accuracy']:.1f}% ({m['epochs']:g} ep)" for m in models)
+    if record.name == "front":
+        return f"{s.get('models', '?')} models measured on {s.get('target', '?')}, front of {len(s.get('front', []))}"
+    return ""
 
 
 def _cmd_spaces(args: argparse.Namespace) -> int:

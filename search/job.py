@@ -257,6 +257,11 @@ class Job:
         try:
             space = self.build_space()
             problem = self.problem()
+            config = self.stages_config()
+            if config is not None and config.supernet is not None:
+                # the supernet its evaluators read is stage 1's output: build what exists now
+                self.build_strategy(space, problem, None)
+                return
             pipeline = self.build_pipeline(space, problem)
             self.build_strategy(space, problem, pipeline.oracle)
         except JobError:

@@ -1,0 +1,119 @@
+"""Stage 4: fine-tune the best models, compression kept, by successive halving.
+
+The ``top_k`` models picked along the front of the joint and refined searches each start from
+their inherited supernet weights (`tritune.spaces.supernet.trainable_subnet`) and train with
+`tritune.evaluators.finetune.finetune` -- masks reached by the job's pruning method and kept
+exact, bits kept by quantization-aware training. Successive halving (Jamieson & Talwalkar,
+AISTATS 2016; the synchronous form of ASHA, Li et al., MLSys 2020): every model trains the first
+rung's epochs, the best ``1/eta`` go on, until the last rung's survivors have trained the whole
+schedule. Rungs run to their end before the next starts, so the survivors -- and so the results
+-- do not depend on which worker was faster.
+
+Each model's state file (``RUN_DIR/finetune/<candidate id>/state.safetensors``) is written as it
+trains and each finished rung is recorded in the store, so a resumed run continues every model
+exactly where it stopped.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from ...spaces import Candidate
+from ..store import TrialRecord
+from .config import FinetuneStage
+from .state import StageLog
+
+#: Training steps between state writes inside a rung (what a kill can cost).
+SAVE_EVERY = 50
+
+
+@dataclass(frozen=True)
+class FinetunedModel:
+    """One fine-tuned model: accuracy after its last rung, where its weights are, and the
+    metrics the search gave it."""
+
+    candidate: Candidate
+    accuracy: float
+    inherited_accuracy: float
+    epochs: float
+    rung: int
+    state: Path
+    method: str
+    weights_sha256: str
+    masks_exact: bool
+    search_metrics: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"candidate_id": self.candidate.id, "accuracy": self.accuracy, "inherited_accuracy": self.inherited_accuracy,
+                "epochs": self.epochs, "rung": self.rung, "state": str(self.state), "method": self.method,
+                "weights_sha256": self.weights_sha256, "masks_exact": self.masks_exact, "search_metrics": dict(self.search_metrics)}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def train_rung(candidate: Candidate, settings: FinetuneStage, until: float, state: Path, *, checkpoint: str, data: Any,
+               seed: int, progress: bool) -> dict[str, Any]:
+    """Train one model up to ``until`` epochs of its schedule (from its state file when there
+    is one, else from the supernet at ``checkpoint``); returns the rung's record."""
+    from ...evaluators.finetune import finetune
+    from ...spaces.supernet import load_checkpoint, trainable_subnet
+
+    net = None
+    if not state.is_file():
+        net = trainable_subnet(load_checkpoint(checkpoint).supernet, candidate)
+    state.parent.mkdir(parents=True, exist_ok=True)
+    result = finetune(net, candidate, data, epochs=float(settings.epochs), lr=float(settings.lr), batch_size=int(settings.batch_size),
+                      method=settings.method, seed=int(seed), threads=1, stop_after_epochs=until, state=state,
+                      save_every=SAVE_EVERY, progress=progress)
+    return {"accuracy": float(result.accuracy), "inherited_accuracy": float(result.accuracy_before), "epochs": float(result.epochs),
+            "masks_exact": bool(result.masks_exact), "seconds": round(float(result.seconds), 2), "sha256": _sha256(state)}
+
+
+def finetune_models(picks: Sequence[TrialRecord], settings: FinetuneStage, *, run_dir: Path, log: StageLog, checkpoint: str,
+                    data: Any, seed: int, progress: bool = True) -> list[FinetunedModel]:
+    """Successive halving over ``picks``; every pick comes back with its last rung's result."""
+    from tqdm.auto import tqdm
+
+    folder = run_dir / "finetune"
+    last: dict[str, tuple[int, dict[str, Any]]] = {}
+    alive = list(picks)
+    rungs = settings.rung_epochs()
+    for r, until in enumerate(rungs):
+        bar = tqdm(alive, desc=f"finetune rung {r + 1}/{len(rungs)} ({until:g} epochs)", unit="model", disable=not progress, leave=False)
+        for record in bar:
+            cid = record.candidate.id
+            key = f"finetune:{cid}:{r}"
+            item = log.item(key)
+            if item is None:
+                bar.set_postfix(model=cid, refresh=True)
+                item = train_rung(record.candidate, settings, until, folder / cid / "state.safetensors", checkpoint=checkpoint,
+                                  data=data, seed=seed, progress=False)
+                log.put_item(key, item)
+            last[cid] = (r, item)
+        bar.close()
+        if r + 1 < len(rungs):
+            keep = max(1, math.ceil(len(alive) / settings.eta))
+            alive = sorted(alive, key=lambda rec: (-last[rec.candidate.id][1]["accuracy"], rec.number))[:keep]
+    out = []
+    for record in picks:
+        r, item = last[record.candidate.id]
+        out.append(FinetunedModel(record.candidate, item["accuracy"], item["inherited_accuracy"], item["epochs"], r,
+                                  folder / record.candidate.id / "state.safetensors", settings.method, item["sha256"],
+                                  item["masks_exact"], dict(record.metrics)))
+    return out
+
+
+def deployed_subnet(model: FinetunedModel, data: Any) -> Any:
+    """The fine-tuned network in deploy form (what `tritune.search.export.export_model` takes)."""
+    from ...evaluators.finetune import Finetuner
+
+    return Finetuner.load_state(model.state, data).deployable()

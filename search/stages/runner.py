@@ -1,0 +1,185 @@
+"""`run_pipeline`: a job with ``stages`` from supernet to exported front, resumable at any point.
+
+1. **supernet** -- train the job's supernet, or load it when its checkpoint matches the job;
+2. **search** -- the job's own joint search (architecture x pattern x bits), scored by the
+   supernet and the job's latency, exactly as a plain run;
+3. **refine** -- per-layer ratios and bits of the best results, architecture and patterns fixed;
+4. **finetune** -- the best models trained on with their compression, by successive halving;
+5. **front** -- every fine-tuned model exported, verified and timed on the target; the front of
+   what a device will run, in ``RUN_DIR/final.json``.
+
+A finished stage is recorded in the store with its summary (`StageLog`); a resumed run skips
+what is recorded and continues the rest from its persisted parts. Each stage shows a progress
+bar and its wall time goes into ``RUN_DIR/stages.json``.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ..job import Job, JobError
+from ..lock import RunLock
+from ..run import RunResult, open_run, prepare_run, search_stage
+from ..store import TrialStore
+from .config import StagesConfig
+from .front import FinalModel, export_final, write_final
+from .state import StageLog, StageRecord
+
+#: Targets whose files `tritune.search.export` writes (the front stage measures on one of them).
+EXPORT_TARGETS = ("ort-cpu", "codegen-cpu")
+
+
+@dataclass
+class PipelineResult:
+    """What a pipeline run produced: each stage's record, the search's result, the final front."""
+
+    run_dir: Path
+    stages: list[StageRecord]
+    search: RunResult | None = None
+    final: list[FinalModel] = field(default_factory=list)
+    knee: FinalModel | None = None
+
+
+def _latency_target(job: Job, settings_target: str) -> tuple[str, dict[str, Any]]:
+    spec = next((e for e in job.evaluators if e.get("kind") == "latency"), None)
+    name = settings_target or (spec.get("target") if spec and spec.get("target") in EXPORT_TARGETS else "ort-cpu")
+    if name not in EXPORT_TARGETS:
+        raise JobError(f"job.stages.front.target: {name!r} not allowed; allowed: {', '.join(EXPORT_TARGETS)}")
+    options = {}
+    if spec is not None and spec.get("target") == name:
+        options = {k: v for k, v in spec.items() if k in ("threads", "protocol")}
+    return name, options
+
+
+class _Stages:
+    """One pipeline run: the open store, the stage log, and what the stages hand each other."""
+
+    def __init__(self, job: Job, config: StagesConfig, store: TrialStore, run_dir: Path, progress: bool) -> None:
+        self.job, self.config, self.store, self.run_dir, self.progress = job, config, store, run_dir, progress
+        self.log = StageLog(store)
+        self.records: list[StageRecord] = []
+
+    def stage(self, name: str, settings: dict[str, Any], run: Callable[[], dict[str, Any]], number: int) -> StageRecord:
+        done = self.log.done(name, settings)
+        if done is not None:
+            self.records.append(done)
+            return done
+        if self.progress:
+            print(f"stage {number}/5: {name}", flush=True)
+        started = time.perf_counter()
+        summary = run()
+        record = StageRecord(name, settings, summary, round(time.perf_counter() - started, 2))
+        self.log.finish(record)
+        self.records.append(record)
+        self._write_summary()
+        return record
+
+    def _write_summary(self) -> None:
+        path = self.run_dir / "stages.json"
+        path.write_text(json.dumps({"stages": [r.to_json() for r in self.records]}, indent=2, sort_keys=True))
+
+
+def run_pipeline(job: Job, run_dir: str | Path | None = None, resume: bool = False, executor: str | None = None,
+                 workers: int | None = None, address: str | None = None, progress: bool = True) -> PipelineResult:
+    """Run (or resume) every stage of a job with a ``stages`` section."""
+    config = job.stages_config()
+    if config is None:
+        raise JobError("job.stages: this job has no stages section; run it with run_search")
+    job, path, db = prepare_run(job, run_dir, resume, executor, workers, address)
+    with RunLock(path), TrialStore(db) as store:
+        open_run(store, job, path)
+        return _run(_Stages(job, config, store, path, progress))
+
+
+def _run(s: _Stages) -> PipelineResult:
+    from .finetune import deployed_subnet, finetune_models
+    from .refine import refine_finalist
+    from .select import spread
+    from .supernet import SupernetSpec, ensure_supernet
+
+    job, config = s.job, s.config
+    result = PipelineResult(s.run_dir, s.records)
+    if config.supernet is not None:
+        s.stage("supernet", {"train": config.supernet.train}, lambda: ensure_supernet(job, config.supernet.train, progress=s.progress), 1)
+
+    problem = job.problem()
+    space = job.build_space()
+    pipeline = job.build_pipeline(space, problem)
+
+    def search() -> dict[str, Any]:
+        found = search_stage(s.store, job, s.run_dir, pipeline, progress=s.progress)
+        result.search = found
+        return {"evaluations": found.evaluations, "trials": len(found.records), "front": len(found.front),
+                "knee": None if found.knee is None else found.knee.candidate.id}
+
+    s.stage("search", {"strategy": job.strategy, "budget": job.budget}, search, 2)
+    records = [r for r in s.store.all() if r.status != "running"]
+
+    if config.refine is not None:
+        refine = config.refine
+        finalists = spread(records, problem, refine.finalists)
+
+        def run_refine() -> dict[str, Any]:
+            per = {}
+            for i, final in enumerate(finalists):
+                trials = refine_finalist(job, pipeline, final.candidate, i, refine, s.run_dir, progress=s.progress)
+                per[final.candidate.id] = sum(t.status == "complete" for t in trials)
+            return {"finalists": list(per), "evaluations": per}
+
+        s.stage("refine", vars(refine).copy(), run_refine, 3)
+        for final in finalists:
+            with TrialStore(s.run_dir / "refine" / final.candidate.id / "trials.db", readonly=True) as sub:
+                records += [r for r in sub.all() if r.status != "running"]
+
+    picks = spread(records, problem, config.finetune.top_k) if config.finetune is not None else []
+    if config.finetune is not None:
+        where = SupernetSpec.of(job)
+        data = _data(pipeline)
+        tuned: list[Any] = []
+
+        def run_finetune() -> dict[str, Any]:
+            tuned.extend(finetune_models(picks, config.finetune, run_dir=s.run_dir, log=s.log, checkpoint=str(where.checkpoint),
+                                         data=data, seed=job.seed, progress=s.progress))
+            return {"models": [m.to_json() for m in tuned]}
+
+        s.stage("finetune", vars(config.finetune).copy(), run_finetune, 4)
+        if not tuned:
+            tuned = finetune_models(picks, config.finetune, run_dir=s.run_dir, log=s.log, checkpoint=str(where.checkpoint),
+                                    data=data, seed=job.seed, progress=False)
+
+        if config.front is not None:
+            target, options = _latency_target(job, config.front.target)
+            evaluator = _supernet_evaluator(pipeline)
+
+            def run_front() -> dict[str, Any]:
+                models = export_final(tuned, subnet_of=lambda m: deployed_subnet(m, data), data=data, calibration=list(evaluator.calib),
+                                      space=space, target=target, target_options=options, out_dir=s.run_dir / "export",
+                                      progress=s.progress)
+                best, knee = write_final(models, s.run_dir / "final.json", {"job": job.name, "target": target})
+                return {"target": target, "models": len(models), "front": [m.candidate.id for m in best],
+                        "knee": None if knee is None else knee.candidate.id}
+
+            s.stage("front", {**vars(config.front), "target": target}, run_front, 5)
+            final = json.loads((s.run_dir / "final.json").read_text())
+            by_id = {m.candidate.id: m for m in tuned}
+            result.final = [FinalModel(by_id[f["candidate_id"]].candidate, f["accuracy"], f["latency_ms"], f["latency_spread"],
+                                       f["folder"], f["finetuned_accuracy"], f["search_metrics"]) for f in final["front"]]
+            result.knee = next((m for m in result.final if m.candidate.id == final["knee"]), None)
+    return result
+
+
+def _supernet_evaluator(pipeline: Any) -> Any:
+    from ...evaluators.supernet_accuracy import SupernetAccuracy
+
+    found = next((e for e in pipeline.evaluators if isinstance(e, SupernetAccuracy)), None)
+    if found is None:
+        raise JobError("job.stages: the pipeline needs a supernet-accuracy evaluator (its data set and calibration batches)")
+    return found
+
+
+def _data(pipeline: Any) -> Any:
+    """The data set the job's supernet evaluator scores with (same split for every stage)."""
+    return _supernet_evaluator(pipeline).data
