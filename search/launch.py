@@ -15,6 +15,7 @@ the uploaded copy, which Ray deletes with the job.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import shlex
 import time
@@ -33,6 +34,9 @@ _SUBMISSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 _PYTHON = re.compile(r"[A-Za-z0-9_./+-]{1,256}")
 _ADDRESS = re.compile(r"https?://(\[[0-9A-Fa-f:]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?/?")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+_quiet = logging.getLogger(__name__)  # Ray's packaging helpers log every ignore file they read
 
 
 class LaunchError(ValueError):
@@ -143,6 +147,8 @@ def prepare(
         raise LaunchError(f"job file {str(job_file)!r}: not inside the working directory {str(root)!r}, so the cluster would not get it; "
                           "run from the project folder or pass --working-dir")
     _no_control(job_abs.relative_to(root).as_posix(), f"job file {str(job_file)!r}")
+    if not_uploaded(root, job_abs.relative_to(root).as_posix(), excludes):
+        raise LaunchError(f"job file {str(job_file)!r}: matches a .gitignore, .rayignore or --exclude pattern, so Ray would not upload it")
     for i, spec in enumerate(job.evaluators):
         for key in INPUT_FILE_OPTIONS:
             value = spec.get(key)
@@ -152,6 +158,10 @@ def prepare(
                                       f"{str(root)!r}; the cluster would not get it")
                 if not (root / value).exists():
                     raise LaunchError(f"job file {str(job_file)!r}: evaluators[{i}].{key} {value!r} not found in the working directory {str(root)!r}")
+                if not_uploaded(root, value, excludes):
+                    raise LaunchError(f"job file {str(job_file)!r}: evaluators[{i}].{key} {value!r} matches a .gitignore, .rayignore or "
+                                      "--exclude pattern, so Ray would not upload it; move it out of the ignored folder, or set "
+                                      "RAY_RUNTIME_ENV_IGNORE_GITIGNORE=1 (Ray then uploads git-ignored files; keep run folders out with --exclude)")
 
     if run_dir is None:
         run_dir = f"~/tritune-runs/{_safe_name(job.name)}"
@@ -180,6 +190,29 @@ def prepare(
         raise LaunchError(f"--python: {python!r} not allowed; allowed: a command name or path of letters, digits and ./_+-")
     return Launch(job_abs, job.name, root, run_dir, workers, bool(resume), env_vars, tuple(pip), tuple(excludes), python,
                   None if submission_id is None else check_submission_id(submission_id))
+
+
+def not_uploaded(root: Path, relative: str, excludes: Sequence[str] = ()) -> bool:
+    """Whether Ray leaves ``root/relative`` out of the uploaded working directory: it skips
+    what ``.gitignore`` (unless ``RAY_RUNTIME_ENV_IGNORE_GITIGNORE=1``) and ``.rayignore`` files
+    along the way, or the ``excludes`` patterns, match -- the same walk as Ray's packaging."""
+    import os
+
+    try:
+        from ray._private.runtime_env.packaging import _get_excludes, get_excludes_from_ignore_files
+    except ImportError:  # another Ray layout: nothing to check against
+        return False
+    include_gitignore = os.environ.get("RAY_RUNTIME_ENV_IGNORE_GITIGNORE", "0") != "1"
+    checks: list[Callable[[Path], bool]] = [_get_excludes(root, list(excludes))] if excludes else []
+    path = root
+    for part in (None, *PurePosixPath(relative).parts):
+        if part is not None:
+            path = path / part
+        if path.is_dir():
+            checks.extend(get_excludes_from_ignore_files(path, include_gitignore=include_gitignore, logger=_quiet))
+        if part is not None and any(check(path) for check in checks):
+            return True
+    return False
 
 
 # ----- the cluster ----------------------------------------------------------------------------------
