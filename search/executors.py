@@ -2,10 +2,13 @@
 
 * `InProcessExecutor` evaluates in the calling process: tests and tiny jobs.
 * `RayExecutor` runs every evaluation as a Ray Tune trial; `StrategySearcher` adapts the driver
-  (and so any tritune strategy) to Tune's `Searcher` interface. With no address it starts a local
-  Ray on loopback with ``num_cpus=workers``; with an address it joins that cluster.
+  (and so any tritune strategy) to Tune's `Searcher` interface. With no address it starts a
+  `LocalRay` on loopback with ``num_cpus=workers``; with an address it joins that cluster. A
+  trial whose worker process or node dies goes back to the driver (`SearchDriver.retry`) under
+  its own number; Tune itself never restarts a trial.
 
-Both produce the same trials for the same seed, strategy and batch size (see `driver`).
+Both produce the same trials for the same seed, strategy and batch size (see `driver`), worker
+deaths included.
 """
 from __future__ import annotations
 
