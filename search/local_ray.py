@@ -41,7 +41,7 @@ def session_root() -> Path:
     return root if len(str(root)) <= _MAX_ROOT_LEN else Path("/tmp/tritune-ray")
 
 
-def _start_ticks(pid: int) -> int | None:
+def start_ticks(pid: int) -> int | None:
     """A process's start time in clock ticks since boot (None: no such process); with the pid
     it names one process even after pid reuse."""
     try:
@@ -75,7 +75,7 @@ def kill_marked(token: str, timeout: float = 10.0) -> int:
     killed: set[int] = set()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        pids = [p for p in marked_pids(token) if _start_ticks(p) is not None and not _is_zombie(p)]
+        pids = [p for p in marked_pids(token) if start_ticks(p) is not None and not _is_zombie(p)]
         if not pids:
             break
         for pid in pids:
@@ -98,7 +98,7 @@ def _is_zombie(pid: int) -> bool:
 
 def _owner_alive(owner: dict[str, Any]) -> bool:
     pid, ticks = owner.get("pid"), owner.get("ticks")
-    return isinstance(pid, int) and _start_ticks(pid) is not None and (ticks is None or _start_ticks(pid) == ticks)
+    return isinstance(pid, int) and start_ticks(pid) is not None and (ticks is None or start_ticks(pid) == ticks)
 
 
 def clean_stale(root: Path | None = None) -> list[str]:
@@ -145,7 +145,7 @@ class LocalRay:
         clean_stale(self.root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.dir.mkdir()
-        (self.dir / OWNER_FILE).write_text(json.dumps({"pid": os.getpid(), "ticks": _start_ticks(os.getpid()), "started": time.time()}))
+        (self.dir / OWNER_FILE).write_text(json.dumps({"pid": os.getpid(), "ticks": start_ticks(os.getpid()), "started": time.time()}))
         if Path("/proc").is_dir():
             self._reaper = subprocess.Popen(
                 [sys.executable, "-m", "tritune.search.local_ray", str(self.dir)],
