@@ -52,30 +52,37 @@ def start_ticks(pid: int) -> int | None:
     return int(fields[19]) if len(fields) > 19 else None
 
 
-def marked_pids(token: str) -> list[int]:
-    """Live processes whose environment carries ``TRITUNE_RAY_SESSION=<token>``."""
+def marked_pids(token: str, directory: Path | None = None, spare: int | None = None) -> list[int]:
+    """Live processes whose environment carries ``TRITUNE_RAY_SESSION=<token>``, or that hold a
+    file open under ``directory`` (Ray's agents overwrite their environment with their process
+    title, but keep their log files in the session directory open). This process and
+    ``spare`` (a search that is stopping its own session) are never listed."""
     needle = f"{MARK}={token}".encode()
+    prefix = None if directory is None else str(directory) + os.sep
     found = []
     for entry in os.scandir("/proc"):
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+        if not entry.name.isdigit() or int(entry.name) in (os.getpid(), spare):
             continue
         try:
-            environ = Path(entry.path, "environ").read_bytes()
+            if needle in Path(entry.path, "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+                continue
+            if prefix is not None and any(os.readlink(fd.path).startswith(prefix) for fd in os.scandir(Path(entry.path, "fd"))):
+                found.append(int(entry.name))
         except OSError:  # gone, or another user's
             continue
-        if needle in environ.split(b"\0"):
-            found.append(int(entry.name))
     return found
 
 
-def kill_marked(token: str, timeout: float = 10.0) -> int:
-    """SIGKILL every process of session ``token`` until none is left; returns how many."""
+def kill_marked(token: str, directory: Path | None = None, spare: int | None = None, timeout: float = 10.0) -> int:
+    """SIGKILL every process of session ``token`` (see `marked_pids`) until none is left;
+    returns how many."""
     if not Path("/proc").is_dir():
         return 0
     killed: set[int] = set()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        pids = [p for p in marked_pids(token) if start_ticks(p) is not None and not _is_zombie(p)]
+        pids = [p for p in marked_pids(token, directory, spare) if start_ticks(p) is not None and not _is_zombie(p)]
         if not pids:
             break
         for pid in pids:
@@ -123,7 +130,7 @@ def clean_stale(root: Path | None = None) -> list[str]:
         else:
             stale = not (isinstance(owner, dict) and _owner_alive(owner))
         if stale:
-            kill_marked(path.name)
+            kill_marked(path.name, path)
             shutil.rmtree(path, ignore_errors=True)
             cleaned.append(path.name)
     return cleaned
@@ -148,7 +155,7 @@ class LocalRay:
         (self.dir / OWNER_FILE).write_text(json.dumps({"pid": os.getpid(), "ticks": start_ticks(os.getpid()), "started": time.time()}))
         if Path("/proc").is_dir():
             self._reaper = subprocess.Popen(
-                [sys.executable, "-m", "tritune.search.local_ray", str(self.dir)],
+                [sys.executable, "-m", "tritune.search.local_ray", str(self.dir), str(os.getpid())],
                 stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
             )
         _loopback_only()
@@ -193,8 +200,9 @@ def _loopback_only() -> None:
     ray_constants.ENABLE_RAY_CLUSTER = False
 
 
-def _reap(session_dir: str) -> None:
-    """The reaper: wait until the search's pipe closes, then remove its Ray session."""
+def _reap(session_dir: str, owner: int) -> None:
+    """The reaper: wait until the search's pipe closes, then remove its Ray session (the search
+    itself, if it still runs, is spared: it closed the pipe after shutting Ray down)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C of the search is the search's to handle
     try:
         while sys.stdin.buffer.read(65536):
@@ -202,9 +210,9 @@ def _reap(session_dir: str) -> None:
     except OSError:
         pass
     path = Path(session_dir)
-    kill_marked(path.name)
+    kill_marked(path.name, path, spare=owner)
     shutil.rmtree(path, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    _reap(sys.argv[1])
+    _reap(sys.argv[1], int(sys.argv[2]))
