@@ -205,7 +205,7 @@ def front_table(run: RunData, exported: Mapping[str, str]) -> str:
     for rank, r in enumerate(run.front):
         rows.append([str(rank), str(r.number), f"<code>{_e(r.candidate.id)}</code>", *(_num(r.metrics.get(m)) for m in metrics),
                      "knee" if r.number == knee_number else "",
-                     f'<a href="#model-{_e(r.candidate.id)}">exported</a>' if r.candidate.id in exported else ""])
+                     f'<a href="#model-{_e(r.candidate.id)}-{_e(exported[r.candidate.id])}">exported</a>' if r.candidate.id in exported else ""])
     return _table(["#", "trial", "candidate", *metrics, "", ""], rows, "front-table")
 
 
@@ -267,6 +267,7 @@ def _legend() -> str:
 
 def model_section(manifest: Mapping[str, Any]) -> str:
     cid = manifest.get("candidate_id")
+    anchor = f"model-{cid}-{manifest.get('target')}"
     ver = manifest.get("verification", {})
     check = ver.get("codegen" if manifest.get("target") == "codegen-cpu" else "model.onnx", {})
     meas = manifest.get("latency_measurement") or {}
@@ -283,16 +284,16 @@ def model_section(manifest: Mapping[str, Any]) -> str:
     source = (manifest.get("layer_latency") or {}).get("source")
     note = f"<p class='note'>latency per layer: {_e(source)}; scaled to the measured total.</p>" if source else \
         "<p class='note'>no per-layer latency (exported without timing).</p>"
-    return (f'<section class="model" id="model-{_e(cid)}"><h3>{_e(cid)}</h3>' + _table(["", ""], rows, "model-summary")
+    return (f'<section class="model" id="{_e(anchor)}"><h3>{_e(cid)} on {_e(manifest.get("target"))}</h3>' + _table(["", ""], rows, "model-summary")
             + _legend() + layers_svg(manifest) + note + "</section>")
 
 
 def exported_manifests(directory: Path) -> tuple[list[dict[str, Any]], list[str]]:
-    """The manifests under ``directory/*/manifest.json`` (sorted by candidate id) and one line per
-    unreadable one."""
+    """The manifests under ``directory/<candidate_id>/`` or ``directory/<any>/<candidate_id>/``
+    (one folder per target, say) and one line per unreadable one."""
     found, problems = [], []
     if directory.is_dir():
-        for path in sorted(directory.glob("*/manifest.json")):
+        for path in sorted([*directory.glob("*/manifest.json"), *directory.glob("*/*/manifest.json")]):
             try:
                 found.append(read_manifest(path))
             except ManifestError as exc:
@@ -301,7 +302,7 @@ def exported_manifests(directory: Path) -> tuple[list[dict[str, Any]], list[str]
 
 
 _STYLE = """
-body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 24px auto; max-width: 980px; color: #1d2330; }
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 24px auto; padding: 0 16px; max-width: 980px; color: #1d2330; }
 h1 { font-size: 22px; } h2 { font-size: 18px; margin-top: 28px; border-bottom: 1px solid #dde; } h3 { font-size: 15px; }
 table { border-collapse: collapse; margin: 8px 0; } th, td { padding: 3px 8px; border-bottom: 1px solid #e4e6eb; text-align: left; }
 th { background: #f1f3f6; font-weight: 600; } code { font-size: 13px; }

@@ -60,7 +60,7 @@ def test_report_renders_in_chromium(run_with_export, tmp_path):
     assert sum(" knee" in p for p in points) == 1
     knee_id = run.knee.candidate.id
     assert re.search(rf'<g class="front-point knee exported" data-candidate="{knee_id}"', dom)
-    assert f'id="model-{knee_id}"' in dom
+    assert f'id="model-{knee_id}-ort-cpu"' in dom and f'href="#model-{knee_id}-ort-cpu"' in dom
     rows = re.findall(r'<g class="layer-row">', dom)
     manifest = read_manifest(run_with_export / "export" / knee_id / "manifest.json")
     assert len(rows) == sum("weights" in L for L in manifest["layers"]) > 0
