@@ -33,6 +33,11 @@ to float, the ``weight_mask`` buffer gives the pattern's structure):
 times; ``plan`` lists each op (name, family, variant, compile seconds); ``profile()`` times each
 op alone, for a breakdown of where the time goes.
 
+Export: `save_exported(runnable, net, DIR)` writes the shared libraries a network runs
+(``DIR/kernels``), its packed weights (``DIR/weights.npz``, no pickle) and ``DIR/codegen.json``;
+`load_exported(DIR)` runs them again from Python without compiling (``tritune export --target
+codegen-cpu`` writes such folders).
+
 Limits, stated rather than hidden: the target runs float32 only. Layers with ``w_bits <= 8`` run
 float here (extracted int8 codes are dequantized; activation fake-quantizers of extracted modules
 are not applied, so such a module's outputs differ from torch by its activation rounding).

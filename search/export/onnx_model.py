@@ -29,7 +29,7 @@ import torch
 
 from ...spaces.compression import FLOAT_BITS
 from ...spaces.mobilenet import STAGES
-from ...spaces.mobilenet_net import ConvAct, LinearAct, MobileNetSubnet
+from ...spaces.mobilenet_net import ConvAct, MobileNetSubnet
 from ...targets.ort_cpu import LayerQuantization, OrtCpuTarget, OrtRunnable
 
 #: Weight bit-widths onnxruntime runs as int8 (lower ones as int8 codes on their own grid).
