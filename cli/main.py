@@ -105,6 +105,8 @@ def _cmd_results(args: argparse.Namespace) -> int:
     from ..search.job import Job, JobError
     from ..search.jobfile import loads_json
     from ..search.report import format_front, front, knee
+    from ..search.jobfile import read_json
+    from ..search.stages.state import StageLog
     from ..search.store import TrialStore
 
     if args.limit < 0:
@@ -123,13 +125,32 @@ def _cmd_results(args: argparse.Namespace) -> int:
         except JobError as exc:
             raise JobError(f"the job stored in {str(db)!r}: {exc}") from None
         records = [r for r in store.all() if r.status != "running"]
+        stages = StageLog(store).records() if job.stages is not None else []
     problem = job.problem()
     best = front(records, problem)
     k = knee(best, problem)
     counts = {s: sum(r.status == s for r in records) for s in ("complete", "infeasible", "failed")}
+    if stages:
+        print(f"{job.name}: {len(stages)} of 5 stages finished")
+        for record in stages:
+            print(f"  {record.name:9s} {record.seconds:8.1f} s  {_stage_line(record)}")
+        print()
     print(f"{job.name}: strategy {job.strategy}, {len(records)} trials {counts}")
     print(format_front(best, problem, None if k is None else k.number, limit=args.limit))
+    final_path = run / "final.json"
+    if stages and final_path.is_file():
+        final = read_json(final_path, "final front")
+        if not isinstance(final, dict) or not isinstance(final.get("front"), list):
+            raise ValueError(f"results show: {str(final_path)!r} is not a final front (expected an object with a front list)")
+        print(f"\nFinal front ({len(final['front'])} models, exported and measured; knee {final.get('knee')}):")
+        for m in final["front"][: args.limit]:
+            print(f"  {str(m.get('candidate_id')):12s}  accuracy {_num(m.get('accuracy'))} %  latency {_num(m.get('latency_ms'))} ms  "
+                  f"fine-tuned {_num(m.get('finetuned_accuracy'))} %")
     return 0
+
+
+def _num(value) -> str:
+    return f"{value:.4g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "?"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,182 @@
+"""The staged pipeline on a small job: every stage runs, resumes exactly after kill -9, and
+refuses a resume with changed settings."""
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tritune.cli.main import main as cli_main
+from tritune.search.job import Job, JobError
+from tritune.search.stages.runner import run_pipeline
+from tritune.search.store import TrialStore
+
+
+def staged_job(tmp_path: Path, **stages) -> dict:
+    data = {
+        "name": "staged",
+        "space": {"name": "mobilenet", "resolutions": [16], "widths": [0.25, 0.35], "depths": [2, 3], "expands": [3, 4],
+                  "kernels": [3], "in_channels": 1, "num_classes": 10},
+        "evaluators": [
+            {"kind": "supernet-accuracy", "checkpoint": str(tmp_path / "supernet.safetensors"), "dataset": "digits"},
+            {"kind": "latency", "target": "ort-cpu"},
+        ],
+        "objectives": [{"metric": "accuracy", "direction": "maximize"}, {"metric": "latency", "direction": "minimize"}],
+        "strategy": {"name": "evolution", "population": 4, "sample_size": 2},
+        "budget": {"evaluations": 6},
+        "batch_size": 3,
+        "seed": 0,
+        "run_dir": str(tmp_path / "run"),
+        "stages": {
+            "supernet": {"train": {"steps": 40, "batch_size": 32, "checkpoint_every": 10}},
+            "refine": {"finalists": 1, "evaluations": 3, "batch_size": 3, "population": 3},
+            "finetune": {"top_k": 2, "epochs": 0.5, "rungs": 2, "batch_size": 32},
+            "front": {},
+        },
+    }
+    data["stages"].update(stages)
+    return data
+
+
+def meta(db: Path, key: str) -> str | None:
+    try:
+        con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=1.0)
+        try:
+            row = con.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return None
+    return None if row is None else row[0]
+
+
+def stage_items(run_dir: Path) -> dict[str, str]:
+    with TrialStore(run_dir / "trials.db", readonly=True) as store:
+        rows = store._execute("SELECT key, value FROM meta WHERE key LIKE 'stage:%' OR key LIKE 'item:%'").fetchall()
+    return dict(rows)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """One whole pipeline run through the command line, shared by the tests that only read it."""
+    tmp_path = tmp_path_factory.mktemp("staged")
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(staged_job(tmp_path)))
+    assert cli_main(["search", str(path), "--quiet"]) == 0
+    return tmp_path
+
+
+def test_every_stage_runs_and_the_front_is_exported_and_measured(finished):
+    run = finished / "run"
+    stages = json.loads((run / "stages.json").read_text())["stages"]
+    assert [s["name"] for s in stages] == ["supernet", "search", "refine", "finetune", "front"]
+    assert stages[0]["summary"]["steps"] == 40
+    tuned = stages[3]["summary"]["models"]
+    assert len(tuned) == 2 and all(m["masks_exact"] for m in tuned)
+    assert sorted(m["epochs"] for m in tuned) == [0.25, 0.5]  # successive halving stopped one model after rung 1
+    final = json.loads((run / "final.json").read_text())
+    assert final["front"] and final["knee"] in [m["candidate_id"] for m in final["front"]]
+    for model in final["models"]:
+        manifest = json.loads((Path(model["folder"]) / "manifest.json").read_text())
+        assert manifest["candidate_id"] == model["candidate_id"]
+        assert manifest["latency_measured_ms"] > 0 and manifest["accuracy"] == model["accuracy"]
+    with TrialStore(run / "refine" / stages[2]["summary"]["finalists"][0] / "trials.db", readonly=True) as store:
+        refined = store.all()
+    assert sum(r.status == "complete" for r in refined) == 3
+    base = refined[0].candidate.to_json()
+    for r in refined:  # refinement keeps the architecture and every layer's pattern
+        assert r.candidate.to_json()["arch"] == base["arch"]
+        assert [c["pattern"] for c in r.candidate.to_json()["compression"]] == [c["pattern"] for c in base["compression"]]
+
+
+def test_resume_of_a_finished_pipeline_repeats_nothing(finished, tmp_path):
+    before = stage_items(finished / "run")
+    with TrialStore(finished / "run" / "trials.db", readonly=True) as store:
+        trials = [(r.number, r.candidate.id, r.finished) for r in store.all()]
+    started = time.perf_counter()
+    result = run_pipeline(Job.from_dict(staged_job(finished), validate=False), resume=True, progress=False)
+    assert time.perf_counter() - started < 60
+    assert stage_items(finished / "run") == before
+    with TrialStore(finished / "run" / "trials.db", readonly=True) as store:
+        assert [(r.number, r.candidate.id, r.finished) for r in store.all()] == trials
+    assert result.final and result.knee is not None
+
+
+def test_results_show_lists_every_stage(finished, capsys):
+    assert cli_main(["results", "show", str(finished / "run")]) == 0
+    out = capsys.readouterr().out
+    for name in ("supernet", "search", "refine", "finetune", "front"):
+        assert name in out
+    final = json.loads((finished / "run" / "final.json").read_text())
+    assert all(m["candidate_id"] in out for m in final["front"])
+
+
+def test_a_resume_with_other_stage_settings_is_refused(finished):
+    changed = staged_job(finished, finetune={"top_k": 2, "epochs": 1.0, "rungs": 2, "batch_size": 32})
+    with pytest.raises(JobError, match="different job"):
+        run_pipeline(Job.from_dict(changed, validate=False), resume=True, progress=False)
+
+
+def _run_until(job_path: Path, ready, timeout: float = 600) -> None:
+    """Start the pipeline in a new process and kill -9 it once ``ready()`` holds."""
+    args = [sys.executable, "-m", "tritune.cli.main", "search", str(job_path), "--quiet"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + timeout
+    while not ready() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def _killed_in(stage: str, run: Path, tmp_path: Path):
+    db = run / "trials.db"
+    if stage == "supernet":
+        return lambda: (tmp_path / "supernet.safetensors").exists()
+    if stage == "search":
+        return lambda: meta(db, "stage:supernet") is not None and db.exists() and TrialStore(db, readonly=True).count("complete") >= 2
+    if stage == "refine":
+        return lambda: any((run / "refine").glob("*/trials.db"))
+    if stage == "finetune":
+        return lambda: any((run / "finetune").glob("*/state.safetensors"))
+    return lambda: any((run / "export").glob("*/manifest.json"))
+
+
+def test_sigkill_during_finetuning_then_resume_finishes_every_model_once(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(staged_job(tmp_path)))
+    run = tmp_path / "run"
+    _run_until(path, _killed_in("finetune", run, tmp_path))
+    assert meta(run / "trials.db", "stage:finetune") is None
+    done_before = {k: v for k, v in stage_items(run).items() if k.startswith("item:finetune")}
+    assert cli_main(["search", str(path), "--resume", "--quiet"]) == 0
+    after = stage_items(run)
+    assert all(after[k] == v for k, v in done_before.items())  # nothing finished was redone
+    assert len([k for k in after if k.startswith("item:finetune")]) == 3  # 2 models in rung 1, 1 in rung 2
+    assert json.loads((run / "final.json").read_text())["front"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["supernet", "search", "refine", "front"])
+def test_sigkill_in_each_stage_then_resume(tmp_path, stage):
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(staged_job(tmp_path)))
+    run = tmp_path / "run"
+    _run_until(path, _killed_in(stage, run, tmp_path))
+    assert meta(run / "trials.db", f"stage:{stage}") is None
+    with TrialStore(run / "trials.db", readonly=True) as store:
+        before = {r.number: (r.candidate.id, r.metrics, r.finished) for r in store.all() if r.status != "running"}
+    assert cli_main(["search", str(path), "--resume", "--quiet"]) == 0
+    with TrialStore(run / "trials.db", readonly=True) as store:
+        after = {r.number: (r.candidate.id, r.metrics, r.finished) for r in store.all()}
+    assert all(after[n] == v for n, v in before.items())
+    stages = json.loads((run / "stages.json").read_text())["stages"]
+    assert [s["name"] for s in stages][-1] == "front"
+    assert json.loads((run / "final.json").read_text())["front"]
