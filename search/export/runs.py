@@ -97,12 +97,12 @@ class RunData:
 
 
 def load_run(run_dir: str | os.PathLike) -> RunData:
-    """Read ``RUN_DIR/trials.db`` (the store is SQLite; nothing in it runs)."""
+    """Read ``RUN_DIR/trials.db`` read-only (the store is SQLite; nothing in it runs)."""
     run = Path(run_dir).expanduser().resolve()
     db = run / "trials.db"
     if not db.is_file():
         raise ExportError(f"run directory {str(run)!r}: no trials.db (is it a run directory?)")
-    with TrialStore(db) as store:
+    with TrialStore(db, readonly=True) as store:
         text = store.get_meta("job")
         inputs_text = store.get_meta("inputs")
         records = [r for r in store.all() if r.status != "running"]
