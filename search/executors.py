@@ -13,6 +13,7 @@ deaths included.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import socket
@@ -122,6 +123,8 @@ def _searcher_class():
             self._numbers: dict[str, int] = {}
             #: trial numbers whose worker was lost, one entry per loss
             self.lost: list[int] = []
+            #: where Tune keeps the error files of lost trials (named in the warning)
+            self.logs = ""
 
         def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
             return True
@@ -149,7 +152,8 @@ def _searcher_class():
                 self._complete(number, result)
                 return
             self.lost.append(number)
-            warnings.warn(f"trial {number}: {LOST_WORKER}; it is evaluated again", RuntimeWarning, stacklevel=1)
+            where = f" (Ray's account: {self.logs})" if self.logs else ""
+            warnings.warn(f"trial {number}: {LOST_WORKER}; it is evaluated again{where}", RuntimeWarning, stacklevel=1)
             self.driver.retry(number, LOST_WORKER)
 
         def _complete(self, number: int, result: dict) -> None:
@@ -229,6 +233,12 @@ class RayExecutor:
         shutil.rmtree(scratch, ignore_errors=True)  # a previous session's, killed or finished
         leave = self._init_ray()
         searcher = _searcher_class()(driver, job_json, known_cheap)
+        searcher.logs = str(scratch)
+        # Tune logs a lost trial as an error with Ray's long account; it is not one here (the
+        # driver retries it, with a one-line warning), and the account stays in Tune's files.
+        tune_log = logging.getLogger("ray.tune")
+        level = tune_log.level
+        tune_log.setLevel(logging.CRITICAL)
         try:
             tuner = tune.Tuner(
                 tune.with_resources(_tune_trainable, {"cpu": self.cpus_per_trial}),
@@ -249,6 +259,7 @@ class RayExecutor:
             )
             tuner.fit()
         finally:
+            tune_log.setLevel(level)
             self.lost = list(searcher.lost)
             if leave is not None:
                 leave()

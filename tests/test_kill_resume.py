@@ -164,17 +164,16 @@ def _busy_ray_workers() -> list[int]:
 
 
 @pytest.mark.ray
-@pytest.mark.slow
 def test_a_killed_ray_worker_costs_only_its_trial(tmp_path, checkpoint):
     data = {
         "name": "ft",
         "space": TINY_SPACE,
-        "evaluators": [{"kind": "supernet-finetune", "checkpoint": checkpoint, "dataset": "digits", "epochs": 0.2,
+        "evaluators": [{"kind": "supernet-finetune", "checkpoint": checkpoint, "dataset": "digits", "epochs": 0.1,
                         "batch_size": 32, "calib_batches": 1, "calib_batch_size": 64, "threads": 1}],
         "objectives": [{"metric": "accuracy", "direction": "maximize"}],
         "strategy": {"name": "random"},
-        "budget": {"evaluations": 6},
-        "batch_size": 4,
+        "budget": {"evaluations": 3},
+        "batch_size": 3,
         "seed": 0,
         "run_dir": str(tmp_path / "run"),
     }
@@ -182,18 +181,25 @@ def test_a_killed_ray_worker_costs_only_its_trial(tmp_path, checkpoint):
     db = tmp_path / "ray" / "trials.db"
     seen: dict = {}
 
-    def kill_a_busy_worker() -> None:
+    def kill_a_worker_that_starts_a_trial() -> None:
+        """Once a trial is stored, kill the next worker that starts one (a trial takes about a
+        second, so it is surely still evaluating; a worker killed after it reported costs nothing)."""
         deadline = time.monotonic() + 300
+        busy_before: set[int] | None = None
         while time.monotonic() < deadline:
-            time.sleep(0.02)
+            time.sleep(0.01)
             rows = _rows(db)
-            busy = _busy_ray_workers() if rows else []
-            if busy:
+            if not rows:
+                continue
+            busy = set(_busy_ray_workers())
+            started = busy - busy_before if busy_before is not None else set()
+            busy_before = busy
+            if started:
                 seen["before"] = rows
-                os.kill(busy[0], signal.SIGKILL)
+                os.kill(started.pop(), signal.SIGKILL)
                 return
 
-    killer = threading.Thread(target=kill_a_busy_worker, daemon=True)
+    killer = threading.Thread(target=kill_a_worker_that_starts_a_trial, daemon=True)
     killer.start()
     with pytest.warns(RuntimeWarning, match="evaluated again"):
         remote = run_search(Job.from_dict(data), run_dir=tmp_path / "ray", executor="ray", workers=2, progress=False)

@@ -315,6 +315,11 @@ def test_launch_streams_a_search_through_the_jobs_api(tmp_path, cluster):
     assert not [p for p in tmp_path.rglob("INJECTED*") if p != run_dir] and not list(Path.cwd().glob("INJECTED*"))
     assert (run_dir / "trials.db").is_file() and (run_dir / "pareto.json").is_file()
 
+    # resuming the finished run through a second submission replays it from the store
+    again = subprocess.run([*cmd, "--resume"], cwd=work, env=env, capture_output=True, text=True, timeout=400)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "(4 replayed from the store)" in again.stdout, again.stdout[-3000:]
+
     def jobs(*args: str) -> str:
         out = subprocess.run([sys.executable, "-m", "tritune.cli.main", "jobs", *args, "--address", cluster.dashboard],
                              env=env, capture_output=True, text=True, timeout=120)
