@@ -112,8 +112,8 @@ def clean_stale(root: Path | None = None) -> list[str]:
     """Kill the processes and delete the directories of sessions whose owner is gone; returns
     their tokens. Live sessions (another search running now) are left alone."""
     root = root or session_root()
-    cleaned = []
-    if not root.is_dir():
+    cleaned: list[str] = []
+    if not root.is_dir() or not Path("/proc").is_dir():  # no way to tell a live owner from a dead one
         return cleaned
     for path in sorted(root.iterdir()):
         if not path.is_dir():
