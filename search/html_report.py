@@ -63,6 +63,111 @@ def search_stage(run: RunData) -> StageSummary:
                         {"strategy": run.job.strategy, "budget": run.job.budget, "batch size": run.job.batch_size, "seed": run.job.seed})
 
 
+def pipeline_stages(run: RunData) -> list[StageSummary]:
+    """One summary per finished stage of a staged run (none for a plain search), from the
+    stage records its store keeps."""
+    from .stages.state import StageLog
+    from .store import TrialStore
+
+    if run.job.stages is None:
+        return []
+    with TrialStore(run.run_dir / "trials.db", readonly=True) as store:
+        records = StageLog(store).records()
+    out = []
+    for rec in records:
+        s = rec.summary
+        if rec.name == "search":
+            base = search_stage(run)
+            out.append(StageSummary("search", base.trials, base.complete, base.infeasible, base.failed, base.evaluations,
+                                    base.front_size, base.best, rec.seconds, base.details))
+        elif rec.name == "refine":
+            trials = []
+            for cid in s.get("finalists", []):
+                db = run.run_dir / "refine" / str(cid) / "trials.db"
+                if db.is_file():
+                    with TrialStore(db, readonly=True) as sub:
+                        trials += [r for r in sub.all() if r.status != "running"]
+            counts = {k: sum(r.status == k for r in trials) for k in ("complete", "infeasible", "failed")}
+            out.append(StageSummary("refine", len(trials), counts["complete"], counts["infeasible"], counts["failed"],
+                                    counts["complete"] + counts["failed"], 0, {}, rec.seconds,
+                                    {"finalists": ", ".join(map(str, s.get("finalists", [])))}))
+        elif rec.name == "finetune":
+            models = s.get("models", [])
+            best = {"accuracy": max(m["accuracy"] for m in models)} if models else {}
+            out.append(StageSummary("finetune", len(models), len(models), 0, 0, len(models), 0, best, rec.seconds,
+                                    {m["candidate_id"]: f"{_num(m['inherited_accuracy'])} -> {_num(m['accuracy'])} % "
+                                                        f"({_num(m['epochs'])} epochs, {m['method']})" for m in models}))
+        elif rec.name == "front":
+            out.append(StageSummary("front", int(s.get("models", 0)), int(s.get("models", 0)), 0, 0, 0, len(s.get("front", [])), {},
+                                    rec.seconds, {"target": s.get("target"), "knee": s.get("knee")}))
+        else:
+            out.append(StageSummary(rec.name, 0, 0, 0, 0, 0, 0, {}, rec.seconds, {k: v for k, v in s.items() if not isinstance(v, (list, dict))}))
+    return out
+
+
+def final_front_svg(final: Mapping[str, Any], width: int = 660, height: int = 380) -> str:
+    """SVG of a staged run's final models: accuracy of the exported file against latency measured
+    on the target; the front joined, the knee ringed, each model's inherited-to-fine-tuned path
+    from its search score drawn as a faint line."""
+    models = [m for m in final.get("models", []) if isinstance(m.get("accuracy"), (int, float)) and isinstance(m.get("latency_ms"), (int, float))]
+    if not models:
+        return f'<svg class="final" width="{width}" height="80" role="img"><text x="10" y="40">no measured model</text></svg>'
+    front_ids = {m["candidate_id"] for m in final.get("front", [])}
+    left, right, top, bottom = 70, 20, 20, 50
+    pw, ph = width - left - right, height - top - bottom
+    xs = [float(m["latency_ms"]) for m in models]
+    ys = [float(m["accuracy"]) for m in models] + [float(m["search_metrics"]["accuracy"]) for m in models
+                                                   if isinstance(m.get("search_metrics", {}).get("accuracy"), (int, float))]
+    pad = lambda lo, hi: (lo - 0.08 * (hi - lo or abs(lo) or 1.0), hi + 0.08 * (hi - lo or abs(hi) or 1.0))  # noqa: E731
+    x0, x1 = pad(min(xs), max(xs))
+    y0, y1 = pad(min(ys), max(ys))
+    sx = lambda v: left + (v - x0) / (x1 - x0) * pw  # noqa: E731
+    sy = lambda v: top + (1 - (v - y0) / (y1 - y0)) * ph  # noqa: E731
+    out = [f'<svg class="final" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+           f'role="img" aria-label="final front">',
+           f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="#fbfbfd" stroke="#ccd"/>']
+    for t in _nice_ticks(x0, x1):
+        out.append(f'<line x1="{sx(t):.1f}" x2="{sx(t):.1f}" y1="{top}" y2="{top + ph}" stroke="#eee"/>'
+                   f'<text class="tick" x="{sx(t):.1f}" y="{top + ph + 16}" text-anchor="middle">{_num(t)}</text>')
+    for t in _nice_ticks(y0, y1):
+        out.append(f'<line x1="{left}" x2="{left + pw}" y1="{sy(t):.1f}" y2="{sy(t):.1f}" stroke="#eee"/>'
+                   f'<text class="tick" x="{left - 6}" y="{sy(t) + 4:.1f}" text-anchor="end">{_num(t)}</text>')
+    out.append(f'<text class="axis" x="{left + pw / 2}" y="{height - 10}" text-anchor="middle">latency measured on the target, ms (lower is better)</text>'
+               f'<text class="axis" transform="translate(16 {top + ph / 2}) rotate(-90)" text-anchor="middle">accuracy of the exported file, % (higher is better)</text>')
+    line = sorted((sx(float(m["latency_ms"])), sy(float(m["accuracy"]))) for m in models if m["candidate_id"] in front_ids)
+    if len(line) > 1:
+        out.append('<polyline fill="none" stroke="#d6336c" stroke-width="1.5" points="' + " ".join(f"{a:.1f},{b:.1f}" for a, b in line) + '"/>')
+    for m in models:
+        cx, cy = sx(float(m["latency_ms"])), sy(float(m["accuracy"]))
+        searched = m.get("search_metrics", {}).get("accuracy")
+        if isinstance(searched, (int, float)):
+            out.append(f'<line x1="{cx:.1f}" x2="{cx:.1f}" y1="{sy(float(searched)):.1f}" y2="{cy:.1f}" stroke="#9aa5b1" stroke-dasharray="3 3"/>')
+        on = m["candidate_id"] in front_ids
+        knee = m["candidate_id"] == final.get("knee")
+        tip = (f"candidate {m['candidate_id']}: exported accuracy {_num(m['accuracy'])} %, latency {_num(m['latency_ms'])} ms, "
+               f"fine-tuned {_num(m.get('finetuned_accuracy'))} %, search {_num(searched)} %" + ("; knee" if knee else ""))
+        out.append(f'<g class="final-point{" on-front" if on else ""}{" knee" if knee else ""}" data-candidate="{_e(m["candidate_id"])}">'
+                   f'<title>{_e(tip)}</title>')
+        if knee:
+            out.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="9" fill="none" stroke="#111" stroke-width="1.5"/>')
+        out.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="{4.5 if on else 3.5}" fill="{"#d6336c" if on else "#b8bcc6"}"/></g>')
+    out.append(f'<g class="legend" transform="translate({left + 10} {top + 10})">'
+               '<circle cx="5" cy="0" r="4.5" fill="#d6336c"/><text x="14" y="4">final front</text>'
+               '<circle cx="100" cy="0" r="3.5" fill="#b8bcc6"/><text x="110" y="4">other fine-tuned</text>'
+               '<line x1="215" x2="215" y1="-7" y2="7" stroke="#9aa5b1" stroke-dasharray="3 3"/><text x="222" y="4">from the search score</text></g>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+def final_table(final: Mapping[str, Any]) -> str:
+    rows = []
+    for m in final.get("front", []):
+        rows.append([f"<code>{_e(m['candidate_id'])}</code>", _num(m.get("accuracy")), _num(m.get("latency_ms")),
+                     _num(m.get("latency_spread"), 3), _num(m.get("finetuned_accuracy")), _num(m.get("search_metrics", {}).get("accuracy")),
+                     "knee" if m["candidate_id"] == final.get("knee") else ""])
+    return _table(["candidate", "accuracy %", "latency ms", "spread", "fine-tuned %", "search %", ""], rows, "final-table")
+
+
 # ----- small helpers -----------------------------------------------------------------------------
 def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
@@ -337,10 +442,17 @@ _SCRIPT = """
 
 
 def render_report(run: RunData, stages: Sequence[StageSummary], manifests: Sequence[Mapping[str, Any]],
-                  problems: Sequence[str] = ()) -> str:
+                  problems: Sequence[str] = (), final: Mapping[str, Any] | None = None) -> str:
     """The page as a string (see the module docstring)."""
     job = run.job
     exported = {str(m["candidate_id"]): str(m.get("target")) for m in manifests}
+    final_parts: list[str] = []
+    if final is not None:
+        final_parts = ["<h2>Final front</h2>",
+                       f"<p class='meta'>{len(final.get('front', []))} of {len(final.get('models', []))} fine-tuned models on the front: "
+                       "accuracy of each exported file on the test split against its latency measured on "
+                       f"{_e(final.get('target'))}; a dashed line starts at the model's score in the search.</p>",
+                       final_front_svg(final), final_table(final)]
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         f"<meta http-equiv='Content-Security-Policy' content=\"{_CSP}\">",
@@ -349,7 +461,8 @@ def render_report(run: RunData, stages: Sequence[StageSummary], manifests: Seque
         f"<p class='meta'>space {_e(job.space)} · strategy {_e(job.strategy)} · objectives "
         + ", ".join(f"{_e(o.metric)} ({_e(o.direction)})" for o in run.problem.objectives)
         + f" · run directory <code>{_e(run.run_dir)}</code> · tritune {_e(tritune_version())}</p>",
-        "<h2>Pareto front</h2>",
+        *final_parts,
+        "<h2>Pareto front</h2>" if not final_parts else "<h2>Joint search front</h2>",
         f"<p class='meta'>{len(run.front)} members on the front (<span id='front-rendered'>{len(run.front)}</span> drawn), "
         f"{sum(r.status == 'complete' for r in run.records)} complete trials; the knee is ringed, exported models are boxed. "
         "Hover a point for its candidate and metrics.</p>",
@@ -372,9 +485,18 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, stages: Seq
                  exports: str | Path | None = None) -> Path:
     """Write the report of a run (default ``RUN_DIR/report.html``); ``stages`` default to the
     search stage read from the store, ``exports`` to ``RUN_DIR/export``."""
+    from .jobfile import read_json
+
     run = load_run(run_dir)
     manifests, problems = exported_manifests(Path(exports) if exports is not None else run.run_dir / "export")
-    page = render_report(run, list(stages) if stages is not None else [search_stage(run)], manifests, problems)
+    if stages is None:
+        stages = pipeline_stages(run) or [search_stage(run)]
+    final = None
+    if run.job.stages is not None and (run.run_dir / "final.json").is_file():
+        final = read_json(run.run_dir / "final.json", "final front")
+        if not isinstance(final, dict):
+            raise ValueError(f"report: {str(run.run_dir / 'final.json')!r} is not a final front")
+    page = render_report(run, list(stages), manifests, problems, final)
     path = Path(out) if out is not None else run.run_dir / "report.html"
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(page, encoding="utf-8")
@@ -382,4 +504,5 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, stages: Seq
     return path
 
 
-__all__ = ["PATTERN_COLOURS", "StageSummary", "front_svg", "layers_svg", "render_report", "search_stage", "write_report"]
+__all__ = ["PATTERN_COLOURS", "StageSummary", "final_front_svg", "front_svg", "layers_svg", "pipeline_stages", "render_report",
+           "search_stage", "write_report"]

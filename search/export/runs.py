@@ -12,7 +12,6 @@ accuracy would no longer be the one the search measured.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from ...spaces.candidate import Candidate
 from ..job import Job
 from ..report import front, knee
 from ..store import TrialRecord, TrialStore
+from ..run import file_sha256
 
 #: Accuracy evaluators whose scores an export can reproduce (inherited supernet weights).
 SUPERNET_KINDS = ("supernet-accuracy",)
@@ -32,14 +32,6 @@ SCORING_OPTIONS = ("calib_batches", "calib_batch_size", "eval_batch_size", "seed
 
 class ExportError(ValueError):
     """A run directory, selection or input file that cannot be exported; the message names it."""
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

@@ -15,13 +15,13 @@ exactly where it stopped.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 from ...spaces import Candidate
+from ..run import file_sha256
 from ..store import TrialRecord
 from .config import FinetuneStage
 from .state import StageLog
@@ -52,14 +52,6 @@ class FinetunedModel:
                 "weights_sha256": self.weights_sha256, "masks_exact": self.masks_exact, "search_metrics": dict(self.search_metrics)}
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def train_rung(candidate: Candidate, settings: FinetuneStage, until: float, state: Path, *, checkpoint: str, data: Any,
                seed: int, progress: bool) -> dict[str, Any]:
     """Train one model up to ``until`` epochs of its schedule (from its state file when there
@@ -75,7 +67,7 @@ def train_rung(candidate: Candidate, settings: FinetuneStage, until: float, stat
                       method=settings.method, seed=int(seed), threads=1, stop_after_epochs=until, state=state,
                       save_every=SAVE_EVERY, progress=progress)
     return {"accuracy": float(result.accuracy), "inherited_accuracy": float(result.accuracy_before), "epochs": float(result.epochs),
-            "masks_exact": bool(result.masks_exact), "seconds": round(float(result.seconds), 2), "sha256": _sha256(state)}
+            "masks_exact": bool(result.masks_exact), "seconds": round(float(result.seconds), 2), "sha256": file_sha256(state)}
 
 
 def finetune_models(picks: Sequence[TrialRecord], settings: FinetuneStage, *, run_dir: Path, log: StageLog, checkpoint: str,

@@ -163,6 +163,9 @@ def _run(s: _Stages) -> PipelineResult:
                         "knee": None if knee is None else knee.candidate.id}
 
             s.stage("front", {**vars(config.front), "target": target}, run_front, 5)
+            from ..html_report import write_report
+
+            write_report(s.run_dir)
             final = json.loads((s.run_dir / "final.json").read_text())
             by_id = {m.candidate.id: m for m in tuned}
             result.final = [FinalModel(by_id[f["candidate_id"]].candidate, f["accuracy"], f["latency_ms"], f["latency_spread"],
