@@ -1,8 +1,13 @@
-"""``tritune supernet train JOB.yaml``: train the weight-sharing supernet a search job scores with.
+"""``tritune supernet train|sensitivity JOB.yaml``: the weight-sharing supernet a search job scores with.
 
 The job file is the single description of the work: its ``space`` section defines the supernet
-and its ``supernet-accuracy`` / ``supernet-finetune`` evaluator names the checkpoint to write and
-the data set to train on. Training writes checkpoints as it goes and resumes from the file.
+(the space's own sampler, ties and limits included, is what it trains on), its
+``supernet-accuracy`` / ``supernet-finetune`` evaluator names the checkpoint to write and the
+data set to train on, and ``stages.supernet.train`` (when the job has it) the training settings;
+otherwise the defaults of `tritune.evaluators.supernet_training.TrainConfig` apply. Options given
+on the command line override both. Training writes checkpoints as it goes, resumes from the file,
+and when it finishes measures the per-layer sensitivity table into the checkpoint;
+``sensitivity`` measures it again (other images, the full table, another reference).
 """
 from __future__ import annotations
 
@@ -22,14 +27,12 @@ def _supernet_evaluator(job: Any) -> dict[str, Any]:
                      f"add one with checkpoint: FILE and dataset: NAME")
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
+def _job_and_data(path: str) -> tuple[Any, Any, dict[str, Any], Any]:
     from ..evaluators.data import load_dataset
-    from ..evaluators.supernet_training import TrainConfig, train_supernet
     from ..search.job import Job
     from ..spaces.mobilenet import MobileNetSpace
-    from ..spaces.supernet import MobileNetSupernet
 
-    job = Job.from_yaml(args.job, validate=False)
+    job = Job.from_yaml(path, validate=False)
     space = job.build_space()
     if not isinstance(space, MobileNetSpace):
         raise ValueError(f"supernet train: space {job.space!r} has no supernet; allowed: mobilenet spaces")
@@ -39,25 +42,69 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if data.channels != space.in_channels or data.num_classes != space.num_classes:
         raise ValueError(f"supernet train: dataset {dataset!r} has {data.channels} channels and {data.num_classes} classes, "
                          f"the space expects in_channels={space.in_channels}, num_classes={space.num_classes}")
-    config = TrainConfig.from_json({"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "threads": args.threads,
-                                    "phases": "progressive" if args.progressive else None})
+    return job, space, spec, data
+
+
+def train_settings(job: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """The job's ``stages.supernet.train`` settings with the command line's options on top."""
+    settings = dict(((getattr(job, "stages", None) or {}).get("supernet") or {}).get("train") or {})
+    for name in ("steps", "batch_size", "lr", "threads", "phases"):
+        value = getattr(args, name, None)
+        if value is not None:
+            settings[name] = None if value == "none" else value
+    if getattr(args, "no_sensitivity", False):
+        settings["sensitivity_images"] = 0
+    return settings
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from ..evaluators.supernet_training import TrainConfig, train_supernet
+    from ..spaces.supernet import MobileNetSupernet
+
+    job, space, spec, data = _job_and_data(args.job)
+    config = TrainConfig.from_json(train_settings(job, args))
     supernet = MobileNetSupernet(space, {"seed": job.seed})
     result = train_supernet(supernet, data, config, checkpoint=spec["checkpoint"], resume=not args.restart,
                             device=args.device, progress=not args.quiet)
-    print(f"supernet: {result.step} steps, checkpoint {spec['checkpoint']}")
+    per_step = result.seconds / max(1, len(result.losses))
+    print(f"supernet: {result.step} steps ({per_step:.2f} s/step, {result.images_per_second:.0f} images/s in this call), "
+          f"checkpoint {spec['checkpoint']}")
+    return 0
+
+
+def _cmd_sensitivity(args: argparse.Namespace) -> int:
+    from ..evaluators.sensitivity import measure_sensitivity, store_sensitivity
+    from ..spaces.supernet import load_checkpoint
+
+    job, space, spec, data = _job_and_data(args.job)
+    ckpt = load_checkpoint(spec["checkpoint"])
+    table = measure_sensitivity(ckpt.supernet, data, images=args.images, factored=False if args.full else None, seed=job.seed,
+                                threads=args.threads, progress=not args.quiet)
+    store_sensitivity(spec["checkpoint"], table)
+    worst = sorted(((max(d.values(), default=0.0), g) for g, d in table.drops.items()), reverse=True)
+    print(f"sensitivity: {sum(len(d) for d in table.drops.values())} probes in {table.seconds:.0f} s, reference {table.base:.1f} % "
+          f"on {table.images} training images; largest drop per gene: " + ", ".join(f"{g} {v:.1f}" for v, g in worst))
+    if args.max_drop is not None:
+        import yaml
+
+        print(yaml.safe_dump({"exclude": table.exclusions(space, args.max_drop)}, sort_keys=True).rstrip())
     return 0
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("supernet", help="train the weight-sharing supernet of a job")
-    p.add_argument("action", choices=("train",))
+    p = sub.add_parser("supernet", help="train the weight-sharing supernet of a job, or measure its per-layer sensitivity")
+    p.add_argument("action", choices=("train", "sensitivity"))
     p.add_argument("job", help="job YAML file (its space and its supernet-accuracy evaluator)")
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (fixed for determinism)")
-    p.add_argument("--progressive", action="store_true", help="progressive shrinking schedule")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: the job's or TrainConfig's)")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (fixed for determinism)")
+    p.add_argument("--phases", default=None, help="schedule: progressive, ofa or none")
+    p.add_argument("--no-sensitivity", action="store_true", help="train without measuring the sensitivity table at the end")
+    p.add_argument("--images", type=int, default=512, help="sensitivity: training images scoring each probe")
+    p.add_argument("--full", action="store_true", help="sensitivity: measure every choice, not the factored table")
+    p.add_argument("--max-drop", type=float, default=None, help="sensitivity: print the compression.exclude option for this threshold")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_train)
+    p.set_defaults(func=lambda args: _cmd_sensitivity(args) if args.action == "sensitivity" else _cmd_train(args))

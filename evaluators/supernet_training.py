@@ -35,32 +35,60 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 from ..spaces.candidate import Candidate
+from ..spaces.compression import CompressionLimit
 from ..spaces.supernet import MobileNetSupernet, load_checkpoint, save_checkpoint
-from ..spaces.supernet.sampling import DIMENSIONS, check_dimensions
+from ..spaces.supernet.sampling import ARCHITECTURE, DIMENSIONS, LOWER_ENDS, CandidateSampler, check_dimensions
 
 
 @dataclass(frozen=True)
 class Phase:
-    """From ``start`` (a fraction of the run's steps) on, only ``elastic`` dimensions vary."""
+    """From ``start`` (a fraction of the run's steps) on, only ``elastic`` dimensions vary, and
+    compressed candidates stay within ``limit`` (a `CompressionLimit` for every slot; None: the
+    space's whole menu)."""
 
     start: float
     elastic: tuple[str, ...]
+    limit: CompressionLimit | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= float(self.start) < 1.0:
             raise ValueError(f"phase.start: {self.start!r} not in [0, 1)")
         object.__setattr__(self, "elastic", tuple(sorted(check_dimensions(self.elastic, "phase.elastic"))))
+        if self.limit is not None:
+            object.__setattr__(self, "limit", CompressionLimit.from_config(self.limit, "phase.limit"))
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"start": self.start, "elastic": list(self.elastic)}
+        if self.limit is not None:
+            out["limit"] = self.limit.to_config()
+        return out
 
 
-#: OFA's order: the full network first, then elastic kernel, depth, width/expand; compression
-#: (sparsity and bits) last, resolution throughout.
-PROGRESSIVE_SHRINKING = (
+#: Once-for-All's order (Cai et al., ICLR 2020): the full network first, then elastic kernel,
+#: depth, width/expand; compression (sparsity and bits) last, resolution throughout.
+OFA_ORDER = (
     Phase(0.0, ("resolution",)),
     Phase(0.15, ("resolution", "kernel")),
     Phase(0.3, ("resolution", "kernel", "depth")),
     Phase(0.45, ("resolution", "kernel", "depth", "expand", "width")),
     Phase(0.6, DIMENSIONS),
 )
+#: Architecture first, then compression reached gradually: dense float networks of every
+#: architecture, then 8-bit and at most half sparse, then at most 75 % sparse at any bits,
+#: then the whole menu -- progressive shrinking applied to the compression dimensions, as OQAT
+#: (Shen et al., ICCV 2021) lowers bit-widths step by step and APQ (Wang et al., CVPR 2020)
+#: trains a quantization-aware supernet from a full-precision one.
+PROGRESSIVE_SHRINKING = (
+    Phase(0.0, ARCHITECTURE),
+    Phase(0.25, DIMENSIONS, CompressionLimit(min_w_bits=8, max_sparsity=0.5)),
+    Phase(0.45, DIMENSIONS, CompressionLimit(max_sparsity=0.75)),
+    Phase(0.65, DIMENSIONS),
+)
+#: Named schedules a job file may give as ``phases``.
+SCHEDULES = {"progressive": PROGRESSIVE_SHRINKING, "ofa": OFA_ORDER}
+#: How the candidates' gradients become one step: each clipped to ``grad_clip`` before they are
+#: summed, or summed first and the sum clipped.
+CLIP_MODES = ("candidate", "total")
 
 
 @dataclass(frozen=True)
@@ -69,36 +97,43 @@ class TrainConfig:
 
     ``steps`` optimizer steps of ``batch_size`` images; SGD (``lr``, ``momentum``, Nesterov,
     ``weight_decay`` on conv/linear weights only) with ``warmup_steps`` of linear warm-up and a
-    cosine decay to 0; ``grad_clip``: each candidate's gradient is clipped to this norm before
-    the candidates' gradients are summed (a harsh candidate -- 4-bit, 90 % sparse, where
-    batch-norm of near-constant channels amplifies gradients -- cannot swamp the step); ``n_random`` random candidates per step besides the largest and the
-    smallest; ``kd_alpha`` the weight of the distillation loss for students (1 - ``kd_alpha`` on
-    cross-entropy), ``kd_temperature`` its temperature; ``phases``: None (every dimension
-    elastic from the start), ``"progressive"`` (`PROGRESSIVE_SHRINKING`) or a list of `Phase`
-    (or ``{"start": .., "elastic": [..]}``); ``threads``: torch intra-op threads (fixed, for
-    determinism); ``checkpoint_every``: steps between checkpoints (0: only at the end)."""
+    cosine decay to 0; ``grad_clip`` / ``clip_mode`` (`CLIP_MODES`): each candidate's gradient
+    is clipped to this norm before the candidates' gradients are summed (``candidate``), or the
+    sum is (``total``); ``n_random`` random candidates per step besides the largest and the
+    lower end (``lower_end``: `LOWER_ENDS`; ``sampled``: the smallest architecture with a plan
+    drawn like the random ones); ``kd_alpha`` the weight of the distillation loss for students
+    (1 - ``kd_alpha`` on cross-entropy), ``kd_temperature`` its temperature; ``phases``: None
+    (every dimension elastic from the start), a name in `SCHEDULES` or a list of `Phase` (or
+    ``{"start": .., "elastic": [..], "limit": {..}}``); ``threads``: torch intra-op threads
+    (fixed, for determinism); ``checkpoint_every``: steps between checkpoints (0: only at the
+    end); ``sensitivity_images``: when a supernet run finishes, its per-layer sensitivity is
+    measured on this many training images and stored in the checkpoint (0: not measured;
+    `tritune.evaluators.sensitivity`)."""
 
-    steps: int = 1000
+    steps: int = 600
     batch_size: int = 64
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 4e-5
     warmup_steps: int = 0
     n_random: int = 2
-    kd_alpha: float = 1.0
+    lower_end: str = "sampled"
+    kd_alpha: float = 0.5
     kd_temperature: float = 1.0
     label_smoothing: float = 0.0
     grad_clip: float | None = 5.0
-    phases: Any = None
+    clip_mode: str = "candidate"
+    phases: Any = "progressive"
     seed: int = 0
     threads: int = 1
     checkpoint_every: int = 0
+    sensitivity_images: int = 512
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "threads"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"train.{name}: {getattr(self, name)!r} must be >= 1")
-        for name in ("warmup_steps", "n_random", "checkpoint_every"):
+        for name in ("warmup_steps", "n_random", "checkpoint_every", "sensitivity_images"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"train.{name}: {getattr(self, name)!r} must be >= 0")
         if not float(self.lr) > 0:
@@ -107,11 +142,15 @@ class TrainConfig:
             raise ValueError(f"train.kd_alpha: {self.kd_alpha!r} not in [0, 1]")
         if not float(self.kd_temperature) > 0:
             raise ValueError(f"train.kd_temperature: {self.kd_temperature!r} must be > 0")
+        if self.lower_end not in LOWER_ENDS:
+            raise ValueError(f"train.lower_end: {self.lower_end!r} not allowed; allowed: {', '.join(LOWER_ENDS)}")
+        if self.clip_mode not in CLIP_MODES:
+            raise ValueError(f"train.clip_mode: {self.clip_mode!r} not allowed; allowed: {', '.join(CLIP_MODES)}")
         object.__setattr__(self, "phases", _phases(self.phases))
 
     def to_json(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["phases"] = None if self.phases is None else [{"start": p.start, "elastic": list(p.elastic)} for p in self.phases]
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["phases"] = None if self.phases is None else [p.to_json() for p in self.phases]
         return out
 
     @classmethod
@@ -123,16 +162,20 @@ class TrainConfig:
             raise ValueError(f"train config: unknown fields {unknown}; allowed: {', '.join(sorted(allowed))}")
         return cls(**data)
 
-    def elastic_at(self, step: int) -> tuple[str, ...]:
-        """The dimensions that vary at ``step``."""
+    def phase_at(self, step: int) -> Phase:
+        """The phase ``step`` belongs to (every dimension, no limit without phases)."""
         if self.phases is None:
-            return DIMENSIONS
+            return Phase(0.0, DIMENSIONS)
         frac = step / self.steps
-        current = self.phases[0].elastic
+        current = self.phases[0]
         for phase in self.phases:
             if frac >= phase.start:
-                current = phase.elastic
+                current = phase
         return current
+
+    def elastic_at(self, step: int) -> tuple[str, ...]:
+        """The dimensions that vary at ``step``."""
+        return self.phase_at(step).elastic
 
     def lr_at(self, step: int) -> float:
         if step < self.warmup_steps:
@@ -144,18 +187,18 @@ class TrainConfig:
 def _phases(value: Any) -> tuple[Phase, ...] | None:
     if value is None:
         return None
-    if value == "progressive":
-        return PROGRESSIVE_SHRINKING
+    if isinstance(value, str) and value in SCHEDULES:
+        return SCHEDULES[value]
     if isinstance(value, str) or not isinstance(value, Iterable):
-        raise ValueError(f"train.phases: {value!r} not allowed; allowed: None, 'progressive' or a list of phases")
+        raise ValueError(f"train.phases: {value!r} not allowed; allowed: None, {', '.join(map(repr, SCHEDULES))} or a list of phases")
     out = []
     for i, p in enumerate(value):
         if isinstance(p, Phase):
             out.append(p)
-        elif isinstance(p, Mapping) and set(p) == {"start", "elastic"}:
-            out.append(Phase(float(p["start"]), tuple(p["elastic"])))
+        elif isinstance(p, Mapping) and {"start", "elastic"} <= set(p) <= {"start", "elastic", "limit"}:
+            out.append(Phase(float(p["start"]), tuple(p["elastic"]), p.get("limit")))
         else:
-            raise ValueError(f"train.phases[{i}]: expected {{start: FRACTION, elastic: [DIMENSIONS]}}, got {p!r}")
+            raise ValueError(f"train.phases[{i}]: expected {{start: FRACTION, elastic: [DIMENSIONS], limit: {{..}} (optional)}}, got {p!r}")
     if not out or out[0].start != 0.0:
         raise ValueError("train.phases: the first phase must start at 0")
     if any(b.start <= a.start for a, b in zip(out, out[1:])):
@@ -171,6 +214,8 @@ class TrainResult:
 
     step: int
     losses: list[float] = field(default_factory=list)
+    #: the first candidate's loss per step (the largest network's cross-entropy in a supernet)
+    first_losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
     images: int = 0
     candidate_passes: int = 0
@@ -239,7 +284,8 @@ def distill_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Ten
 # ----- the loop ------------------------------------------------------------------------------------
 def _run(supernet: MobileNetSupernet, data: Any, config: TrainConfig, pick: Callable[[int], list[Candidate]], *,
          distill: bool, checkpoint: str | os.PathLike | None, resume: bool, device: str | torch.device,
-         progress: bool, stop_after: int | None, extra: dict[str, Any], desc: str) -> TrainResult:
+         progress: bool, stop_after: int | None, extra: dict[str, Any], desc: str,
+         finish: Callable[[], dict[str, Any]] | None = None) -> TrainResult:
     check_data(supernet, data)
     x_all, y_all = _tensors(data)
     device = torch.device(device)
@@ -288,7 +334,8 @@ def _run(supernet: MobileNetSupernet, data: Any, config: TrainConfig, pick: Call
                 total += value
                 # per candidate: no candidate's gradient may swamp the others'; a non-finite one
                 # (overflow in a degenerate candidate) is dropped and counted
-                norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip or float("inf"))
+                each = config.grad_clip if config.clip_mode == "candidate" and config.grad_clip else float("inf")
+                norm = torch.nn.utils.clip_grad_norm_(params, each)
                 if not torch.isfinite(norm):
                     result.skipped += 1
                     continue
@@ -299,9 +346,12 @@ def _run(supernet: MobileNetSupernet, data: Any, config: TrainConfig, pick: Call
                 raise FloatingPointError(f"training: the loss of {cands[0].id} is {first} at step {step}; lower train.lr")
             for p, g in zip(params, summed):
                 p.grad = g
+            if config.clip_mode == "total" and config.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
             optimizer.step()
             mean = total / len(cands)
             result.losses.append(mean)
+            result.first_losses.append(first)
             result.images += len(idx)
             result.candidate_passes += len(idx) * len(cands)
             result.step = step + 1
@@ -311,12 +361,23 @@ def _run(supernet: MobileNetSupernet, data: Any, config: TrainConfig, pick: Call
                 save_checkpoint(ckpt, supernet, optimizer=optimizer, step=result.step, extra=meta)
         result.seconds = time.perf_counter() - t0
         bar.close()
+        if finish is not None and end > start and result.step == config.steps:
+            meta.update(finish())  # measured on the finished weights, stored with them
         if ckpt is not None and end > start:
             save_checkpoint(ckpt, supernet, optimizer=optimizer, step=result.step, extra=meta)
             result.checkpoint = str(ckpt)
         return result
     finally:
         torch.set_num_threads(threads_before)
+
+
+def step_candidates(sampler: CandidateSampler, config: TrainConfig, step: int) -> list[Candidate]:
+    """The candidates of training step ``step``: the largest (the teacher), the lower end and
+    ``n_random`` random ones, drawn by the space's own sampler within the step's phase
+    (`CandidateSampler.sandwich`) from a generator seeded with ``(seed, step)``."""
+    phase = config.phase_at(step)
+    rng = np.random.default_rng([int(config.seed), int(step), 0xCA4D])
+    return sampler.sandwich(rng, config.n_random, phase.elastic, phase.limit, config.lower_end)
 
 
 def train_supernet(supernet: MobileNetSupernet, data: Any, config: TrainConfig | Mapping[str, Any] | None = None, *,
@@ -328,17 +389,26 @@ def train_supernet(supernet: MobileNetSupernet, data: Any, config: TrainConfig |
     the end) and, with ``resume``, an existing file is continued from. ``stop_after`` ends this
     call after that many steps (the run can be resumed later)."""
     config = config if isinstance(config, TrainConfig) else TrainConfig.from_json(config)
-    sampler = supernet.sampler
-    largest = sampler.largest()
 
     def pick(step: int) -> list[Candidate]:
-        elastic = config.elastic_at(step)
-        rng = np.random.default_rng([int(config.seed), int(step), 0xCA4D])
-        return [largest, sampler.smallest(elastic)] + [sampler.sample(rng, elastic) for _ in range(config.n_random)]
+        return step_candidates(supernet.sampler, config, step)
+
+    def finish() -> dict[str, Any]:
+        if not config.sensitivity_images or checkpoint is None:
+            return {}
+        from ..spaces.supernet.sensitivity import EXTRA_KEY
+        from .sensitivity import TRAINING_PROBES, measure_sensitivity, planned_probes
+
+        probes = planned_probes(supernet)
+        if probes > TRAINING_PROBES:
+            return {f"{EXTRA_KEY}_skipped": f"{probes} probes > {TRAINING_PROBES}: run `tritune supernet sensitivity JOB` to measure them"}
+        table = measure_sensitivity(supernet, data, images=config.sensitivity_images, seed=config.seed, threads=config.threads,
+                                    progress=progress)
+        return {EXTRA_KEY: table.to_json()}
 
     extra = {"data": getattr(data, "name", None), "mode": "supernet"}
     return _run(supernet, data, config, pick, distill=True, checkpoint=checkpoint, resume=resume, device=device,
-                progress=progress, stop_after=stop_after, extra=extra, desc="supernet")
+                progress=progress, stop_after=stop_after, extra=extra, desc="supernet", finish=finish)
 
 
 def train_candidate(supernet: MobileNetSupernet, candidate: Candidate, data: Any, config: TrainConfig | Mapping[str, Any] | None = None, *,

@@ -209,3 +209,100 @@ def test_squeeze_excite_slot_compresses_both_se_layers():
         bad = list(plan)
         bad[SLOTS.index(("s1.b0.se", "se", 1))] = LayerCompression("channel", 0.5)
         space.validate(cand.replace(compression=bad))
+
+
+# ----- tied compression slots and limits (mobilenet) ------------------------------------------------
+TIE_MENU = dict(patterns=["dense", "unstructured", "nm2:4", "channel"], sparsities=[0.5, 0.75], w_bits=[4, 8, 32], a_bits=[8, 32])
+
+
+def _group_values(space: MobileNetSpace, cand: Candidate) -> None:
+    """Every group's existing slots carry its one choice (or dense at its bits where they cannot
+    carry the pattern); slots of absent blocks carry the default."""
+    from tritune.spaces.mobilenet import slot_block
+
+    genome = space.to_genome(cand)
+    default = space.menu.default()
+    for name, members in space.groups:
+        value = genome[f"comp:{name}"]
+        for m in members:
+            blk = slot_block(m)
+            alive = blk is None or cand["depth"][blk[0]] > blk[1]
+            got = cand.compression[m]
+            if not alive:
+                assert got == default
+            else:
+                assert got == value or (got == LayerCompression("dense", 0.0, value.w_bits, value.a_bits)
+                                        and value not in space.slot_choices(m)), (name, m, got, value)
+
+
+@pytest.mark.parametrize("tie", ["block", "stage", "role", "all"])
+def test_the_sampler_respects_tied_slots_and_limits(tie):
+    limits = {"*": {"max_sparsity": 0.5}, "classifier": {"min_w_bits": 8}, "s0.b0.dw": {"patterns": ["dense"]}}
+    space = MobileNetSpace(resolutions=(32,), widths=(0.5,), in_channels=1, num_classes=10,
+                           compression={**TIE_MENU, "tie": tie, "limits": limits})
+    untied = MobileNetSpace(resolutions=(32,), widths=(0.5,), in_channels=1, num_classes=10, compression={**TIE_MENU, "limits": limits})
+    comp_genes = [g for g in space.genes() if g.name.startswith("comp:")]
+    assert len(comp_genes) == len(space.groups) == {"block": 22, "stage": 7, "role": 7, "all": 1}[tie]
+    assert space.encoding_length < untied.encoding_length and space.size() < untied.size()
+    rng = np.random.default_rng(0)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen: set = set()
+    cands = [space.sample(rng) for _ in range(150)]
+    cands += [space.mutate(c, rng) for c in cands[:50]] + [space.crossover(a, b, rng) for a, b in zip(cands[:50], cands[50:100])]
+    for _ in range(30):
+        trial = study.ask()
+        cands.append(space.suggest(trial))
+        study.tell(trial, 0.0)
+    for c in cands:
+        assert space.validate(c) == c
+        _group_values(space, c)
+        for i, comp in enumerate(c.compression):
+            assert comp.sparsity <= 0.5
+            name = SLOTS[i][0]
+            if name == "classifier":
+                assert comp.w_bits >= 8
+            if name == "s0.b0.dw":
+                assert comp.pattern == "dense"
+            seen.add(comp.pattern)
+        assert untied.validate(c) == c  # a tied candidate is a candidate of the untied space
+    assert {"unstructured", "channel"} <= seen and all(len(space.encode(c)) == space.encoding_length for c in cands[:5])
+    assert len({space.encode(c).tobytes() for c in cands}) > 100
+    # a plan whose tied slots differ is refused, naming the group
+    broken = list(cands[0].compression)
+    group, members = next((g, m) for g, m in space.groups if len(m) > 1)
+    other = next(v for v in space.slot_choices(members[0]) if v != broken[members[0]] and v.pattern == "dense")
+    broken[members[0]] = other
+    with pytest.raises(ValueError, match=f"comp:{group}"):
+        space.validate(cands[0].replace(compression=broken))
+
+
+def test_tied_size_matches_enumeration_on_a_tiny_configuration():
+    tiny = dict(resolutions=(32,), widths=(1.0,), depths=(1, 2), expands=(3,), kernels=(3,))
+    two = dict(patterns=["dense", "unstructured"], sparsities=[0.5], w_bits=[32], a_bits=[32])
+    for tie, size in (("stage", 2**5 * 2**7), ("role", 2**5 * 2**7), ("block", 4 * (2 + 2**2) ** 5)):
+        space = MobileNetSpace(**tiny, compression={**two, "tie": tie})
+        enumerated = list(space.enumerate())
+        assert len(enumerated) == len(set(enumerated)) == space.size() == size, tie
+    # one group: 2^5 depth patterns x its menu (dense, unstructured, N:M; each at w8 and w32)
+    space = MobileNetSpace(**tiny, compression={"patterns": ["dense", "unstructured", "nm2:4"], "sparsities": [0.5], "w_bits": [8, 32],
+                                                "a_bits": [32], "tie": "all"})
+    enumerated = list(space.enumerate())
+    assert len(enumerated) == len(set(enumerated)) == space.size() == 2**5 * 6
+
+
+def test_bad_ties_limits_and_exclusions_name_the_field():
+    with pytest.raises(ValueError, match="compression.tie"):
+        MobileNetSpace(compression={"tie": "layer"})
+    with pytest.raises(ValueError, match="compression.limits: 'nope'"):
+        MobileNetSpace(compression={"limits": {"nope": {"min_w_bits": 8}}})
+    with pytest.raises(ValueError, match="compression.exclude: 'dwconv' is not a group of tie=stage"):
+        MobileNetSpace(compression={"tie": "stage", "exclude": {"dwconv": ["unstructured@0.9/w4a8"]}})
+    with pytest.raises(ValueError, match="cannot be excluded"):
+        MobileNetSpace(compression={"tie": "role", "exclude": {"dwconv": ["dense@0/w32a32"]}})
+    space = MobileNetSpace(compression={"tie": "role", "exclude": {"dwconv": ["unstructured@0.9/w4a8"]}})
+    gene = next(g for g in space.genes() if g.name == "comp:dwconv")
+    assert "unstructured@0.9/w4a8" not in {c.token for c in gene.choices} and len(gene.choices) == 23
+    # configs: an untied space without limits keeps the config it always had
+    assert set(MobileNetSpace().config()["compression"]) == {"enabled", "patterns", "sparsities", "w_bits", "a_bits"}
+    assert MobileNetSpace(**space.config()).config() == space.config()

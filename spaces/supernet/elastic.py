@@ -123,6 +123,9 @@ class ElasticLayer(nn.Module):
         self._weight_quant = {int(b): WeightFakeQuant(int(b), channel_axis=0) for b in sorted(set(w_bits)) if b < FLOAT_BITS}
         self.cache_size = int(cache_size)
         self.freeze_masks = False
+        #: while not None, the input's (min, max) per activation bit-width is recorded here and
+        #: the input passes in float (`MobileNetSupernet.recalibrate`'s min-max observation)
+        self.observed: dict[int, tuple[float, float]] | None = None
         self._masks: collections.OrderedDict = collections.OrderedDict()
         self._deploy: collections.OrderedDict = collections.OrderedDict()
 
@@ -216,7 +219,11 @@ class ElasticLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, spec: LayerSpec) -> torch.Tensor:
         self._check(spec)
-        if spec.a_bits < FLOAT_BITS:
+        if spec.a_bits < FLOAT_BITS and self.observed is not None:
+            lo, hi = (float(v) for v in torch.aminmax(x.detach()))
+            seen = self.observed.get(spec.a_bits)
+            self.observed[spec.a_bits] = (lo, hi) if seen is None else (min(seen[0], lo), max(seen[1], hi))
+        elif spec.a_bits < FLOAT_BITS:
             quant = self.act_quant[str(spec.a_bits)]
             if self.training:
                 with torch.no_grad():

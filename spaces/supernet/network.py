@@ -279,10 +279,29 @@ class MobileNetSupernet(nn.Module):
                     self(x, candidate)
             self.eval()
             quantizers = self.candidate_quantizers(candidate)
-            if quantizers:
+            if quantizers and self.config.calibration == "minmax":
+                self._minmax_ranges(candidate, batches)
+            elif quantizers:
                 calibrate(_Calibration(self, candidate, quantizers), batches, method=self.config.calibration)
         finally:
             self.train(was_training)
+
+    @torch.no_grad()
+    def _minmax_ranges(self, candidate: Candidate, batches: list[torch.Tensor]) -> None:
+        """What `calibrate` with ``minmax`` sets -- each quantizer's range is the extremes of its
+        float input over the batches -- recording only the extremes (no value sample)."""
+        layers = [layer for _, layer in self.named_elastic()]
+        for layer in layers:
+            layer.observed = {}
+        try:
+            for x in batches:
+                self(x, candidate)
+            for layer in layers:
+                for bits, (lo, hi) in layer.observed.items():
+                    layer.act_quant[str(bits)].set_range(lo, hi)
+        finally:
+            for layer in layers:
+                layer.observed = None
 
 
 class _Calibration(nn.Module):

@@ -1,10 +1,18 @@
-"""Candidates a supernet trains on: the two ends of the sandwich and random ones from a sub-space.
+"""Candidates a supernet trains on: the two ends of the sandwich and random ones, drawn the way
+the search draws them.
 
-Progressive shrinking (Cai et al., "Once-for-All", ICLR 2020) first trains the largest network,
-then lets one dimension after another vary. Here a *dimension* is a family of genes of the
-`mobilenet` space -- ``resolution``, ``width``, ``depth``, ``kernel``, ``expand`` and
-``compression`` (every per-layer sparsity pattern/ratio and bit-width). A frozen dimension takes
-the value of the largest network (compression: dense float).
+Random candidates come from the space's own sampler (`SearchSpace.sample`), so a supernet
+trains on the distribution a search will ask about: mixed per-slot plans, with the ties, limits
+and exclusions of the space's compression menu (`tritune.spaces.compression.CompressionMenu`).
+Two things narrow it during training, both from progressive shrinking (Cai et al.,
+"Once-for-All", ICLR 2020) and its extension to bits (OQAT, Shen et al., ICCV 2021; APQ, Wang
+et al., CVPR 2020):
+
+* a *dimension* -- a family of `mobilenet` genes: ``resolution``, ``width``, ``depth``,
+  ``kernel``, ``expand`` and ``compression`` (every per-slot pattern, ratio and bit-width) -- may
+  be frozen; it then takes the value of the largest network (compression: dense float);
+* a `CompressionLimit` (fewest bits, highest sparsity, patterns) restricts every slot's menu, so
+  low bits and high sparsity can be reached gradually.
 """
 from __future__ import annotations
 
@@ -14,10 +22,15 @@ import numpy as np
 
 from ..base import Genome
 from ..candidate import Candidate
+from ..compression import ALL_SLOTS, CompressionLimit
 from ..mobilenet import MobileNetSpace
 
 #: The gene families a sampler may vary.
 DIMENSIONS = ("resolution", "width", "depth", "kernel", "expand", "compression")
+#: Every dimension but compression: dense float networks of every architecture.
+ARCHITECTURE = tuple(d for d in DIMENSIONS if d != "compression")
+#: How the lower end of the sandwich is chosen (`CandidateSampler.lower_end`).
+LOWER_ENDS = ("sampled", "harshest", "none")
 
 
 def dimension_of(gene: str) -> str:
@@ -44,12 +57,26 @@ def most_compressed(slot_options: tuple) -> object:
     return min(slot_options, key=lambda c: (c.w_bits, c.a_bits, -c.sparsity))
 
 
-class CandidateSampler:
-    """Largest, smallest and random candidates of a space, restricted to ``elastic`` dimensions.
+def restrict_space(space: MobileNetSpace, limit: CompressionLimit | dict | None) -> MobileNetSpace:
+    """``space`` with ``limit`` added for every slot (its candidates are candidates of ``space``)."""
+    if limit is None:
+        return space
+    limit = CompressionLimit.from_config(limit)
+    limits = dict(space.menu.limits)
+    limits[ALL_SLOTS] = limits[ALL_SLOTS] & limit if ALL_SLOTS in limits else limit
+    config = space.config()
+    config["compression"] = space.menu.replace(limits=limits)
+    return type(space)(**config)
 
-    Random values are drawn for *every* gene (active or not) before the frozen dimensions are
-    overwritten and inactive genes reset, so freezing depth still samples the kernels of the
-    deepest blocks, and a given ``rng`` state always gives the same candidate."""
+
+class CandidateSampler:
+    """Largest, smallest and random candidates of a space, restricted to ``elastic`` dimensions
+    and, optionally, a compression ``limit``.
+
+    With every dimension elastic and no limit, `sample` *is* ``space.sample``: the same random
+    stream gives the same candidate the search's random proposals would be. A frozen dimension
+    takes the largest network's values; genes that only become active because of that (the
+    kernels of blocks a frozen depth adds) are drawn at random."""
 
     def __init__(self, space: MobileNetSpace) -> None:
         if not isinstance(space, MobileNetSpace):
@@ -58,6 +85,7 @@ class CandidateSampler:
         self.genes = space.genes()
         self._largest = space.to_genome(space.largest())
         self._smallest_arch = space.to_genome(space.smallest())
+        self._restricted: dict[CompressionLimit, MobileNetSpace] = {}
 
     def _make(self, genome: Genome) -> Candidate:
         return self.space.from_genome(self.space.canonical_genome(genome))
@@ -65,26 +93,72 @@ class CandidateSampler:
     def _restrict(self, genome: Genome, elastic: frozenset[str]) -> Genome:
         return {g.name: genome[g.name] if dimension_of(g.name) in elastic else self._largest[g.name] for g in self.genes}
 
+    def space_for(self, limit: CompressionLimit | dict | None) -> MobileNetSpace:
+        """The space whose sampler a ``limit`` phase draws from (cached per limit)."""
+        if limit is None:
+            return self.space
+        limit = CompressionLimit.from_config(limit)
+        if limit not in self._restricted:
+            self._restricted[limit] = restrict_space(self.space, limit)
+        return self._restricted[limit]
+
     def largest(self) -> Candidate:
         """The biggest architecture, dense and float (the distillation teacher)."""
         return self._make(self._largest)
 
-    def smallest(self, elastic: Iterable[str] = DIMENSIONS) -> Candidate:
-        """The smallest architecture, with every slot at its harshest compression when
-        ``compression`` is elastic (the lower end of the sandwich)."""
+    def smallest(self, elastic: Iterable[str] = DIMENSIONS, limit: CompressionLimit | dict | None = None) -> Candidate:
+        """The smallest architecture, with every compression gene at its harshest choice (within
+        ``limit``) when ``compression`` is elastic."""
         dims = check_dimensions(elastic)
         genome = dict(self._smallest_arch)
-        for g in self.genes:
+        for g in self.space_for(limit).genes():
             if g.name.startswith("comp:"):
                 genome[g.name] = most_compressed(g.choices)
         return self._make(self._restrict(genome, dims))
 
-    def sample(self, rng: np.random.Generator, elastic: Iterable[str] = DIMENSIONS) -> Candidate:
-        """A uniformly random candidate of the sub-space where only ``elastic`` dimensions vary."""
+    def sample(self, rng: np.random.Generator, elastic: Iterable[str] = DIMENSIONS,
+               limit: CompressionLimit | dict | None = None) -> Candidate:
+        """A random candidate as the space's sampler draws it (within ``limit``), frozen
+        dimensions at the largest network's values."""
         dims = check_dimensions(elastic)
-        picks = rng.integers(0, np.iinfo(np.int64).max, size=len(self.genes))
-        genome = {g.name: g.choices[int(p) % len(g.choices)] for g, p in zip(self.genes, picks)}
-        return self._make(self._restrict(genome, dims))
+        drawn = self.space_for(limit).sample(rng)
+        if dims == frozenset(DIMENSIONS):
+            return drawn
+        genome = self.space.to_genome(drawn)
+        out: Genome = {}
+        for g in self.genes:
+            if dimension_of(g.name) not in dims:
+                out[g.name] = self._largest[g.name]
+            elif g.is_active(genome) or not g.is_active(out):
+                out[g.name] = genome[g.name]
+            else:  # active only because a frozen dimension grew the network
+                out[g.name] = g.choices[rng.integers(len(g.choices))]
+        return self._make(out)
+
+    def lower_end(self, rng: np.random.Generator, elastic: Iterable[str] = DIMENSIONS, limit: CompressionLimit | dict | None = None,
+                  mode: str = "sampled") -> Candidate | None:
+        """The lower end of the sandwich: the smallest architecture with a plan drawn like
+        `sample`'s (``sampled``), or at its harshest (``harshest``); None for ``none``."""
+        if mode not in LOWER_ENDS:
+            raise ValueError(f"lower_end: {mode!r} not allowed; allowed: {', '.join(LOWER_ENDS)}")
+        if mode == "none":
+            return None
+        dims = check_dimensions(elastic)
+        if mode == "harshest":
+            return self.smallest(dims, limit)
+        genome = self.space.to_genome(self.sample(rng, dims, limit))
+        for g in self.genes:
+            dim = dimension_of(g.name)
+            if dim != "compression":
+                genome[g.name] = self._smallest_arch[g.name] if dim in dims else self._largest[g.name]
+        return self._make(genome)
+
+    def sandwich(self, rng: np.random.Generator, n_random: int, elastic: Iterable[str] = DIMENSIONS,
+                 limit: CompressionLimit | dict | None = None, lower_end: str = "sampled") -> list[Candidate]:
+        """One training step's candidates: the largest (teacher), the lower end, then
+        ``n_random`` random ones."""
+        low = self.lower_end(rng, elastic, limit, lower_end)
+        return [self.largest(), *([low] if low is not None else []), *(self.sample(rng, elastic, limit) for _ in range(int(n_random)))]
 
 
 def with_compression(space: MobileNetSpace, candidate: Candidate, pattern: str, sparsity: float, w_bits: int, a_bits: int) -> Candidate:
