@@ -130,3 +130,5 @@ register_evaluator("supernet-finetune", loader=_supernet_finetune,
                    description="mobilenet accuracy (%) after a short fine-tune from supernet weights, compression kept (costly)")
 register_evaluator("predicted-accuracy", loader=_predicted_accuracy,
                    description="accuracy from a saved accuracy predictor file: path: FILE (cheap)")
+register_evaluator("sensitivity", loader=lambda: __import__(f"{__package__}.sensitivity", fromlist=["SensitivityDrop"]).SensitivityDrop,
+                   description="estimated accuracy drop (points) of a plan from the supernet checkpoint's sensitivity table (cheap)")
