@@ -113,27 +113,13 @@ def final_front_svg(final: Mapping[str, Any], width: int = 660, height: int = 38
     if not models:
         return f'<svg class="final" width="{width}" height="80" role="img"><text x="10" y="40">no measured model</text></svg>'
     front_ids = {m["candidate_id"] for m in final.get("front", [])}
-    left, right, top, bottom = 70, 20, 20, 50
-    pw, ph = width - left - right, height - top - bottom
     xs = [float(m["latency_ms"]) for m in models]
     ys = [float(m["accuracy"]) for m in models] + [float(m["search_metrics"]["accuracy"]) for m in models
                                                    if isinstance(m.get("search_metrics", {}).get("accuracy"), (int, float))]
-    pad = lambda lo, hi: (lo - 0.08 * (hi - lo or abs(lo) or 1.0), hi + 0.08 * (hi - lo or abs(hi) or 1.0))  # noqa: E731
-    x0, x1 = pad(min(xs), max(xs))
-    y0, y1 = pad(min(ys), max(ys))
-    sx = lambda v: left + (v - x0) / (x1 - x0) * pw  # noqa: E731
-    sy = lambda v: top + (1 - (v - y0) / (y1 - y0)) * ph  # noqa: E731
-    out = [f'<svg class="final" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
-           f'role="img" aria-label="final front">',
-           f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="#fbfbfd" stroke="#ccd"/>']
-    for t in _nice_ticks(x0, x1):
-        out.append(f'<line x1="{sx(t):.1f}" x2="{sx(t):.1f}" y1="{top}" y2="{top + ph}" stroke="#eee"/>'
-                   f'<text class="tick" x="{sx(t):.1f}" y="{top + ph + 16}" text-anchor="middle">{_num(t)}</text>')
-    for t in _nice_ticks(y0, y1):
-        out.append(f'<line x1="{left}" x2="{left + pw}" y1="{sy(t):.1f}" y2="{sy(t):.1f}" stroke="#eee"/>'
-                   f'<text class="tick" x="{left - 6}" y="{sy(t) + 4:.1f}" text-anchor="end">{_num(t)}</text>')
-    out.append(f'<text class="axis" x="{left + pw / 2}" y="{height - 10}" text-anchor="middle">latency measured on the target, ms (lower is better)</text>'
-               f'<text class="axis" transform="translate(16 {top + ph / 2}) rotate(-90)" text-anchor="middle">accuracy of the exported file, % (higher is better)</text>')
+    frame = _Frame.fit(xs, ys, width, height, pad=0.08)
+    sx, sy = frame.sx, frame.sy
+    out = frame.open("final", "final front", "latency measured on the target, ms (lower is better)",
+                     "accuracy of the exported file, % (higher is better)")
     line = sorted((sx(float(m["latency_ms"])), sy(float(m["accuracy"]))) for m in models if m["candidate_id"] in front_ids)
     if len(line) > 1:
         out.append('<polyline fill="none" stroke="#d6336c" stroke-width="1.5" points="' + " ".join(f"{a:.1f},{b:.1f}" for a, b in line) + '"/>')
@@ -151,7 +137,7 @@ def final_front_svg(final: Mapping[str, Any], width: int = 660, height: int = 38
         if knee:
             out.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="9" fill="none" stroke="#111" stroke-width="1.5"/>')
         out.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="{4.5 if on else 3.5}" fill="{"#d6336c" if on else "#b8bcc6"}"/></g>')
-    out.append(f'<g class="legend" transform="translate({left + 10} {top + 10})">'
+    out.append(f'<g class="legend" transform="translate({frame.left + 10} {frame.top + 10})">'
                '<circle cx="5" cy="0" r="4.5" fill="#d6336c"/><text x="14" y="4">final front</text>'
                '<circle cx="100" cy="0" r="3.5" fill="#b8bcc6"/><text x="110" y="4">other fine-tuned</text>'
                '<line x1="215" x2="215" y1="-7" y2="7" stroke="#9aa5b1" stroke-dasharray="3 3"/><text x="222" y="4">from the search score</text></g>')
@@ -208,6 +194,60 @@ def _family(pattern: str) -> str:
         return "dense"
 
 
+# ----- plots -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Frame:
+    """A plot area: data ranges (padded) mapped onto SVG coordinates."""
+
+    x0: float
+    x1: float
+    y0: float
+    y1: float
+    width: int
+    height: int
+    left: int = 70
+    right: int = 20
+    top: int = 20
+    bottom: int = 50
+
+    @classmethod
+    def fit(cls, xs: Sequence[float], ys: Sequence[float], width: int, height: int, pad: float = 0.05) -> "_Frame":
+        def padded(lo: float, hi: float) -> tuple[float, float]:
+            return lo - pad * (hi - lo or abs(lo) or 1.0), hi + pad * (hi - lo or abs(hi) or 1.0)
+
+        return cls(*padded(min(xs), max(xs)), *padded(min(ys), max(ys)), width, height)
+
+    @property
+    def pw(self) -> int:
+        return self.width - self.left - self.right
+
+    @property
+    def ph(self) -> int:
+        return self.height - self.top - self.bottom
+
+    def sx(self, v: float) -> float:
+        return self.left + (v - self.x0) / (self.x1 - self.x0) * self.pw
+
+    def sy(self, v: float) -> float:
+        return self.top + (1 - (v - self.y0) / (self.y1 - self.y0)) * self.ph
+
+    def open(self, cls: str, label: str, x_label: str, y_label: str) -> list[str]:
+        """The ``<svg>`` start, the plot area, grid, ticks and axis labels."""
+        left, top, pw, ph, width, height = self.left, self.top, self.pw, self.ph, self.width, self.height
+        out = [f'<svg class="{cls}" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+               f'role="img" aria-label="{_e(label)}">',
+               f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="#fbfbfd" stroke="#ccd"/>']
+        for t in _nice_ticks(self.x0, self.x1):
+            out.append(f'<line x1="{self.sx(t):.1f}" x2="{self.sx(t):.1f}" y1="{top}" y2="{top + ph}" stroke="#eee"/>'
+                       f'<text class="tick" x="{self.sx(t):.1f}" y="{top + ph + 16}" text-anchor="middle">{_num(t)}</text>')
+        for t in _nice_ticks(self.y0, self.y1):
+            out.append(f'<line x1="{left}" x2="{left + pw}" y1="{self.sy(t):.1f}" y2="{self.sy(t):.1f}" stroke="#eee"/>'
+                       f'<text class="tick" x="{left - 6}" y="{self.sy(t) + 4:.1f}" text-anchor="end">{_num(t)}</text>')
+        out.append(f'<text class="axis" x="{left + pw / 2}" y="{height - 10}" text-anchor="middle">{_e(x_label)}</text>'
+                   f'<text class="axis" transform="translate(16 {top + ph / 2}) rotate(-90)" text-anchor="middle">{_e(y_label)}</text>')
+        return out
+
+
 # ----- the front ---------------------------------------------------------------------------------
 def _tooltip(r: TrialRecord, metrics: Sequence[str], extra: str = "") -> str:
     values = ", ".join(f"{m} {_num(r.metrics.get(m))}" for m in metrics)
@@ -232,28 +272,12 @@ def front_svg(run: RunData, exported: Iterable[str] = (), width: int = 660, heig
         x_label = "trial"
     y_of = lambda r: float(r.metrics[ym])  # noqa: E731
     y_label = f"{ym} ({'higher' if problem.directions[0] == 'maximize' else 'lower'} is better)"
-    left, right, top, bottom = 70, 20, 20, 50
-    pw, ph = width - left - right, height - top - bottom
     points = [(x_of(r), y_of(r)) for r in done if math.isfinite(x_of(r)) and math.isfinite(y_of(r))]
     if not points:
         return f'<svg class="front" width="{width}" height="80" role="img"><text x="10" y="40">no complete trial to plot</text></svg>'
-    xs, ys = [p[0] for p in points], [p[1] for p in points]
-    pad = lambda lo, hi: (lo - 0.05 * (hi - lo or abs(lo) or 1.0), hi + 0.05 * (hi - lo or abs(hi) or 1.0))  # noqa: E731
-    x0, x1 = pad(min(xs), max(xs))
-    y0, y1 = pad(min(ys), max(ys))
-    sx = lambda v: left + (v - x0) / (x1 - x0) * pw  # noqa: E731
-    sy = lambda v: top + (1 - (v - y0) / (y1 - y0)) * ph  # noqa: E731
-    out = [f'<svg class="front" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
-           f'role="img" aria-label="Pareto front">',
-           f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="#fbfbfd" stroke="#ccd"/>']
-    for t in _nice_ticks(x0, x1):
-        out.append(f'<line x1="{sx(t):.1f}" x2="{sx(t):.1f}" y1="{top}" y2="{top + ph}" stroke="#eee"/>'
-                   f'<text class="tick" x="{sx(t):.1f}" y="{top + ph + 16}" text-anchor="middle">{_num(t)}</text>')
-    for t in _nice_ticks(y0, y1):
-        out.append(f'<line x1="{left}" x2="{left + pw}" y1="{sy(t):.1f}" y2="{sy(t):.1f}" stroke="#eee"/>'
-                   f'<text class="tick" x="{left - 6}" y="{sy(t) + 4:.1f}" text-anchor="end">{_num(t)}</text>')
-    out.append(f'<text class="axis" x="{left + pw / 2}" y="{height - 10}" text-anchor="middle">{_e(x_label)}</text>'
-               f'<text class="axis" transform="translate(16 {top + ph / 2}) rotate(-90)" text-anchor="middle">{_e(y_label)}</text>')
+    frame = _Frame.fit([p[0] for p in points], [p[1] for p in points], width, height)
+    sx, sy = frame.sx, frame.sy
+    out = frame.open("front", "Pareto front", x_label, y_label)
     front_ids = {r.number for r in run.front}
     for r in done:
         if r.number in front_ids:
@@ -274,8 +298,7 @@ def front_svg(run: RunData, exported: Iterable[str] = (), width: int = 660, heig
         if r.candidate.id in exported:
             out.append(f'<rect x="{cx - 6:.1f}" y="{cy - 6:.1f}" width="12" height="12" fill="none" stroke="#111" stroke-width="1.5"/>')
         out.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="4.5" fill="#d6336c"/></g>')
-    lx = left + 10
-    out.append(f'<g class="legend" transform="translate({lx} {top + 10})">'
+    out.append(f'<g class="legend" transform="translate({frame.left + 10} {frame.top + 10})">'
                '<circle cx="5" cy="0" r="3" fill="#b8bcc6"/><text x="14" y="4">trials</text>'
                '<circle cx="70" cy="0" r="4.5" fill="#d6336c"/><text x="80" y="4">front</text>'
                '<circle cx="135" cy="0" r="9" fill="none" stroke="#111"/><text x="150" y="4">knee</text>'
