@@ -364,6 +364,45 @@ class Finetuner:
         return _accuracy(sub, self.data, self.net.resolution), exact, sparsity
 
     # ----- training ---------------------------------------------------------------------------------
+    def train_step(self) -> float:
+        """One optimisation step of the schedule (masks and ranges updated as the schedule says);
+        returns the step's cross-entropy. `run` calls it under the configured thread count."""
+        if self.done:
+            raise RuntimeError(f"finetune: {self.net.candidate.id} has finished its {self.total_steps} steps")
+        cfg = self.config
+        x_all, y_all = self.data.train.tensors[0], self.data.train.tensors[1]
+        device = next(self.net.parameters()).device
+        step = self.step
+        recalibrate = step == 0
+        if step == self.phase_end and not self._final():
+            self._finalize()
+            recalibrate = True
+        for m in self.methods:
+            m.before_step(step, self.total_steps)
+        self._sync_masks()
+        if recalibrate:
+            self.net.recalibrate(self.calib)
+        elif step % self.steps_per_epoch == 0:
+            self.net.calibrate_ranges(self.calib)
+        self.net.train()
+        for g in self.optimizer.param_groups:
+            g["lr"] = self.lr_at(step)
+        idx = torch.from_numpy(batch_indices(len(x_all), cfg.batch_size, cfg.seed, step))
+        x, y = x_all[idx].to(device), y_all[idx].to(device)
+        loss = F.cross_entropy(self.net(x), y)
+        penalty = sum((m.penalty() for m in self.methods), torch.zeros((), device=device))
+        self.optimizer.zero_grad(set_to_none=True)
+        (loss + penalty).backward()
+        torch.nn.utils.clip_grad_norm_([p for p in self.net.parameters() if p.requires_grad], float(cfg.grad_clip))
+        self.optimizer.step()
+        for m in self.methods:
+            m.after_step(step, self.total_steps)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise FloatingPointError(f"finetune: the loss of {self.net.candidate.id} is {value} at step {step}; lower finetune.lr")
+        self.step += 1
+        return value
+
     def run(self, until_epochs: float | None = None, *, progress: bool = False, save_to: str | os.PathLike | None = None,
             save_every: int = 0) -> FinetuneResult:
         """Train until ``until_epochs`` epochs of the schedule are done (default: all of it),
@@ -376,46 +415,14 @@ class Finetuner:
             end = min(self.total_steps, int(round(float(until_epochs) * self.steps_per_epoch)))
         from tqdm.auto import tqdm
 
-        x_all, y_all = self.data.train.tensors[0], self.data.train.tensors[1]
-        device = next(self.net.parameters()).device
         cfg = self.config
         losses: list[float] = []
         t0 = time.perf_counter()
         with torch_threads(cfg.threads), tqdm(total=self.total_steps, initial=self.step, disable=not progress, leave=False,
                                          desc=f"finetune {self.net.candidate.id} ({cfg.method})") as bar:
-            self.net.train()
-            params = [p for p in self.net.parameters() if p.requires_grad]
             while self.step < end:
-                step = self.step
-                recalibrate = step == 0
-                if step == self.phase_end and not self._final():
-                    self._finalize()
-                    recalibrate = True
-                for m in self.methods:
-                    m.before_step(step, self.total_steps)
-                self._sync_masks()
-                if recalibrate:
-                    self.net.recalibrate(self.calib)
-                elif step % self.steps_per_epoch == 0:
-                    self.net.calibrate_ranges(self.calib)
-                self.net.train()
-                for g in self.optimizer.param_groups:
-                    g["lr"] = self.lr_at(step)
-                idx = torch.from_numpy(batch_indices(len(x_all), cfg.batch_size, cfg.seed, step))
-                x, y = x_all[idx].to(device), y_all[idx].to(device)
-                loss = F.cross_entropy(self.net(x), y)
-                penalty = sum((m.penalty() for m in self.methods), torch.zeros((), device=device))
-                self.optimizer.zero_grad(set_to_none=True)
-                (loss + penalty).backward()
-                torch.nn.utils.clip_grad_norm_(params, float(cfg.grad_clip))
-                self.optimizer.step()
-                for m in self.methods:
-                    m.after_step(step, self.total_steps)
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise FloatingPointError(f"finetune: the loss of {self.net.candidate.id} is {value} at step {step}; lower finetune.lr")
+                value = self.train_step()
                 losses.append(value)
-                self.step += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{value:.3f}")
                 if save_to is not None and save_every and self.step % save_every == 0 and self.step < end:

@@ -209,11 +209,20 @@ def test_finetune_keeps_masks_exact_and_bits(space, data, supernet, method):
             assert -q <= int(m.weight_codes.min()) and int(m.weight_codes.max()) <= q - 1
 
 
-def test_finetuning_learns(space, data, supernet):
-    cand = with_compression(space, space.sample(np.random.default_rng(8)), "unstructured", 0.5, 8, 8)
-    r = finetune(trainable_subnet(supernet, cand), cand, data, epochs=1.0, lr=0.1, batch_size=32, **FAST)
+def test_finetuning_learns_and_the_result_exports_unchanged(space, data, supernet, tmp_path):
+    from tritune.search.export.exporter import export_model
+
+    cand = mixed(space, 4)
+    tuner = Finetuner(trainable_subnet(supernet, cand), data, FinetuneConfig(epochs=2.0, lr=0.1, batch_size=32, **FAST))
+    r = tuner.run()
     assert r.accuracy_before < 25.0  # an untrained supernet: chance
-    assert r.accuracy > r.accuracy_before + 20.0
+    assert r.accuracy > r.accuracy_before + 40.0
+    # the deploy form goes through the exporter as an extracted network does, and scores the same
+    sub = deploy(tuner.net, cand, tuner.calib)
+    res = export_model(cand, sub, data=data, calibration=tuner.calib, out_dir=tmp_path, space=space, measure=False)
+    assert res.manifest["torch_accuracy"] == pytest.approx(r.accuracy)
+    v = res.manifest["verification"]["model.onnx"]
+    assert v["top1_agreement"] >= 0.95 and abs(v["accuracy"] - r.accuracy) <= 2.0
 
 
 def test_admm_midway_is_scored_with_the_masks_it_would_apply(space, data, supernet):
@@ -313,3 +322,4 @@ def test_bad_states_and_settings_are_refused(space, data, supernet, tmp_path):
     with pytest.raises(ValueError, match="finetune.epochs"):
         FinetuneConfig(epochs=0)
     assert DEFAULT_METHOD in METHODS
+
