@@ -8,6 +8,14 @@ multiplier and the input resolution are searched too. Every convolution and line
 
 `stem_stride=1` with resolutions 28-64 gives networks that train on a CPU in minutes; the
 defaults reproduce the 224-px ImageNet space.
+
+The compression menu may *tie* slots (``compression: {tie: role}``, `tie_groups`): a group of
+slots then shares one gene, so sampling, mutation, crossover, encoding, Optuna's ``suggest`` and
+``size`` all see 7 decisions instead of 78; a slot that cannot carry the group's pattern carries
+dense at the group's bits (`MobileNetSpace.project`). ``limits`` bound the menu of slots by name,
+role or ``"*"`` and ``exclude`` removes choices from a group (what the sensitivity table of a
+trained supernet suggests). Candidates of a tied or limited space are candidates of the untied
+one, so a supernet, a latency predictor or a stored run serves both.
 """
 from __future__ import annotations
 

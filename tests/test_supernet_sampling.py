@@ -133,3 +133,30 @@ def test_a_tiny_run_shares_weights_with_random_dense_subnets():
         supernet.recalibrate(cand, calib)
         accs.append(accuracy(supernet, cand, data.test))
     assert np.median(accs) > 0.35 and min(accs) > 0.25, accs  # chance: 0.10 (the former recipe: 0.09-0.48 here)
+
+
+def test_cli_trains_with_the_jobs_settings_then_measures_sensitivity_again(tmp_path, capsys):
+    import yaml
+
+    from tritune.cli.main import main
+    from tritune.evaluators.sensitivity import load_sensitivity
+
+    ckpt = tmp_path / "sn.safetensors"
+    job = {"name": "tiny", "space": {"name": "mobilenet", "resolutions": [16], "widths": [0.25], "depths": [1], "expands": [3],
+                                     "kernels": [3], "in_channels": 1, "num_classes": 10,
+                                     "compression": {"tie": "all", "patterns": ["dense", "unstructured"], "sparsities": [0.9],
+                                                     "w_bits": [4, 32], "a_bits": [32]}},
+           "evaluators": [{"kind": "supernet-accuracy", "checkpoint": str(ckpt), "dataset": "digits"},
+                          {"kind": "sensitivity", "checkpoint": str(ckpt)}],
+           "objectives": [{"metric": "accuracy", "direction": "maximize"}],
+           "stages": {"supernet": {"train": {"steps": 3, "batch_size": 16, "sensitivity_images": 32}}}}
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(job))
+    assert main(["supernet", "train", str(path), "--quiet"]) == 0
+    assert "3 steps" in capsys.readouterr().out
+    first = load_sensitivity(ckpt)
+    assert first.images == 32 and set(first.drops) == {"all"} and len(first.drops["all"]) == 3
+    assert main(["supernet", "sensitivity", str(path), "--images", "64", "--max-drop", "-1", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "3 probes" in out and "exclude:" in out and "unstructured@0.9/w4a32" in out  # every choice drops more than -1
+    assert load_sensitivity(ckpt).images == 64
