@@ -11,7 +11,10 @@ them alike. Reported per configuration, median over repetitions with the min..ma
   times: the search itself, Ray's start and stop excluded;
 * **end to end** -- trials / the command's wall time, Ray start and stop included.
 
-The in-process executor (``workers = in-process``) is the baseline without Ray.
+The in-process executor (``workers = in-process``) is the baseline without Ray. Before each
+repetition and at the end, the *machine ceiling* is measured: how much faster two processes do a
+fixed amount of one-thread torch work than one -- the most any executor can get from a second
+worker while other work shares the cores (2.0x on two idle cores).
 
     python benchmarks/cluster_throughput.py                 # 3 repetitions, 12 trials each
     python benchmarks/cluster_throughput.py --reps 2 --trials 8
@@ -91,6 +94,32 @@ def run_once(job_path: Path, run_dir: Path, workers: int | None) -> dict:
     }
 
 
+def _spin(steps: int) -> float:
+    """A fixed amount of one-thread torch work (the trials' kind of work, without tritune)."""
+    import torch
+
+    torch.set_num_threads(1)
+    x = torch.randn(192, 192)
+    for _ in range(steps):
+        x = torch.tanh(x @ x * 0.01)
+    return float(x[0, 0])
+
+
+def machine_ceiling(steps: int = 3000) -> float:
+    """How much faster 2 processes get the same work done than 1, on this machine, now: the
+    best any 2-worker executor can do while other work shares the cores."""
+    import multiprocessing as mp
+
+    rates = {}
+    for k in (1, 2):
+        with mp.get_context("spawn").Pool(k) as pool:
+            pool.map(_spin, [10] * k)  # start-up and imports outside the timing
+            started = time.perf_counter()
+            pool.map(_spin, [steps] * k)
+            rates[k] = k * steps / (time.perf_counter() - started)
+    return rates[2] / rates[1]
+
+
 def summary(values: list[float]) -> str:
     return f"{statistics.median(values):.3f} ({min(values):.3f}..{max(values):.3f})"
 
@@ -116,11 +145,14 @@ def main() -> None:
         job_path = work / "job.yaml"
         job_path.write_text(yaml.safe_dump(job(checkpoint, args.trials, args.epochs), sort_keys=False))
         bar = tqdm(total=args.reps * len(configs), desc="runs", unit="run")
+        ceilings = []
         for rep in range(args.reps):
             order = configs if rep % 2 == 0 else configs[::-1]
+            ceilings.append(machine_ceiling())
             for name, workers in order:
                 results[name].append(run_once(job_path, work / f"run-{name}-{rep}", workers))
                 bar.update(1)
+        ceilings.append(machine_ceiling())
         bar.close()
     load_after = os.getloadavg()
 
@@ -150,6 +182,8 @@ def main() -> None:
               f"| {summary(row['mean_trial_s'])} | {sorted(set(row['worker_processes']))} |")
     print(f"| **2 / 1 workers** | **{two / one:.2f}x** (per repetition {', '.join(f'{r:.2f}' for r in ratios)}) "
           f"| {statistics.median(ratios_e2e):.2f}x | | |")
+    print(f"| machine ceiling: 2 / 1 processes of plain torch work | {statistics.median(ceilings):.2f}x "
+          f"(measured {', '.join(f'{c:.2f}' for c in ceilings)}) | | | |")
     print(f"\ngoal >= 1.7x with 2 workers (trial phase): {'met' if two / one >= 1.7 else 'NOT met'}; "
           f"every run produced the same trials: {same}")
 
@@ -164,6 +198,7 @@ def main() -> None:
         "rows": rows,
         "ratio_2_over_1_trial_phase": {"median_of_medians": two / one, "per_rep": ratios},
         "ratio_2_over_1_end_to_end": ratios_e2e,
+        "machine_ceiling_2_over_1": ceilings,
         "same_trials_in_every_run": same,
     }, indent=1))
     print(f"written: {out}")
