@@ -60,8 +60,8 @@ __all__ = ["DEFAULT_METHOD", "METHODS", "FinetuneConfig", "FinetuneResult", "Fin
 
 #: The ways a finalist's masks are reached (see the module docstring).
 METHODS = ("oneshot", "gradual", "admm", "group_lasso")
-#: The default: as accurate as the searching methods at the same budget and the fastest
-#: (`benchmarks/finetune_methods.py`).
+#: The default: the most accurate at the same budget and no slower -- every method's step is the
+#: network's forward and backward (`benchmarks/finetune_methods.py`).
 DEFAULT_METHOD = "oneshot"
 FORMAT = "tritune-finetune"
 SCHEMA = 1
