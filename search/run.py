@@ -47,13 +47,39 @@ def input_files(job: Job) -> dict[str, dict[str, Any]]:
     return files
 
 
-def check_inputs(recorded: dict[str, dict[str, Any]], where: str) -> None:
-    """Raise JobError when a file recorded at the start of a run is gone or changed."""
-    for path, info in sorted(recorded.items()):
-        if not Path(path).is_file():
-            raise JobError(f"{where}: input file {path!r} is missing (the run used it; sha256 {str(info.get('sha256'))[:12]})")
-        if file_sha256(path) != info.get("sha256"):
-            raise JobError(f"{where}: input file {path!r} changed since the run started; results would mix two inputs")
+def recorded_input(inputs: dict[str, dict[str, Any]] | None, option: str) -> tuple[Path, dict[str, Any] | None]:
+    """The file an evaluator option names now, and what the run recorded for it (None: not
+    recorded). A relative option is matched to the recorded absolute path it ends with when it
+    resolves elsewhere now: the run is resumed (or exported) from another working directory,
+    as a cluster job is after its working directory was uploaded again."""
+    given = Path(option).expanduser()
+    resolved = given.resolve()
+    if inputs:
+        if str(resolved) in inputs:
+            return resolved, inputs[str(resolved)]
+        if not given.is_absolute():
+            tail = "/" + given.as_posix().lstrip("./")
+            hits = [p for p in inputs if p.endswith(tail)]
+            if len(hits) == 1:
+                return (resolved if resolved.is_file() else Path(hits[0])), inputs[hits[0]]
+    return resolved, None
+
+
+def check_inputs(job: Job, recorded: dict[str, dict[str, Any]], where: str) -> None:
+    """Raise JobError when a file the job's evaluators read is gone or differs from the one
+    recorded when the run started (compared by content, wherever the run is resumed from)."""
+    for spec in job.evaluators:
+        for key in INPUT_FILE_OPTIONS:
+            value = spec.get(key)
+            if not isinstance(value, str) or not value:
+                continue
+            path, info = recorded_input(recorded, value)
+            if info is None:
+                continue
+            if not path.is_file():
+                raise JobError(f"{where}: input file {str(path)!r} is missing (the run used it; sha256 {str(info.get('sha256'))[:12]})")
+            if file_sha256(path) != info.get("sha256"):
+                raise JobError(f"{where}: input file {str(path)!r} changed since the run started; results would mix two inputs")
 
 
 def _infeasible_message(job: Job, seen_metrics: list[dict[str, float]], exc: NoFeasibleCandidates) -> str:
@@ -145,14 +171,14 @@ def search_stage(store: TrialStore, job: Job, run_dir: Path, pipeline: Any = Non
 
     The files the evaluators read are checksummed when the search first starts and checked on
     every resume; every cheap metric obtained is kept in the store and read back on resume."""
-    problem = job.problem()
-    space = job.build_space()
-    pipeline = pipeline if pipeline is not None else job.build_pipeline(space, problem)
     recorded = store.get_meta("inputs")
     if recorded is None:
         store.set_meta("inputs", json.dumps({"files": input_files(job)}, sort_keys=True))
     else:
-        check_inputs(json.loads(recorded).get("files", {}), f"run directory {str(run_dir)!r}")
+        check_inputs(job, json.loads(recorded).get("files", {}), f"run directory {str(run_dir)!r}")
+    problem = job.problem()
+    space = job.build_space()
+    pipeline = pipeline if pipeline is not None else job.build_pipeline(space, problem)
     pipeline.persist_cheap(store.cheap_metrics(), store.put_cheap)
     strategy = job.build_strategy(space, problem, pipeline.oracle)
 

@@ -2,6 +2,7 @@
 workers are retried, impossible constraints stop early, missing metrics never reach the front."""
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import subprocess
@@ -167,17 +168,35 @@ def test_nan_objective_is_left_out_of_the_front_with_a_warning(tmp_path):
     assert [r.number for r in best] == [1]
 
 
-def test_resume_refuses_a_changed_input_file(tmp_path):
-    table = tmp_path / "table.csv"
+def test_resume_checks_input_files_by_content_wherever_it_runs(tmp_path, monkeypatch):
+    from importlib import resources
+
+    embedded = resources.files("tritune.targets").joinpath("data", "nb201_embedded.csv.gz").read_bytes()
+    first_home = tmp_path / "a"
+    (first_home / "tables").mkdir(parents=True)
+    (first_home / "tables" / "t.csv.gz").write_bytes(embedded)
     data = job_dict(tmp_path, budget={"evaluations": 5})
+    data["evaluators"][1]["path"] = "tables/t.csv.gz"  # relative, as a job written for a cluster is
+    monkeypatch.chdir(first_home)
     first = run_search(Job.from_dict(data), progress=False)
     with TrialStore(first.run_dir / "trials.db") as store:
-        store.set_meta("inputs", json.dumps({"files": {str(table): {"sha256": "0" * 64, "size": 1}}}))
-    with pytest.raises(JobError, match="is missing"):
-        run_search(Job.from_dict(data), resume=True, progress=False)
-    table.write_text("x")
+        assert list(json.loads(store.get_meta("inputs"))["files"]) == [str(first_home / "tables" / "t.csv.gz")]
+
+    # the same file in another working directory (a cluster's fresh upload): the resume goes on
+    second_home = tmp_path / "b"
+    (second_home / "tables").mkdir(parents=True)
+    (second_home / "tables" / "t.csv.gz").write_bytes(embedded)
+    (first_home / "tables" / "t.csv.gz").unlink()
+    monkeypatch.chdir(second_home)
+    assert run_search(Job.from_dict(data), resume=True, progress=False).replayed == len(first.records)
+
+    # the same table, other bytes: refused
+    (second_home / "tables" / "t.csv.gz").write_bytes(gzip.compress(gzip.decompress(embedded), compresslevel=1))
     with pytest.raises(JobError, match="changed since the run started"):
         run_search(Job.from_dict(data), resume=True, progress=False)
+    (second_home / "tables" / "t.csv.gz").unlink()
+    with pytest.raises(JobError, match="is missing"):
+        run_search(Job.from_dict(data, validate=False), resume=True, progress=False)
 
 
 def test_damaged_store_is_a_clean_error(tmp_path, capsys):

@@ -117,19 +117,11 @@ def load_run(run_dir: str | os.PathLike) -> RunData:
 
 
 def recorded_input(run: RunData, option: str) -> tuple[Path, dict[str, Any] | None]:
-    """The file an evaluator option named, as the run recorded it: (absolute path, ``{"sha256",
-    "size"}`` or None when the run predates input records). A relative option is matched to the
-    recorded absolute path it ends with (the search ran from another working directory)."""
-    given = Path(option).expanduser()
-    if run.inputs:
-        resolved = str(given.resolve())
-        if resolved in run.inputs:
-            return Path(resolved), run.inputs[resolved]
-        tail = "/" + given.as_posix().lstrip("./")
-        hits = [p for p in run.inputs if p.endswith(tail)]
-        if len(hits) == 1:
-            return Path(hits[0]), run.inputs[hits[0]]
-    return given.resolve(), None
+    """The file an evaluator option named, as the run recorded it: (path, ``{"sha256", "size"}``
+    or None when the run predates input records); see `tritune.search.run.recorded_input`."""
+    from ..run import recorded_input as match
+
+    return match(run.inputs, option)
 
 
 def check_input(path: Path, record: dict[str, Any] | None, what: str) -> str:
