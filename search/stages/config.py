@@ -79,6 +79,10 @@ class FinetuneStage:
             raise ValueError(f"job.stages.finetune.eta: {self.eta!r} not allowed; expected an integer >= 2")
         _positive(float(self.epochs), "job.stages.finetune.epochs")
         _positive(float(self.lr), "job.stages.finetune.lr")
+        from ...evaluators.finetune import METHODS
+
+        if self.method not in METHODS:
+            raise ValueError(f"job.stages.finetune.method: {self.method!r} not allowed; allowed: {', '.join(METHODS)}")
 
     def rung_epochs(self) -> list[float]:
         """Cumulative epochs at the end of each rung."""
