@@ -30,8 +30,9 @@ gather_scatter CSR as unstructured, with the invariant (checked) that every grou
                ``group`` rows holds the same number of nonzeros per row; options: group
 ============== ===========================================================================
 
-Values are float32. A quantized variant may later store int8 ``values`` plus a ``scales``
-array; `unpack` would dequantize them.
+Values are float32. `QuantizedWeight` is the integer form the int8 kernels read: the same
+packed arrays holding integer codes (exact in float32), plus per-output-channel scales and the
+bit-width (`quantize_packed`).
 
 `PackedWeight.to_npz_dict` / `PackedWeight.from_npz_dict` (and `save` / `load`) round-trip
 through ``np.savez`` without pickle: the pattern, shape, options and schema version travel as a
@@ -345,3 +346,99 @@ def pack(
         arrays = _pack_kernel_pattern(W, keep, shape, opts["share"], lib)
         saved = {"share": opts["share"]}
     return PackedWeight(spec.name, shape, arrays, saved)
+
+
+# ----- quantized weights ----------------------------------------------------------------------------
+def structure(packed: PackedWeight) -> np.ndarray:
+    """Boolean ``[O, K]`` map of the entries the packed format stores (kept weights, zeros inside
+    kept blocks and the spare slots of a short N:M tail included): what a kernel iterates over."""
+    ones = {name: (np.ones_like(arr) if name == "values" else arr) for name, arr in packed.arrays.items()}
+    O, K = _matrix_shape(packed.shape)
+    return PackedWeight(packed.pattern, packed.shape, ones, packed.options).unpack().reshape(O, K) != 0
+
+
+@dataclass(frozen=True, eq=False)
+class QuantizedWeight:
+    """A pruned weight as integer codes: ``codes`` is the pattern's `PackedWeight` whose values are
+    integers in ``[-2^(bits-1), 2^(bits-1) - 1]`` (exact in float32), ``scales`` the float32 step of
+    each output channel (symmetric, zero point 0), so the weight is ``codes * scales[o]`` -- the
+    arithmetic of `tritune.kernels.quant.WeightFakeQuant`."""
+
+    codes: PackedWeight
+    scales: np.ndarray
+    bits: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.codes, PackedWeight):
+            raise ValueError(f"quantized weight: codes must be a PackedWeight, got {type(self.codes).__name__}")
+        if isinstance(self.bits, bool) or not isinstance(self.bits, (int, np.integer)) or not 2 <= int(self.bits) <= 8:
+            raise ValueError(f"quantized weight: bits {self.bits!r} not allowed; allowed: 2..8")
+        object.__setattr__(self, "bits", int(self.bits))
+        scales = np.ascontiguousarray(np.asarray(self.scales, dtype=np.float32).reshape(-1))
+        if scales.shape != (self.codes.shape[0],) or not np.isfinite(scales).all() or (scales <= 0).any():
+            raise ValueError(f"quantized weight: scales must be {self.codes.shape[0]} positive finite values (one per output channel)")
+        object.__setattr__(self, "scales", scales)
+        v = self.codes.arrays["values"]
+        lo, hi = -(2 ** (self.bits - 1)), 2 ** (self.bits - 1) - 1
+        if v.size and (not np.array_equal(v, np.round(v)) or v.min() < lo or v.max() > hi):
+            raise ValueError(f"quantized weight: codes must be integers in [{lo}, {hi}] for {self.bits} bits")
+
+    @property
+    def pattern(self) -> str:
+        return self.codes.pattern
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.codes.shape
+
+    @property
+    def nbytes(self) -> int:
+        """Storage cost at the bit-width: packed index arrays plus ``bits`` per stored code and the scales."""
+        values = self.codes.arrays["values"]
+        return int(self.codes.nbytes - values.nbytes + -(-values.size * self.bits // 8) + self.scales.nbytes)
+
+    def int_codes(self) -> np.ndarray:
+        """Dense masked codes, int8, in the weight's shape."""
+        return self.codes.unpack().astype(np.int8)
+
+    def dequantize(self) -> np.ndarray:
+        """``codes * scales`` per output channel, float32, in the weight's shape (what the fake quantizer computes)."""
+        w = self.codes.unpack()
+        return (w.reshape(w.shape[0], -1) * self.scales[:, None]).reshape(self.shape).astype(np.float32)
+
+    def to_npz_dict(self, prefix: str = "") -> dict[str, np.ndarray]:
+        """Arrays for ``np.savez`` (codes as int8 ``values``; no object arrays)."""
+        out = self.codes.to_npz_dict(prefix)
+        out[prefix + "values"] = self.codes.arrays["values"].astype(np.int8)
+        out[prefix + "scales"] = self.scales
+        out[prefix + "bits"] = np.array(self.bits, dtype=np.int32)
+        return out
+
+    @classmethod
+    def from_npz_dict(cls, data: Mapping[str, np.ndarray], prefix: str = "") -> "QuantizedWeight":
+        """Inverse of `to_npz_dict`."""
+        for name in ("scales", "bits", "values"):
+            if prefix + name not in data:
+                raise ValueError(f"quantized weight: array {prefix + name!r} missing")
+        fixed = dict(data)
+        fixed[prefix + "values"] = np.asarray(data[prefix + "values"]).astype(np.float32)
+        return cls(PackedWeight.from_npz_dict(fixed, prefix), np.asarray(data[prefix + "scales"]), int(np.asarray(data[prefix + "bits"])))
+
+
+def quantize_packed(weight: torch.Tensor | np.ndarray, pattern: str, mask: torch.Tensor | np.ndarray | None = None, bits: int = 8,
+                    scales: torch.Tensor | np.ndarray | None = None, **options: Any) -> QuantizedWeight:
+    """Quantize ``weight`` per output channel (`tritune.kernels.quant.quantize_weight`: symmetric,
+    step ``max|w| / (2^(b-1) - 1)`` unless ``scales`` are given) and pack its codes in ``pattern``.
+
+    ``mask`` gives the structure (default: the weight's nonzeros); codes that round to zero inside
+    it stay stored, so the structure survives quantization."""
+    from .quant import quantize_weight
+
+    w = torch.as_tensor(_as_numpy(weight, "weight").astype(np.float32))
+    keep = (w != 0).numpy() if mask is None else _as_numpy(mask, "mask").astype(bool)
+    if tuple(keep.shape) != tuple(w.shape):
+        raise ValueError(f"mask: shape {tuple(keep.shape)} must equal the weight shape {tuple(w.shape)}")
+    given = None if scales is None else torch.as_tensor(np.asarray(scales, dtype=np.float32).reshape(-1))
+    codes, steps = quantize_weight(w, bits, 0, given)
+    codes = codes.float().numpy() * keep
+    return QuantizedWeight(pack(codes, pattern, keep, **options), steps.numpy(), bits)

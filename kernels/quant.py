@@ -54,7 +54,10 @@ here: a caller maps it to 32 (float) or rejects it.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Iterable
+
+import numpy as np
 
 import torch
 from torch import nn
@@ -492,3 +495,61 @@ def calibrate(model: nn.Module, batches: Iterable[Any], method: str | None = Non
             q._observing = False
         for m, training in modes.items():
             m.training = training
+
+
+@dataclass(frozen=True)
+class AffineQuant:
+    """The integer form of a calibrated `ActFakeQuant`: ``q = clamp(round(x * (1 / scale)) +
+    zero_point, 0, 2^bits - 1)`` (uint8 codes), ``x = (q - zero_point) * scale`` -- the arithmetic
+    of torch's fake-quantize kernel, with the reciprocal taken in float32 as it does. Integer
+    kernels (`tritune.kernels.codegen.qruntime`) read and write activations in this form."""
+
+    scale: float
+    zero_point: int
+    bits: int = 8
+
+    def __post_init__(self) -> None:
+        _check_bits(self.bits, "AffineQuant", QUANT_BITS)
+        scale = float(self.scale)
+        if not math.isfinite(scale) or scale <= 0.0:
+            raise ValueError(f"AffineQuant.scale: {self.scale!r} not allowed; allowed: a positive finite number")
+        object.__setattr__(self, "scale", scale)
+        zp = int(self.zero_point)
+        if zp != self.zero_point or not 0 <= zp <= self.qmax:
+            raise ValueError(f"AffineQuant.zero_point: {self.zero_point!r} not allowed; allowed: an integer in [0, {self.qmax}]")
+        object.__setattr__(self, "zero_point", zp)
+
+    @property
+    def qmax(self) -> int:
+        return 2 ** self.bits - 1
+
+    @property
+    def inv_scale(self) -> float:
+        """``1 / scale`` rounded to float32, as the fake-quantize kernel computes it."""
+        return float(np.float32(1.0) / np.float32(self.scale))
+
+    def quantize(self, x: Any) -> np.ndarray:
+        """uint8 codes of ``x`` (numpy or torch)."""
+        arr = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+        v = np.rint(arr.astype(np.float32) * np.float32(self.inv_scale)) + self.zero_point
+        return np.clip(v, 0, self.qmax).astype(np.uint8)
+
+    def dequantize(self, q: np.ndarray) -> np.ndarray:
+        return ((np.asarray(q).astype(np.float32) - self.zero_point) * np.float32(self.scale)).astype(np.float32)
+
+    @classmethod
+    def from_range(cls, lo: float, hi: float, bits: int = 8) -> "AffineQuant":
+        """The grid `ActFakeQuant.set_range` would choose for ``[lo, hi]`` (widened to contain 0)."""
+        bits = _check_bits(bits, "AffineQuant", QUANT_BITS)
+        scale, zp, _, _ = _affine_params(float(lo), float(hi), 2 ** bits - 1)
+        return cls(scale, zp, bits)
+
+    @classmethod
+    def from_module(cls, quantizer: "ActFakeQuant") -> "AffineQuant":
+        """The parameters of a calibrated activation fake quantizer (its learned step, if any)."""
+        if not isinstance(quantizer, ActFakeQuant) or quantizer.bits == FLOAT_BITS:
+            raise ValueError(f"AffineQuant.from_module: expected an ActFakeQuant of 2..8 bits, got {quantizer!r}")
+        if not quantizer._calibrated:
+            raise ValueError("AffineQuant.from_module: the quantizer is not calibrated; run tritune.kernels.quant.calibrate first")
+        step = quantizer.step if quantizer.step is not None else quantizer.scale
+        return cls(float(step.detach()), int(quantizer.zero_point), quantizer.bits)
