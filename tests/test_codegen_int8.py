@@ -214,3 +214,26 @@ def test_autotune_picks_a_variant_and_reuses_its_record(cache):
     assert first.variant in first.timings_ms and not first.from_record and len(first.timings_ms) >= 2
     again = autotune_q(qw, "conv1x1", (7, 7), **kw)
     assert again.from_record and again.variant == first.variant
+
+
+@pytest.mark.parametrize("isa", _isas())
+@pytest.mark.parametrize("channels,in_hw,k,stride", [(5, (9, 11), 3, 1), (7, (14, 14), 3, 2), (4, (7, 7), 5, 1), (3, (20, 17), 7, 2),
+                                                     (3, (3, 70), 7, 1), (2, (1, 1), 3, 1)])
+def test_depthwise_is_within_one_step_of_torch(cache, isa, channels, in_hw, k, stride):
+    from tritune.kernels.codegen.qdepthwise import compile_qdepthwise
+
+    rng = np.random.default_rng(k + stride)
+    w = torch.randn(channels, 1, k, k, generator=torch.Generator().manual_seed(k))
+    qw = quantize_packed(w, "dense", torch.ones_like(w, dtype=torch.bool), 8)
+    bias = (rng.standard_normal(channels) * 0.3).astype(np.float32)
+    in_q, out_q = AffineQuant(0.03, 17), AffineQuant(0.05, 40)
+    x = rng.integers(0, 256, (channels, *in_hw)).astype(np.uint8)
+    ref = F.conv2d(torch.from_numpy(in_q.dequantize(x))[None].double(), torch.from_numpy(qw.dequantize()).double(),
+                   torch.from_numpy(bias).double(), stride, k // 2, groups=channels)[0]
+    ref = F.hardswish(ref).numpy()
+    kq = compile_qdepthwise(qw, bias, in_hw, stride, in_quant=in_q, act="hswish", out_quant=out_q, isa=isa, cache_dir=cache)
+    assert np.abs(kq.run(x)["q"].astype(int) - out_q.quantize(ref).astype(int)).max() <= 1
+    kf = compile_qdepthwise(qw, bias, in_hw, stride, in_quant=in_q, act="hswish", out_float=True, pool=True, isa=isa, cache_dir=cache)
+    out = kf.run(x)
+    np.testing.assert_allclose(out["f"], ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    np.testing.assert_allclose(out["pool"], ref.reshape(channels, -1).mean(1), rtol=1e-4, atol=1e-5 * np.abs(ref).max())

@@ -118,6 +118,72 @@ def _words(values: np.ndarray, bits: int) -> np.ndarray:
     return raw.view(np.uint32)
 
 
+#: The requantization epilogue: ``epi`` (vector, AVX-512 / AVX2) and ``epi_s`` (scalar) write the
+#: outputs of output row ``o`` at pixel ``p`` from an int32 sum, by the ``TT_*`` flags and the
+#: ``EM`` / ``EC`` constants (`tritune.kernels.codegen.qplan.epilogue_constants`).
+EPILOGUE = r"""
+#if TT_ISA
+/* one accumulator vector of output row o at pixel p (n valid lanes) -> outputs; returns the float value */
+INL vfl epi(av_t acc, int o, long p, const tt_io *io, int n) {
+    vfl f = fmadd(cvtf(acc), fset(EM[o]), fset(EC[o]));
+#if TT_FOLD
+    qstore(io->q + (size_t)o * P_ + p, fmax_(f, fset(QLOW)), n, QMAX);
+    return f;
+#else
+    f = act_v(f);
+#if TT_RES
+    f = fadd(f, fload(io->res + (size_t)o * P_ + p, n));
+#endif
+#if TT_OUTF
+    fstore(io->f + (size_t)o * P_ + p, f, n);
+#endif
+#if TT_OUTQ
+    qstore(io->q + (size_t)o * P_ + p, fmax_(fmadd(f, fset(QINV), fset(QZP)), fzero()), n, QMAX);
+#endif
+    return f;
+#endif
+}
+#endif
+INL void epi_s(int32_t acc, int o, long p, const tt_io *io) {
+    float f = (float)acc * EM[o] + EC[o];
+#if TT_FOLD
+    f = f > QLOW ? f : QLOW;
+    io->q[(size_t)o * P_ + p] = (uint8_t)tt_sat(f, QMAX);
+#else
+    f = tt_act_s(f, ACT);
+#if TT_RES
+    f += io->res[(size_t)o * P_ + p];
+#endif
+#if TT_OUTF
+    io->f[(size_t)o * P_ + p] = f;
+#endif
+#if TT_POOL
+    io->pool[o] += f;
+#endif
+#if TT_OUTQ
+    io->q[(size_t)o * P_ + p] = (uint8_t)tt_sat(f * QINV + QZP, QMAX);
+#endif
+#endif
+}
+"""
+
+
+def epilogue_defines(epi: Epilogue) -> dict[str, int]:
+    """The ``#define`` flags `EPILOGUE` reads."""
+    oq = epi.out_quant
+    return {"ACT": ACT_CODES[epi.act], "QMAX": oq.qmax if oq else 255, "TT_FOLD": int(epi.folded), "TT_OUTQ": int(oq is not None),
+            "TT_OUTF": int(epi.out_float), "TT_RES": int(epi.residual), "TT_POOL": int(epi.pool)}
+
+
+def epilogue_floats(epi: Epilogue) -> list[str]:
+    """``QINV`` / ``QZP`` / ``QLOW``: the output grid's reciprocal step and zero point, the ReLU floor."""
+    oq = epi.out_quant
+    qinv = oq.inv_scale if oq else 1.0
+    qzp = float(oq.zero_point) if oq else 0.0
+    low = float(oq.zero_point) if (oq and epi.act == "relu") else 0.0
+    return [f"#define QINV {float(np.float32(qinv))!r}f", f"#define QZP {qzp!r}f", f"#define QLOW {low!r}f"]
+
+
 class _QWriter:
     """Emits the source; one instance per `generate_q` call."""
 
@@ -165,20 +231,14 @@ class _QWriter:
     # ----- constants and arrays -------------------------------------------------------------------
     def constants(self) -> None:
         geo, epi = self.geo, self.epi
-        oq = epi.out_quant
         small = all(int(np.abs(low.values.astype(np.int64)).max(initial=0)) <= 64 for low in self.lowerings.values())
         defs = {
             "CO": geo.cout, "K_": geo.k, "KQ_": geo.kq, "XROWS": self.xrows, "P_": geo.pixels, "CIN": geo.cin,
             "HIN": geo.in_hw[0], "WIN": geo.in_hw[1], "HWIN": geo.in_pixels, "HO": geo.out_hw[0], "WO": geo.out_hw[1],
-            "S_": geo.stride, "ZX": self.zx, "ACT": ACT_CODES[epi.act], "QMAX": oq.qmax if oq else 255,
-            "TT_FOLD": int(epi.folded), "TT_OUTQ": int(oq is not None), "TT_OUTF": int(epi.out_float), "TT_RES": int(epi.residual),
-            "TT_POOL": int(epi.pool), "TT_W4": int(self.bits <= 4), "TT_WSMALL": int(small), **self.layout(),
+            "S_": geo.stride, "ZX": self.zx, **epilogue_defines(epi),
+            "TT_W4": int(self.bits <= 4), "TT_WSMALL": int(small), **self.layout(),
         }
-        self.emit(*[f"#define {k} {v}" for k, v in defs.items()])
-        qinv = oq.inv_scale if oq else 1.0
-        qzp = float(oq.zero_point) if oq else 0.0
-        low = float(oq.zero_point) if (oq and epi.act == "relu") else 0.0
-        self.emit(f"#define QINV {float(np.float32(qinv))!r}f", f"#define QZP {qzp!r}f", f"#define QLOW {low!r}f")
+        self.emit(*[f"#define {k} {v}" for k, v in defs.items()], *epilogue_floats(epi))
         self.emit(float_array("EM", self.em), float_array("EC", self.ec))
 
     def arrays(self) -> None:
@@ -196,52 +256,7 @@ class _QWriter:
                       + ",\n".join(",".join(f"0x{w:08x}" for w in words[i:i + 12].tolist()) for i in range(0, len(words), 12)) + "\n};")
 
     def epilogue_fns(self) -> None:
-        self.emit(activation_v(self.epi.act))
-        self.emit(r"""
-#if TT_ISA
-/* one accumulator vector of output row o at pixel p (n valid lanes) -> outputs; returns the float value */
-INL vfl epi(av_t acc, int o, long p, const tt_io *io, int n) {
-    vfl f = fmadd(cvtf(acc), fset(EM[o]), fset(EC[o]));
-#if TT_FOLD
-    qstore(io->q + (size_t)o * P_ + p, fmax_(f, fset(QLOW)), n, QMAX);
-    return f;
-#else
-    f = act_v(f);
-#if TT_RES
-    f = fadd(f, fload(io->res + (size_t)o * P_ + p, n));
-#endif
-#if TT_OUTF
-    fstore(io->f + (size_t)o * P_ + p, f, n);
-#endif
-#if TT_OUTQ
-    qstore(io->q + (size_t)o * P_ + p, fmax_(fmadd(f, fset(QINV), fset(QZP)), fzero()), n, QMAX);
-#endif
-    return f;
-#endif
-}
-#endif
-INL void epi_s(int32_t acc, int o, long p, const tt_io *io) {
-    float f = (float)acc * EM[o] + EC[o];
-#if TT_FOLD
-    f = f > QLOW ? f : QLOW;
-    io->q[(size_t)o * P_ + p] = (uint8_t)tt_sat(f, QMAX);
-#else
-    f = tt_act_s(f, ACT);
-#if TT_RES
-    f += io->res[(size_t)o * P_ + p];
-#endif
-#if TT_OUTF
-    io->f[(size_t)o * P_ + p] = f;
-#endif
-#if TT_POOL
-    io->pool[o] += f;
-#endif
-#if TT_OUTQ
-    io->q[(size_t)o * P_ + p] = (uint8_t)tt_sat(f * QINV + QZP, QMAX);
-#endif
-#endif
-}
-""")
+        self.emit(activation_v(self.epi.act), EPILOGUE)
 
     def im2col(self) -> None:
         if self.geo.kind != "conv3x3":
