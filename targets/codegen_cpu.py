@@ -102,10 +102,12 @@ class Op:
     variant: str = ""
     compile_s: float = 0.0
     cached: bool = False
+    #: 8: the integer kernels (uint8 activations, int8 / 4-bit weights); 32: float
+    bits: int = 32
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "family": self.family, "kind": self.kind, "pattern": self.pattern,
-                "variant": self.variant, "compile_s": round(self.compile_s, 4), "cached": self.cached}
+                "variant": self.variant, "compile_s": round(self.compile_s, 4), "cached": self.cached, "bits": self.bits}
 
 
 @dataclass(eq=False)
@@ -127,6 +129,9 @@ class CodegenRunnable:
     packed: dict[str, Any] = field(default_factory=dict, repr=False)
     #: the building target's ``fuse_min_bytes`` (which blocks run fused)
     fuse_min_bytes: int | None = FUSE_MIN_BYTES
+    #: the torch network this runnable computes (with fake quantizers where layers run int8): its
+    #: forward is the reference the compiled network is checked against
+    net: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         from ..kernels.codegen.chain import OpChain
@@ -199,7 +204,12 @@ class _Buffers:
         self.all: list[np.ndarray] = []
         self.free: list[np.ndarray] = []
 
-    def get(self, shape: Sequence[int]) -> np.ndarray:
+    def get(self, shape: Sequence[int], dtype: Any = np.float32) -> np.ndarray:
+        """A buffer of ``shape`` (float32, or uint8 codes viewing a float buffer; 64 bytes of
+        slack past the end, which integer kernels may read)."""
+        dtype = np.dtype(dtype)
+        if dtype != np.float32:
+            return self._bytes(int(np.prod(shape)) * dtype.itemsize, dtype, shape)
         n = int(np.prod(shape))
         fits = [b for b in self.free if b.size >= n]
         if fits:
@@ -210,6 +220,10 @@ class _Buffers:
             flat[:] = 0.0
             self.all.append(flat)
         return flat[:n].reshape(tuple(shape))
+
+    def _bytes(self, n_bytes: int, dtype: Any, shape: Sequence[int]) -> np.ndarray:
+        flat = self.get((-(-n_bytes // 4) + 16,))
+        return flat.view(np.uint8)[:n_bytes].view(dtype).reshape(tuple(shape))
 
     def release(self, view: np.ndarray) -> None:
         base = view.base if view.base is not None else view
@@ -245,14 +259,20 @@ def _weights(module: Any) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | N
 
 
 class CodegenCpuTarget(BuildsMobileNets, Target):
-    """Generated sparse C kernels on this CPU (float32), timed with `Protocol`."""
+    """Generated sparse C kernels on this CPU (float32 and int8), timed with `Protocol`.
+
+    ``calibration_samples``: seeded standard-normal inputs a candidate's activation ranges are
+    calibrated on (its weights are random too; pass ``calibration`` to `build` for real data)."""
 
     name = "codegen-cpu"
-    description = "Generated sparse C kernels on this CPU (float32): runs whole compressed mobilenet candidates layer by layer"
+    description = "Generated sparse C kernels on this CPU (float32 and int8): runs whole compressed mobilenet candidates layer by layer"
 
     def __init__(self, threads: int = 1, seed: int = 0, autotune: bool = False, cc: str | None = None,
                  cache_dir: str | None = None, protocol: Protocol | dict | None = None,
-                 fuse_min_bytes: int | None = FUSE_MIN_BYTES) -> None:
+                 fuse_min_bytes: int | None = FUSE_MIN_BYTES, calibration_samples: int = 4) -> None:
+        if isinstance(calibration_samples, bool) or not isinstance(calibration_samples, int) or calibration_samples < 1:
+            raise ValueError(f"codegen-cpu.calibration_samples: {calibration_samples!r} not allowed; allowed: an integer >= 1")
+        self.calibration_samples = calibration_samples
         if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
             raise ValueError(f"codegen-cpu.threads: {threads!r} must be an integer >= 1")
         if not isinstance(autotune, bool):
@@ -312,9 +332,11 @@ class CodegenCpuTarget(BuildsMobileNets, Target):
             "dense_kernels": {"dwconv": "generated depthwise (k 3/5/7, stride 1/2)", "channel": "generated dense on the kept channels",
                               "global_pool/add/mul": "generated element-wise C (kernels.codegen.chain)"},
             "fused_blocks": "expand -> depthwise -> project over bands of rows when the expanded tensor has >= fuse_min_bytes",
-            "bit_widths": [32],
-            "lower_bits_run_as": 32,
-            "activation_bits": "ignored: float32 activations (w_bits <= 8 layers run float on this target)",
+            "bit_widths": [4, 8, 32],
+            "int8_layers": "w_bits <= 8 and a_bits <= 8: generated integer kernels (uint8 activations on each layer's calibrated "
+                           "grid, int8 / 4-bit weights per output channel; AVX-512 VNNI, AVX2, portable C); other layers float",
+            "lower_bits_run_as": "2-3 bit weights as 4-bit codes, 5-7 bit weights as 8-bit codes; a_bits < 8 as uint8 codes clamped to the grid",
+            "activation_bits": "a_bits <= 8 with w_bits = 32: float kernel on the fake-quantized input",
             "builds": True,
             "measures": True,
             "available": self.available(),
@@ -323,9 +345,16 @@ class CodegenCpuTarget(BuildsMobileNets, Target):
     # ----- building -----------------------------------------------------------------------
 
     def build(self, candidate: Any, space: Any = None, input_shape: Sequence[int] | None = None, *,
-              name: str | None = None, packed: Mapping[str, Any] | None = None) -> CodegenRunnable:
+              name: str | None = None, packed: Mapping[str, Any] | None = None,
+              calibration: Sequence[Any] | None = None) -> CodegenRunnable:
         """A runnable from a candidate of a mobilenet space, or from a `MobileNetSubnet`
         (``input_shape`` required). Raises `CompilerError` (clear message) without a compiler.
+
+        Layers with ``w_bits <= 8`` and ``a_bits <= 8`` run on the integer kernels
+        (`tritune.targets.codegen_int8`). A candidate's weights are quantized per output channel and
+        its activation ranges calibrated (min / max) on ``calibration`` (input batches; default:
+        ``calibration_samples`` seeded standard-normal inputs); an extracted subnet brings its own
+        codes and calibrated input quantizers (`tritune.spaces.supernet.extract`).
 
         ``packed``: `tritune.kernels.formats.PackedWeight` s by layer name, used instead of
         packing those layers' module weights (what `load_exported` passes: the structure of a
@@ -352,13 +381,34 @@ class CodegenCpuTarget(BuildsMobileNets, Target):
             raise ValueError(f"codegen-cpu.build: expected a Candidate or a MobileNetSubnet, got {type(candidate).__name__}")
         if len(shape) != 4 or shape[0] != 1:
             raise ValueError(f"input_shape: {shape} not allowed; allowed: (1, C, H, W) (batch 1)")
-        t_net = time.perf_counter() - t0
+        from .codegen_int8 import runs_int8
+
+        quantized = any(L.has_weights and (L.w_bits < 32 or L.a_bits < 32) for L in net.layers)
         with torch_threads(1):
+            if quantized and isinstance(candidate, Candidate):
+                net = self.quantized(net, shape, calibration)
+            t_net = time.perf_counter() - t0
             packs = dict(packed or {})
-            ops, buffers, x_in, logits = self._plan(net, shape, packs)
+            if any(runs_int8(L) for L in net.layers):
+                ops, buffers, x_in, logits = self._plan_mixed(net, shape, packs)
+            else:
+                ops, buffers, x_in, logits = self._plan(net, shape, packs)
         times = {"net": t_net, "compile": sum(op.compile_s for op in ops), "total": time.perf_counter() - t0}
         return CodegenRunnable(label, ops, shape, self.threads, cand, times, self.autotune, x_in, logits, buffers, packed=packs,
-                               fuse_min_bytes=self.fuse_min_bytes)
+                               fuse_min_bytes=self.fuse_min_bytes, net=net)
+
+    def quantized(self, net: Any, shape: Sequence[int], calibration: Sequence[Any] | None = None) -> Any:
+        """``net`` with its quantized layers' codes and calibrated input ranges
+        (`tritune.targets.codegen_int8.quantize_subnet`) on ``calibration`` or seeded normal inputs."""
+        import torch
+
+        from .codegen_int8 import quantize_subnet
+
+        if calibration is None:
+            gen = torch.Generator().manual_seed(self.seed + 1)
+            calibration = [torch.randn((self.calibration_samples, *shape[1:]), generator=gen)]
+        batches = [torch.as_tensor(np.asarray(b, dtype=np.float32)) if not hasattr(b, "detach") else b for b in calibration]
+        return quantize_subnet(net, batches)
 
     @staticmethod
     def _packed(w: np.ndarray, mask: np.ndarray | None, pattern: str) -> Any:
@@ -509,6 +559,157 @@ class CodegenCpuTarget(BuildsMobileNets, Target):
             else:
                 raise ValueError(f"codegen-cpu: layer {L.name}: op {L.op!r} not allowed; allowed: conv, dwconv, linear, global_pool, add, mul")
         return ops, bufs.all, x_in, x
+
+    def _plan_mixed(self, net: Any, shape: tuple[int, ...], packs: dict[str, Any]) -> tuple[list[Op], list[np.ndarray], np.ndarray, np.ndarray]:
+        """The op list of a network with integer layers (`tritune.targets.codegen_int8`): every
+        tensor in the forms its readers need, integer producers writing them in their epilogues."""
+        from ..kernels.codegen.chain import add_step, fakequant_step, matvec_step, mean_step, quant_step, scale_quant_step, scale_step
+        from ..kernels.codegen.depthwise import compile_depthwise
+        from .codegen_int8 import Value, build_nodes, layer_quantization, mark_needs, pool_fused
+
+        lib = {"cc": self.cc, "cache_dir": self.cache_dir}
+        modules = dict(net.named_modules())
+        bufs = _Buffers()
+        ops: list[Op] = []
+        x_in = bufs.get(shape[1:])
+        source = Value(tuple(shape[1:]), f=x_in, keep=True)
+        nodes, logits = build_nodes(list(net.layers), source)
+        mark_needs(nodes, modules, logits, self.threads)
+
+        def convert(v: Value, name: str) -> None:
+            """The forms of ``v`` its producer did not write, from its float form."""
+            for grid in sorted(v.need_q - set(v.q), key=lambda g: (g.scale, g.zero_point)):
+                v.q[grid] = bufs.get(v.f.shape, np.uint8)
+                st = quant_step(v.f, v.q[grid], grid, **lib)
+                ops.append(Op(f"{name}.quant", "dense", "quant", st.step, st))
+            for grid in sorted(v.need_fq - set(v.fq), key=lambda g: (g.scale, g.zero_point)):
+                v.fq[grid] = bufs.get(v.f.shape)
+                st = fakequant_step(v.f, v.fq[grid], grid, **lib)
+                ops.append(Op(f"{name}.fakequant", "dense", "quant", st.step, st))
+
+        def release(v: Value) -> None:
+            if v.keep:
+                return
+            for buf in [v.f, *v.q.values(), *v.fq.values()]:
+                if buf is not None:
+                    bufs.release(buf)
+            v.f, v.q, v.fq = None, {}, {}
+
+        convert(source, "input")
+        for i, node in enumerate(nodes):
+            L, x, out = node.layer, node.ins[0], node.out
+            module = modules.get(L.name)
+            if node.kind in ("conv", "dw") and node.int8:
+                ops.append(self._int8_op(node, module, bufs, packs))
+            elif node.kind == "conv":
+                ops.append(self._float_conv_op(node, module, bufs, packs, lib, matvec_step))
+            elif node.kind == "dw":
+                w, b, _ = _weights(module)
+                _, grid = layer_quantization(module)
+                pool = out.pooled is not None
+                k = compile_depthwise(w, b, (x.shape[1], x.shape[2]), L.stride, _act_name(module), cache_dir=self.cache_dir, cc=self.cc, pool=pool)
+                out.f = bufs.get(k.out_shape)
+                ops.append(Op(L.name, "dense", "dwconv", k.step(x.f if grid is None else x.fq[grid], out.f), k, "dense",
+                              f"k{L.kernel}s{L.stride}" + (" packed" if k.packed else "") + ("+pool" if pool else ""), k.compile_s, k.cached))
+                if pool:
+                    out.pooled.f = k.pooled
+            elif node.kind == "pool":
+                if out.f is None:  # not summed by the producer
+                    out.f = bufs.get((x.shape[0],))
+                    st = mean_step(x.f.reshape(x.shape[0], -1), out.f, **lib)
+                    ops.append(Op(L.name, "dense", "global_pool", st.step, st))
+            elif node.kind == "scale":
+                s_vec = node.ins[1]
+                if out.need_q and len(out.need_q) == 1 and not (out.need_f or out.need_fq):
+                    grid = next(iter(out.need_q))
+                    out.q[grid] = bufs.get(x.f.shape, np.uint8)
+                    st = scale_quant_step(x.f, s_vec.f, out.q[grid], grid, **lib)
+                else:
+                    st = scale_step(x.f, s_vec.f, **lib)
+                    out.f, x.f = x.f, None  # scaled in place: the tensor is now the product
+                ops.append(Op(L.name, "dense", "mul", st.step, st))
+            elif node.kind == "add":
+                res = node.ins[1]
+                st = add_step(x.f, res.f, **lib)
+                out.f, x.f = x.f, None  # summed in place
+                ops.append(Op(L.name, "dense", "add", st.step, st))
+            convert(out, L.name)
+            for v in {id(v): v for v in [*node.ins, *([node.residual] if node.residual is not None else [])]}.values():
+                if v.last == i:
+                    release(v)
+            if out.last < i and out is not logits:  # nothing reads it (a tensor only pooled, say)
+                release(out)
+        return ops, bufs.all, x_in, logits.f
+
+    def _int8_op(self, node: Any, module: Any, bufs: "_Buffers", packs: dict[str, Any]) -> Op:
+        """An integer conv / linear / depthwise layer writing the forms its output is read in."""
+        from ..kernels.codegen.qdepthwise import compile_qdepthwise
+        from ..kernels.codegen.qruntime import autotune_q, compile_qlayer
+        from ..spaces.compression import parse_pattern
+        from .codegen_int8 import layer_quantization, pool_fused, quantized_weight
+
+        L, x, out = node.layer, node.ins[0], node.out
+        _, grid = layer_quantization(module)
+        kind = "dw" if node.kind == "dw" else ("linear" if node.linear else f"conv{L.kernel}x{L.kernel}")
+        qw = packs.get(L.name)
+        if qw is None:
+            packs[L.name] = qw = quantized_weight(L, module, kind)
+        op = module.conv if hasattr(module, "conv") else module.linear
+        bias = None if op.bias is None else op.bias.detach().cpu().numpy().astype(np.float32)
+        pool = out.pooled is not None and pool_fused(out, self.threads)
+        grids = sorted(out.need_q, key=lambda g: (g.scale, g.zero_point))
+        out_quant = grids[0] if grids else None
+        out_float = out.need_f or bool(out.need_fq) or len(grids) > 1 or (out_quant is None and not pool)
+        opts = {"in_quant": grid, "act": _act_name(module), "out_quant": out_quant, "out_float": out_float, "pool": pool}
+        in_hw = None if kind == "linear" else (x.shape[1], x.shape[2])
+        if kind == "dw":
+            k = compile_qdepthwise(qw, bias, in_hw, L.stride, **opts, cache_dir=self.cache_dir, cc=self.cc)
+        else:
+            opts["residual"] = node.residual is not None
+            if self.autotune and kind != "linear":
+                k = autotune_q(qw, kind, in_hw, L.stride, bias, **opts, threads=self.threads, cache_dir=self.cache_dir, cc=self.cc).kernel
+            else:
+                k = compile_qlayer(qw, kind, in_hw, L.stride, bias, **opts, threads=self.threads, cache_dir=self.cache_dir, cc=self.cc)
+        io = {}
+        if out_quant is not None:
+            out.q[out_quant] = io["q"] = bufs.get(k.out_shape, np.uint8)
+        if out_float:
+            out.f = io["f"] = bufs.get(k.out_shape)
+        if pool:
+            out.pooled.f = io["pool"] = bufs.get((k.out_shape[0],))
+        if node.residual is not None:
+            io["res"] = node.residual.f.reshape(k.out_shape)
+        step = k.step(x.q[grid].reshape(k.in_shape), **io)
+        family = parse_pattern(L.pattern).family if L.sparsity > 0 and parse_pattern(L.pattern).family != "channel" else "dense"
+        kind_name = "dwconv" if kind == "dw" else kind
+        variant = f"int{qw.bits} {k.variant}" + ("+pool" if pool else "") + ("+res" if node.residual is not None else "")
+        return Op(L.name, family, kind_name, step, k, qw.pattern, variant, k.compile_s, k.cached, bits=8)
+
+    def _float_conv_op(self, node: Any, module: Any, bufs: "_Buffers", packs: dict[str, Any], lib: dict, matvec_step: Any) -> Op:
+        """A float conv / linear layer of a mixed network (its input fake-quantized when ``a_bits <= 8``)."""
+        from .codegen_int8 import layer_quantization
+
+        L, x, out = node.layer, node.ins[0], node.out
+        _, grid = layer_quantization(module)
+        xin = x.f if grid is None else x.fq[grid]
+        w, b, family, pattern, mask = self._conv_weights(L, module)
+        if node.linear:
+            w = w.reshape(w.shape[0], -1)
+            mask = None if mask is None else mask.reshape(w.shape)
+            if family == "dense" and w.size > BLAS_LINEAR_WEIGHTS:
+                w = self._layer_packed(L.name, w, None, "dense", packs).unpack()
+                out.f = bufs.get((w.shape[0],))
+                st = matvec_step(w, b, _act_name(module), xin.reshape(-1), out.f, **lib)
+                return Op(L.name, "dense", "linear", st.step, st, "dense", "matvec")
+            kind, in_hw = "linear", None
+        elif L.groups == 1 and L.kernel in (1, 3):
+            kind, in_hw = f"conv{L.kernel}x{L.kernel}", (x.shape[1], x.shape[2])
+        else:
+            raise ValueError(f"codegen-cpu: layer {L.name}: conv with kernel {L.kernel}, groups {L.groups} not allowed; "
+                             "allowed: 1x1 / 3x3 full convolutions, depthwise k 3/5/7")
+        k = self._kernel(self._layer_packed(L.name, w, mask, pattern, packs), kind, in_hw, L.stride, b, _act_name(module))
+        out.f = bufs.get(k.out_shape)
+        return Op(L.name, family, kind, k.step(xin.reshape(k.in_shape), out.f), k, pattern, k.variant.name, k.compile_s, k.cached)
 
     def _fusable(self, layers: list) -> dict[int, tuple[int, ...]]:
         """Blocks planned as one fused step (`tritune.kernels.codegen.fused`): index of the first

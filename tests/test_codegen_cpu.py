@@ -147,7 +147,7 @@ def test_registry_fingerprint_capabilities():
     for key in ("target", "device", "runtime", "version", "threads", "compiler_version", "flags"):
         assert key in fp
     caps = target.capabilities()
-    assert caps["bit_widths"] == [32] and "block" in caps["sparse_kernels"]["conv1x1"]
+    assert caps["bit_widths"] == [4, 8, 32] and "block" in caps["sparse_kernels"]["conv1x1"]
     assert "kernel_pattern" in caps["sparse_kernels"]["conv3x3"]
     assert target.supports("mobilenet-small") and not target.supports("nb201")
     with pytest.raises(ValueError, match="threads"):
@@ -176,3 +176,52 @@ def test_measure_record(space):
     assert len(prof) == len(runnable.plan) and all(p["ms"] >= 0 for p in prof)
     with pytest.raises(ValueError, match="threads"):
         target.measure(runnable, protocol=Protocol(threads=2))
+
+
+QPLANS = {  # integer (and mixed) plans: (pattern, sparsity, w_bits, a_bits) by role
+    "w8a8 dense": lambda r, k, c: LayerCompression("dense", 0.0, 8, 8),
+    "w8a8 block8x1": lambda r, k, c: LayerCompression("block8x1", 0.75, 8, 8) if r in ("conv", "project", "se") and k == 1
+    else LayerCompression("dense", 0.0, 8, 8),
+    "w4a8 unstructured": lambda r, k, c: LayerCompression("unstructured", 0.75, 4, 8) if r in ("conv", "project", "linear", "se")
+    else LayerCompression("dense", 0.0, 8, 8),
+    "nm2:4 + kernel-pattern stem": lambda r, k, c: LayerCompression("nm2:4", 0.5, 8, 8) if r in ("conv", "project")
+    else (LayerCompression("kernel_pattern", 0.75, 8, 8) if r == "stem" else c),
+    "mixed int8 / w32a8 / w8a32": lambda r, k, c: LayerCompression("block8x1", 0.75, 8, 8) if r == "conv"
+    else (LayerCompression("dense", 0.0, 32, 8) if r == "project" else (LayerCompression("dense", 0.0, 8, 32) if r == "dwconv" else c)),
+}
+
+
+@needs_cc
+@pytest.mark.parametrize("plan", list(QPLANS))
+def test_int8_candidate_equals_its_fake_quantized_torch_forward(space, plan):
+    cand = _small(space, QPLANS[plan])
+    runnable = CodegenCpuTarget().build(cand)
+    float_net = build_subnet(space, cand)
+    for seed in range(2):
+        x = torch.from_numpy(runnable.example_input(seed))
+        with torch.no_grad():
+            ref, plain = runnable.net(x).numpy(), float_net(x).numpy()
+        assert _rel(runnable.run(x), ref) <= 1e-2  # a rounding flip moves the logits a little
+        assert _rel(plain, ref) > 1e-3  # the reference is quantized: float weights compute something else
+    by_name = {op["name"]: op for op in runnable.plan}
+    for L in runnable.net.layers:
+        if L.op in ("conv", "dwconv", "linear"):
+            assert by_name[L.name]["bits"] == (8 if L.w_bits <= 8 and L.a_bits <= 8 else 32), L.name
+    if plan == "w8a8 block8x1":
+        assert by_name["s0.b0.expand"]["pattern"] == "block8x1" and by_name["s0.b0.expand"]["variant"].startswith("int8 g8")
+        assert "+res" in by_name["first.project"]["variant"] or "first.add" in by_name  # the residual sum in the epilogue
+    if plan == "w4a8 unstructured":
+        assert by_name["s0.b0.expand"]["variant"].startswith("int4")
+
+
+@needs_cc
+def test_int8_calibration_batches_set_the_ranges(space):
+    cand = _small(space, QPLANS["w8a8 dense"])
+    target = CodegenCpuTarget()
+    seeded = target.build(cand)
+    scaled = target.build(cand, calibration=[torch.randn(4, *seeded.input_shape[1:], generator=torch.Generator().manual_seed(5)) * 3])
+    grid = lambda r: r.net.s0.b0.expand.conv.input_quant.scale.item()  # noqa: E731
+    assert grid(scaled) > 1.5 * grid(seeded)
+    x = seeded.example_input(3)
+    with torch.no_grad():
+        assert _rel(scaled.run(x), scaled.net(torch.from_numpy(x)).numpy()) <= 1e-2

@@ -14,7 +14,13 @@ small ``long`` parameter array (the third pointer):
 * ``tt_scale(x, s, p)``: ``x[c, :] *= s[c]`` in place, ``p = {C, HW}``;
 * ``tt_add(x, r, p)``: ``x += r`` in place, ``p = {N}``;
 * ``tt_matvec(x, y, p)``: ``y = act(W x + b)``, ``p = {out, in, &W, &b, act}`` (act 0 none,
-  1 relu, 2 hswish, 3 hsigmoid) -- for dense linear layers too large to compile as constants.
+  1 relu, 2 hswish, 3 hsigmoid) -- for dense linear layers too large to compile as constants;
+* ``tt_quant(x, y, p)``: uint8 codes ``y = clamp(rint(x * inv) + z, 0, qmax)`` of float32 ``x``,
+  ``p = {N, z, qmax, &{inv, scale}}`` (the arithmetic of torch's fake-quantize kernel);
+* ``tt_fakequant(x, y, p)``: ``y = (codes(x) - z) * scale`` in float32 (a float layer whose input
+  is fake-quantized), ``p`` as ``tt_quant``;
+* ``tt_scale_quant(x, s, p)``: the uint8 codes of ``x[c, :] * s[c]`` (a squeeze-excite scale
+  feeding an integer layer), ``p = {C, HW, z, qmax, &{inv, scale}, &y}``.
 """
 from __future__ import annotations
 
@@ -33,6 +39,7 @@ _STEP_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_v
 
 _SOURCE = r"""
 #include <time.h>
+#include <math.h>
 INL float act_code_s(float v, long a) {
     if (a == 1) return smax(v, 0.0f);
     if (a == 2) return v * smin(smax(v + 3.0f, 0.0f), 6.0f) * (1.0f / 6.0f);
@@ -165,6 +172,38 @@ void tt_chain_timed(long n, void *const *fns, void *const *args, double *seconds
         t0 = t1;
     }
 }
+
+#if defined(__AVX512F__) && VW == 16
+#include <immintrin.h>
+#endif
+INL int tt_code(float x, float inv, int z, int qmax) { int q = (int)nearbyintf(x * inv) + z; return q < 0 ? 0 : (q > qmax ? qmax : q); }
+/* codes of n floats (times k) into y */
+static void tt_quant_run(const float *restrict x, uint8_t *restrict y, long n, float k, float inv, int z, int qmax) {
+    long i = 0;
+#if defined(__AVX512F__) && VW == 16
+    const __m512 vk = _mm512_set1_ps(k), vinv = _mm512_set1_ps(inv);
+    const __m512i vz = _mm512_set1_epi32(z), lo = _mm512_setzero_si512(), hi = _mm512_set1_epi32(qmax);
+    for (; i + 16 <= n; i += 16) {
+        __m512i q = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(x + i), vk), vinv)), vz);
+        _mm_storeu_si128((__m128i *)(y + i), _mm512_cvtepi32_epi8(_mm512_min_epi32(_mm512_max_epi32(q, lo), hi)));
+    }
+#endif
+    for (; i < n; i++) y[i] = (uint8_t)tt_code(x[i] * k, inv, z, qmax);
+}
+void tt_quant(void *xv, void *yv, void *pv) {
+    const long *p = pv; const float *f = (const float *)p[3];
+    tt_quant_run(xv, yv, p[0], 1.0f, f[0], (int)p[1], (int)p[2]);
+}
+void tt_fakequant(void *xv, void *yv, void *pv) {
+    const float *restrict x = xv; float *restrict y = yv; const long *p = pv; const float *f = (const float *)p[3];
+    const int z = (int)p[1], qmax = (int)p[2];
+    for (long i = 0; i < p[0]; i++) y[i] = (float)(tt_code(x[i], f[0], z, qmax) - z) * f[1];
+}
+void tt_scale_quant(void *xv, void *sv, void *pv) {
+    const float *x = xv; const float *s = sv; const long *p = pv; const float *f = (const float *)p[4];
+    uint8_t *y = (uint8_t *)p[5];
+    for (long c = 0; c < p[0]; c++) tt_quant_run(x + c * p[1], y + c * p[1], p[1], s[c], f[0], (int)p[2], (int)p[3]);
+}
 int tt_abi_version(void) { return 1; }
 """
 
@@ -194,7 +233,7 @@ def elementwise(cc: str | None = None, cache_dir: str | None = None) -> ctypes.C
     cdll.tt_chain.restype = None
     cdll.tt_chain_timed.argtypes = [ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
     cdll.tt_chain_timed.restype = None
-    for name in ("tt_mean", "tt_scale", "tt_add", "tt_matvec", "tt_mbconv"):
+    for name in ("tt_mean", "tt_scale", "tt_add", "tt_matvec", "tt_mbconv", "tt_quant", "tt_fakequant", "tt_scale_quant"):
         getattr(cdll, name).argtypes = [ctypes.c_void_p] * 3
         getattr(cdll, name).restype = None
     return cdll
@@ -281,6 +320,52 @@ def matvec_step(w: np.ndarray, b: np.ndarray | None, act: str, x: np.ndarray, ou
     return ElementwiseStep(CStep(address(lib, "tt_matvec"), x.ctypes.data, out.ctypes.data, p.ctypes.data), (w, b, x, out, p, lib))
 
 
+def _grid(aq: Any) -> tuple[list[int], np.ndarray]:
+    """(zero point, qmax) and the float parameters {1 / scale (float32, as torch), scale} of an
+    `tritune.kernels.quant.AffineQuant`."""
+    return [int(aq.zero_point), int(aq.qmax)], np.array([aq.inv_scale, aq.scale], dtype=np.float32)
+
+
+def _codes(arr: np.ndarray, what: str) -> np.ndarray:
+    if not isinstance(arr, np.ndarray) or arr.dtype != np.uint8 or not arr.flags.c_contiguous:
+        raise ValueError(f"{what}: expected a C-contiguous uint8 numpy array, got {type(arr).__name__} {getattr(arr, 'dtype', '')}")
+    return arr
+
+
+def quant_step(x: np.ndarray, y: np.ndarray, aq: Any, cc: str | None = None, cache_dir: str | None = None) -> ElementwiseStep:
+    """``y`` = uint8 codes of float32 ``x`` on grid ``aq`` (same size)."""
+    x, y = _checked(x, "x"), _codes(y, "y")
+    if x.size != y.size:
+        raise ValueError(f"y: {y.size} values, expected {x.size} (the size of x)")
+    ints, floats = _grid(aq)
+    lib = elementwise(cc, cache_dir)
+    p = _params([x.size, *ints, floats.ctypes.data])
+    return ElementwiseStep(CStep(address(lib, "tt_quant"), x.ctypes.data, y.ctypes.data, p.ctypes.data), (x, y, p, floats, lib))
+
+
+def fakequant_step(x: np.ndarray, y: np.ndarray, aq: Any, cc: str | None = None, cache_dir: str | None = None) -> ElementwiseStep:
+    """``y`` = ``x`` fake-quantized on grid ``aq`` (float32, same size; may be ``x`` itself)."""
+    x, y = _checked(x, "x"), _checked(y, "y")
+    if x.size != y.size:
+        raise ValueError(f"y: {y.size} values, expected {x.size} (the size of x)")
+    ints, floats = _grid(aq)
+    lib = elementwise(cc, cache_dir)
+    p = _params([x.size, *ints, floats.ctypes.data])
+    return ElementwiseStep(CStep(address(lib, "tt_fakequant"), x.ctypes.data, y.ctypes.data, p.ctypes.data), (x, y, p, floats, lib))
+
+
+def scale_quant_step(x: np.ndarray, s: np.ndarray, y: np.ndarray, aq: Any, cc: str | None = None,
+                     cache_dir: str | None = None) -> ElementwiseStep:
+    """``y[c] = codes(x[c] * s[c])`` on grid ``aq`` (``x`` float32 ``[C, ...]``, ``y`` uint8 of its size)."""
+    x, s, y = _checked(x, "x"), _checked(s, "s"), _codes(y, "y")
+    if s.size != x.shape[0] or y.size != x.size:
+        raise ValueError(f"s / y: {s.size} / {y.size} values, expected {x.shape[0]} / {x.size}")
+    ints, floats = _grid(aq)
+    lib = elementwise(cc, cache_dir)
+    p = _params([x.shape[0], x.size // x.shape[0], *ints, floats.ctypes.data, y.ctypes.data])
+    return ElementwiseStep(CStep(address(lib, "tt_scale_quant"), x.ctypes.data, s.ctypes.data, p.ctypes.data), (x, s, y, p, floats, lib))
+
+
 class OpChain:
     """Calls ``steps`` in order with one ctypes call (``keep``: objects owning the memory the
     steps point to, held for the chain's lifetime)."""
@@ -308,4 +393,5 @@ class OpChain:
         return np.median(out, axis=0)
 
 
-__all__ = ["ACT_CODES", "CStep", "ElementwiseStep", "OpChain", "add_step", "address", "elementwise", "fn_address", "matvec_step", "mean_step", "scale_step"]
+__all__ = ["ACT_CODES", "CStep", "ElementwiseStep", "OpChain", "add_step", "address", "elementwise", "fakequant_step", "fn_address", "matvec_step",
+           "mean_step", "quant_step", "scale_quant_step", "scale_step"]
