@@ -339,5 +339,7 @@ class Job:
         """What decides the results (the trial sequence and, with stages, every later stage);
         executor settings and paths may change on resume."""
         keep = {k: v for k, v in self.to_config().items() if k not in ("run_dir", "executor", "name")}
+        if self.stages is not None:  # the settings as they resolve, defaults included
+            keep["stages"] = self.stages_config().to_dict()
         keep["schema"] = JOB_SCHEMA_VERSION
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()
