@@ -824,6 +824,8 @@ class CodegenCpuTarget(BuildsMobileNets, Target):
 #: ``codegen.json`` of an exported network: what `load_exported` reads.
 EXPORT_FORMAT = "tritune-codegen-export"
 EXPORT_SCHEMA = 1
+#: Schema of exports holding integer layers (codes, scales and input grids in ``weights.npz``).
+EXPORT_SCHEMA_INT8 = 2
 #: The time stamp of every member of a written ``.npz`` (zip) file, so the same arrays give the same bytes.
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 
@@ -856,21 +858,40 @@ def _sha256(path: Path) -> str:
 
 
 def _weight_arrays(net: Any, runnable: CodegenRunnable) -> dict[str, np.ndarray]:
-    """``<layer>/<array>`` of every weight layer: the packed weight the plan ran (conv / linear)
-    or the dense weight (depthwise), and the bias."""
+    """``<layer>/<array>`` of every weight layer: the packed weight the plan ran (conv / linear;
+    integer layers: their codes, scales and bits) or the dense weight (depthwise), the bias, and
+    the input grid of a layer that quantizes its input (``input_scale``, ``input_zero_point``,
+    ``input_bits``)."""
+    from ..kernels.formats import QuantizedWeight
+    from .codegen_int8 import layer_quantization
+
     modules = dict(net.named_modules())
     arrays: dict[str, np.ndarray] = {}
     for L in net.layers:
         if not L.has_weights:
             continue
         w, b, _ = _weights(modules[L.name])
-        if L.name in runnable.packed:
-            arrays.update(runnable.packed[L.name].to_npz_dict(prefix=f"{L.name}/"))
+        packed = runnable.packed.get(L.name)
+        if packed is not None:
+            arrays.update(packed.to_npz_dict(prefix=f"{L.name}/"))
         else:
             arrays[f"{L.name}/weight"] = w
         if b is not None:
             arrays[f"{L.name}/bias"] = b
+        _, grid = layer_quantization(modules[L.name])
+        if grid is not None:
+            arrays[f"{L.name}/input_scale"] = np.array(grid.scale, dtype=np.float64)
+            arrays[f"{L.name}/input_zero_point"] = np.array(grid.zero_point, dtype=np.int32)
+            arrays[f"{L.name}/input_bits"] = np.array(grid.bits, dtype=np.int32)
+        if isinstance(packed, QuantizedWeight):
+            arrays[f"{L.name}/codes_shape"] = np.array(_op_weight_shape(modules[L.name]), dtype=np.int64)
     return arrays
+
+
+def _op_weight_shape(module: Any) -> tuple[int, ...]:
+    op = module.conv if hasattr(module, "conv") else module.linear
+    w = op.weight if getattr(op, "weight", None) is not None else op.weight_codes
+    return tuple(w.shape)
 
 
 def save_exported(runnable: CodegenRunnable, net: Any, directory: str | os.PathLike) -> dict[str, Any]:
@@ -894,7 +915,8 @@ def save_exported(runnable: CodegenRunnable, net: Any, directory: str | os.PathL
         libraries.append({"file": f"kernels/{src.name}", "sha256": _sha256(kernels / src.name)})
     write_npz(out / "weights.npz", _weight_arrays(net, runnable))
     doc = {
-        "format": EXPORT_FORMAT, "schema": EXPORT_SCHEMA, "name": runnable.name,
+        "format": EXPORT_FORMAT, "schema": EXPORT_SCHEMA_INT8 if any(op.bits == 8 for op in runnable.ops) else EXPORT_SCHEMA,
+        "name": runnable.name,
         "input_shape": list(runnable.input_shape), "threads": runnable.threads,
         "fuse_min_bytes": runnable.fuse_min_bytes,
         "layers": [L.to_json() for L in net.layers], "libraries": libraries,
@@ -915,8 +937,8 @@ def _read_export(where: Path) -> dict[str, Any]:
         raise ExportedModelError(f"{str(path)!r}: not valid JSON ({exc})") from None
     if not isinstance(doc, dict) or doc.get("format") != EXPORT_FORMAT:
         raise ExportedModelError(f"{str(path)!r}: format {doc.get('format') if isinstance(doc, dict) else None!r}; allowed: {EXPORT_FORMAT!r}")
-    if doc.get("schema") != EXPORT_SCHEMA:
-        raise ExportedModelError(f"{str(path)!r}: schema {doc.get('schema')!r}; this tritune reads {EXPORT_SCHEMA}")
+    if doc.get("schema") not in (EXPORT_SCHEMA, EXPORT_SCHEMA_INT8):
+        raise ExportedModelError(f"{str(path)!r}: schema {doc.get('schema')!r}; this tritune reads {EXPORT_SCHEMA} and {EXPORT_SCHEMA_INT8}")
     for entry in [doc["weights"], *doc["libraries"]]:
         file = where / entry["file"]
         if Path(entry["file"]).is_absolute() or ".." in Path(entry["file"]).parts:
@@ -928,14 +950,31 @@ def _read_export(where: Path) -> dict[str, Any]:
     return doc
 
 
+def _input_quant(weights: Mapping[str, np.ndarray], name: str) -> Any:
+    """The calibrated input fake quantizer a layer was exported with (None: float input)."""
+    from ..kernels.quant import ActFakeQuant
+
+    if f"{name}/input_scale" not in weights:
+        return None
+    q = ActFakeQuant(int(np.asarray(weights[f"{name}/input_bits"])))
+    q.scale.fill_(float(np.asarray(weights[f"{name}/input_scale"])))
+    q.zero_point.fill_(int(np.asarray(weights[f"{name}/input_zero_point"])))
+    q.calibrated.fill_(True)
+    q._calibrated = True
+    return q.eval()
+
+
 def _net_from_export(doc: dict[str, Any], weights: Mapping[str, np.ndarray]) -> tuple[Any, dict[str, Any]]:
-    """The `MobileNetSubnet` of an export (weights set from the npz) and its packed weights."""
+    """The `MobileNetSubnet` of an export (weights set from the npz; integer layers as the
+    quantized modules `tritune.spaces.supernet.extract` makes) and its packed weights."""
     import torch
 
-    from ..kernels.formats import PackedWeight
+    from ..kernels.formats import PackedWeight, QuantizedWeight, structure
     from ..spaces.layers import LayerSpec
     from ..spaces.mobilenet import STAGES
-    from ..spaces.mobilenet_net import MobileNetSubnet
+    from ..spaces.mobilenet_net import ConvAct, MobileNetSubnet
+    from ..spaces.supernet.elastic import DeployWeights
+    from ..spaces.supernet.extract import QuantizedConv2d, QuantizedLinear
 
     layers = [LayerSpec.from_json(d) for d in doc["layers"]]
     net = MobileNetSubnet(layers, len(STAGES))
@@ -947,14 +986,33 @@ def _net_from_export(doc: dict[str, Any], weights: Mapping[str, np.ndarray]) -> 
                 continue
             module = modules[L.name]
             op = module.conv if hasattr(module, "conv") else module.linear
-            if f"{L.name}/weight" in weights:
-                w = np.asarray(weights[f"{L.name}/weight"])
-            else:
-                packs[L.name] = PackedWeight.from_npz_dict(weights, prefix=f"{L.name}/")
-                w = packs[L.name].unpack()
-            op.weight.copy_(torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32)).reshape(op.weight.shape))
             bias = weights.get(f"{L.name}/bias")
-            op.bias.copy_(torch.from_numpy(np.asarray(bias, dtype=np.float32)) if bias is not None else torch.zeros_like(op.bias))
+            bias_t = torch.from_numpy(np.asarray(bias, dtype=np.float32)) if bias is not None else torch.zeros_like(op.bias)
+            quant = _input_quant(weights, L.name)
+            if f"{L.name}/bits" in weights:  # an integer layer: codes, scales, structure
+                qw = packs[L.name] = QuantizedWeight.from_npz_dict(weights, prefix=f"{L.name}/")
+                shape = tuple(int(v) for v in np.asarray(weights[f"{L.name}/codes_shape"]))
+                codes = torch.from_numpy(qw.int_codes().reshape(shape))
+                scales = torch.from_numpy(qw.scales.copy())
+                mask = None if qw.pattern == "dense" else torch.from_numpy(structure(qw.codes).reshape(shape))
+                d = DeployWeights(weight=codes.float() * scales.reshape(-1, *[1] * (len(shape) - 1)), bias=bias_t, codes=codes,
+                                  scales=scales, mask=mask)
+            else:
+                if f"{L.name}/weight" in weights:
+                    w = np.asarray(weights[f"{L.name}/weight"])
+                else:
+                    packs[L.name] = PackedWeight.from_npz_dict(weights, prefix=f"{L.name}/")
+                    w = packs[L.name].unpack()
+                wt = torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32)).reshape(op.weight.shape)
+                if quant is None:
+                    op.weight.copy_(wt)
+                    op.bias.copy_(bias_t)
+                    continue
+                d = DeployWeights(weight=wt, bias=bias_t)
+            if isinstance(module, ConvAct):
+                module.conv = QuantizedConv2d(d, op.stride[0], op.padding[0], op.groups, quant, L.w_bits)
+            else:
+                module.linear = QuantizedLinear(d, quant, L.w_bits)
     return net.eval().requires_grad_(False), packs
 
 
