@@ -17,6 +17,20 @@ Also prints where the sparse model's time goes (each op timed inside whole infer
     python benchmarks/codegen_model.py [--resolutions 224 192 160] [--kernels 7 3] [--pattern block8x1] [--passes 2]
 
 Writes docs/results/codegen_model.json.
+
+``--int8``: the same largest architecture (depthwise kernel 3), w8a8 on every layer and 75 %
+``block8x1`` on every 1x1 convolution, on the integer kernels (`tritune.targets.codegen_int8`),
+at 224 and 160 px, timed in one interleaved group per resolution with: the dense fp32 candidate on
+ORT, the dense w8a8 candidate on ORT (QDQ -> QLinearConv, `tritune.targets.ort_cpu`) and the
+same sparse candidate in fp32 on ``codegen-cpu``. Goals (issue 21): >= 5x ORT fp32 dense and
+>= 2.5x ORT int8 dense. Then the accuracy check: the largest architecture of the example job's
+space (``search/examples/mobilenet_mnist.yaml``: 32 px, 1 channel, 10 classes) with the same
+plan, its float weights trained on the example data set (``mnist5k-hard``, masks kept) for
+``--train-steps``, quantized and calibrated on 256 training images; its fake-quantized torch
+forward and the compiled integer network score the 1,000 test images. Goal: within 0.5 points.
+Writes docs/results/codegen_model_int8.json.
+
+    python benchmarks/codegen_model.py --int8 [--resolutions 224 160] [--train-steps 800]
 """
 from __future__ import annotations
 
@@ -36,6 +50,7 @@ from tritune.targets.measure import Protocol, measure_passes
 from tritune.targets.ort_cpu import OrtCpuTarget
 
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results" / "codegen_model.json"
+RESULTS_INT8 = RESULTS.with_name("codegen_model_int8.json")
 
 
 def sparse_plan(candidate, pattern: str, sparsity: float):
@@ -103,17 +118,157 @@ def finish(cfg: dict, ms: list) -> dict:
     }
 
 
+def int8_plan(candidate, pattern: str, sparsity: float, bits: int = 8):
+    """w{bits}a8 on every layer; ``pattern`` at ``sparsity`` on every 1x1 convolution (as `sparse_plan`)."""
+    plan = [LayerCompression(pattern, sparsity, bits, 8) if role in ("conv", "project", "linear", "se") and k == 1
+            else LayerCompression("dense", 0.0, bits, 8) for (name, role, k) in SLOTS]
+    return candidate.replace(compression=plan)
+
+
+def build_int8(resolution: int, pattern: str, sparsity: float) -> dict:
+    """One resolution's four runnables (ORT fp32 dense first), the int8 one checked against its
+    fake-quantized torch forward."""
+    space = MobileNetSpace(resolutions=(resolution,), kernels=(3,))
+    base = space.largest()
+    ort, cg = OrtCpuTarget(threads=1), CodegenCpuTarget(threads=1, autotune=True)
+    r_ortf = ort.build(dense_plan(base), space=space, name="ORT fp32 dense")
+    r_orti = ort.build(int8_plan(base, "dense", 0.0), space=space, name="ORT int8 dense (QDQ)")
+    r_cgf = cg.build(sparse_plan(base, pattern, sparsity), space=space, name=f"codegen fp32 {pattern}@{sparsity:g}")
+    r_cgi = cg.build(int8_plan(base, pattern, sparsity), space=space, name=f"codegen w8a8 {pattern}@{sparsity:g}")
+    x = r_cgi.example_input(1)
+    with torch.no_grad():
+        ref = r_cgi.net(torch.from_numpy(x)).numpy()
+    err = float(np.abs(r_cgi.run(x) - ref).max() / np.abs(ref).max())
+    return {"resolution": resolution, "runnables": [r_ortf, r_orti, r_cgf, r_cgi], "err": err, "int8": r_cgi}
+
+
+def finish_int8(cfg: dict, ms: list) -> dict:
+    ortf, orti = ms[0].latency_ms, ms[1].latency_ms
+    rows = [{"model": m.name, "latency_ms": m.latency_ms, "median_ms": m.median_ms, "spread": m.spread, "cpu_share": m.cpu_share,
+             "vs_ort_fp32": ortf / m.latency_ms, "vs_ort_int8": orti / m.latency_ms} for m in ms]
+    prof = cfg["int8"].profile(repeats=10)
+    by_kind: dict[str, float] = defaultdict(float)
+    for p in prof:
+        by_kind[f"{p['kind']} {'int8' if p['bits'] == 8 else 'fp32'}"] += p["ms"]
+    return {"resolution": cfg["resolution"], "rel_error_vs_fake_quantized_torch": cfg["err"], "rows": rows,
+            "breakdown_ms": dict(sorted(by_kind.items(), key=lambda kv: -kv[1])), "top_ops": sorted(prof, key=lambda p: -p["ms"])[:10],
+            "build_s": {m.name: r.build_s for m, r in zip(ms, cfg["runnables"]) if hasattr(r, "build_s")}}
+
+
+def int8_accuracy(steps: int, pattern: str, sparsity: float, seed: int = 0) -> dict:
+    """The example job's largest architecture with the int8 plan: float training on the example
+    data (masks kept), post-training quantization, then top-1 of the fake-quantized torch forward
+    and of the compiled integer network on the test split."""
+    import time
+
+    from tritune.evaluators.data import load_dataset
+    from tritune.search.job import Job
+    from tritune.spaces.mobilenet_net import build_subnet
+
+    job = Job.from_yaml(Path(__file__).resolve().parent.parent / "search" / "examples" / "mobilenet_mnist.yaml", validate=False)
+    space = job.build_space()
+    data = load_dataset(next(e["dataset"] for e in job.evaluators if "dataset" in e))
+    cand = space.validate(int8_plan(space.largest(), pattern, sparsity))
+    res = int(cand["resolution"])
+    torch.manual_seed(seed)
+    net = build_subnet(space, cand, seed=seed).train()
+    masks = {n: (p != 0) for n, p in net.named_parameters() if p.dim() > 1}
+    for p in net.parameters():
+        p.requires_grad_(True)
+    xs, ys = data.train.tensors
+    xs = torch.nn.functional.interpolate(xs, size=(res, res), mode="bilinear", align_corners=False) if xs.shape[-1] != res else xs
+    opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 3e-3, total_steps=steps)
+    gen = torch.Generator().manual_seed(seed)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        idx = torch.randint(0, len(xs), (64,), generator=gen)
+        loss = torch.nn.functional.cross_entropy(net(xs[idx]), ys[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            for n, p in net.named_parameters():
+                if n in masks:
+                    p.mul_(masks[n])
+    train_s = time.perf_counter() - t0
+    net = net.eval().requires_grad_(False)
+    xt, yt = data.test.tensors
+    xt = torch.nn.functional.interpolate(xt, size=(res, res), mode="bilinear", align_corners=False) if xt.shape[-1] != res else xt
+    runnable = CodegenCpuTarget(threads=1).build(net, input_shape=(1, *xt.shape[1:]), calibration=[xs[:256]], name="int8 example")
+    with torch.no_grad():
+        acc_float = float((net(xt).argmax(1) == yt).float().mean())
+        fq = runnable.net(xt)
+    compiled = np.concatenate([runnable.run(xt[i:i + 1].numpy()) for i in range(len(xt))])
+    acc_fq = float((fq.argmax(1) == yt).float().mean())
+    acc_c = float((torch.from_numpy(compiled).argmax(1) == yt).float().mean())
+    agree = float((torch.from_numpy(compiled).argmax(1) == fq.argmax(1)).float().mean())
+    return {"space": space.name, "candidate": cand.to_json(), "train_steps": steps, "train_s": train_s, "test_images": int(len(yt)),
+            "accuracy_float": acc_float, "accuracy_fake_quantized_torch": acc_fq, "accuracy_compiled_int8": acc_c,
+            "difference_points": 100 * (acc_c - acc_fq), "top1_agreement": agree,
+            "max_rel_logit_error": float(np.abs(compiled - fq.numpy()).max() / np.abs(fq.numpy()).max()),
+            "int8_ops": sum(op["bits"] == 8 for op in runnable.plan), "ops": len(runnable.plan)}
+
+
+def main_int8(args) -> None:
+    import os
+
+    protocol = Protocol(threads=1)
+    configs = [build_int8(r, args.pattern, args.sparsity) for r in args.resolutions]
+    best = measure_passes([cfg["runnables"] for cfg in configs], protocol, args.passes)
+    results = [finish_int8(cfg, ms) for cfg, ms in zip(configs, best)]
+    load = os.getloadavg()
+    print("| res | model | ms | spread | cpu share | vs ORT fp32 dense | vs ORT int8 dense |")
+    print("|---|---|---|---|---|---|---|")
+    for res in results:
+        for row in res["rows"]:
+            print(f"| {res['resolution']} | {row['model']} | {row['latency_ms']:.2f} | {row['spread']:.1%} | {row['cpu_share']:.2f} | "
+                  f"{row['vs_ort_fp32']:.2f}x | {row['vs_ort_int8']:.2f}x |")
+    print(f"\nload average (1, 5, 15 min) after timing: {', '.join(f'{v:.2f}' for v in load)}")
+    for res in results:
+        total = sum(res["breakdown_ms"].values())
+        print(f"\nint8 model at {res['resolution']} px, inside whole inferences ({total:.2f} ms; rel. error vs its fake-quantized torch "
+              f"forward {res['rel_error_vs_fake_quantized_torch']:.1e}): " + ", ".join(f"{k} {v:.2f} ms ({v / total:.0%})" for k, v in res["breakdown_ms"].items()))
+    goals = {f"{r['resolution']} px >= 5x ORT fp32 dense": r["rows"][3]["vs_ort_fp32"] >= 5.0 for r in results}
+    goals.update({f"{r['resolution']} px >= 2.5x ORT int8 dense": r["rows"][3]["vs_ort_int8"] >= 2.5 for r in results})
+    accuracy = None
+    if args.train_steps > 0:
+        accuracy = int8_accuracy(args.train_steps, args.pattern, args.sparsity)
+        goals["compiled int8 accuracy within 0.5 points of the fake-quantized torch forward"] = abs(accuracy["difference_points"]) <= 0.5
+        print(f"\naccuracy on {accuracy['test_images']} test images after {accuracy['train_steps']} training steps: float "
+              f"{100 * accuracy['accuracy_float']:.1f} %, fake-quantized torch {100 * accuracy['accuracy_fake_quantized_torch']:.1f} %, "
+              f"compiled int8 {100 * accuracy['accuracy_compiled_int8']:.1f} % ({accuracy['difference_points']:+.1f} points; top-1 "
+              f"agreement {100 * accuracy['top1_agreement']:.1f} %)")
+    for goal, ok in goals.items():
+        print(f"* {goal}: {'met' if ok else 'NOT met'}")
+    out = Path(args.out) if args.out else RESULTS_INT8
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w") as fh:
+        json.dump({"protocol": protocol.to_json(), "passes": args.passes, "load_avg": load, "results": results, "accuracy": accuracy,
+                   "goals": goals}, fh, indent=1, default=str)
+    print(f"\nwrote {os.path.relpath(out)}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--resolutions", type=int, nargs="+", default=[224, 192, 160])
     parser.add_argument("--kernels", type=int, nargs="+", default=[7, 3], help="depthwise kernel of every block")
     parser.add_argument("--pattern", default="block8x1")
     parser.add_argument("--sparsity", type=float, default=0.75)
-    parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--out", default=None, help=f"results JSON (default {RESULTS.name}; --int8: {RESULTS_INT8.name})")
+    parser.add_argument("--int8", action="store_true", help="the w8a8 sparse model on the integer kernels (see the module docstring)")
+    parser.add_argument("--train-steps", type=int, default=800, help="--int8: training steps of the accuracy check (0: skip it)")
     parser.add_argument("--passes", type=int, default=2, help="timing passes over all configurations; per model the fastest pass counts")
     args = parser.parse_args(argv)
     if args.passes < 1:
         parser.error(f"--passes: {args.passes} not allowed; allowed: an integer >= 1")
+    if args.int8:
+        if args.resolutions == [224, 192, 160]:
+            args.resolutions = [224, 160]
+        main_int8(args)
+        return
+    args.out = args.out or str(RESULTS)
     protocol = Protocol(threads=1)
     configs = [build(r, k, args.pattern, args.sparsity) for k in args.kernels for r in args.resolutions]
     best = measure_passes([cfg["runnables"] for cfg in configs], protocol, args.passes)

@@ -37,6 +37,19 @@ compile time and the chosen tiling.
 
 Goals (issue 4): block patterns >= 0.9 of ideal from 50 %; unstructured >= 0.6 of ideal at
 75-90 %; 3x3 kernel-pattern + 50 % connectivity >= 2x.
+
+``--int8``: the integer kernels instead (`tritune.kernels.codegen.qruntime`), on the 1x1 shapes,
+each layer with a fused ReLU writing uint8 codes (as an expand layer inside a network). Per
+shape, timed interleaved with the same protocol and passes: ONNX Runtime fp32 (``Conv``), ONNX
+Runtime int8 (``QLinearConv``, uint8 in / out, built by ``int8_baselines.py``), the generated fp32
+kernels (dense, block8x1 at 75 %) and the generated integer kernels (dense w8, block8x1 / block4x1
+/ block16x1 at 50-90 %, unstructured, N:M 2:4, 4-bit block8x1), every kernel autotuned and checked
+against its reference (fp32: torch within 1e-4; int8: every code within one step of the
+fake-quantized torch layer). Goals (issue 21): dense int8 >= 1.0x ORT int8; int8 block8x1 at 75 %
+>= 3x ORT int8 dense and >= 1.7x the fp32 block8x1 kernel at 75 %. Writes
+``docs/results/kernels_int8.json``.
+
+    python benchmarks/kernels.py --int8 [--quick]
 """
 from __future__ import annotations
 
@@ -52,6 +65,10 @@ from typing import Any
 import numpy as np
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "results" / "kernels.json"
+OUT_INT8 = OUT.with_name("kernels_int8.json")
+#: Integer cases of a 1x1 shape: (pattern, sparsity, weight bits).
+INT8_CASES = [("dense", 0.0, 8), ("block8x1", 0.5, 8), ("block8x1", 0.75, 8), ("block8x1", 0.9, 8), ("block4x1", 0.75, 8),
+              ("block16x1", 0.75, 8), ("unstructured", 0.75, 8), ("unstructured", 0.9, 8), ("nm2:4", 0.5, 8), ("block8x1", 0.75, 4)]
 RATIOS = (0.5, 0.75, 0.9)
 #: kernel_pattern ratios: 4 of 9 taps (5/9), + 50 % connectivity (1 - 0.5 * 4/9), ~90 %
 KP_RATIOS = (5 / 9, 1 - 0.5 * 4 / 9, 0.9)
@@ -201,6 +218,123 @@ def matrix(rows: list[dict[str, Any]], kind: str) -> str:
     return "\n".join(lines)
 
 
+def prepare_int8_shape(shape: dict[str, Any], quick: bool, cache: Path, seed: int) -> tuple[list, list[str], list[dict[str, Any]]]:
+    """Autotune and check one 1x1 shape's integer and float cases: (runs -- ORT fp32, ORT int8,
+    codegen fp32 dense, codegen fp32 block8x1 at 75 %, then the integer cases --, names, rows)."""
+    import torch
+    import torch.nn.functional as F
+
+    from tritune.kernels import pack
+    from tritune.kernels.codegen import aligned_empty, autotune
+    from tritune.kernels.codegen.qruntime import autotune_q
+    from tritune.kernels.formats import quantize_packed
+    from tritune.kernels.patterns import achieved_sparsity, make_mask
+    from tritune.kernels.quant import AffineQuant
+    from int8_baselines import ort_conv, ort_qlinearconv
+
+    c, hw = shape["c"], shape["hw"]
+    gen = torch.Generator().manual_seed(seed)
+    weight = torch.randn(c, c, 1, 1, generator=gen) / c ** 0.5
+    bias = (torch.randn(c, generator=gen) * 0.1).numpy().astype(np.float32)
+    in_q, out_q = AffineQuant(0.02, 0), AffineQuant(0.03, 0)  # post-ReLU tensors: zero point 0
+    rng = np.random.default_rng(seed)
+    xf = aligned_empty((c, hw, hw))
+    xf[...] = rng.standard_normal(xf.shape, dtype=np.float32)
+    xq = aligned_empty((c, hw, hw), np.uint8)
+    xq[...] = rng.integers(0, 256, xq.shape)
+    dense_q = quantize_packed(weight, "dense", torch.ones_like(weight, dtype=torch.bool), 8)
+    runs = [ort_conv(weight.numpy(), bias, (hw, hw)), ort_qlinearconv(dense_q, bias, in_q, out_q, (hw, hw))]
+    names = ["ORT fp32", "ORT int8"]
+    rows: list[dict[str, Any]] = []
+    for pattern in ("dense", "block8x1"):  # the float kernels the integer ones are compared with
+        ratio = 0.0 if pattern == "dense" else 0.75
+        mask = make_mask(weight, pattern, ratio)
+        packed = pack(weight * mask, pattern, mask)
+        tuned = autotune(packed, "conv1x1", (hw, hw), 1, bias, "relu", cache_dir=cache)
+        out = aligned_empty(tuned.kernel.out_shape)
+        run = tuned.kernel.bind(xf, out)
+        run()
+        ref = F.relu(F.conv2d(torch.from_numpy(np.array(xf))[None], torch.from_numpy(packed.unpack()), torch.from_numpy(bias)))[0].numpy()
+        runs.append(run)
+        names.append(f"fp32 {pattern}@{ratio:g}")
+        rows.append({"precision": "fp32", "pattern": pattern, "target_sparsity": ratio, "bits": 32, "sparsity": achieved_sparsity(mask),
+                     "variant": tuned.variant.name, "rel_err": float(np.abs(out - ref).max() / np.abs(ref).max())})
+    cases = [case for case in INT8_CASES if not quick or case[1] in (0.0, 0.75)]
+    for pattern, ratio, bits in cases:
+        mask = make_mask(weight, pattern, ratio)
+        qw = quantize_packed(weight * mask, pattern, mask, bits)
+        tuned = autotune_q(qw, "conv1x1", (hw, hw), 1, bias, in_quant=in_q, act="relu", out_quant=out_q, cache_dir=cache)
+        out = aligned_empty(tuned.kernel.out_shape, np.uint8)
+        run = tuned.kernel.bind(xq, q=out)
+        run()
+        ref = F.relu(F.conv2d(torch.from_numpy(in_q.dequantize(xq))[None].double(), torch.from_numpy(qw.dequantize()).double(),
+                              torch.from_numpy(bias).double()))[0].numpy()
+        steps = int(np.abs(out.astype(int) - out_q.quantize(ref).astype(int)).max())
+        runs.append(run)
+        names.append(f"int{bits} {pattern}@{ratio:g}")
+        rows.append({"precision": "int8", "pattern": pattern, "target_sparsity": ratio, "bits": bits, "sparsity": achieved_sparsity(mask),
+                     "variant": tuned.variant, "variant_timings_ms": tuned.timings_ms, "max_step_error": steps,
+                     "compile_s": tuned.compile_s, "nbytes": qw.nbytes})
+    return runs, names, rows
+
+
+def finish_int8_shape(shape: dict[str, Any], rows: list[dict[str, Any]], ms: list[Any]) -> list[dict[str, Any]]:
+    """Each row's latency and its ratios to ORT fp32 / ORT int8 / the fp32 kernel of the same pattern."""
+    ort_f, ort_i = ms[0].latency_ms, ms[1].latency_ms
+    fp32 = {(r["pattern"], r["target_sparsity"]): m.latency_ms for r, m in zip(rows, ms[2:]) if r["precision"] == "fp32"}
+    for row, m in zip(rows, ms[2:]):
+        row.update({"channels": shape["c"], "hw": shape["hw"], "latency_ms": m.latency_ms, "median_ms": m.median_ms, "spread": m.spread,
+                    "cpu_share": m.cpu_share, "ort_fp32_ms": ort_f, "ort_int8_ms": ort_i, "vs_ort_fp32": ort_f / m.latency_ms,
+                    "vs_ort_int8": ort_i / m.latency_ms})
+        same = fp32.get((row["pattern"], row["target_sparsity"]))
+        if row["precision"] == "int8" and same is not None:
+            row["vs_fp32_kernel"] = same / m.latency_ms
+    return rows
+
+
+def int8_goals(rows: list[dict[str, Any]]) -> dict[str, str]:
+    dense = [r for r in rows if r["precision"] == "int8" and r["pattern"] == "dense"]
+    b8 = [r for r in rows if r["precision"] == "int8" and r["pattern"] == "block8x1" and r["target_sparsity"] == 0.75 and r["bits"] == 8]
+    share = lambda items, ok: f"{sum(bool(ok(r)) for r in items)}/{len(items)}"  # noqa: E731
+    return {"dense int8 >= 1.0x ORT int8": share(dense, lambda r: r["vs_ort_int8"] >= 1.0),
+            "int8 block8x1@75 >= 3x ORT int8 dense": share(b8, lambda r: r["vs_ort_int8"] >= 3.0),
+            "int8 block8x1@75 >= 1.7x fp32 block8x1@75": share(b8, lambda r: r.get("vs_fp32_kernel", 0) >= 1.7),
+            "every int8 output within one step of torch": share([r for r in rows if r["precision"] == "int8"], lambda r: r["max_step_error"] <= 1)}
+
+
+def int8_table(rows: list[dict[str, Any]]) -> str:
+    """One line per shape: ORT baselines, the fp32 kernels, and each integer case's ms (x vs ORT int8)."""
+    cases = list(dict.fromkeys(f"int{r['bits']} {r['pattern']}@{100 * r['target_sparsity']:.0f}" for r in rows if r["precision"] == "int8"))
+    head = ["shape", "ORT fp32 ms", "ORT int8 ms", "fp32 dense ms", "fp32 block8x1@75 ms"] + cases
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    by_shape: dict[tuple, list] = {}
+    for r in rows:
+        by_shape.setdefault((r["channels"], r["hw"]), []).append(r)
+    for (c, hw), items in by_shape.items():
+        f = {r["pattern"]: r for r in items if r["precision"] == "fp32"}
+        q = {f"int{r['bits']} {r['pattern']}@{100 * r['target_sparsity']:.0f}": r for r in items if r["precision"] == "int8"}
+        cells = [f"{c}² @{hw}²", f"{items[0]['ort_fp32_ms']:.3f}", f"{items[0]['ort_int8_ms']:.3f}", f"{f['dense']['latency_ms']:.3f}",
+                 f"{f['block8x1']['latency_ms']:.3f}"]
+        cells += [f"{q[k]['latency_ms']:.3f} ({q[k]['vs_ort_int8']:.2f}x)" if k in q else "" for k in cases]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main_int8(args: argparse.Namespace, protocol: Any, cache: Path) -> dict[str, Any]:
+    from tritune.targets.measure import measure_passes
+
+    prepared = []
+    for shape in [s for s in shapes(args.quick) if s["kind"] == "conv1x1"]:
+        t = time.perf_counter()
+        prepared.append((shape, *prepare_int8_shape(shape, args.quick, cache, args.seed)))
+        print(f"conv1x1 {shape['c']}x{shape['c']} @{shape['hw']}x{shape['hw']}: tuned in {time.perf_counter() - t:.1f} s", file=sys.stderr, flush=True)
+    best = measure_passes([runs for _, runs, _, _ in prepared], protocol, args.passes, [names for _, _, names, _ in prepared])
+    rows = []
+    for (shape, _, _, shape_rows), ms in zip(prepared, best):
+        rows += finish_int8_shape(shape, shape_rows, ms)
+    return {"benchmark": "kernels_int8", "goals": int8_goals(rows), "rows": rows}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="two shapes, 75 %% only, fewer timing rounds")
@@ -209,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--passes", type=int, default=2, help="timing passes over all shapes; per contender the fastest pass counts")
     ap.add_argument("--tunings", type=int, default=2, help="autotuning passes over all layers; per variant the fastest tuning counts")
+    ap.add_argument("--int8", action="store_true", help="the integer kernels against ONNX Runtime int8 and the fp32 kernels (1x1 shapes)")
     args = ap.parse_args(argv)
     for name in ("passes", "tunings"):
         if getattr(args, name) < 1:
@@ -237,6 +372,29 @@ def main(argv: list[str] | None = None) -> int:
         cache = args.cache
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []
+    if args.int8:
+        import os
+
+        try:
+            result = main_int8(args, protocol, cache)
+        finally:
+            if tmp is not None:
+                tmp.cleanup()
+        comp = find_compiler()
+        result.update({"quick": args.quick, "load_avg": os.getloadavg(), "seconds": time.perf_counter() - t0, "passes": args.passes,
+                       "protocol": protocol.to_json(),
+                       "machine": {"cpu": cpu_fingerprint(), "python": platform.python_version(), "torch": torch.__version__,
+                                   "onnxruntime": onnxruntime.__version__, "compiler": comp.version, "vector_width": vector_width()}})
+        print(int8_table(result["rows"]))
+        print(f"\nload average (1, 5, 15 min) at the end: {', '.join(f'{v:.2f}' for v in result['load_avg'])}")
+        for goal, value in result["goals"].items():
+            print(f"* {goal}: {value}")
+        out = args.out if args.out is not None else (None if args.quick else OUT_INT8)
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(result, indent=1, default=float) + "\n")
+            print(f"\nwrote {out}", file=sys.stderr)
+        return 0
     try:
         prepared = []
         for shape in shapes(args.quick):

@@ -2,6 +2,11 @@
 
     tritune profile --target ort-cpu --space mobilenet-small --n 700 --out profiles/ort-small [--sessions 4] [--fit ort-small.json]
     tritune fit profiles/ort-small [profiles/ort-small-2 ...] --out ort-small.json
+    tritune profile --target codegen-cpu --space mobilenet --n 200 --out profiles/codegen --fit codegen.json
+
+A codegen-cpu profile also records every plan step's time inside whole inferences; ``fit``
+(``--predictor layerwise``) then makes the step-table predictor of
+`tritune.predictors.codegen_layerwise`.
 
 Wire it into the main parser with ``add_parser(subparsers)``. See `tritune.targets.profiling`.
 """
@@ -45,17 +50,41 @@ def _cmd_profile(args: argparse.Namespace) -> int:
             "skipped": result.skipped, "build_s_per_model": round(per("build"), 3), "measure_s_per_model": round(per("measure"), 3),
         }))
     if args.fit:
-        from ..predictors.from_profile import fit_from_profile, summary
+        from ..predictors.from_profile import summary
 
-        print(f"{summary(fit_from_profile(args.out, args.predictor, out=args.fit))}; saved to {args.fit}")
+        print(f"{summary(_fit([args.out], args.predictor, args.fit))}; saved to {args.fit}")
     return 0
+
+
+def _fit(profiles: list[str], kind: str, out: str, seed: int = 0):
+    """`fit_from_profile`, or for a codegen-cpu profile (its steps timed inside whole inferences)
+    the codegen step-table predictor (`tritune.predictors.codegen_layerwise`)."""
+    from ..predictors.from_profile import fit_from_profile
+
+    if kind == "layerwise" and _profile_target(profiles[0]) == "codegen-cpu":
+        from ..predictors.codegen_layerwise import fit_codegen_profile
+
+        return fit_codegen_profile(profiles, out=out, seed=seed)
+    return fit_from_profile(profiles, kind, out=out, seed=seed)
+
+
+def _profile_target(path: str) -> str | None:
+    from pathlib import Path
+
+    from ..targets.profiling import METADATA_FILE, session_dirs
+
+    try:
+        first = session_dirs(path)[0]
+        return json.loads((Path(first) / METADATA_FILE).read_text())["target"]["name"]
+    except (ValueError, OSError, KeyError, TypeError):
+        return None  # fit_from_profile reports the problem with its own message
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
     _at_least(args, 0, "seed")
-    from ..predictors.from_profile import fit_from_profile, summary
+    from ..predictors.from_profile import summary
 
-    print(f"{summary(fit_from_profile(args.profile, args.predictor, out=args.out, seed=args.seed))}; saved to {args.out}")
+    print(f"{summary(_fit(list(args.profile), args.predictor, args.out, args.seed))}; saved to {args.out}")
     return 0
 
 

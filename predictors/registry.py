@@ -20,6 +20,9 @@ P = TypeVar("P", bound="type[Predictor]")
 #: kind -> predictor class.
 PREDICTORS: dict[str, type["Predictor"]] = {}
 ENTRY_POINT_GROUP = "tritune.predictors"
+#: Built-in kinds in modules `tritune.predictors` does not import up front: kind -> module (a
+#: fixed name here, never one read from a file), imported when a file names the kind.
+BUILTIN_MODULES = {"codegen-layerwise-latency": "codegen_layerwise"}
 _PLUGINS = PluginGroup(ENTRY_POINT_GROUP)
 
 
@@ -36,6 +39,12 @@ def predictor_class(kind: str) -> type["Predictor"]:
     """The class registered under ``kind``; ValueError naming the known kinds otherwise."""
     if isinstance(kind, str) and kind in PREDICTORS:
         return PREDICTORS[kind]
+    if isinstance(kind, str) and kind in BUILTIN_MODULES:
+        import importlib
+
+        importlib.import_module(f"{__package__}.{BUILTIN_MODULES[kind]}")
+        if kind in PREDICTORS:
+            return PREDICTORS[kind]
     cls = _PLUGINS.load(kind, f"predictor kind {kind}") if isinstance(kind, str) and kind else None
     if cls is None:
         known = sorted(set(PREDICTORS) | set(_PLUGINS.entry_points()))

@@ -193,6 +193,43 @@ class CodegenRunnable:
             out.append({**op.describe(), "ms": float(t_in) * 1e3, "alone_ms": float(np.median(ts)) * 1e3})
         return out
 
+    def step_times(self, repeats: int = 20) -> list[dict[str, Any]]:
+        """Per op, in plan order: name, kind, bits and ``ms``, its median time inside whole
+        inferences (what `tritune.targets.profiling` records for the codegen-cpu predictor)."""
+        self.bench_fn()()
+        inside = self._chain.timed(repeats)
+        return [{"name": op.name, "kind": op.kind, "bits": op.bits, "ms": float(t) * 1e3} for op, t in zip(self.ops, inside)]
+
+
+#: Activation range of every quantizer of a layer-seeded build (``weights="layer"``).
+LAYER_SEEDED_RANGE = (-4.0, 4.0)
+
+
+def _layer_seeded(net: Any) -> Any:
+    """``net`` with every weight layer's weight and bias drawn from a generator seeded by the
+    layer's configuration (its pattern's mask applied), so equal layers get equal values."""
+    import zlib
+
+    import torch
+
+    from ..kernels.patterns import make_mask
+    from ..spaces.compression import parse_pattern
+
+    modules = dict(net.named_modules())
+    with torch.no_grad():
+        for L in net.layers:
+            if not L.has_weights:
+                continue
+            op = modules[L.name].conv if hasattr(modules[L.name], "conv") else modules[L.name].linear
+            key = json.dumps([L.op, L.in_channels, L.out_channels, L.kernel, L.groups, L.stride, L.pattern, L.sparsity, L.act])
+            gen = torch.Generator().manual_seed(zlib.crc32(key.encode()))
+            w = torch.randn(op.weight.shape, generator=gen) / max(1.0, float(op.weight[0].numel())) ** 0.5
+            if parse_pattern(L.pattern).family not in ("dense", "channel") and L.sparsity > 0:
+                w = w * make_mask(w, L.pattern, L.sparsity)
+            op.weight.copy_(w)
+            op.bias.copy_(torch.randn(op.bias.shape, generator=gen) * 0.05)
+    return net
+
 
 class _Buffers:
     """Activation buffers allocated once: a released buffer is reused by a later op of no larger size."""
@@ -262,17 +299,26 @@ class CodegenCpuTarget(BuildsMobileNets, Target):
     """Generated sparse C kernels on this CPU (float32 and int8), timed with `Protocol`.
 
     ``calibration_samples``: seeded standard-normal inputs a candidate's activation ranges are
-    calibrated on (its weights are random too; pass ``calibration`` to `build` for real data)."""
+    calibrated on (its weights are random too; pass ``calibration`` to `build` for real data).
+    ``weights``: ``"candidate"`` (weights seeded by the candidate, as `build_subnet` makes them)
+    or ``"layer"`` (weights seeded by each layer's configuration, activation grids fixed instead of
+    calibrated): layers of equal configuration then generate the same C source, so a profile of
+    many candidates compiles each layer configuration once (`for_profiling`). Latency does not
+    depend on the values, so both give the same numbers and the same fingerprint."""
 
     name = "codegen-cpu"
     description = "Generated sparse C kernels on this CPU (float32 and int8): runs whole compressed mobilenet candidates layer by layer"
 
     def __init__(self, threads: int = 1, seed: int = 0, autotune: bool = False, cc: str | None = None,
                  cache_dir: str | None = None, protocol: Protocol | dict | None = None,
-                 fuse_min_bytes: int | None = FUSE_MIN_BYTES, calibration_samples: int = 4) -> None:
+                 fuse_min_bytes: int | None = FUSE_MIN_BYTES, calibration_samples: int = 4, weights: str = "candidate") -> None:
         if isinstance(calibration_samples, bool) or not isinstance(calibration_samples, int) or calibration_samples < 1:
             raise ValueError(f"codegen-cpu.calibration_samples: {calibration_samples!r} not allowed; allowed: an integer >= 1")
-        self.calibration_samples = calibration_samples
+        if weights not in ("candidate", "layer"):
+            raise ValueError(f"codegen-cpu.weights: {weights!r} not allowed; allowed: candidate, layer")
+        self.calibration_samples, self.weights = calibration_samples, weights
+        #: candidates `tritune.targets.profiling.profile` may build at once (compilation runs in subprocesses)
+        self.parallel_builds = 2
         if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
             raise ValueError(f"codegen-cpu.threads: {threads!r} must be an integer >= 1")
         if not isinstance(autotune, bool):
@@ -286,6 +332,14 @@ class CodegenCpuTarget(BuildsMobileNets, Target):
         self.protocol = protocol or Protocol(threads=threads)
         if self.protocol.threads != threads:
             raise ValueError(f"codegen-cpu: protocol.threads={self.protocol.threads} differs from threads={threads}")
+
+    def for_profiling(self) -> "CodegenCpuTarget":
+        """The same target building with layer-seeded weights (``weights="layer"``): what a profile
+        of many candidates uses, so each layer configuration compiles once."""
+        twin = CodegenCpuTarget(self.threads, self.seed, self.autotune, self.cc, self.cache_dir, self.protocol, self.fuse_min_bytes,
+                                self.calibration_samples, weights="layer")
+        twin.parallel_builds = self.parallel_builds
+        return twin
 
     # ----- identity -----------------------------------------------------------------------
     def available(self) -> bool:
@@ -354,7 +408,8 @@ class CodegenCpuTarget(BuildsMobileNets, Target):
         (`tritune.targets.codegen_int8`). A candidate's weights are quantized per output channel and
         its activation ranges calibrated (min / max) on ``calibration`` (input batches; default:
         ``calibration_samples`` seeded standard-normal inputs); an extracted subnet brings its own
-        codes and calibrated input quantizers (`tritune.spaces.supernet.extract`).
+        codes and calibrated input quantizers (`tritune.spaces.supernet.extract`); a float subnet
+        whose IR names lower bits is quantized and calibrated like a candidate.
 
         ``packed``: `tritune.kernels.formats.PackedWeight` s by layer name, used instead of
         packing those layers' module weights (what `load_exported` passes: the structure of a
@@ -385,7 +440,9 @@ class CodegenCpuTarget(BuildsMobileNets, Target):
 
         quantized = any(L.has_weights and (L.w_bits < 32 or L.a_bits < 32) for L in net.layers)
         with torch_threads(1):
-            if quantized and isinstance(candidate, Candidate):
+            if self.weights == "layer" and isinstance(candidate, Candidate):
+                net = _layer_seeded(net)
+            if quantized:
                 net = self.quantized(net, shape, calibration)
             t_net = time.perf_counter() - t0
             packs = dict(packed or {})
@@ -404,6 +461,8 @@ class CodegenCpuTarget(BuildsMobileNets, Target):
 
         from .codegen_int8 import quantize_subnet
 
+        if calibration is None and self.weights == "layer":
+            return quantize_subnet(net, [], fixed_range=LAYER_SEEDED_RANGE)
         if calibration is None:
             gen = torch.Generator().manual_seed(self.seed + 1)
             calibration = [torch.randn((self.calibration_samples, *shape[1:]), generator=gen)]

@@ -41,29 +41,35 @@ def _op(module: Any) -> Any:
     return module.conv if hasattr(module, "conv") else module.linear
 
 
-def quantize_subnet(net: Any, batches: Iterable[Any], calibration: str = "minmax") -> Any:
-    """A copy of a float `MobileNetSubnet` whose layers with ``w_bits < 32`` or ``a_bits < 32``
-    are `QuantizedConv2d` / `QuantizedLinear` (int8 codes + per-channel scales, the pattern's mask,
-    an input fake quantizer), ranges calibrated on ``batches`` -- the form
-    `tritune.spaces.supernet.extract` returns, so its torch forward is the fake-quantized network."""
+def quantize_subnet(net: Any, batches: Iterable[Any], calibration: str = "minmax", seed: int = 0,
+                    fixed_range: tuple[float, float] | None = None) -> Any:
+    """``net`` with its layers of ``w_bits < 32`` or ``a_bits < 32`` as `QuantizedConv2d` /
+    `QuantizedLinear` (int8 codes + per-channel scales, the pattern's mask, an input fake
+    quantizer) -- the form `tritune.spaces.supernet.extract` returns, so its torch forward is the
+    fake-quantized network. Layers already in that form (an extracted subnet's) are kept with
+    their ranges; only the quantizers added here are calibrated on ``batches`` (the network's
+    forward with the others active); with ``fixed_range`` they are set to that range instead (no
+    data needed). Returns ``net`` itself when there is nothing to add, else a copy."""
     import torch
 
-    from ..kernels.quant import ActFakeQuant, calibrate, dequantize_weight, quantize_weight
+    from ..kernels.quant import ActFakeQuant, dequantize_weight, quantize_weight
     from ..spaces.compression import parse_pattern
     from ..spaces.mobilenet_net import ConvAct
     from ..spaces.supernet.elastic import DeployWeights
     from ..spaces.supernet.extract import QuantizedConv2d, QuantizedLinear
 
+    todo = [L.name for L in net.layers if L.has_weights and (L.w_bits < FLOAT or L.a_bits < FLOAT)
+            and not hasattr(_op(dict(net.named_modules())[L.name]), "input_quant")]
+    if not todo:
+        return net
     net = copy.deepcopy(net)
     modules = dict(net.named_modules())
+    added: list[Any] = []
+    by_name = {L.name: L for L in net.layers}
     with torch.no_grad():
-        for L in net.layers:
-            if not L.has_weights or (L.w_bits >= FLOAT and L.a_bits >= FLOAT):
-                continue
-            module = modules[L.name]
+        for name in todo:
+            L, module = by_name[name], modules[name]
             op = _op(module)
-            if hasattr(op, "input_quant"):  # already quantized (an extracted subnet)
-                continue
             w = op.weight.detach().clone()
             masked = parse_pattern(L.pattern).family not in ("dense", "channel") and L.sparsity > 0
             mask = (w != 0) if masked else None
@@ -74,12 +80,28 @@ def quantize_subnet(net: Any, batches: Iterable[Any], calibration: str = "minmax
                 weight = dequantize_weight(codes, scales, channel_axis=0)
             d = DeployWeights(weight=weight, bias=op.bias.detach().clone(), codes=codes, scales=scales, mask=mask)
             quant = ActFakeQuant(L.a_bits, calibration=calibration) if L.a_bits < FLOAT else None
+            if quant is not None:
+                added.append(quant)
             if isinstance(module, ConvAct):
                 module.conv = QuantizedConv2d(d, op.stride[0], op.padding[0], op.groups, quant, L.w_bits)
             else:
                 module.linear = QuantizedLinear(d, quant, L.w_bits)
-        calibrate(net, batches, method=calibration)
-    return net.eval().requires_grad_(False)
+        net.eval()
+        if added and fixed_range is not None:
+            for q in added:
+                q.set_range(*fixed_range)
+        elif added:  # what tritune.kernels.quant.calibrate does, for the added quantizers only
+            for i, q in enumerate(added):
+                q.start_observing(seed + i)
+            n = 0
+            for batch in batches:
+                net(batch)
+                n += 1
+            if n == 0:
+                raise ValueError("calibration: no batches given")
+            for q in added:
+                q.finish_observing(calibration)
+    return net.requires_grad_(False)
 
 
 def layer_quantization(module: Any) -> tuple[Any, Any]:
@@ -104,8 +126,8 @@ def quantized_weight(L: Any, module: Any, kind: str) -> Any:
     scales = op.weight_scales.detach().cpu().numpy().astype(np.float32).reshape(-1)
     pattern = L.pattern
     mask = getattr(op, "weight_mask", None)
-    if parse_pattern(pattern).family == "channel" or L.sparsity <= 0 or mask is None:
-        pattern, mask = "dense", np.ones(codes.shape, dtype=bool)
+    if parse_pattern(pattern).family == "channel" or L.sparsity <= 0 or mask is None or kind == "dw":
+        pattern, mask = "dense", np.ones(codes.shape, dtype=bool)  # depthwise: a dense kernel over the masked codes
     else:
         mask = mask.detach().cpu().numpy() != 0
     if kind == "linear":

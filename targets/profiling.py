@@ -25,6 +25,13 @@ Files
      "build_s": {"net": ..., "export": ..., "quantize": ..., "session": ..., "total": ...},
      "quantized_layers": 12, "reference_ms": 9.87, "timestamp": "2026-...Z"}
 
+``steps`` (targets whose runnables report them, ``step_times()``: ``codegen-cpu``): each plan
+step's name, kind, bits and median ms *inside* whole inferences -- what the codegen-cpu predictor
+(`tritune.predictors.codegen_layerwise`) learns step costs from. Such a target may also build for
+profiling (``for_profiling()``: ``codegen-cpu`` then seeds weights per layer configuration, so
+each configuration compiles once) and build several candidates at once (``parallel_builds``:
+compilation runs in subprocesses; the timing never overlaps a build).
+
 ``reference_ms`` (profiles taken with ``reference="largest"``, the default): the latency of the
 space's largest dense candidate, timed interleaved in the same group. A shared machine's speed
 drifts between groups by a few percent -- as much as a good predictor's error -- and a model timed
@@ -387,6 +394,9 @@ def profile(target: Any, space: Any, n: int, out_dir: str | os.PathLike, seed: i
         target = create_target(target, threads=protocol.threads)
     if not hasattr(target, "build") or not hasattr(target, "measure"):
         raise ValueError(f"profile: target {getattr(target, 'name', target)!r} cannot build and measure models")
+    if callable(getattr(target, "for_profiling", None)):
+        target = target.for_profiling()
+    workers = max(1, int(getattr(target, "parallel_builds", 1) or 1))
     if not target.supports(space.name):
         raise ValueError(f"profile: target {target.name!r} does not support space {space.name!r}")
     if n < 1 or group_size < 1:
@@ -441,19 +451,24 @@ def profile(target: Any, space: Any, n: int, out_dir: str | os.PathLike, seed: i
         for start in range(0, len(todo), group_size):
             group = todo[start:start + group_size]
             t0 = time.perf_counter()
-            runnables = []
-            for _, cand in group:
-                runnables.append(target.build(cand, space=space))
-                result.builds += 1
+            if workers > 1:
+                from concurrent.futures import ThreadPoolExecutor
+
+                with ThreadPoolExecutor(workers) as pool:
+                    runnables = list(pool.map(lambda c: target.build(c, space=space), [cand for _, cand in group]))
+            else:
+                runnables = [target.build(cand, space=space) for _, cand in group]
+            result.builds += len(group)
             t1 = time.perf_counter()
             measurements = target.measure(runnables + ([ref_runnable] if ref_runnable is not None else []), protocol=protocol)
             ref_ms = measurements.pop().latency_ms if ref_runnable is not None else None
+            steps = [r.step_times() if callable(getattr(r, "step_times", None)) else None for r in runnables]
             t2 = time.perf_counter()
             result.seconds["build"] += t1 - t0
             result.seconds["measure"] += t2 - t1
             stamp = _now()
             lines = []
-            for (index, cand), runnable, m in zip(group, runnables, measurements):
+            for (index, cand), runnable, m, st in zip(group, runnables, measurements, steps):
                 row = {
                     "schema_version": SCHEMA_VERSION,
                     "candidate_id": cand.id,
@@ -466,6 +481,7 @@ def profile(target: Any, space: Any, n: int, out_dir: str | os.PathLike, seed: i
                     "build_s": dict(getattr(runnable, "build_s", {}) or {}),
                     "quantized_layers": len(getattr(runnable, "quantized_layers", ()) or ()),
                     **({"reference_ms": ref_ms} if ref_ms is not None else {}),
+                    **({"steps": st} if st is not None else {}),
                     "timestamp": stamp,
                 }
                 lines.append(json.dumps(row, sort_keys=True) + "\n")

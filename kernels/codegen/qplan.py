@@ -175,7 +175,9 @@ def default_lowering(qw: QuantizedWeight, geo: QGeometry) -> tuple[str, int]:
         if share >= 4 and share in NARROW_ROWS:
             return "gather", share
         return "quad", 1
-    return "quad", 1  # unstructured, gather_scatter, nm
+    if spec.family == "nm" and spec.m <= 4:  # every row touches every quad: the dense nest's rows share its loads
+        return "quad", 16 if narrow else DENSE_ROWS
+    return "quad", 1  # unstructured, gather_scatter, other N:M
 
 
 def check_lowering(geo: QGeometry, mode: str, r: int) -> None:

@@ -266,8 +266,8 @@ class QTuneResult:
 
 
 def candidate_qvariants(build: QBuild) -> list[QVariant]:
-    """The tilings worth timing: pixel tiles of 1-4 vectors (fewer when a block row has many
-    rows), and the other nest where a pattern has one row per block (quad vs gather)."""
+    """The tilings worth timing: pixel tiles of 1-6 vectors (fewer when a block row has many
+    rows), and where a pattern has one row per block the gather nest and 8-row quads too."""
     if build.geo.narrow:
         return [QVariant(1)]
     mode, rows = default_lowering(build.qw, build.geo)
@@ -279,8 +279,9 @@ def candidate_qvariants(build: QBuild) -> list[QVariant]:
         for nv in (1, 2, 3, 4, 6):
             if r * nv <= accumulator_limit(mode, nv) and nv <= max(1, vectors):
                 out.append(QVariant(nv, mode, r))
-    if rows == 1:  # one row per block: the gather nest is worth timing too
+    if rows == 1:  # one row per block: the gather nest, and quads shared by 8 rows (all a row block touches), are worth timing too
         out += [QVariant(nv, "gather", 1) for nv in (2, 4) if nv <= max(1, vectors)]
+        out += [QVariant(nv, "quad", 8) for nv in (2, 3) if nv <= max(1, vectors)]
     return out[:10]
 
 
