@@ -26,7 +26,6 @@ no layer objects, no compiler.
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -35,91 +34,28 @@ from scipy.optimize import nnls
 
 from ..spaces.candidate import Candidate
 from .base import NotFittedError, Predictor
-from .codegen_units import CONTEXT, FAMILIES, ROW_FEATURES, UNIT_TYPES, LayerRows, UnitBatch, rows_from_candidates, rows_from_layers, units
+from .codegen_units import UNIT_TYPES, WORK, LayerRows, UnitBatch, rows_from_candidates, rows_from_layers, units
 from .io import fingerprint_of
 from .metrics import score_report
 from .registry import register_predictor
 
 FEATURES_ID = "codegen-steps/v1"
-WORK = ("calls", *[f"kept_mmacs_{f}" for f in FAMILIES], *[f"dense_mmacs_{f}" for f in FAMILIES], "padded_mmacs", "out_melems",
-        "in_melems", "weight_mbytes", "w4_mmacs", "gather_mmacs", "conversion_melems", "fq_melems")
 #: Networks per vectorised step when predicting.
 PREDICT_CHUNK = 2048
 _NT = len(UNIT_TYPES)
-_NF = len(ROW_FEATURES)
-_COL = {name: i for i, name in enumerate(ROW_FEATURES)}
-_CTX = {name: _NT + 3 * _NF + i for i, name in enumerate(CONTEXT)}
 
 
-def _member(X: np.ndarray, slot: int, name: str) -> np.ndarray:
-    return X[:, _NT + slot * _NF + _COL[name]]
-
-
-def work(b: UnitBatch, lanes: int = 16) -> np.ndarray:
-    """The `WORK` columns of every unit (fused groups: summed over their layers)."""
-    X = b.X
-    out = np.zeros((X.shape[0], len(WORK)))
-    out[:, 0] = 1.0
-    is_dw = np.isin(b.type, [UNIT_TYPES.index(t) for t in ("dw_f32", "dw_i8", "fused_f32")])
-    for slot in range(3):
-        kept = _member(X, slot, "kept_mmacs")
-        dense = np.exp2(_member(X, slot, "log2_macs")) - 1.0
-        fam = np.stack([_member(X, slot, f"family_{f}") for f in FAMILIES], axis=1)
-        out[:, 1:1 + len(FAMILIES)] += kept[:, None] * fam
-        out[:, 1 + len(FAMILIES):1 + 2 * len(FAMILIES)] += (dense / 1e6)[:, None] * fam
-        out_h = _member(X, slot, "out_h")
-        pixels = out_h * out_h
-        row_pad = np.where(out_h > 0, np.ceil(out_h / lanes) * lanes / np.maximum(out_h, 1), 1.0)
-        grid_pad = np.where(pixels > 0, np.ceil(pixels / lanes) * lanes / np.maximum(pixels, 1), 1.0)
-        pad = np.where(is_dw, row_pad, grid_pad) if slot == 0 else grid_pad  # depthwise layers pad each row, the others the grid
-        out[:, 13] += kept * pad
-        out[:, 14] += _member(X, slot, "out_melems")
-        out[:, 15] += _member(X, slot, "in_melems")
-        weights = np.where(pixels > 0, kept / np.maximum(pixels, 1), kept)
-        bits = np.where(_member(X, slot, "int8") > 0, np.where(_member(X, slot, "w4") > 0, 0.5, 1.0), 4.0)
-        out[:, 16] += weights * bits
-        out[:, 17] += kept * _member(X, slot, "w4")
-        rows = _member(X, slot, "block_rows")
-        gather = (_member(X, slot, "family_block") > 0) & (_member(X, slot, "block_cols") == 1) & (rows >= 4)
-        out[:, 18] += np.where(gather, kept / np.maximum(rows, 1), 0.0)
-        out[:, 20] += _member(X, slot, "in_melems") * _member(X, slot, "fq_input")
-    main_int8 = _member(X, 0, "int8") > 0
-    out_el = _member(X, 0, "out_melems")
-    next_int8 = X[:, _CTX["next_int8"]] > 0
-    next_add = X[:, _CTX["next_add"]] > 0
-    # a float producer feeding an integer reader runs a quantize step; an integer producer read as
-    # float (a residual, a float layer) writes its float output too
-    out[:, 19] = out_el * ((~main_int8 & next_int8) | (main_int8 & (next_add | ~next_int8)))
-    return out
-
-
-def network_features(b: UnitBatch, W: np.ndarray, unit_pred: np.ndarray, additive: np.ndarray, res: np.ndarray) -> np.ndarray:
+def network_features(b: UnitBatch, unit_pred: np.ndarray, additive: np.ndarray) -> np.ndarray:
     """Per network: resolution, log additive estimate, the share of each step type in it, step
-    counts per type, integer share, totals of work."""
+    counts per type, integer network, log totals of kept work, elements and weight bytes."""
     n = b.n_networks
-    share = np.zeros((n, _NT))
-    np.add.at(share, (b.net, b.type), unit_pred)
-    share /= np.maximum(additive, 1e-9)[:, None]
-    counts = np.zeros((n, _NT))
-    np.add.at(counts, (b.net, b.type), 1.0)
-    tot = np.zeros((n, W.shape[1]))
-    np.add.at(tot, b.net, W)
-    net_int8 = np.zeros(n)
-    np.maximum.at(net_int8, b.net, b.X[:, _CTX["net_int8"]])
-    kept = tot[:, 1:1 + len(FAMILIES)].sum(1)
-    return np.column_stack([res, np.log(np.maximum(additive, 1e-9)), share, counts, net_int8, np.log1p(kept), np.log1p(tot[:, 14]),
-                            np.log1p(tot[:, 15]), np.log1p(tot[:, 16])])
-
-
-def unit_keys(b: UnitBatch) -> np.ndarray:
-    """A 64-bit key per unit (its type, features and context): equal keys, equal steps."""
-    X = np.ascontiguousarray(b.X, dtype=np.float64)
-    bits = X.view(np.uint64)
-    mult = (np.arange(1, bits.shape[1] + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)) | np.uint64(1)
-    with np.errstate(over="ignore"):
-        h = (bits * mult).sum(axis=1, dtype=np.uint64)
-        h ^= h >> np.uint64(31)
-    return h
+    flat = b.net * _NT + b.type
+    share = np.bincount(flat, weights=unit_pred, minlength=n * _NT).reshape(n, _NT) / np.maximum(additive, 1e-9)[:, None]
+    counts = np.bincount(flat, minlength=n * _NT).reshape(n, _NT)
+    tot = np.column_stack([np.bincount(b.net, weights=b.W[:, j], minlength=n) for j in (1, 2, 3, 4, 5, 6, 14, 15, 16)])
+    net_int8 = np.bincount(b.net, weights=b.context[:, 0], minlength=n) > 0
+    return np.column_stack([b.res, np.log(np.maximum(additive, 1e-9)), share, counts, net_int8, np.log1p(tot[:, :6].sum(1)),
+                            np.log1p(tot[:, 6]), np.log1p(tot[:, 7]), np.log1p(tot[:, 8])])
 
 
 def step_times(b: UnitBatch, steps: Sequence[Mapping[str, float]]) -> np.ndarray:
@@ -213,12 +149,12 @@ class CodegenLatencyPredictor(Predictor):
             theta[t] = coef / scale
         return theta
 
-    def _unit_pred(self, b: UnitBatch, W: np.ndarray, theta: np.ndarray, keys: np.ndarray | None = None,
-                   table_keys: np.ndarray | None = None, table_ms: np.ndarray | None = None) -> np.ndarray:
-        pred = np.maximum((W * theta[b.type]).sum(1), 1e-6)
-        if table_keys is not None and table_keys.size and keys is not None:
-            pos = np.minimum(np.searchsorted(table_keys, keys), table_keys.size - 1)
-            hit = table_keys[pos] == keys
+    @staticmethod
+    def _unit_pred(b: UnitBatch, theta: np.ndarray, table_keys: np.ndarray | None = None, table_ms: np.ndarray | None = None) -> np.ndarray:
+        pred = np.maximum(np.einsum("ij,ij->i", b.W, theta[b.type]), 1e-6)
+        if table_keys is not None and table_keys.size:
+            pos = np.minimum(np.searchsorted(table_keys, b.key), table_keys.size - 1)
+            hit = table_keys[pos] == b.key
             pred = np.where(hit, table_ms[pos], pred)
         return pred
 
@@ -232,30 +168,29 @@ class CodegenLatencyPredictor(Predictor):
         med = np.array([np.median(ms[a:b]) for a, b in zip(start, np.r_[start[1:], keys.size])]) if uniq.size else np.zeros(0)
         return uniq, med
 
-    def _networks(self, b: UnitBatch, pred: np.ndarray) -> np.ndarray:
-        out = np.zeros(b.n_networks)
-        np.add.at(out, b.net, pred)
-        return out
+    @staticmethod
+    def _networks(b: UnitBatch, pred: np.ndarray) -> np.ndarray:
+        return np.bincount(b.net, weights=pred, minlength=b.n_networks)
 
-    def _fit_all(self, b: UnitBatch, W: np.ndarray, keys: np.ndarray, ms: np.ndarray, y: np.ndarray, res: np.ndarray):
-        theta = self._fit_theta(W, b.type, ms)
-        tk, tm = self._table(keys, ms) if self.table else (None, None)
+    def _fit_all(self, b: UnitBatch, ms: np.ndarray, y: np.ndarray):
+        theta = self._fit_theta(b.W, b.type, ms)
+        tk, tm = self._table(b.key, ms) if self.table else (None, None)
         booster = None
         if self.correction and b.n_networks >= 2 * self.folds:
             # out-of-fold additive estimates: the correction learns the errors of networks the steps were not fitted on
             rng = np.random.default_rng(self.seed)
             fold = rng.permutation(b.n_networks) % self.folds
             oof = np.zeros(b.n_networks)
+            unit_oof = np.zeros(b.net.size)
             for k in range(self.folds):
                 train_net = fold != k
                 tu = train_net[b.net]
-                th = self._fit_theta(W[tu], b.type[tu], ms[tu])
-                ftk, ftm = self._table(keys[tu], ms[tu]) if self.table else (None, None)
-                pred = self._unit_pred(b, W, th, keys, ftk, ftm)
+                th = self._fit_theta(b.W[tu], b.type[tu], ms[tu])
+                ftk, ftm = self._table(b.key[tu], ms[tu]) if self.table else (None, None)
+                pred = self._unit_pred(b, th, ftk, ftm)
+                unit_oof[~tu] = pred[~tu]
                 oof[~train_net] = self._networks(b, pred)[~train_net]
-            unit_oof = self._unit_pred(b, W, theta, keys, tk, tm)
-            F = network_features(b, W, unit_oof, oof, res)
-            F[:, 1] = np.log(np.maximum(oof, 1e-9))
+            F = network_features(b, unit_oof, oof)
             data = xgb.DMatrix(F, label=np.log(y / np.maximum(oof, 1e-9)))
             booster = xgb.train(self._params(), data, num_boost_round=self.n_estimators)
         return theta, tk, tm, booster
@@ -264,14 +199,12 @@ class CodegenLatencyPredictor(Predictor):
         return {"max_depth": self.max_depth, "eta": self.learning_rate, "subsample": 0.8, "colsample_bytree": 0.8, "min_child_weight": 2,
                 "objective": "reg:squarederror", "nthread": self.nthread, "seed": self.seed, "tree_method": "hist"}
 
-    def _predict_batch(self, b: UnitBatch, res: np.ndarray, theta, tk, tm, booster) -> np.ndarray:
-        W = work(b, self.vector_width)
-        keys = unit_keys(b) if tk is not None else None
-        pred = self._unit_pred(b, W, theta, keys, tk, tm)
+    def _predict_batch(self, b: UnitBatch, theta, tk, tm, booster) -> np.ndarray:
+        pred = self._unit_pred(b, theta, tk, tm)
         add = np.maximum(self._networks(b, pred), 1e-6)
         if booster is None:
             return add
-        return add * np.exp(booster.inplace_predict(network_features(b, W, pred, add, res)))
+        return add * np.exp(booster.inplace_predict(network_features(b, pred, add)))
 
     def fit(self, X: Any, y: Any, steps: Sequence[Mapping[str, float]] | None = None, space: Any = None, target: Any = None,
             strata: Any = None) -> "CodegenLatencyPredictor":
@@ -289,23 +222,18 @@ class CodegenLatencyPredictor(Predictor):
         if len(X) < 10:
             raise ValueError(f"fit: {len(X)} networks; at least 10 are needed")
         b = self.unit_batch(X, space, named=True)
-        res = np.array([int(c["resolution"]) if isinstance(c, Candidate) else int(c[0].in_h) for c in X], dtype=np.float64)
-        W = work(b, self.vector_width)
-        keys = unit_keys(b)
         ms = step_times(b, steps)
         self.matched_ = float(np.isfinite(ms).mean())
-        strata = res if strata is None else np.asarray(strata)
+        strata = b.res if strata is None else np.asarray(strata)
         test = stratified_split(strata, self.holdout, self.seed) if self.holdout > 0 else np.zeros(len(X), dtype=bool)
         tu = ~test[b.net]
-        sub = _subset(b, tu)
-        theta, tk, tm, booster = self._fit_all(sub, W[tu], keys[tu], ms[tu], y[~test], res[~test])
+        theta, tk, tm, booster = self._fit_all(_subset(b, tu), ms[tu], y[~test])
         if test.any():
-            held = self._predict_batch(_subset(b, ~tu), res[test], theta, tk, tm, booster)
-            self.error_ = score_report(y[test], held)
+            self.error_ = score_report(y[test], self._predict_batch(_subset(b, ~tu), theta, tk, tm, booster))
         else:
-            self.error_ = score_report(y, self._predict_batch(b, res, theta, tk, tm, booster))
+            self.error_ = score_report(y, self._predict_batch(b, theta, tk, tm, booster))
         if self.refit or not test.any():
-            theta, tk, tm, booster = self._fit_all(b, W, keys, ms, y, res)
+            theta, tk, tm, booster = self._fit_all(b, ms, y)
         self.theta_, self.table_keys_, self.table_ms_, self.booster_ = theta, tk, tm, booster
         self.target_fingerprint = fingerprint_of(target) if target is not None else None
         if space is not None:
@@ -323,18 +251,15 @@ class CodegenLatencyPredictor(Predictor):
         out = []
         for lo in range(0, len(X), PREDICT_CHUNK):
             chunk = X[lo:lo + PREDICT_CHUNK]
-            rows = self._rows(chunk, space)
-            b = units(rows, self.vector_width, self.threads, self.fuse_min_bytes)
-            out.append(self._predict_batch(b, rows.res.astype(np.float64), self.theta_, self.table_keys_, self.table_ms_, self.booster_))
+            b = units(self._rows(chunk, space), self.vector_width, self.threads, self.fuse_min_bytes)
+            out.append(self._predict_batch(b, self.theta_, self.table_keys_, self.table_ms_, self.booster_))
         return np.concatenate(out) if out else np.zeros(0)
 
     def step_costs(self, candidate: Any, space: Any = None) -> list[tuple[str, float]]:
         """(step, predicted ms) of one network, before the correction: where its time goes."""
         self._check()
         b = self.unit_batch([candidate], space, named=True)
-        W = work(b, self.vector_width)
-        pred = self._unit_pred(b, W, self.theta_, unit_keys(b), self.table_keys_, self.table_ms_)
-        return list(zip(b.names, pred.tolist()))
+        return list(zip(b.names, self._unit_pred(b, self.theta_, self.table_keys_, self.table_ms_).tolist()))
 
     # ----- persistence -----------------------------------------------------------------------------
     def to_state(self) -> dict[str, Any]:
@@ -390,7 +315,8 @@ def _subset(b: UnitBatch, keep: np.ndarray) -> UnitBatch:
     new[nets] = np.arange(nets.size)
     names = [n for n, k in zip(b.names, keep) if k] if b.names is not None else None
     members = [m for m, k in zip(b.members, keep) if k] if b.members is not None else None
-    return UnitBatch(net=new[b.net[keep]], type=b.type[keep], X=b.X[keep], n_networks=int(nets.size), names=names, members=members)
+    return UnitBatch(net=new[b.net[keep]], type=b.type[keep], W=b.W[keep], context=b.context[keep], key=b.key[keep], res=b.res[nets],
+                     n_networks=int(nets.size), names=names, members=members)
 
 
 def fit_codegen_profile(paths: Sequence[Any], out: Any = None, seed: int = 0) -> CodegenLatencyPredictor:
@@ -429,4 +355,4 @@ def fit_codegen_profile(paths: Sequence[Any], out: Any = None, seed: int = 0) ->
     return pred
 
 
-__all__ = ["CodegenLatencyPredictor", "FEATURES_ID", "WORK", "fit_codegen_profile", "network_features", "step_times", "unit_keys", "work"]
+__all__ = ["CodegenLatencyPredictor", "FEATURES_ID", "fit_codegen_profile", "network_features", "step_times"]

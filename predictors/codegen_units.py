@@ -15,11 +15,11 @@ Layers travel as `LayerRows` (one row per IR layer, many networks at once), buil
 to) or straight from candidates of a mobilenet space (`rows_from_candidates`: the space's
 vectorised ``layer_codes`` plus each row's plan slot, found from the depth genes, so no
 `LayerSpec` is built -- what makes predicting tens of thousands of candidates a second possible).
-`units` groups rows into units and returns one feature row per unit (`UNIT_FEATURES`).
+`units` groups rows into units: per unit its type, its work (`WORK`, what its time is linear
+in), context flags and a 64-bit key of its configuration.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -31,13 +31,6 @@ from ..spaces.layers import ACTIVATIONS, OPS
 FAMILIES = ("dense", "unstructured", "nm", "block", "kernel_pattern", "gather_scatter")
 UNIT_TYPES = ("conv1x1_f32", "conv1x1_i8", "conv3x3_f32", "conv3x3_i8", "dw_f32", "dw_i8", "linear_f32", "linear_i8", "matvec_f32",
               "fused_f32", "add", "pool", "scale")
-ROW_FEATURES = ("cin", "cout", "in_h", "out_h", "kernel", "stride", "int8", "w4", "fq_input", *[f"family_{f}" for f in FAMILIES],
-                "block_rows", "block_cols", "nm_n", "nm_m", "sparsity", "act_none", "act_relu", "act_hswish", "act_hsigmoid",
-                "log2_macs", "log2_kept_macs", "log2_in_elems", "log2_out_elems", "kept_mmacs", "in_melems", "out_melems", "matvec")
-#: Per unit: the type, its main layer, the expand (or stem) and project layers of a fused group, context.
-CONTEXT = ("net_int8", "next_int8", "next_add", "prev_int8", "merged_pool", "merged_add", "fused_stem", "fused_se", "resolution")
-UNIT_FEATURES = (*[f"type_{t}" for t in UNIT_TYPES], *[f"main_{f}" for f in ROW_FEATURES], *[f"in_{f}" for f in ROW_FEATURES],
-                 *[f"out_{f}" for f in ROW_FEATURES], *CONTEXT)
 FUSE_MIN_BYTES = 1 << 20
 BLAS_LINEAR_WEIGHTS = 1 << 18
 
@@ -111,26 +104,39 @@ def rows_from_layers(networks: Sequence[Sequence[Any]], res: Sequence[int] | Non
 
 class _CompressionCodes:
     """Compression objects -> rows of (family, sparsity, block rows, block cols, n, m, w_bits,
-    a_bits), remembered by identity (objects kept alive, so an id is never reused)."""
+    a_bits): by identity first (sampled candidates share their genes' objects; remembered ones are
+    kept alive, so an id is never reused), then by value."""
 
-    def __init__(self) -> None:
+    def __init__(self, memo: int = 50_000) -> None:
         self.by_id: dict[int, int] = {}
+        self.by_value: dict[tuple, int] = {}
         self.keep: list[Any] = []
         self.table: list[tuple] = []
+        self.memo = memo
+        self._array = np.zeros((0, 8))
+
+    def _by_value(self, c: Any) -> int:
+        f = (c.pattern, c.sparsity, c.w_bits, c.a_bits)
+        code = self.by_value.get(f)
+        if code is None:
+            self.table.append((*_compression_code(f[0], float(f[1])), int(f[2]), int(f[3])))
+            code = self.by_value[f] = len(self.table) - 1
+        if len(self.by_id) < self.memo:
+            self.by_id[id(c)] = code
+            self.keep.append(c)
+        return code
 
     def codes(self, comps: list) -> np.ndarray:
-        get = self.by_id.get
-        out = np.fromiter((get(id(c), -1) for c in comps), dtype=np.int64, count=len(comps))
-        for i in np.flatnonzero(out < 0):
-            c = comps[i]
-            key = (*_compression_code(c.pattern, float(c.sparsity)), int(c.w_bits), int(c.a_bits))
-            self.table.append(key)
-            self.by_id[id(c)] = out[i] = len(self.table) - 1
-            self.keep.append(c)
-        return out
+        try:
+            return np.fromiter(map(self.by_id.__getitem__, map(id, comps)), dtype=np.int64, count=len(comps))
+        except KeyError:
+            get = self.by_id.get
+            return np.array([self._by_value(c) if (k := get(id(c))) is None else k for c in comps], dtype=np.int64)
 
     def arrays(self) -> np.ndarray:
-        return np.asarray(self.table, dtype=np.float64).reshape(-1, 8)
+        if len(self._array) != len(self.table):
+            self._array = np.asarray(self.table, dtype=np.float64).reshape(-1, 8)
+        return self._array
 
 
 _CODES = _CompressionCodes()
@@ -186,38 +192,75 @@ def rows_from_candidates(space: Any, candidates: Sequence[Any]) -> LayerRows:
 
 
 # ----- units --------------------------------------------------------------------------------------
+#: Work of a unit (summed over its layers): what its time is linear in, per unit type.
+WORK = ("calls", *[f"kept_mmacs_{f}" for f in FAMILIES], *[f"dense_mmacs_{f}" for f in FAMILIES], "padded_mmacs", "out_melems",
+        "in_melems", "weight_mbytes", "w4_mmacs", "gather_mmacs", "conversion_melems", "fq_melems")
+CONTEXT = ("net_int8", "next_int8", "next_add", "prev_int8", "merged_pool", "merged_add", "fused_stem", "fused_se")
+_KEY_COLUMNS = ("op", "act", "cin", "cout", "in_h", "kernel", "stride", "groups", "w_bits", "a_bits", "family", "br", "bc", "nn", "nm", "se")
+
+
 @dataclass
 class UnitBatch:
-    """The units of ``n_networks`` networks: the network of each, its type and feature row;
-    ``names`` (from named rows): the plan step each unit is (an IR layer, or a block's prefix)."""
+    """The units of ``n_networks`` networks: each unit's network, type, `WORK` row, `CONTEXT`
+    flags and 64-bit key (equal keys: equal steps); ``res``: each network's input resolution;
+    ``names`` / ``members`` (from named rows): the plan step each unit is and its IR layers."""
 
     net: np.ndarray
     type: np.ndarray
-    X: np.ndarray
+    W: np.ndarray
+    context: np.ndarray
+    key: np.ndarray
+    res: np.ndarray
     n_networks: int
     names: list[str] | None = None
     members: list[list[str]] | None = None
 
 
-def _row_features(r: LayerRows, int8: np.ndarray, matvec: np.ndarray) -> np.ndarray:
-    out_h = np.where(r.op == LINEAR, 1, -(-r.in_h // np.maximum(r.stride, 1)))
-    in_h = np.where(r.op == LINEAR, 1, r.in_h)
+def _mix(h: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        h = h ^ (h >> np.uint64(33))
+        h = h * np.uint64(0xFF51AFD7ED558CCD)
+        return h ^ (h >> np.uint64(29))
+
+
+def _row_keys(r: LayerRows) -> np.ndarray:
+    """A 64-bit hash of each row's configuration (`_KEY_COLUMNS` and its sparsity)."""
+    h = np.zeros(r.n, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for i, name in enumerate(_KEY_COLUMNS):
+            h = _mix(h + np.asarray(getattr(r, name), dtype=np.int64).astype(np.uint64) * np.uint64(2 * i + 0x9E3779B97F4A7C15))
+        h = _mix(h + np.round(r.sparsity * 1e6).astype(np.int64).astype(np.uint64))
+    return h
+
+
+def _row_work(r: LayerRows, int8: np.ndarray, lanes: int) -> np.ndarray:
+    """`WORK` of each row (``calls`` and ``conversion_melems`` are set per unit)."""
+    dwr = r.op == DW
+    convr = r.op == CONV
+    lin = (r.op == LINEAR) | r.se
+    out_h = np.where(lin, 1, -(-r.in_h // np.maximum(r.stride, 1)))
+    in_h = np.where(lin, 1, r.in_h)
     taps = r.kernel * r.kernel
-    macs = np.where(r.op == DW, r.cout * taps * out_h * out_h,
-                    np.where(r.op == CONV, r.cin * r.cout * taps * out_h * out_h, np.where(r.op == LINEAR, r.cin * r.cout, 0)))
-    macs = macs.astype(np.float64)
+    pixels = out_h * out_h
+    macs = np.where(dwr, r.cout * taps * pixels, np.where(convr & ~r.se, r.cin * r.cout * taps * pixels, np.where(lin, r.cin * r.cout, 0)))
+    macs = macs.astype(np.float64) / 1e6
     kept = macs * (1.0 - r.sparsity)
-    in_el = (r.cin * in_h * in_h).astype(np.float64)
-    out_el = (r.cout * out_h * out_h).astype(np.float64)
     weighted = np.isin(r.op, (CONV, DW, LINEAR))
-    fam = np.zeros((r.n, len(FAMILIES)))
-    fam[np.arange(r.n), r.family] = weighted
-    acts = np.stack([r.act == _ACT[a] for a in ("none", "relu", "hswish", "hsigmoid")], axis=1)
-    return np.column_stack([
-        r.cin, r.cout, in_h, out_h, r.kernel, r.stride, int8, int8 & (r.w_bits <= 4), weighted & ~int8 & (r.a_bits <= 8), fam,
-        r.br, r.bc, r.nn, r.nm, r.sparsity, acts, np.log2(1 + macs), np.log2(1 + kept), np.log2(1 + in_el), np.log2(1 + out_el),
-        kept / 1e6, in_el / 1e6, out_el / 1e6, matvec,
-    ]).astype(np.float64)
+    W = np.zeros((r.n, len(WORK)))
+    rows = np.flatnonzero(weighted)
+    W[rows, 1 + r.family[rows]] = kept[rows]
+    W[rows, 1 + len(FAMILIES) + r.family[rows]] = macs[rows]
+    pad = np.where(dwr, np.ceil(out_h / lanes) * lanes / np.maximum(out_h, 1),
+                   np.where(lin, 1.0, np.ceil(pixels / lanes) * lanes / np.maximum(pixels, 1)))
+    W[:, 13] = kept * pad
+    W[:, 14] = (r.cout * pixels) / 1e6
+    W[:, 15] = (r.cin * in_h * in_h) / 1e6
+    w4 = int8 & (r.w_bits <= 4)
+    W[:, 16] = np.where(pixels > 0, kept / np.maximum(pixels, 1), kept) * np.where(int8, np.where(w4, 0.5, 1.0), 4.0)
+    W[:, 17] = kept * w4
+    W[:, 18] = np.where((r.family == FAMILIES.index("block")) & (r.bc == 1) & (r.br >= 4), kept / np.maximum(r.br, 1), 0.0)
+    W[:, 20] = W[:, 15] * (weighted & ~int8 & (r.a_bits <= 8))
+    return W
 
 
 def units(r: LayerRows, vector_width: int = 16, threads: int = 1, fuse_min_bytes: int | None = FUSE_MIN_BYTES) -> UnitBatch:
@@ -230,7 +273,6 @@ def units(r: LayerRows, vector_width: int = 16, threads: int = 1, fuse_min_bytes
     linear_like = (r.op == LINEAR) | r.se
     dense_big = (r.family == 0) & (r.cin * r.cout > BLAS_LINEAR_WEIGHTS)
     matvec = weighted & ~int8 & linear_like & dense_big & ((r.op == LINEAR) | row_int8net)
-    # neighbours within the network (the first / last row of a network has none)
     idx = np.arange(n)
     same_next = np.zeros(n, dtype=bool)
     same_next[:-1] = r.net[1:] == r.net[:-1]
@@ -238,12 +280,10 @@ def units(r: LayerRows, vector_width: int = 16, threads: int = 1, fuse_min_bytes
     same_prev[1:] = same_next[:-1]
     nxt = np.minimum(idx + 1, n - 1)
     prv = np.maximum(idx - 1, 0)
-    op_next = np.where(same_next, r.op[nxt], -1)
     op_prev = np.where(same_prev, r.op[prv], -1)
     one_by_one = (r.op == CONV) & (r.kernel == 1) & (r.groups == 1) & ~r.se
-    # group id of each row: its own, unless merged into the step before it / fused
     group = idx.copy()
-    fused = np.zeros(n, dtype=bool)  # row is the dw of a fused group
+    fused = np.zeros(n, dtype=bool)  # the depthwise row of a fused group
     fused_stem = np.zeros(n, dtype=bool)
     fused_se = np.zeros(n, dtype=bool)
     if fuse_min_bytes is not None:
@@ -251,8 +291,8 @@ def units(r: LayerRows, vector_width: int = 16, threads: int = 1, fuse_min_bytes
         nxt_1x1 = one_by_one[nxt] & same_next
         prv_1x1 = one_by_one[prv] & same_prev
         wide = r.in_h >= vector_width
-        stem_case = dw & same_prev & (r.op[prv] == CONV) & (r.kernel[prv] == 3) & (r.groups[prv] == 1) & (r.stride[prv] == 2) & (threads == 1) \
-            & (r.stride == 1) & nxt_1x1 & wide & ((r.in_h * r.in_h) % vector_width == 0) & (idx - _first_row(r) == 1)
+        stem_case = dw & same_prev & (r.op[prv] == CONV) & (r.kernel[prv] == 3) & (r.groups[prv] == 1) & (r.stride[prv] == 2) \
+            & (threads == 1) & (r.stride == 1) & nxt_1x1 & wide & ((r.in_h * r.in_h) % vector_width == 0) & (idx - _first_row(r) == 1)
         expand = prv_1x1 & wide
         with_project = nxt_1x1 & (-(-r.in_h // r.stride) >= vector_width)
         full = dw & ~stem_case & with_project
@@ -261,33 +301,27 @@ def units(r: LayerRows, vector_width: int = 16, threads: int = 1, fuse_min_bytes
             at = np.flatnonzero(rows)
             for d in range(lo, hi + 1):
                 group[at + d] = at + lo
-        fused = stem_case | full | se_only
-        fused_stem = stem_case
-        fused_se = se_only
-        # the stem group also sums the residual after the project
-        at = np.flatnonzero(stem_case)
+        at = np.flatnonzero(stem_case)  # the stem group also sums the residual after the project
         nxt2 = np.minimum(at + 2, n - 1)
         ok = (at + 2 < n) & (r.net[nxt2] == r.net[at]) & (r.op[nxt2] == ADD)
         group[at[ok] + 2] = at[ok] - 1
+        fused, fused_stem, fused_se = stem_case | full | se_only, stem_case, se_only
     # pools summed by their producer: squeeze-excite pools after a depthwise layer (any precision),
     # and in integer networks any pool after an integer layer (one thread)
     pool = (r.op == POOL) & same_prev
-    producer = group[prv]
     pool_fused = pool & ((op_prev == DW) | (row_int8net & int8[prv] & (threads == 1)))
-    group[pool_fused] = producer[pool_fused]
+    group[pool_fused] = group[prv][pool_fused]
     merged_pool = np.zeros(n, dtype=bool)
     merged_pool[group[pool_fused]] = True
     # integer project layers sum the residual in their epilogue
-    add = (r.op == ADD) & same_prev
-    add_fused = add & row_int8net & int8[prv] & (op_prev == CONV) & ~r.se[prv]
+    add_fused = (r.op == ADD) & same_prev & row_int8net & int8[prv] & (op_prev == CONV) & ~r.se[prv]
     group[add_fused] = group[prv][add_fused]
     merged_add = np.zeros(n, dtype=bool)
     merged_add[group[add_fused]] = True
-    # one unit per group head
     heads = np.flatnonzero(group == idx)
-    head_of = np.searchsorted(heads, group)
-    F = _row_features(r, int8, matvec)
-    nf = F.shape[1]
+    n_units = heads.size
+    uid = np.searchsorted(heads, group)  # groups are contiguous runs of rows starting at their head
+    # types
     kind = np.full(n, UNIT_TYPES.index("add"))
     kind[r.op == POOL] = UNIT_TYPES.index("pool")
     kind[r.op == MUL] = UNIT_TYPES.index("scale")
@@ -297,40 +331,43 @@ def units(r: LayerRows, vector_width: int = 16, threads: int = 1, fuse_min_bytes
         kind[mask & ~int8] = UNIT_TYPES.index(f"{name}_f32")
         kind[mask & int8] = UNIT_TYPES.index(f"{name}_i8")
     kind[matvec] = UNIT_TYPES.index("matvec_f32")
-    # a fused group is costed as one step, described by its depthwise (main), expand or stem (in) and project (out) layers
     main = heads.copy()
     unit_kind = kind[heads]
     f_rows = np.flatnonzero(fused)
-    f_unit = head_of[f_rows]
-    main[f_unit] = f_rows
-    unit_kind[f_unit] = UNIT_TYPES.index("fused_f32")
-    X = np.zeros((heads.size, len(UNIT_TYPES) + 3 * nf + len(CONTEXT)))
-    X[np.arange(heads.size), unit_kind] = 1.0
-    X[:, len(UNIT_TYPES):len(UNIT_TYPES) + nf] = F[main]
-    has_in = f_rows - 1 >= 0
-    has_in &= group[np.maximum(f_rows - 1, 0)] == group[f_rows]
-    X[f_unit[has_in], len(UNIT_TYPES) + nf:len(UNIT_TYPES) + 2 * nf] = F[f_rows[has_in] - 1]
-    has_out = (f_rows + 1 < n) & (group[np.minimum(f_rows + 1, n - 1)] == group[f_rows]) & (r.op[np.minimum(f_rows + 1, n - 1)] == CONV)
-    X[f_unit[has_out], len(UNIT_TYPES) + 2 * nf:len(UNIT_TYPES) + 3 * nf] = F[f_rows[has_out] + 1]
-    last = np.r_[heads[1:], n] - 1  # the last row of each unit
+    main[uid[f_rows]] = f_rows
+    unit_kind[uid[f_rows]] = UNIT_TYPES.index("fused_f32")
+    # work: summed over a unit's rows
+    Wr = _row_work(r, int8, vector_width)
+    W = np.empty((n_units, Wr.shape[1]))
+    for j in range(Wr.shape[1]):
+        W[:, j] = np.bincount(uid, weights=Wr[:, j], minlength=n_units)
+    W[:, 0] = 1.0
+    last = np.r_[heads[1:], n] - 1
     after = np.minimum(last + 1, n - 1)
     after_ok = (last + 1 < n) & (r.net[after] == r.net[heads])
     before_ok = (heads - 1 >= 0) & (r.net[np.maximum(heads - 1, 0)] == r.net[heads])
-    ctx = np.column_stack([
-        net_int8[r.net[heads]], after_ok & int8[after], after_ok & (r.op[after] == ADD), before_ok & int8[np.maximum(heads - 1, 0)],
-        merged_pool[heads], merged_add[heads], fused_stem[main], fused_se[main], r.res[r.net[heads]],
-    ])
-    X[:, len(UNIT_TYPES) + 3 * nf:] = ctx
+    ctx = np.column_stack([net_int8[r.net[heads]], after_ok & int8[after], after_ok & (r.op[after] == ADD),
+                           before_ok & int8[np.maximum(heads - 1, 0)], merged_pool[heads], merged_add[heads], fused_stem[main], fused_se[main]])
+    main_int8 = int8[main]
+    out_el = Wr[np.where(fused[main], np.minimum(main + 1, n - 1), main), 14]  # a fused group's output is its project's
+    # a float producer feeding an integer reader runs a quantize step; an integer producer read as float writes float too
+    W[:, 19] = out_el * ((~main_int8 & ctx[:, 1]) | (main_int8 & (ctx[:, 2] | ~ctx[:, 1])))
+    # keys: the rows' configurations, in order, and the context
+    rk = _row_keys(r)
+    pos = (idx - heads[uid]).astype(np.uint64)
+    with np.errstate(over="ignore"):
+        mixed = _mix(rk + pos * np.uint64(0xC2B2AE3D27D4EB4F))
+        key = np.add.reduceat(mixed, heads) if n_units else np.zeros(0, dtype=np.uint64)
+        flags = (ctx.astype(np.uint64) << np.arange(ctx.shape[1], dtype=np.uint64)).sum(1, dtype=np.uint64)
+        key = _mix(key ^ (flags * np.uint64(0x165667B19E3779F9)) ^ np.uint64(vector_width))
     names = members = None
     if r.names is not None:
-        names, members = [], []
-        by_group: dict[int, list[str]] = {}
-        for j, g in enumerate(group.tolist()):
-            by_group.setdefault(g, []).append(r.names[j])
-        for u, h in enumerate(heads):
-            members.append(by_group[int(h)])
-            names.append(r.names[main[u]].rsplit(".", 1)[0] if fused[main[u]] else r.names[h])
-    return UnitBatch(net=r.net[heads], type=unit_kind, X=X, n_networks=r.n_networks, names=names, members=members)
+        names, members = [], [[] for _ in range(n_units)]
+        for j, u in enumerate(uid.tolist()):
+            members[u].append(r.names[j])
+        names = [r.names[main[u]].rsplit(".", 1)[0] if fused[main[u]] else r.names[h] for u, h in enumerate(heads.tolist())]
+    return UnitBatch(net=r.net[heads], type=unit_kind, W=W, context=ctx, key=key, res=r.res.astype(np.float64), n_networks=r.n_networks,
+                     names=names, members=members)
 
 
 def _first_row(r: LayerRows) -> np.ndarray:
@@ -339,5 +376,4 @@ def _first_row(r: LayerRows) -> np.ndarray:
     return starts[np.searchsorted(starts, np.arange(r.n), side="right") - 1]
 
 
-__all__ = ["CONTEXT", "FAMILIES", "LayerRows", "ROW_FEATURES", "UNIT_FEATURES", "UNIT_TYPES", "UnitBatch", "rows_from_candidates",
-           "rows_from_layers", "units"]
+__all__ = ["CONTEXT", "FAMILIES", "LayerRows", "UNIT_TYPES", "UnitBatch", "WORK", "rows_from_candidates", "rows_from_layers", "units"]

@@ -548,7 +548,6 @@ def layer_precision(graph: Sequence[Mapping[str, Any]], layer_names: Sequence[st
 
 def _micro_models() -> dict[str, tuple[Any, tuple[int, ...], list[str]]]:
     """Tiny torch models for fusion probes: name -> (module, input shape, layers to quantize)."""
-    import torch
     from torch import nn
 
     acts = {"relu": nn.ReLU, "hswish": nn.Hardswish, "hsigmoid": nn.Hardsigmoid}
@@ -643,7 +642,6 @@ def detect_fusion_rules(target: Any = None, timing: bool = False, protocol: Any 
         r = target.build(module.eval(), input_shape=shape, quantize=quant, name=name)
         graphs[name] = optimized_graph(r.onnx_bytes, threads=target.threads)
         runnables[name] = r
-    conv_ops = ("Conv", "FusedConv", "QLinearConv")
     ev: dict[str, Any] = {"graphs": {name: [n["op"] + (f"[{n['activation']}]" if n["activation"] else "") + (f"/{n['inputs']}in" if n["op"] == "Conv" else "") for n in g]
                                      for name, g in graphs.items()}}
 

@@ -7,7 +7,7 @@ import pytest
 
 from tritune.kernels.codegen import compiler_available
 from tritune.predictors import load
-from tritune.predictors.codegen_layerwise import CodegenLatencyPredictor, step_times, unit_keys, work
+from tritune.predictors.codegen_layerwise import CodegenLatencyPredictor, step_times
 from tritune.predictors.codegen_units import UNIT_TYPES, rows_from_candidates, rows_from_layers, units
 from tritune.spaces import LayerCompression, create
 from tritune.spaces.mobilenet import SLOTS
@@ -23,7 +23,8 @@ def test_candidates_give_the_same_units_as_their_layers(space_name):
     slow = units(rows_from_layers([space.layers(c) for c in cands], [c["resolution"] for c in cands]))
     fast = units(rows_from_candidates(space, cands))
     assert np.array_equal(slow.net, fast.net) and np.array_equal(slow.type, fast.type)
-    assert np.array_equal(slow.X, fast.X)
+    assert np.array_equal(slow.W, fast.W) and np.array_equal(slow.key, fast.key) and np.array_equal(slow.context, fast.context)
+    assert np.unique(fast.key).size > 0.2 * fast.key.size  # keys tell configurations apart
     assert set(np.unique(slow.type)) >= {UNIT_TYPES.index(t) for t in ("conv1x1_f32", "conv1x1_i8", "dw_i8", "linear_i8")}
 
 
@@ -66,10 +67,9 @@ def _synthetic(space, n, seed=0):
     cands = stratified_candidates(space, n, seed=seed)
     pred = CodegenLatencyPredictor(space=space)
     b = pred.unit_batch(cands, named=True)
-    W = work(b)
     rng = np.random.default_rng(seed)
-    law = rng.uniform(0.001, 0.02, (len(UNIT_TYPES), W.shape[1]))
-    ms = (W * law[b.type]).sum(1) * rng.lognormal(0, 0.02, len(W))
+    law = rng.uniform(0.001, 0.02, (len(UNIT_TYPES), b.W.shape[1]))
+    ms = (b.W * law[b.type]).sum(1) * rng.lognormal(0, 0.02, len(b.W))
     steps = [dict() for _ in cands]
     for net, name, v in zip(b.net, b.names, ms):
         steps[net][name] = steps[net].get(name, 0.0) + float(v)
@@ -99,8 +99,8 @@ def test_table_answers_measured_steps_exactly():
     cands, y, steps = _synthetic(space, 40, seed=2)
     pred = CodegenLatencyPredictor(space=space, correction=False, holdout=0.0).fit(cands, y, steps=steps)
     b = pred.unit_batch(cands, named=True)
-    keys, measured = unit_keys(b), step_times(b, steps)
-    got = pred._unit_pred(b, work(b), pred.theta_, keys, pred.table_keys_, pred.table_ms_)
+    keys, measured = b.key, step_times(b, steps)
+    got = pred._unit_pred(b, pred.theta_, pred.table_keys_, pred.table_ms_)
     expect = np.array([np.median(measured[keys == k]) for k in keys])  # a configuration measured in several networks: its median
     assert np.allclose(got, expect)
 
