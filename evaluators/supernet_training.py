@@ -2,8 +2,9 @@
 
 Each step takes one batch and, following the sandwich rule and in-place distillation of
 Yu & Huang ("Universally Slimmable Networks", ICCV 2019) as used by BigNAS (Yu et al., ECCV
-2020), runs the **largest** candidate (cross-entropy on the labels), the **smallest** (smallest
-architecture at its harshest compression) and ``n_random`` random candidates; every candidate
+2020), runs the **largest** candidate (cross-entropy on the labels), the **lower end** (by default the
+smallest architecture with a plan drawn as the search draws them), ``n_random`` random
+candidates and ``n_dense`` random dense float architectures; every candidate
 but the largest learns from the largest's soft labels (KL divergence, optionally mixed with
 cross-entropy), and the gradients of all of them are summed into one optimizer step. Because the
 sampled candidates carry their compression plans, the shared weights are trained *under* masks
@@ -101,7 +102,9 @@ class TrainConfig:
     is clipped to this norm before the candidates' gradients are summed (``candidate``), or the
     sum is (``total``); ``n_random`` random candidates per step besides the largest and the
     lower end (``lower_end``: `LOWER_ENDS`; ``sampled``: the smallest architecture with a plan
-    drawn like the random ones); ``kd_alpha`` the weight of the distillation loss for students
+    drawn like the random ones), and ``n_dense`` random architectures dense and float (they keep
+    weight sharing across architectures healthy while the plans the search draws are mostly
+    compressed); ``kd_alpha`` the weight of the distillation loss for students
     (1 - ``kd_alpha`` on cross-entropy), ``kd_temperature`` its temperature; ``phases``: None
     (every dimension elastic from the start), a name in `SCHEDULES` or a list of `Phase` (or
     ``{"start": .., "elastic": [..], "limit": {..}}``); ``threads``: torch intra-op threads
@@ -117,6 +120,7 @@ class TrainConfig:
     weight_decay: float = 4e-5
     warmup_steps: int = 0
     n_random: int = 2
+    n_dense: int = 0
     lower_end: str = "sampled"
     kd_alpha: float = 0.5
     kd_temperature: float = 1.0
@@ -133,7 +137,7 @@ class TrainConfig:
         for name in ("steps", "batch_size", "threads"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"train.{name}: {getattr(self, name)!r} must be >= 1")
-        for name in ("warmup_steps", "n_random", "checkpoint_every", "sensitivity_images"):
+        for name in ("warmup_steps", "n_random", "n_dense", "checkpoint_every", "sensitivity_images"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"train.{name}: {getattr(self, name)!r} must be >= 0")
         if not float(self.lr) > 0:
@@ -377,7 +381,7 @@ def step_candidates(sampler: CandidateSampler, config: TrainConfig, step: int) -
     (`CandidateSampler.sandwich`) from a generator seeded with ``(seed, step)``."""
     phase = config.phase_at(step)
     rng = np.random.default_rng([int(config.seed), int(step), 0xCA4D])
-    return sampler.sandwich(rng, config.n_random, phase.elastic, phase.limit, config.lower_end)
+    return sampler.sandwich(rng, config.n_random, phase.elastic, phase.limit, config.lower_end, config.n_dense)
 
 
 def train_supernet(supernet: MobileNetSupernet, data: Any, config: TrainConfig | Mapping[str, Any] | None = None, *,

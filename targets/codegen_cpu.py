@@ -6,8 +6,8 @@ kernel-pattern sparsity turns into latency.
 
 Build (`CodegenCpuTarget.build`) from a candidate of a mobilenet space (via
 `tritune.spaces.mobilenet_net.build_subnet`) or from a `MobileNetSubnet` already built or
-extracted from a supernet (`tritune.spaces.supernet.extract`; int8 weight codes are dequantized
-to float, the ``weight_mask`` buffer gives the pattern's structure):
+extracted from a supernet (`tritune.spaces.supernet.extract`; the ``weight_mask`` buffer gives
+the pattern's structure):
 
 1. walk the layer IR (``net.layers``, execution order) and plan one op list; every activation
    buffer is allocated once, 64-byte aligned (`aligned_empty`), and reused after its last reader;
@@ -38,9 +38,8 @@ Export: `save_exported(runnable, net, DIR)` writes the shared libraries a networ
 `load_exported(DIR)` runs them again from Python without compiling (``tritune export --target
 codegen-cpu`` writes such folders).
 
-Limits, stated rather than hidden: the target runs float32 only. Layers with ``w_bits <= 8`` run
-float here (extracted int8 codes are dequantized; activation fake-quantizers of extracted modules
-are not applied, so such a module's outputs differ from torch by its activation rounding).
+Layers with ``w_bits <= 8`` and ``a_bits <= 8`` run on the integer kernels
+(`tritune.targets.codegen_int8`); the others run float32 (lower weight bits dequantized).
 Batch 1. ``threads > 1`` parallelises the generated conv / linear kernels with OpenMP; depthwise
 kernels and element-wise ops stay on one thread.
 """

@@ -118,6 +118,33 @@ def test_results_show_lists_every_stage(finished, capsys):
     assert all(m["candidate_id"] in out for m in final["front"])
 
 
+def test_export_of_a_staged_run_exports_the_fine_tuned_final_front(finished, tmp_path, capsys):
+    run = finished / "run"
+    final = json.loads((run / "final.json").read_text())
+    out = tmp_path / "codegen"
+    assert cli_main(["export", str(run), "--all", "--target", "codegen-cpu", "--out", str(out), "--no-measure", "--quiet"]) == 0
+    exported = {p.name: json.loads((p / "manifest.json").read_text()) for p in out.iterdir()}
+    assert set(exported) == {m["candidate_id"] for m in final["front"]}
+    for model in final["front"]:
+        manifest = exported[model["candidate_id"]]
+        assert manifest["weights"]["source"].startswith("fine-tuned")
+        assert manifest["search_accuracy"] == pytest.approx(model["finetuned_accuracy"])
+        assert (out / model["candidate_id"] / "codegen.json").is_file()
+
+
+def test_export_refuses_fine_tuned_weights_changed_after_the_front_stage(finished, tmp_path, capsys):
+    run = finished / "run"
+    cid = json.loads((run / "final.json").read_text())["knee"]
+    state = run / "finetune" / cid / "state.safetensors"
+    original = state.read_bytes()
+    try:
+        state.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+        assert cli_main(["export", str(run), "--out", str(tmp_path / "x"), "--no-measure", "--quiet"]) == 2
+        assert "changed since the front stage" in capsys.readouterr().err
+    finally:
+        state.write_bytes(original)
+
+
 def test_a_resume_with_other_stage_settings_is_refused(finished):
     changed = staged_job(finished, finetune={"top_k": 2, "epochs": 1.0, "rungs": 2, "batch_size": 32})
     with pytest.raises(JobError, match="different job"):

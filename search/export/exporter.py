@@ -12,6 +12,7 @@ accuracy is measured. A folder is written whole or not at all (built beside, the
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -136,6 +137,23 @@ def _replace_dir(tmp: Path, final: Path) -> None:
 
 
 # ----- one model ----------------------------------------------------------------------------------
+def codegen_notes(subnet: Any) -> dict[str, dict[str, str]]:
+    """How codegen-cpu runs each weighted layer: integer kernels where its bits allow, else float."""
+    from ...targets.codegen_int8 import runs_int8
+
+    notes = {}
+    for L in subnet.layers:
+        if not L.has_weights:
+            continue
+        if runs_int8(L):
+            notes[L.name] = {"runs_as": "int8", "weight_storage": f"{'4' if L.w_bits <= 4 else '8'}-bit codes per output channel, packed in its pattern",
+                             "input_activation": "uint8 codes on the layer's calibrated grid"}
+        else:
+            notes[L.name] = {"runs_as": "float32", "weight_storage": "float32 (dequantized), packed in its pattern",
+                             "input_activation": "float32"}
+    return notes
+
+
 def export_model(candidate: Candidate, subnet: MobileNetSubnet, *, data: ImageData, calibration: Sequence[torch.Tensor],
                  out_dir: str | os.PathLike, space: Any, target: str = "ort-cpu", target_options: Mapping[str, Any] | None = None,
                  scores: SearchScores | None = None, weights: Mapping[str, Any] | None = None, measure: bool = True,
@@ -185,7 +203,7 @@ def export_model(candidate: Candidate, subnet: MobileNetSubnet, *, data: ImageDa
             built = tgt.build(subnet, input_shape=shape, name=candidate.id)
             save_exported(built, subnet, tmp)
             verification["codegen"] = _verification(_single_logits(built.run, x_np), reference, labels,
-                                                    "tritune codegen-cpu (generated C kernels, float32)")
+                                                    "tritune codegen-cpu (generated C kernels)")
             runnable, accuracy_file = built, "codegen"
         doc: dict[str, Any] = {
             "format": mf.FORMAT, "schema": mf.SCHEMA, "tritune_version": mf.tritune_version(),
@@ -212,10 +230,7 @@ def export_model(candidate: Candidate, subnet: MobileNetSubnet, *, data: ImageDa
             "size_bytes": len(onnx_run.onnx_bytes),
             "size_of": ["model.onnx"],
             "origin": dict(scores.origin),
-            "layers": mf.layer_table(subnet, layer_notes(subnet) if target == "ort-cpu" else
-                                     {L.name: {"runs_as": "float32", "weight_storage": "float32 (dequantized), packed in its pattern",
-                                               "input_activation": "float32 (activation bits are not applied on this target)"}
-                                      for L in subnet.layers if L.has_weights}),
+            "layers": mf.layer_table(subnet, layer_notes(subnet) if target == "ort-cpu" else codegen_notes(subnet)),
         }
         if target == "codegen-cpu":  # what a device loads: the compiled kernels (weights inside) and the packed weights
             shipped = sorted(p for p in tmp.rglob("*") if p.suffix == ".so" or p.name == "weights.npz")
@@ -324,13 +339,16 @@ def export_run(run_dir: str | os.PathLike, *, select: str | int = "knee", target
     from tqdm.auto import tqdm
 
     run = load_run(run_dir)
-    members = run.select(select)
     latency_target, latency_metric, latency_source = _latency_source(run)
     target = target or (latency_target if latency_target in TARGETS else "ort-cpu")
     options = next((dict(e) for e in run.job.evaluators if e.get("kind") == "latency" and e.get("target") == target), {})
     weights = SupernetWeights(run)
     space = weights.evaluator.supernet.space
     out_dir = Path(out) if out is not None else run.run_dir / "export"
+    final = final_front_members(run.run_dir, select)
+    if final is not None:
+        return _export_final(final, run, weights, target=target, options=options, out_dir=out_dir, measure=measure, progress=progress)
+    members = run.select(select)
     results = []
     bar = tqdm(members, desc=f"export [{target}]", unit="model", disable=progress is not True, leave=True)
     say = progress if callable(progress) else (lambda msg: bar.set_postfix_str(msg, refresh=True)) if progress else None
@@ -347,6 +365,73 @@ def export_run(run_dir: str | os.PathLike, *, select: str | int = "knee", target
         results.append(export_model(member.candidate, weights.subnet(member.candidate), data=weights.data,
                                     calibration=weights.calibration, out_dir=out_dir, space=space, target=target,
                                     target_options=options, scores=scores, weights=weights.info, measure=measure, progress=say))
+    bar.close()
+    return results
+
+
+def final_front_members(run_dir: Path, select: str | int) -> list[dict[str, Any]] | None:
+    """The selected models of a staged run's final front (``RUN_DIR/final.json``: fine-tuned,
+    measured), best accuracy first for ranks; None for a run without one."""
+    path = Path(run_dir) / "final.json"
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text())
+        models = sorted(doc["front"], key=lambda m: -float(m["accuracy"]))
+        ids = [str(m["candidate_id"]) for m in models]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ExportError(f"{str(path)!r}: not a final-front file of a staged run ({exc})") from None
+    if not models:
+        raise ExportError(f"{str(path)!r}: the final front is empty (no fine-tuned model was measured)")
+    if select == "all":
+        return models
+    if select == "knee":
+        return [m for m, cid in zip(models, ids) if cid == doc.get("knee")] or models[:1]
+    if isinstance(select, bool) or not isinstance(select, int) or not 0 <= select < len(models):
+        raise ExportError(f"export --rank: {select!r} not allowed; allowed: 0..{len(models) - 1} (the final front has {len(models)} members)")
+    return [models[select]]
+
+
+def _export_final(models: list[dict[str, Any]], run: Any, weights: SupernetWeights, *, target: str, options: dict[str, Any],
+                  out_dir: Path, measure: bool, progress: bool | Callable[[str], None]) -> list[ExportedModel]:
+    """Export fine-tuned models of a staged run's final front from their fine-tuning states,
+    each checked against the weights the front stage exported and measured."""
+    from tqdm.auto import tqdm
+
+    from ...evaluators.finetune import Finetuner, FinetuneStateError
+
+    stored = json.loads((run.run_dir / "final.json").read_text())
+    final_target = stored.get("target")
+    results = []
+    bar = tqdm(models, desc=f"export [{target}]", unit="model", disable=progress is not True, leave=True)
+    say = progress if callable(progress) else (lambda msg: bar.set_postfix_str(msg, refresh=True)) if progress else None
+    for rank, model in enumerate(bar):
+        cid = str(model["candidate_id"])
+        state = run.run_dir / "finetune" / cid / "state.safetensors"
+        if not state.is_file():
+            raise ExportError(f"run directory {str(run.run_dir)!r}: fine-tuned weights of {cid} missing ({str(state)!r})")
+        digest = file_sha256(state)
+        front_manifest = run.run_dir / "export" / cid / "manifest.json"
+        if front_manifest.is_file():
+            expected = mf.read_manifest(front_manifest).get("weights", {}).get("sha256")
+            if expected and expected != digest:
+                raise ExportError(f"{str(state)!r}: changed since the front stage measured it (sha256 {digest[:12]}, "
+                                  f"expected {expected[:12]}); run the pipeline again with --resume")
+        try:
+            tuner = Finetuner.load_state(state, weights.data)
+        except FinetuneStateError as exc:
+            raise ExportError(str(exc)) from None
+        candidate = Candidate.from_json(model["candidate"])
+        same_target = final_target == target
+        scores = SearchScores(accuracy=float(model["finetuned_accuracy"]),
+                              latency_ms=float(model["latency_ms"]) if same_target else None,
+                              latency_source=f"measured by the front stage on {final_target}" if same_target else None,
+                              origin={"run_dir": str(run.run_dir), "stage": "front", "rank": rank, "knee": cid == stored.get("knee"),
+                                      "front_accuracy": model.get("accuracy"), "search_metrics": dict(model.get("search_metrics") or {})})
+        info = {"source": "fine-tuned by the pipeline's finetune stage", "state": str(state), "sha256": digest}
+        results.append(export_model(candidate, tuner.deployable(), data=weights.data, calibration=weights.calibration, out_dir=out_dir,
+                                    space=weights.evaluator.supernet.space, target=target, target_options=options, scores=scores,
+                                    weights=info, measure=measure, progress=say))
     bar.close()
     return results
 

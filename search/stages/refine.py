@@ -87,6 +87,23 @@ class RefineStrategy(RegularizedEvolution):
         return candidate
 
 
+def sensitivity_weights(space: SearchSpace, checkpoint: Any) -> dict[str, dict[str, float]] | None:
+    """Gene name -> choice token -> measured accuracy drop, from the sensitivity table in the
+    supernet checkpoint (None when it holds none, or one measured on other ties)."""
+    from ...evaluators.sensitivity import load_sensitivity
+
+    table = load_sensitivity(checkpoint)
+    if table is None:
+        return None
+    try:
+        table.check_space(space)
+    except ValueError:
+        return None
+    default = space.menu.default()
+    return {g.name: {c.token: table.drop(g.name[5:], c, default) for c in g.choices}
+            for g in space.genes() if g.name.startswith("comp:")}
+
+
 def refine_finalist(job: Any, pipeline: Any, base: Candidate, index: int, settings: Any, run_dir: Any, *,
                     sensitivity: dict[str, dict[str, float]] | None = None, progress: bool = True) -> list[Any]:
     """Refine one finalist in its own store ``RUN_DIR/refine/<candidate id>/trials.db``;

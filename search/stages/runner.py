@@ -96,7 +96,7 @@ def run_pipeline(job: Job, run_dir: str | Path | None = None, resume: bool = Fal
 
 def _run(s: _Stages) -> PipelineResult:
     from .finetune import deployed_subnet, finetune_models
-    from .refine import refine_finalist
+    from .refine import refine_finalist, sensitivity_weights
     from .select import spread
     from .supernet import SupernetSpec, ensure_supernet
 
@@ -124,8 +124,9 @@ def _run(s: _Stages) -> PipelineResult:
 
         def run_refine() -> dict[str, Any]:
             per = {}
+            weights = sensitivity_weights(space, SupernetSpec.of(job).checkpoint)
             for i, final in enumerate(finalists):
-                trials = refine_finalist(job, pipeline, final.candidate, i, refine, s.run_dir, progress=s.progress)
+                trials = refine_finalist(job, pipeline, final.candidate, i, refine, s.run_dir, sensitivity=weights, progress=s.progress)
                 per[final.candidate.id] = sum(t.status == "complete" for t in trials)
             return {"finalists": list(per), "evaluations": per}
 

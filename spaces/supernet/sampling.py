@@ -154,11 +154,13 @@ class CandidateSampler:
         return self._make(genome)
 
     def sandwich(self, rng: np.random.Generator, n_random: int, elastic: Iterable[str] = DIMENSIONS,
-                 limit: CompressionLimit | dict | None = None, lower_end: str = "sampled") -> list[Candidate]:
-        """One training step's candidates: the largest (teacher), the lower end, then
-        ``n_random`` random ones."""
+                 limit: CompressionLimit | dict | None = None, lower_end: str = "sampled", n_dense: int = 0) -> list[Candidate]:
+        """One training step's candidates: the largest (teacher), the lower end, ``n_random``
+        random ones, then ``n_dense`` random architectures dense and float."""
         low = self.lower_end(rng, elastic, limit, lower_end)
-        return [self.largest(), *([low] if low is not None else []), *(self.sample(rng, elastic, limit) for _ in range(int(n_random)))]
+        arch = tuple(d for d in check_dimensions(elastic) if d != "compression")
+        return [self.largest(), *([low] if low is not None else []), *(self.sample(rng, elastic, limit) for _ in range(int(n_random))),
+                *(self.sample(rng, arch) for _ in range(int(n_dense)))]
 
 
 def with_compression(space: MobileNetSpace, candidate: Candidate, pattern: str, sparsity: float, w_bits: int, a_bits: int) -> Candidate:

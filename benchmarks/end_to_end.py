@@ -1,0 +1,190 @@
+"""End-to-end benchmark of the staged pipeline against hand-made baselines, measured side by side.
+
+The pipeline runs the job (default: the example ``search/examples/mobilenet_mnist.yaml``) from
+supernet to exported front. Then, in the same run and on the same machine, the obvious models a
+person would build by hand from the same supernet get the *same* fine-tuning budget (the
+pipeline's full schedule: ``stages.finetune.epochs`` with its lr, batch size and method) and are
+exported and timed the same way (`tritune.search.export.export_model`, on the target, interleaved
+with the target's own build):
+
+* the dense smallest, middle and largest architectures (float);
+* each of them with uniform int8 (w8a8);
+* each of them with uniform 50 % channel pruning + int8;
+* on ``codegen-cpu`` only, each of them with uniform 75 % ``block8x1`` (float).
+
+Goals (issue 17): at latency budgets of 25 / 50 / 75 % of the dense largest model's measured
+latency, the found model is at least as accurate as every baseline that fits the budget and
+>= 1 point better than the best of them at two of the three; the found front's hypervolume
+(accuracy x measured latency, reference = the worst baseline) >= 1.2x the baselines'; the whole
+pipeline within 30 minutes on this 2-core machine (time per stage reported).
+
+    python benchmarks/end_to_end.py [--job JOB.yaml] [--run-dir DIR] [--targets ort-cpu,codegen-cpu]
+
+Writes docs/results/end_to_end.json. Resumes: the pipeline from its run directory, baselines and
+codegen-cpu exports from their folders under it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tritune.search.export import SearchScores, export_model, read_manifest
+from tritune.search.job import Job
+from tritune.search.pareto import hypervolume
+from tritune.search.stages.runner import run_pipeline
+from tritune.spaces.supernet import load_checkpoint, trainable_subnet
+from tritune.spaces.supernet.sampling import with_compression
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "docs" / "results" / "end_to_end.json"
+BUDGETS = (0.25, 0.5, 0.75)
+
+
+def middle(space, largest):
+    """Each architecture gene at the middle of its menu (compression as in ``largest``)."""
+    genome = space.to_genome(largest)
+    for gene in space.genes():
+        if not gene.name.startswith("comp:") and len(gene.choices) > 1:
+            genome[gene.name] = gene.choices[len(gene.choices) // 2]
+    return space.from_genome(space.canonical_genome(genome))
+
+
+def baselines(space, targets: list[str]) -> dict[str, object]:
+    archs = {"smallest": space.smallest(), "largest": space.largest()}
+    archs["middle"] = middle(space, archs["largest"])
+    out = {}
+    for name in ("smallest", "middle", "largest"):
+        base = archs[name]
+        out[f"{name} dense"] = with_compression(space, base, "dense", 0.0, 32, 32)
+        out[f"{name} int8"] = with_compression(space, base, "dense", 0.0, 8, 8)
+        out[f"{name} channel50 int8"] = with_compression(space, base, "channel", 0.5, 8, 8)
+        if "codegen-cpu" in targets:
+            out[f"{name} block8x1-75"] = with_compression(space, base, "block8x1", 0.75, 32, 32)
+    return out
+
+
+def finetuned(candidate, supernet_path: str, data, stage, state: Path):
+    from tritune.evaluators.finetune import Finetuner, finetune
+
+    if not (state.is_file() and Finetuner.load_state(state, data).done):
+        net = None if state.is_file() else trainable_subnet(load_checkpoint(supernet_path).supernet, candidate)
+        state.parent.mkdir(parents=True, exist_ok=True)
+        finetune(net, candidate, data, epochs=float(stage.epochs), lr=float(stage.lr), batch_size=int(stage.batch_size),
+                 method=stage.method, seed=0, threads=1, state=state, save_every=50)
+    return Finetuner.load_state(state, data)
+
+
+def exported(candidate, tuner, *, out_dir: Path, target: str, data, calibration, space, accuracy: float) -> dict:
+    folder = out_dir / candidate.id
+    if (folder / "manifest.json").is_file():
+        return read_manifest(folder / "manifest.json")
+    return export_model(candidate, tuner.deployable(), data=data, calibration=calibration, out_dir=out_dir, space=space,
+                        target=target, scores=SearchScores(accuracy=accuracy), weights={"source": "benchmark fine-tune"}).manifest
+
+
+def best_within(points: list[tuple[float, float]], budget: float) -> float:
+    fits = [acc for acc, ms in points if ms <= budget]
+    return max(fits) if fits else math.nan
+
+
+def front_hv(points: list[tuple[float, float]], reference: tuple[float, float]) -> float:
+    usable = np.array([p for p in points if p[0] > reference[0] and p[1] < reference[1]])
+    if not len(usable):
+        return 0.0
+    return hypervolume(usable, ["maximize", "minimize"], list(reference))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--job", default=str(REPO / "search" / "examples" / "mobilenet_mnist.yaml"))
+    parser.add_argument("--run-dir", default=None)
+    parser.add_argument("--targets", default="ort-cpu,codegen-cpu")
+    parser.add_argument("--out", default=str(RESULTS))
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    targets = [t for t in args.targets.split(",") if t]
+
+    job = Job.from_yaml(args.job, validate=False)
+    run_dir = Path(args.run_dir or job.run_dir)
+    started = time.perf_counter()
+    result = run_pipeline(job, run_dir=run_dir, resume=(run_dir / "trials.db").exists(), progress=True)
+    pipeline_s = time.perf_counter() - started
+    stages = {r.name: r.seconds for r in result.stages}
+    stage = job.stages_config().finetune
+    final = json.loads((run_dir / "final.json").read_text())
+    space = job.build_space()
+    spec = next(e for e in job.evaluators if e["kind"] == "supernet-accuracy")
+    from tritune.evaluators.supernet_accuracy import SupernetAccuracy
+
+    scorer = SupernetAccuracy(spec["checkpoint"], dataset=spec.get("dataset"), threads=1)
+    data, calibration = scorer.data, list(scorer.calib)
+    from tritune.evaluators.finetune import Finetuner
+
+    report: dict = {"job": job.to_config(), "pipeline_seconds": round(pipeline_s, 1), "stage_seconds": stages, "targets": {}}
+    t_base = time.perf_counter()
+    bases = baselines(space, targets)
+    tuners = {}
+    for name, cand in bases.items():
+        tuners[name] = finetuned(cand, spec["checkpoint"], data, stage, run_dir / "baselines" / cand.id / "state.safetensors")
+        print(f"baseline {name:26s} {cand.id}: fine-tuned accuracy {tuners[name].history[-1]['accuracy'] if tuners[name].history else float('nan'):.2f} %", flush=True)
+    for target in targets:
+        rows = {}
+        for name, cand in bases.items():
+            if "block8x1" in name and target != "codegen-cpu":
+                continue
+            tuner = tuners[name]
+            m = exported(cand, tuner, out_dir=run_dir / "benchmark" / target, target=target, data=data, calibration=calibration,
+                         space=space, accuracy=math.nan)
+            rows[name] = {"candidate_id": cand.id, "accuracy": m["accuracy"], "latency_ms": m["latency_measured_ms"]}
+        found = {}
+        for model in final["models"]:
+            # exported again beside the baselines, so that both are timed under the same load
+            state = run_dir / "finetune" / model["candidate_id"] / "state.safetensors"
+            tuner = Finetuner.load_state(state, data)
+            cand = tuner.net.candidate
+            m = exported(cand, tuner, out_dir=run_dir / "benchmark" / target, target=target,
+                         data=data, calibration=calibration, space=space, accuracy=model["finetuned_accuracy"])
+            found[model["candidate_id"]] = {"accuracy": m["accuracy"], "latency_ms": m["latency_measured_ms"]}
+        ref_ms = rows["largest dense"]["latency_ms"]
+        base_pts = [(r["accuracy"], r["latency_ms"]) for r in rows.values()]
+        found_pts = [(r["accuracy"], r["latency_ms"]) for r in found.values()]
+        budgets = []
+        for frac in BUDGETS:
+            limit = frac * ref_ms
+            b, f = best_within(base_pts, limit), best_within(found_pts, limit)
+            budgets.append({"fraction": frac, "latency_ms": limit, "best_baseline": b, "found": f,
+                            "margin": f - b if math.isfinite(f) and math.isfinite(b) else (math.inf if math.isfinite(f) else math.nan)})
+        reference = (min(p[0] for p in base_pts), max(p[1] for p in base_pts))
+        hv_b, hv_f = front_hv(base_pts, reference), front_hv(found_pts + base_pts, reference)
+        hv_found_only = front_hv(found_pts, reference)
+        report["targets"][target] = {"baselines": rows, "found": found, "budgets": budgets, "reference": reference,
+                                     "hypervolume": {"baselines": hv_b, "found": hv_found_only, "found_and_baselines": hv_f,
+                                                     "ratio": hv_found_only / hv_b if hv_b > 0 else math.inf}}
+    report["baseline_seconds"] = round(time.perf_counter() - t_base, 1)
+
+    for target, t in report["targets"].items():
+        print(f"\n## {target}: models (accuracy of the exported file %, latency measured ms)")
+        print("| model | candidate | accuracy % | latency ms |\n|---|---|---|---|")
+        for name, r in t["baselines"].items():
+            print(f"| {name} | {r['candidate_id']} | {r['accuracy']:.2f} | {r['latency_ms']:.4g} |")
+        for cid, r in t["found"].items():
+            print(f"| found | {cid} | {r['accuracy']:.2f} | {r['latency_ms']:.4g} |")
+        print("\n| budget | latency ms | best baseline % | found % | margin (points) |\n|---|---|---|---|---|")
+        for b in t["budgets"]:
+            print(f"| {b['fraction']:.0%} of dense largest | {b['latency_ms']:.4g} | {b['best_baseline']:.2f} | {b['found']:.2f} | {b['margin']:+.2f} |")
+        hv = t["hypervolume"]
+        print(f"\nhypervolume (reference: worst baseline {t['reference'][0]:.2f} %, {t['reference'][1]:.4g} ms): "
+              f"found {hv['found']:.4g}, baselines {hv['baselines']:.4g}, ratio {hv['ratio']:.2f}x")
+    print(f"\npipeline {report['pipeline_seconds']:.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in stages.items())}); "
+          f"baselines {report['baseline_seconds']:.0f} s")
+    Path(args.out).write_text(json.dumps(report, indent=2, sort_keys=True, default=float))
+
+
+if __name__ == "__main__":
+    main()
