@@ -188,7 +188,7 @@ def section_b(data: Path, seeds: int, ks: tuple[int, ...]) -> dict[str, Any]:
 
 
 def print_b(res: dict[str, Any]) -> None:
-    print(f"\n## b. NAS-Bench-201 few-shot latency on held-out devices\n")
+    print("\n## b. NAS-Bench-201 few-shot latency on held-out devices\n")
     print(f"Training: {len(res['train_devices'])} HELP columns; held out: {', '.join(d[5:] for d in res['held_out'])}. "
           f"Mean over 6 devices x {res['seeds']} random draws of the k cells (designed: one list, 6 devices); "
           f"scores over all 15,625 cells except the k. Pretraining {res['pretrain_s']:.2f} s, design of "

@@ -356,7 +356,7 @@ def markdown(result: dict[str, Any]) -> str:
              f"{result['screen']['max_drop']}), dense {len(result['sets']['dense'])}.", "",
              "| goal | value | met |", "|---|---:|:---:|"]
     lines += [f"| {g['goal']} | {g['value']:.3f} | {'yes' if g['met'] else 'no'} |" for g in result["goals"]]
-    lines += ["", f"| default supernet | value |", "|---|---:|",
+    lines += ["", "| default supernet | value |", "|---|---:|",
               f"| dense largest, inherited % | {d['largest']:.1f} |",
               f"| median dense architectures % | {d['dense_median']:.1f} |",
               f"| median mixed % | {d['mixed_median']:.1f} |"]

@@ -787,7 +787,6 @@ class _CodeTables:
     def _blocks(self, V: np.ndarray, M: np.ndarray, r_i: np.ndarray, w_i: np.ndarray, D: np.ndarray, K: np.ndarray, e_i: np.ndarray,
                 C: np.ndarray, wb: np.ndarray) -> None:
         """The 8 row kinds of all inverted-residual blocks; ``V``: (columns, n, blocks, 8)."""
-        n = r_i.size
         blk = np.arange(_N_BLOCKS)
         slots = self.block_slots
         mid = self.mid[w_i[:, None], blk, e_i, self.prune_class[C[:, slots[:, 0]]]]

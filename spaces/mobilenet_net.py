@@ -22,7 +22,6 @@ widths (`tritune.spaces.mobilenet.pruned_channels`), so this module builds exact
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import math
 import operator
@@ -36,7 +35,7 @@ from ..kernels.patterns import make_mask
 from .candidate import Candidate
 from .compression import parse_pattern
 from .layers import LayerSpec
-from .mobilenet import MAX_DEPTH, SLOTS, STAGES, MobileNetSpace, make_divisible
+from .mobilenet import STAGES, MobileNetSpace
 
 #: Kept channel counts are rounded to a multiple of this (see the module docstring).
 

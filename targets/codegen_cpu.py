@@ -623,7 +623,7 @@ class CodegenCpuTarget(BuildsMobileNets, Target):
         tensor in the forms its readers need, integer producers writing them in their epilogues."""
         from ..kernels.codegen.chain import add_step, fakequant_step, matvec_step, mean_step, quant_step, scale_quant_step, scale_step
         from ..kernels.codegen.depthwise import compile_depthwise
-        from .codegen_int8 import Value, build_nodes, layer_quantization, mark_needs, pool_fused
+        from .codegen_int8 import Value, build_nodes, layer_quantization, mark_needs
 
         lib = {"cc": self.cc, "cache_dir": self.cache_dir}
         modules = dict(net.named_modules())

@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import pytest
 import yaml
 
 from tritune.cli.main import main as cli_main
@@ -548,7 +547,7 @@ def store_cases(root: Path, base_run: Path, job_file: Path, rng: random.Random, 
     for statement in row_damage:
         case("damaged rows", "either", sql(statement))
     hostile_jobs = [
-        {"callable": "os:system", "kwargs": {"command": f"touch {marker}"}}, f"os:system", "builtins:exec",
+        {"callable": "os:system", "kwargs": {"command": f"touch {marker}"}}, "os:system", "builtins:exec",
         {"name": "os:system", "kwargs": {"command": f"touch {marker}"}},
     ]
     stored = json.loads(json.dumps(base_job(str(base_run))))

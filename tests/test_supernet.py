@@ -11,7 +11,7 @@ import torch
 from tritune.kernels.patterns import check_mask
 from tritune.spaces import MobileNetSpace
 from tritune.spaces.compression import parse_pattern
-from tritune.spaces.mobilenet_net import ConvAct, LinearAct, torch_threads
+from tritune.spaces.mobilenet_net import ConvAct, torch_threads
 from tritune.spaces.supernet import (
     CheckpointError,
     MobileNetSupernet,
