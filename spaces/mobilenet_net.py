@@ -184,7 +184,9 @@ def _init_weights(net: MobileNetSubnet, seed: int) -> None:
             gain = math.sqrt(2.0) if isinstance(module.act, (nn.ReLU, nn.Hardswish)) else 1.0
             if name.endswith(".project"):
                 gain = 0.5
-            op.weight.copy_(torch.randn(op.weight.shape, generator=gen) * (gain / math.sqrt(fan_in)))
+            w = torch.randn(op.weight.shape, generator=gen)
+            w[w == 0] = 1e-6  # randn does return exact zeros; a kept weight must not be one, or its pattern would not read back
+            op.weight.copy_(w * (gain / math.sqrt(fan_in)))
             op.bias.copy_(torch.randn(op.bias.shape, generator=gen) * 0.05)
 
 

@@ -213,3 +213,24 @@ def test_rejects_other_spaces():
     small = create("mobilenet-small")
     with pytest.raises(ValueError):
         build_subnet(small, create("mobilenet").sample(np.random.default_rng(0)))
+
+
+def test_built_weights_read_back_as_their_pattern_even_where_randn_draws_an_exact_zero():
+    # this candidate's seed stream draws an exact 0.0 inside a kept 8x1 block of s4.b1.project
+    from tritune.spaces.mobilenet import MobileNetSpace
+    from tritune.spaces.supernet.sampling import with_compression
+
+    space = MobileNetSpace(resolutions=(16, 24), widths=(0.25, 0.5, 0.75), depths=(2, 3), expands=(3, 4, 6), kernels=(3, 5),
+                           in_channels=1, num_classes=10, compression={"tie": "role", "patterns": ["dense", "nm2:4", "block8x1", "channel"],
+                                                                       "sparsities": [0.5, 0.75], "w_bits": [8, 32], "a_bits": [8, 32]})
+    cand = with_compression(space, space.largest(), "block8x1", 0.75, 32, 32)
+    net = build_subnet(space, cand)
+    modules = dict(net.named_modules())
+    checked = 0
+    for layer in net.layers:
+        if layer.has_weights and layer.pattern == "block8x1" and layer.sparsity > 0:
+            module = modules[layer.name]
+            op = module.conv if hasattr(module, "conv") else module.linear
+            check_mask(op.weight.detach().numpy() != 0, "block8x1")
+            checked += 1
+    assert checked > 10
