@@ -28,6 +28,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import platform
+import subprocess
 import time
 from pathlib import Path
 
@@ -126,7 +129,9 @@ def main() -> None:
     data, calibration = scorer.data, list(scorer.calib)
     from tritune.evaluators.finetune import Finetuner
 
-    report: dict = {"job": job.to_config(), "pipeline_seconds": round(pipeline_s, 1), "stage_seconds": stages, "targets": {}}
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    report: dict = {"job": job.to_config(), "commit": commit, "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+                    "pipeline_seconds": round(pipeline_s, 1), "stage_seconds": stages, "targets": {}}
     t_base = time.perf_counter()
     bases = baselines(space, targets)
     tuners = {}
@@ -181,7 +186,7 @@ def main() -> None:
         hv = t["hypervolume"]
         print(f"\nhypervolume (reference: worst baseline {t['reference'][0]:.2f} %, {t['reference'][1]:.4g} ms): "
               f"found {hv['found']:.4g}, baselines {hv['baselines']:.4g}, ratio {hv['ratio']:.2f}x")
-    print(f"\npipeline {report['pipeline_seconds']:.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in stages.items())}); "
+    print(f"\npipeline {sum(stages.values()):.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in stages.items())}); "
           f"baselines {report['baseline_seconds']:.0f} s")
     Path(args.out).write_text(json.dumps(report, indent=2, sort_keys=True, default=float))
 
