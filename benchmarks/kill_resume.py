@@ -51,6 +51,8 @@ from pathlib import Path
 
 import yaml
 
+from tritune.search.processes import alive, cmdline, descendants
+
 REPO = Path(__file__).resolve().parents[1]
 SCENARIOS = ("inprocess", "ray-driver", "measured-latency", "ray-worker")
 RAY_SESSIONS = Path(tempfile.gettempdir()) / "tritune-ray"
@@ -121,42 +123,6 @@ def finetune_job(run_dir: Path, checkpoint: Path, evaluations: int = 12) -> dict
 
 
 # ----- processes --------------------------------------------------------------------------------------
-def _children() -> dict[int, list[int]]:
-    tree: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                stat = Path(entry.path, "stat").read_text()
-            except OSError:
-                continue
-            tree.setdefault(int(stat[stat.rfind(")") + 2:].split()[1]), []).append(int(entry.name))
-    return tree
-
-
-def descendants(pid: int) -> list[int]:
-    tree, out, todo = _children(), [], [pid]
-    while todo:
-        for child in tree.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
-def cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-    except OSError:
-        return ""
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rfind(")") + 2:].split()[0] != "Z"
-
-
 def ray_sessions() -> set[str]:
     return {p.name for p in RAY_SESSIONS.iterdir()} if RAY_SESSIONS.is_dir() else set()
 

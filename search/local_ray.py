@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .processes import is_zombie, start_ticks
+
 MARK = "TRITUNE_RAY_SESSION"
 OWNER_FILE = "owner.json"
 #: Unix socket paths live under a session directory and must stay below ~107 bytes.
@@ -39,17 +41,6 @@ def session_root() -> Path:
     """Where local sessions live: ``<tmp>/tritune-ray`` (``/tmp/tritune-ray`` when TMPDIR is long)."""
     root = Path(tempfile.gettempdir()) / "tritune-ray"
     return root if len(str(root)) <= _MAX_ROOT_LEN else Path("/tmp/tritune-ray")
-
-
-def start_ticks(pid: int) -> int | None:
-    """A process's start time in clock ticks since boot (None: no such process); with the pid
-    it names one process even after pid reuse."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rfind(")") + 2:].split()
-    return int(fields[19]) if len(fields) > 19 else None
 
 
 def marked_pids(token: str, directory: Path | None = None, spare: int | None = None) -> list[int]:
@@ -82,7 +73,7 @@ def kill_marked(token: str, directory: Path | None = None, spare: int | None = N
     killed: set[int] = set()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        pids = [p for p in marked_pids(token, directory, spare) if start_ticks(p) is not None and not _is_zombie(p)]
+        pids = [p for p in marked_pids(token, directory, spare) if start_ticks(p) is not None and not is_zombie(p)]
         if not pids:
             break
         for pid in pids:
@@ -93,14 +84,6 @@ def kill_marked(token: str, directory: Path | None = None, spare: int | None = N
                 pass
         time.sleep(0.05)
     return len(killed)
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat[stat.rfind(")") + 2:].split()[0] == "Z"
 
 
 def _owner_alive(owner: dict[str, Any]) -> bool:

@@ -25,6 +25,7 @@ import ray
 import yaml
 
 from tritune.search.job import Job
+from tritune.search.processes import children
 from tritune.search.run import run_search
 
 TINY_SPACE = {"name": "mobilenet", "resolutions": [16], "widths": [0.25, 0.5], "depths": [1, 2], "expands": [3, 4],
@@ -137,21 +138,9 @@ def test_measured_latency_search_resumes_exactly_after_kill_9(tmp_path, checkpoi
     assert _sequence(_rows(replay_dir / "trials.db")) == _sequence(after)
 
 
-def _children() -> dict[int, list[int]]:
-    tree: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                stat = Path(entry.path, "stat").read_text()
-            except OSError:
-                continue
-            tree.setdefault(int(stat[stat.rfind(")") + 2:].split()[1]), []).append(int(entry.name))
-    return tree
-
-
 def _busy_ray_workers() -> list[int]:
     """This process's Ray trial workers that are running a trial now."""
-    tree, out, todo = _children(), [], [os.getpid()]
+    tree, out, todo = children(), [], [os.getpid()]
     while todo:
         for child in tree.get(todo.pop(), []):
             todo.append(child)

@@ -34,6 +34,7 @@ import yaml
 from tritune.search.job import Job
 from tritune.search.local_ray import MARK, kill_marked
 from tritune.search.run import run_search
+from tritune.search.processes import cmdline, descendants, start_ticks
 
 from .test_search_run import job_dict, trial_sequence
 
@@ -57,42 +58,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _children() -> dict[int, list[int]]:
-    tree: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                stat = Path(entry.path, "stat").read_text()
-            except OSError:
-                continue
-            tree.setdefault(int(stat[stat.rfind(")") + 2:].split()[1]), []).append(int(entry.name))
-    return tree
-
-
-def _descendants(pid: int) -> list[int]:
-    tree, out, todo = _children(), [], [pid]
-    while todo:
-        for child in tree.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-    except OSError:
-        return ""
-
-
-def _start_ticks(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat[stat.rfind(")") + 2:].split()[19])
 
 
 #: `ray start` for a worker node that keeps 127.0.0.1 as the head's address: Ray replaces a
@@ -159,22 +124,22 @@ class LoopbackCluster:
     def _roots(self) -> list[int]:
         """The cluster's GCS and raylets (their command lines name the nodes' temp dirs)."""
         dirs = (str(self.head_dir), str(self.node_dir))
-        return [int(e.name) for e in os.scandir("/proc") if e.name.isdigit() and any(d in _cmdline(int(e.name)) for d in dirs)]
+        return [int(e.name) for e in os.scandir("/proc") if e.name.isdigit() and any(d in cmdline(int(e.name)) for d in dirs)]
 
     def family(self) -> set[int]:
         """Every live process of this cluster seen so far (Ray's agents rewrite their command
         line and environment, so they are found as children of the raylets)."""
         for pid in [*self._roots(), self.worker.pid]:
-            for member in (pid, *_descendants(pid)):
-                self.known.setdefault(member, _start_ticks(member))
-        return {p for p, ticks in self.known.items() if ticks is not None and _start_ticks(p) == ticks}
+            for member in (pid, *descendants(pid)):
+                self.known.setdefault(member, start_ticks(member))
+        return {p for p, ticks in self.known.items() if ticks is not None and start_ticks(p) == ticks}
 
     def worker_pids(self) -> set[int]:
-        return set(_descendants(self.worker.pid))
+        return set(descendants(self.worker.pid))
 
     def kill_worker_node(self) -> None:
         self.family()
-        raylet = [p for p in _descendants(self.worker.pid) if "/raylet/raylet" in _cmdline(p).split(" ", 1)[0]]
+        raylet = [p for p in descendants(self.worker.pid) if "/raylet/raylet" in cmdline(p).split(" ", 1)[0]]
         assert raylet, "the worker node has no raylet"
         for pid in raylet:
             os.kill(pid, signal.SIGKILL)
@@ -271,7 +236,7 @@ def test_a_dead_worker_node_costs_only_its_trial_in_flight(tmp_path, cluster, mo
             except sqlite3.DatabaseError:
                 continue
             done_there = [r for r in rows if _pid(r[3]) in pids]
-            busy = [p for p in pids if _cmdline(p).startswith("ray::ImplicitFunc.train")]
+            busy = [p for p in pids if cmdline(p).startswith("ray::ImplicitFunc.train")]
             if done_there and busy:
                 seen["before"] = {r[0]: r for r in rows}
                 seen["there"] = [r[0] for r in done_there]

@@ -18,6 +18,7 @@ import yaml
 from tritune.search.job import Job
 from tritune.search.local_ray import MARK, OWNER_FILE, start_ticks, clean_stale, session_root
 from tritune.search.run import run_search
+from tritune.search.processes import alive, descendants
 
 from .test_search_run import job_dict, trial_sequence
 
@@ -36,23 +37,6 @@ def test_ray_tune_runs_the_same_trials_as_in_process(tmp_path, strategy):
     assert all(w.startswith("127.0.0.1:") for w in workers), f"local Ray must stay on loopback, got {workers}"
 
 
-def _descendants(pid: int) -> list[int]:
-    tree: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                stat = Path(entry.path, "stat").read_text()
-            except OSError:
-                continue
-            tree.setdefault(int(stat[stat.rfind(")") + 2:].split()[1]), []).append(int(entry.name))
-    out, todo = [], [pid]
-    while todo:
-        for child in tree.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
 def _finished(db: Path) -> int:
     if not db.exists():
         return 0
@@ -63,14 +47,6 @@ def _finished(db: Path) -> int:
         return 0
     finally:
         con.close()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rfind(")") + 2:].split()[0] != "Z"
 
 
 @pytest.mark.ray
@@ -89,16 +65,16 @@ def test_a_killed_driver_leaves_no_ray_behind(tmp_path):
         time.sleep(0.1)
         if _finished(db) >= 5:
             break
-    family = _descendants(proc.pid)
+    family = descendants(proc.pid)
     sessions = (set(session_root().iterdir()) - sessions_before) if session_root().is_dir() else set()
     assert proc.poll() is None and len(family) >= 5 and sessions, "the search did not get going"
     proc.kill()
     proc.wait()
     killed = time.monotonic()
-    while any(_alive(p) for p in family) and time.monotonic() - killed < 30:
+    while any(alive(p) for p in family) and time.monotonic() - killed < 30:
         time.sleep(0.05)
     lived = time.monotonic() - killed
-    assert not [p for p in family if _alive(p)], f"Ray processes outlived the search by more than {lived:.0f} s"
+    assert not [p for p in family if alive(p)], f"Ray processes outlived the search by more than {lived:.0f} s"
     assert lived < 10, f"Ray processes outlived the search by {lived:.1f} s"
     assert not any(s.exists() for s in sessions), "the killed search's Ray session directory is still there"
 
