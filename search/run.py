@@ -166,18 +166,21 @@ def open_run(store: TrialStore, job: Job, run_dir: Path) -> None:
     (run_dir / "job.json").write_text(json.dumps(job.to_config(), indent=2, sort_keys=True))
 
 
-def search_stage(store: TrialStore, job: Job, run_dir: Path, pipeline: Any = None, *, progress: bool = True) -> RunResult:
+def search_stage(store: TrialStore, job: Job, run_dir: Path, pipeline: Any = None, *, space: Any = None,
+                 progress: bool = True) -> RunResult:
     """The job's own search in an open store (the whole of a plain run; stage 2 of a staged one).
 
-    The files the evaluators read are checksummed when the search first starts and checked on
-    every resume; every cheap metric obtained is kept in the store and read back on resume."""
+    ``space``: what the strategy samples from (default: the job's space; stage 2 may pass a
+    screened one, whose candidates are candidates of the job's space). The files the evaluators
+    read are checksummed when the search first starts and checked on every resume; every cheap
+    metric obtained is kept in the store and read back on resume."""
     recorded = store.get_meta("inputs")
     if recorded is None:
         store.set_meta("inputs", json.dumps({"files": input_files(job)}, sort_keys=True))
     else:
         check_inputs(job, json.loads(recorded).get("files", {}), f"run directory {str(run_dir)!r}")
     problem = job.problem()
-    space = job.build_space()
+    space = space if space is not None else job.build_space()
     pipeline = pipeline if pipeline is not None else job.build_pipeline(space, problem)
     pipeline.persist_cheap(store.cheap_metrics(), store.put_cheap)
     strategy = job.build_strategy(space, problem, pipeline.oracle)

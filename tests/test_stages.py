@@ -145,6 +145,50 @@ def test_export_refuses_fine_tuned_weights_changed_after_the_front_stage(finishe
         state.write_bytes(original)
 
 
+def test_search_max_drop_samples_only_choices_the_sensitivity_table_allows(tmp_path):
+    from tritune.evaluators.sensitivity import load_sensitivity
+
+    data = staged_job(tmp_path, search={"max_drop": 2.0}, refine=False, finetune=False, front=False)
+    data["space"]["compression"] = {"tie": "role"}  # few enough probes for the table to be measured after training
+    data["budget"] = {"evaluations": 9}
+    job = Job.from_dict(data)
+    run_pipeline(job, progress=False)
+    space = job.build_space()
+    table = load_sensitivity(tmp_path / "supernet.safetensors")
+    default = space.menu.default()
+    too_costly = {g.name[5:]: {c.token for c in g.choices if table.drop(g.name[5:], c, default) > 2.0}
+                  for g in space.genes() if g.name.startswith("comp:")}
+    assert any(too_costly.values())  # the screen takes something off the menu
+    with TrialStore(tmp_path / "run" / "trials.db", readonly=True) as store:
+        records = store.all()
+    assert len(records) >= 9
+    for record in records:
+        genome = space.to_genome(record.candidate)
+        for gene, costly in too_costly.items():
+            assert genome[f"comp:{gene}"].token not in costly
+
+
+def test_search_max_drop_without_a_sensitivity_table_is_a_clean_error(tmp_path):
+    data = staged_job(tmp_path, search={"max_drop": 2.0}, refine=False, finetune=False, front=False)
+    data["stages"]["supernet"]["train"]["sensitivity_images"] = 0  # no table measured
+    with pytest.raises(JobError, match="holds no sensitivity table"):
+        run_pipeline(Job.from_dict(data), progress=False)
+
+
+@pytest.mark.parametrize("section, message", [
+    ({"search": False}, "always runs"),
+    ({"search": {"max_drop": -1}}, "max_drop"),
+    ({"search": {"max_drop": True}}, "max_drop"),
+    ({"search": {"max_drop": float("nan")}}, "max_drop"),
+    ({"search": {"budget": 3}}, "budget"),
+])
+def test_bad_search_stage_options_are_refused_by_name(tmp_path, section, message):
+    data = staged_job(tmp_path)
+    data["stages"].update(section)
+    with pytest.raises(JobError, match=message):
+        Job.from_dict(data)
+
+
 def test_a_resume_with_other_stage_settings_is_refused(finished):
     changed = staged_job(finished, finetune={"top_k": 2, "epochs": 1.0, "rungs": 2, "batch_size": 32})
     with pytest.raises(JobError, match="different job"):

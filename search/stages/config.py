@@ -4,13 +4,14 @@
 
     stages:
       supernet: {steps: 1500}                 # train the job's supernet (or load a matching one)
+      search: {max_drop: 5}                    # the joint search, off the choices that alone cost > 5 points
       refine: {finalists: 3, evaluations: 12}  # ratios and bits of the best joint-search results
       finetune: {top_k: 4, epochs: 2}          # the best refined models, compression kept
       front: {}                                # fine-tuned accuracy x measured latency, exported
 
-Every section is optional except that a job with ``stages`` always runs the joint search (stage
-2, the job's own strategy and budget). A missing section means the defaults below; ``false``
-skips the stage (``refine: false``).
+Every section is optional. A missing section means the defaults below; ``false`` skips the
+stage (``refine: false``), except the joint search (stage 2, the job's own strategy and
+budget), which always runs.
 """
 from __future__ import annotations
 
@@ -35,6 +36,21 @@ class SupernetStage:
     of `tritune.evaluators.supernet_training.TrainConfig`."""
 
     train: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SearchStage:
+    """The joint search (the job's own strategy and budget). ``max_drop``: take off the menu the
+    strategies sample from every compression choice that alone costs more than this many
+    accuracy points in the supernet's sensitivity table (measured in stage 1), so proposals
+    with a crushed layer group are not drawn at all (None: the whole menu)."""
+
+    max_drop: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_drop is not None:
+            if isinstance(self.max_drop, bool) or not isinstance(self.max_drop, (int, float)) or not (math.isfinite(self.max_drop) and self.max_drop >= 0):
+                raise ValueError(f"job.stages.search.max_drop: {self.max_drop!r} not allowed; expected a number of points >= 0, or null")
 
 
 @dataclass(frozen=True)
@@ -98,7 +114,7 @@ class FrontStage:
     export: bool = True
 
 
-_SECTIONS: dict[str, type] = {"supernet": SupernetStage, "refine": RefineStage, "finetune": FinetuneStage, "front": FrontStage}
+_SECTIONS: dict[str, type] = {"supernet": SupernetStage, "search": SearchStage, "refine": RefineStage, "finetune": FinetuneStage, "front": FrontStage}
 
 
 @dataclass(frozen=True)
@@ -106,6 +122,7 @@ class StagesConfig:
     """The parsed ``stages:`` section; a stage set to None is skipped."""
 
     supernet: SupernetStage | None = field(default_factory=SupernetStage)
+    search: SearchStage = field(default_factory=SearchStage)
     refine: RefineStage | None = field(default_factory=RefineStage)
     finetune: FinetuneStage | None = field(default_factory=FinetuneStage)
     front: FrontStage | None = field(default_factory=FrontStage)
@@ -116,11 +133,13 @@ class StagesConfig:
             raise ValueError(f"{where}: expected a mapping with any of {', '.join(_SECTIONS)}, got {type(data).__name__}")
         unknown = sorted(set(data) - set(_SECTIONS))
         if unknown:
-            raise ValueError(f"{where}: unknown stages {unknown}; allowed: {', '.join(_SECTIONS)} (the joint search always runs)")
+            raise ValueError(f"{where}: unknown stages {unknown}; allowed: {', '.join(_SECTIONS)}")
         parsed: dict[str, Any] = {}
         for name, section in _SECTIONS.items():
             value = data.get(name, {})
             if value is False:
+                if name == "search":
+                    raise ValueError(f"{where}.search: false not allowed; the joint search always runs (give its options, or leave it out)")
                 parsed[name] = None
                 continue
             if value is None:

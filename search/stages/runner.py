@@ -110,12 +110,14 @@ def _run(s: _Stages) -> PipelineResult:
     pipeline = job.build_pipeline(space, problem)
 
     def search() -> dict[str, Any]:
-        found = search_stage(s.store, job, s.run_dir, pipeline, progress=s.progress)
+        searched = _screened(job, space, config.search.max_drop)
+        found = search_stage(s.store, job, s.run_dir, pipeline, space=searched, progress=s.progress)
         result.search = found
+        excluded = sum(len(v) for _, v in searched.menu.exclude) - sum(len(v) for _, v in space.menu.exclude)
         return {"evaluations": found.evaluations, "trials": len(found.records), "front": len(found.front),
-                "knee": None if found.knee is None else found.knee.candidate.id}
+                "knee": None if found.knee is None else found.knee.candidate.id, "choices_excluded": excluded}
 
-    s.stage("search", {"strategy": job.strategy, "budget": job.budget}, search, 2)
+    s.stage("search", {"strategy": job.strategy, "budget": job.budget, **vars(config.search)}, search, 2)
     records = [r for r in s.store.all() if r.status != "running"]
 
     if config.refine is not None:
@@ -173,6 +175,26 @@ def _run(s: _Stages) -> PipelineResult:
                                        f["folder"], f["finetuned_accuracy"], f["search_metrics"]) for f in final["front"]]
             result.knee = next((m for m in result.final if m.candidate.id == final["knee"]), None)
     return result
+
+
+def _screened(job: Job, space: Any, max_drop: float | None) -> Any:
+    """``space`` without the compression choices that alone cost more than ``max_drop`` points
+    in the sensitivity table of the job's supernet checkpoint (``space`` itself when None)."""
+    if max_drop is None:
+        return space
+    from ...evaluators.sensitivity import load_sensitivity
+    from ...spaces.supernet.sensitivity import screened_space
+    from .supernet import SupernetSpec
+
+    checkpoint = SupernetSpec.of(job).checkpoint
+    table = load_sensitivity(checkpoint)
+    if table is None:
+        raise JobError(f"job.stages.search.max_drop: supernet checkpoint {str(checkpoint)!r} holds no sensitivity table; "
+                       "measure it with `tritune supernet sensitivity JOB`, or remove max_drop")
+    try:
+        return screened_space(space, table, float(max_drop))
+    except ValueError as exc:
+        raise JobError(f"job.stages.search.max_drop: {exc}") from None
 
 
 def _supernet_evaluator(pipeline: Any) -> Any:
