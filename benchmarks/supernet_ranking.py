@@ -9,9 +9,10 @@ Candidate sets (fixed seeds, the same for every supernet below):
 
 * ``mixed``: ``--candidates`` candidates of the space's own sampler (`SearchSpace.sample`: what
   the strategies' random proposals are -- mixed per-group plans, not uniform ones);
-* ``screened``: the same sampler, keeping the candidates that pass the job's constraint on the
-  free ``sensitivity`` metric (the proposals a search of the job actually sends to the costly
-  query; drawn with the default supernet's table);
+* ``screened``: the job's stage-2 sampler (the space without the choices that alone cost more
+  than ``stages.search.max_drop`` in the default supernet's sensitivity table), keeping the
+  candidates that pass the job's constraint on the free ``sensitivity`` metric: the proposals a
+  search of the job actually sends to the costly query;
 * ``dense``: ``--dense`` random architectures of the same sampler, every layer dense float.
 
 For each candidate of ``mixed`` and ``screened``, ``inherited`` is the search's costly metric
@@ -216,14 +217,20 @@ def candidate_sets(space, n_mixed: int, n_dense: int, seed: int) -> dict[str, li
     return {"mixed": mixed, "dense": [space.validate(c) for c in dense]}
 
 
-def screened_set(space, table, max_drop: float, n: int, seed: int) -> tuple[list, int]:
-    """The first ``n`` sampler draws whose estimated drop passes ``max_drop``, and how many draws it took."""
+def screened_set(space, table, max_drop: float | None, menu_drop: float | None, n: int, seed: int) -> tuple[list, int]:
+    """What the job's search sends to the costly query: the first ``n`` draws of its stage-2
+    sampler (the space without the choices that alone cost more than ``menu_drop``:
+    ``stages.search.max_drop``) whose estimated drop passes the job's constraint ``max_drop``,
+    and how many draws it took."""
+    from tritune.spaces.supernet.sensitivity import screened_space
+
+    sampler = space if menu_drop is None else screened_space(space, table, menu_drop)
     out, i = [], 0
     while len(out) < n and i < 200 * n:
-        c = space.sample(np.random.default_rng([seed, 3, i]))
+        c = sampler.sample(np.random.default_rng([seed, 3, i]))
         i += 1
-        if table.estimate(space, c) <= max_drop:
-            out.append(c)
+        if max_drop is None or table.estimate(space, c) <= max_drop:
+            out.append(space.validate(c))
     return out, i
 
 
@@ -232,6 +239,11 @@ def _max_drop() -> float | None:
         if c.get("metric") == "accuracy_drop" and c.get("max") is not None:
             return float(c["max"])
     return None
+
+
+def _menu_drop() -> float | None:
+    config = _job().stages_config()
+    return None if config is None else config.search.max_drop
 
 
 def _kendall(a: list[float], b: list[float]) -> tuple[float, float]:
@@ -293,10 +305,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         from tritune.evaluators.sensitivity import load_sensitivity
 
         table = load_sensitivity(ckpts["default"])
-        max_drop = _max_drop()
+        max_drop, menu_drop = _max_drop(), _menu_drop()
         n_draws = 0
-        if table is not None and max_drop is not None:
-            sets["screened"], n_draws = screened_set(space, table, max_drop, args.candidates, args.seed)
+        if table is not None and (max_drop is not None or menu_drop is not None):
+            sets["screened"], n_draws = screened_set(space, table, max_drop, menu_drop, args.candidates, args.seed)
             submit_alone(sets["screened"])
         plain = {name: [c.to_json() for c in cands] for name, cands in sets.items()}
         evals = {v: pool.submit(evaluate_variant, ckpts[v], plain, args.seed) for v in ["default"]}
@@ -333,7 +345,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "benchmark": "supernet_ranking", "job": str(JOB.relative_to(REPO)), "space": space.config(), "args": vars(args),
         "train_config": _train_config("default", args.steps, args.seed).to_json(), "alone_steps": alone_steps,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_avg": os.getloadavg()},
-        "sets": {s: [c.to_json() for c in cands] for s, cands in sets.items()}, "screen": {"max_drop": max_drop, "draws": n_draws},
+        "sets": {s: [c.to_json() for c in cands] for s, cands in sets.items()}, "screen": {"max_drop": max_drop, "menu_max_drop": menu_drop, "draws": n_draws},
         "inherited": {v: {k: scores[v][k] for k in scores[v]} for v in variants}, "alone": alone_acc,
         "summary": summary, "goals": [{"goal": g, "value": val, "met": bool(ok)} for g, val, ok in goals], "step_timing": step_t,
         "sensitivity": None if table is None else {"seconds": table.seconds, "probes": table.extra.get("probes"), "base": table.base,
@@ -352,8 +364,9 @@ def markdown(result: dict[str, Any]) -> str:
     d = s["default"]
     lines = [f"Supernet: {result['train_config']['steps']} steps of {result['train_config']['batch_size']} images; candidates trained "
              f"alone: {result['alone_steps']} steps each. Sets: mixed {len(result['sets']['mixed'])}, "
-             f"screened {len(result['sets'].get('screened', []))} (of {result['screen']['draws']} draws, max drop "
-             f"{result['screen']['max_drop']}), dense {len(result['sets']['dense'])}.", "",
+             f"screened {len(result['sets'].get('screened', []))} (of {result['screen']['draws']} draws of the stage-2 sampler, "
+             f"menu max drop {result['screen'].get('menu_max_drop')}, constraint max drop {result['screen']['max_drop']}), "
+             f"dense {len(result['sets']['dense'])}.", "",
              "| goal | value | met |", "|---|---:|:---:|"]
     lines += [f"| {g['goal']} | {g['value']:.3f} | {'yes' if g['met'] else 'no'} |" for g in result["goals"]]
     lines += ["", "| default supernet | value |", "|---|---:|",
