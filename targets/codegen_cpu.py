@@ -930,8 +930,14 @@ def _weight_arrays(net: Any, runnable: CodegenRunnable) -> dict[str, np.ndarray]
             continue
         w, b, _ = _weights(modules[L.name])
         packed = runnable.packed.get(L.name)
+        op = modules[L.name].conv if hasattr(modules[L.name], "conv") else modules[L.name].linear
         if packed is not None:
             arrays.update(packed.to_npz_dict(prefix=f"{L.name}/"))
+        elif getattr(op, "weight_codes", None) is not None:  # low-bit weights: the codes, so that loading rebuilds them bit for bit
+            arrays[f"{L.name}/weight_codes"] = op.weight_codes.detach().cpu().numpy().astype(np.int8)
+            arrays[f"{L.name}/weight_scales"] = op.weight_scales.detach().cpu().numpy()
+            if getattr(op, "weight_mask", None) is not None:
+                arrays[f"{L.name}/weight_mask"] = op.weight_mask.detach().cpu().numpy().astype(bool)
         else:
             arrays[f"{L.name}/weight"] = w
         if b is not None:
@@ -1055,6 +1061,13 @@ def _net_from_export(doc: dict[str, Any], weights: Mapping[str, np.ndarray]) -> 
                 mask = None if qw.pattern == "dense" else torch.from_numpy(structure(qw.codes).reshape(shape))
                 d = DeployWeights(weight=codes.float() * scales.reshape(-1, *[1] * (len(shape) - 1)), bias=bias_t, codes=codes,
                                   scales=scales, mask=mask)
+            elif f"{L.name}/weight_codes" in weights:  # low-bit weights of a layer that runs float (depthwise)
+                codes = torch.from_numpy(np.asarray(weights[f"{L.name}/weight_codes"], dtype=np.int8)).reshape(op.weight.shape)
+                scales = torch.from_numpy(np.asarray(weights[f"{L.name}/weight_scales"]))
+                mask = weights.get(f"{L.name}/weight_mask")
+                mask_t = None if mask is None else torch.from_numpy(np.asarray(mask, dtype=bool)).reshape(op.weight.shape)
+                d = DeployWeights(weight=codes.float() * scales.reshape(-1, *[1] * (codes.dim() - 1)), bias=bias_t, codes=codes,
+                                  scales=scales, mask=mask_t)
             else:
                 if f"{L.name}/weight" in weights:
                     w = np.asarray(weights[f"{L.name}/weight"])
