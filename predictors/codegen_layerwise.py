@@ -35,7 +35,7 @@ from scipy.optimize import nnls
 from ..spaces.candidate import Candidate
 from .base import NotFittedError, Predictor
 from .codegen_units import UNIT_TYPES, WORK, LayerRows, UnitBatch, rows_from_candidates, rows_from_layers, units
-from .io import fingerprint_of
+from .io import booster_from_json, booster_to_json, fingerprint_of
 from .metrics import score_report
 from .registry import register_predictor
 
@@ -274,7 +274,7 @@ class CodegenLatencyPredictor(Predictor):
             "theta": self.theta_.tolist(),
             "table_keys": None if self.table_keys_ is None else [int(k) for k in self.table_keys_.tolist()],
             "table_ms": None if self.table_ms_ is None else self.table_ms_.tolist(),
-            "booster": None if self.booster_ is None else bytes(self.booster_.save_raw("json")).decode("utf-8"),
+            "booster": None if self.booster_ is None else booster_to_json(self.booster_),
         }
 
     @classmethod
@@ -298,8 +298,7 @@ class CodegenLatencyPredictor(Predictor):
             if obj.table_keys_.shape != obj.table_ms_.shape:
                 raise ValueError("codegen predictor: table_keys and table_ms differ in length")
         if params.get("booster"):
-            booster = xgb.Booster(params={"nthread": obj.nthread})
-            booster.load_model(bytearray(params["booster"].encode("utf-8")))
+            booster = booster_from_json(params["booster"], obj.nthread)
             obj.booster_ = booster
         return obj
 

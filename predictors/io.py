@@ -321,3 +321,17 @@ def load(path: str | os.PathLike, expected_fingerprint: Any = None) -> "Predicto
         ) from None
     predictor.authenticated_ = authenticated(document, str(path))
     return predictor
+
+
+def booster_to_json(booster: Any) -> str:
+    """An XGBoost booster as its own JSON text (how predictor files embed it: no pickle)."""
+    return bytes(booster.save_raw("json")).decode("utf-8")
+
+
+def booster_from_json(text: str, nthread: int) -> Any:
+    """The booster `booster_to_json` wrote, predicting with ``nthread`` threads."""
+    import xgboost as xgb
+
+    booster = xgb.Booster(params={"nthread": nthread})
+    booster.load_model(bytearray(text.encode("utf-8")))
+    return booster

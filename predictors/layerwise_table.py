@@ -38,7 +38,7 @@ import xgboost as xgb
 from ..spaces.candidate import Candidate
 from ..spaces.layers import LayerSpec
 from .base import NotFittedError, Predictor
-from .io import fingerprint_of
+from .io import booster_from_json, booster_to_json, fingerprint_of
 from .metrics import score_report
 from .registry import register_predictor
 
@@ -364,7 +364,7 @@ class LayerwiseTablePredictor(Predictor):
             },
             "bits_range": list(self.bits_range),
             "table": {"fields": list(KEY_FIELDS), "keys": self._lut_keys[order].tolist(), "values": self._lut_values.tolist()},
-            "booster": bytes(self.booster_.save_raw("json")).decode("utf-8"),
+            "booster": booster_to_json(self.booster_),
         }
 
     @classmethod
@@ -382,8 +382,7 @@ class LayerwiseTablePredictor(Predictor):
             raise ValueError("LayerwiseTablePredictor: stored table keys are not distinct and sorted, or do not match the values")
         obj._lut_keys, obj._lut_codes, obj._lut_values = keys, codes, values
         obj.bits_range = (int(params["bits_range"][0]), int(params["bits_range"][1]))
-        booster = xgb.Booster(params={"nthread": obj.nthread})
-        booster.load_model(bytearray(params["booster"].encode("utf-8")))
+        booster = booster_from_json(params["booster"], obj.nthread)
         obj.booster_ = booster
         obj.clear_cache()
         return obj

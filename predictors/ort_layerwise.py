@@ -35,7 +35,7 @@ from scipy.optimize import nnls
 from ..spaces.candidate import Candidate
 from .base import NotFittedError, Predictor
 from .fusion import DEFAULT_RULES, KERNEL_FEATURES, KERNEL_TYPES, TYPE_INDEX, FusionRules, KernelBatch
-from .io import fingerprint_of
+from .io import booster_from_json, booster_to_json, fingerprint_of
 from .metrics import score_report
 from .registry import register_predictor
 
@@ -301,7 +301,7 @@ class LayerwiseLatencyPredictor(Predictor):
             "space": None if self.space is None else {"name": self.space.name, "config": self.space.config()},
             "theta": self.theta_.tolist(),
             "scale": self.scale_.tolist(),
-            "booster": None if self.booster_ is None else bytes(self.booster_.save_raw("json")).decode("utf-8"),
+            "booster": None if self.booster_ is None else booster_to_json(self.booster_),
         }
 
     @classmethod
@@ -316,8 +316,7 @@ class LayerwiseLatencyPredictor(Predictor):
         obj.theta_ = np.asarray(params["theta"], dtype=np.float64)
         obj.scale_ = np.asarray(params["scale"], dtype=np.float64)
         if params.get("booster"):
-            booster = xgb.Booster(params={"nthread": obj.nthread})
-            booster.load_model(bytearray(params["booster"].encode("utf-8")))
+            booster = booster_from_json(params["booster"], obj.nthread)
             obj.booster_ = booster
         return obj
 

@@ -15,7 +15,7 @@ import xgboost as xgb
 
 from ..spaces.candidate import Candidate
 from .base import NotFittedError, Predictor
-from .io import fingerprint_of
+from .io import booster_from_json, booster_to_json, fingerprint_of
 from .metrics import score_report
 from .ort_layerwise import stratified_split
 from .registry import register_predictor
@@ -115,7 +115,7 @@ class WholeModelPredictor(Predictor):
                         "subsample": self.subsample, "colsample_bytree": self.colsample_bytree, "min_child_weight": self.min_child_weight,
                         "holdout": self.holdout, "refit": self.refit, "seed": self.seed, "nthread": self.nthread},
             "space": None if self.space is None else {"name": self.space.name, "config": self.space.config()},
-            "booster": bytes(self.booster_.save_raw("json")).decode("utf-8"),
+            "booster": booster_to_json(self.booster_),
         }
 
     @classmethod
@@ -128,7 +128,6 @@ class WholeModelPredictor(Predictor):
             if obj.space.encoding_length != params["n_features"]:
                 raise ValueError(f"WholeModelPredictor: the stored space encodes {obj.space.encoding_length} features, the model expects {params['n_features']}")
         obj.n_features_ = int(params["n_features"])
-        booster = xgb.Booster(params={"nthread": obj.nthread})
-        booster.load_model(bytearray(params["booster"].encode("utf-8")))
+        booster = booster_from_json(params["booster"], obj.nthread)
         obj.booster_ = booster
         return obj
