@@ -270,6 +270,17 @@ class _Buffers:
                 return
 
 
+def _conv_kind(L: Any, shape: Sequence[int], linear: bool) -> tuple[str, tuple[int, int] | None]:
+    """The generated kernel kind of conv / linear layer ``L`` and its input grid (``shape``: the
+    input's ``(C, H, W)``); other convolutions are refused."""
+    if linear:
+        return "linear", None
+    if L.groups == 1 and L.kernel in (1, 3):
+        return f"conv{L.kernel}x{L.kernel}", (shape[1], shape[2])
+    raise ValueError(f"codegen-cpu: layer {L.name}: conv with kernel {L.kernel}, groups {L.groups} not allowed; "
+                     "allowed: 1x1 / 3x3 full convolutions, depthwise k 3/5/7")
+
+
 def _act_name(module: Any) -> str:
     from torch import nn
 
@@ -563,13 +574,7 @@ class CodegenCpuTarget(BuildsMobileNets, Target):
             if L.op in ("conv", "linear"):
                 module = modules[L.name]
                 w, b, family, pattern, mask = self._conv_weights(L, module)
-                if L.op == "linear":
-                    kind, in_hw = "linear", None
-                elif L.groups == 1 and L.kernel in (1, 3):
-                    kind, in_hw = f"conv{L.kernel}x{L.kernel}", (x.shape[1], x.shape[2])
-                else:
-                    raise ValueError(f"codegen-cpu: layer {L.name}: conv with kernel {L.kernel}, groups {L.groups} not allowed; "
-                                     "allowed: 1x1 / 3x3 full convolutions, depthwise k 3/5/7")
+                kind, in_hw = _conv_kind(L, x.shape, L.op == "linear")
                 if kind == "linear" and family == "dense" and w.size > BLAS_LINEAR_WEIGHTS:
                     w = self._layer_packed(L.name, w, None, "dense", packs).unpack()
                     y = bufs.get((w.shape[0],))
@@ -759,12 +764,7 @@ class CodegenCpuTarget(BuildsMobileNets, Target):
                 out.f = bufs.get((w.shape[0],))
                 st = matvec_step(w, b, _act_name(module), xin.reshape(-1), out.f, **lib)
                 return Op(L.name, "dense", "linear", st.step, st, "dense", "matvec")
-            kind, in_hw = "linear", None
-        elif L.groups == 1 and L.kernel in (1, 3):
-            kind, in_hw = f"conv{L.kernel}x{L.kernel}", (x.shape[1], x.shape[2])
-        else:
-            raise ValueError(f"codegen-cpu: layer {L.name}: conv with kernel {L.kernel}, groups {L.groups} not allowed; "
-                             "allowed: 1x1 / 3x3 full convolutions, depthwise k 3/5/7")
+        kind, in_hw = _conv_kind(L, x.shape, node.linear)
         k = self._kernel(self._layer_packed(L.name, w, mask, pattern, packs), kind, in_hw, L.stride, b, _act_name(module))
         out.f = bufs.get(k.out_shape)
         return Op(L.name, family, kind, k.step(xin.reshape(k.in_shape), out.f), k, pattern, k.variant.name, k.compile_s, k.cached)
