@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -152,6 +153,31 @@ def _busy_ray_workers() -> list[int]:
     return out
 
 
+def _kill_a_worker_mid_trial(db: Path, trials: int, seen: dict, stop: threading.Event, quiet: float = 0.15) -> None:
+    """SIGKILL one Ray worker that is running a trial whose result is not stored yet.
+
+    A worker counts once trials are stored but not all, it stayed busy for `quiet` seconds in
+    which no new result was stored, and either no stored trial ran on it (so it is in its first
+    trial) or every stored trial but one is in (so it runs the last one)."""
+    watched: dict[int, tuple[float, int]] = {}  # busy pid -> (first seen busy, stored rows then)
+    while not stop.is_set():
+        time.sleep(0.01)
+        rows = _rows(db)
+        if not rows or len(rows) >= trials:
+            watched.clear()
+            continue
+        stored_on = {row[-1].split(":")[-1].split("@")[0] for row in rows.values()}
+        now, busy = time.monotonic(), set(_busy_ray_workers())
+        watched = {pid: watched.get(pid, (now, len(rows))) for pid in busy}
+        for pid, (since, count) in watched.items():
+            if count != len(rows):
+                watched[pid] = (now, len(rows))
+            elif now - since >= quiet and (str(pid) not in stored_on or len(rows) == trials - 1):
+                seen["before"] = rows
+                os.kill(pid, signal.SIGKILL)
+                return
+
+
 @pytest.mark.ray
 def test_a_killed_ray_worker_costs_only_its_trial(tmp_path, checkpoint):
     data = {
@@ -167,37 +193,28 @@ def test_a_killed_ray_worker_costs_only_its_trial(tmp_path, checkpoint):
         "run_dir": str(tmp_path / "run"),
     }
     local = run_search(Job.from_dict(data), run_dir=tmp_path / "local", progress=False)
-    db = tmp_path / "ray" / "trials.db"
-    seen: dict = {}
-
-    def kill_a_worker_that_starts_a_trial() -> None:
-        """Once a trial is stored, kill the next worker that starts one (a trial takes about a
-        second, so it is surely still evaluating; a worker killed after it reported costs nothing)."""
-        deadline = time.monotonic() + 300
-        busy_before: set[int] | None = None
-        while time.monotonic() < deadline:
-            time.sleep(0.01)
-            rows = _rows(db)
-            if not rows:
-                continue
-            busy = set(_busy_ray_workers())
-            started = busy - busy_before if busy_before is not None else set()
-            busy_before = busy
-            if started:
-                seen["before"] = rows
-                os.kill(started.pop(), signal.SIGKILL)
-                return
-
-    killer = threading.Thread(target=kill_a_worker_that_starts_a_trial, daemon=True)
-    killer.start()
-    with pytest.warns(RuntimeWarning, match="evaluated again"):
-        remote = run_search(Job.from_dict(data), run_dir=tmp_path / "ray", executor="ray", workers=2, progress=False)
-    killer.join(timeout=10)
-    assert not ray.is_initialized()
-    assert seen.get("before"), "no worker was killed mid-trial"
-    assert _sequence(_rows(db)) == _sequence(_rows(tmp_path / "local" / "trials.db"))
-    assert [r.metrics for r in remote.records] == [r.metrics for r in local.records]
+    # A kill can land just after its worker reported (then it costs nothing and nothing warns);
+    # `_kill_a_worker_mid_trial` avoids that, and three tries make a late kill no reason to fail.
+    for attempt in range(3):
+        run_dir = tmp_path / f"ray{attempt}"
+        db, seen, stop = run_dir / "trials.db", {}, threading.Event()
+        killer = threading.Thread(target=_kill_a_worker_mid_trial, args=(db, 3, seen, stop), daemon=True)
+        killer.start()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            remote = run_search(Job.from_dict(data), run_dir=run_dir, executor="ray", workers=2, progress=False)
+        stop.set()
+        killer.join(timeout=10)
+        assert not ray.is_initialized()
+        # whether or not the kill cost a trial, the search ends with the uninterrupted run's trials
+        assert _sequence(_rows(db)) == _sequence(_rows(tmp_path / "local" / "trials.db"))
+        assert [r.metrics for r in remote.records] == [r.metrics for r in local.records]
+        retried = [w for w in caught if issubclass(w.category, RuntimeWarning) and "evaluated again" in str(w.message)]
+        if seen.get("before") and retried:
+            break
+    else:
+        pytest.fail("no try killed a worker in the middle of a trial and saw it retried")
     after = _rows(db)
     for number, row in seen["before"].items():
         assert after[number] == row
-    assert (tmp_path / "ray" / "ray" / "tune").is_dir()  # Tune's error files of the lost trial are kept
+    assert (run_dir / "ray" / "tune").is_dir()  # Tune's error files of the lost trial are kept
