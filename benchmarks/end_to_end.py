@@ -42,34 +42,17 @@ from tritune.search.job import Job
 from tritune.search.pareto import hypervolume
 from tritune.search.stages.runner import run_pipeline
 from tritune.spaces.supernet import load_checkpoint, trainable_subnet
-from tritune.spaces.supernet.sampling import with_compression
+from tritune.spaces.supernet.sampling import REFERENCE_PLANS, reference_models
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "docs" / "results" / "end_to_end.json"
 BUDGETS = (0.25, 0.5, 0.75)
 
 
-def middle(space, largest):
-    """Each architecture gene at the middle of its menu (compression as in ``largest``)."""
-    genome = space.to_genome(largest)
-    for gene in space.genes():
-        if not gene.name.startswith("comp:") and len(gene.choices) > 1:
-            genome[gene.name] = gene.choices[len(gene.choices) // 2]
-    return space.from_genome(space.canonical_genome(genome))
-
-
 def baselines(space, targets: list[str]) -> dict[str, object]:
-    archs = {"smallest": space.smallest(), "largest": space.largest()}
-    archs["middle"] = middle(space, archs["largest"])
-    out = {}
-    for name in ("smallest", "middle", "largest"):
-        base = archs[name]
-        out[f"{name} dense"] = with_compression(space, base, "dense", 0.0, 32, 32)
-        out[f"{name} int8"] = with_compression(space, base, "dense", 0.0, 8, 8)
-        out[f"{name} channel50 int8"] = with_compression(space, base, "channel", 0.5, 8, 8)
-        if "codegen-cpu" in targets:
-            out[f"{name} block8x1-75"] = with_compression(space, base, "block8x1", 0.75, 32, 32)
-    return out
+    """The search stage's own hand-made references, plus 75 % ``block8x1`` (float) on ``codegen-cpu``."""
+    plans = REFERENCE_PLANS + ((("block8x1-75", "block8x1", 0.75, 32, 32),) if "codegen-cpu" in targets else ())
+    return reference_models(space, plans)
 
 
 def finetuned(candidate, supernet_path: str, data, stage, state: Path):

@@ -62,7 +62,8 @@ def _stage_line(record) -> str:
     if record.name == "supernet":
         return f"{s.get('how', '?')}: {s.get('steps', '?')} steps, {s.get('checkpoint', '')}"
     if record.name == "search":
-        return f"{s.get('evaluations', '?')} evaluations, {s.get('trials', '?')} trials, front of {s.get('front', '?')}"
+        refs = f" ({s['references_on_front']} of {s['references']} hand-made references on it)" if s.get("references") else ""
+        return f"{s.get('evaluations', '?')} evaluations, {s.get('trials', '?')} trials, front of {s.get('front', '?')}{refs}"
     if record.name == "refine":
         return f"{len(s.get('finalists', []))} finalists, {sum((s.get('evaluations') or {}).values())} evaluations"
     if record.name == "finetune":

@@ -12,7 +12,7 @@ import math
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from tqdm.auto import tqdm
 
@@ -21,6 +21,7 @@ from .executors import InProcessExecutor, RayExecutor
 from .job import Job, JobError
 from .lock import RunLock
 from .report import format_front, front, knee, plot_pareto, write_pareto_json, write_trials_csv
+from ..spaces import Candidate
 from .store import StoreError, TrialRecord, TrialStore
 
 #: Evaluator options that name an input file whose contents decide the results.
@@ -167,11 +168,12 @@ def open_run(store: TrialStore, job: Job, run_dir: Path) -> None:
 
 
 def search_stage(store: TrialStore, job: Job, run_dir: Path, pipeline: Any = None, *, space: Any = None,
-                 progress: bool = True) -> RunResult:
+                 first: Sequence[Candidate] = (), progress: bool = True) -> RunResult:
     """The job's own search in an open store (the whole of a plain run; stage 2 of a staged one).
 
     ``space``: what the strategy samples from (default: the job's space; stage 2 may pass a
-    screened one, whose candidates are candidates of the job's space). The files the evaluators
+    screened one, whose candidates are candidates of the job's space); ``first``: candidates the
+    strategy proposes before its own (`Strategy.enqueue`). The files the evaluators
     read are checksummed when the search first starts and checked on every resume; every cheap
     metric obtained is kept in the store and read back on resume."""
     recorded = store.get_meta("inputs")
@@ -184,6 +186,7 @@ def search_stage(store: TrialStore, job: Job, run_dir: Path, pipeline: Any = Non
     pipeline = pipeline if pipeline is not None else job.build_pipeline(space, problem)
     pipeline.persist_cheap(store.cheap_metrics(), store.put_cheap)
     strategy = job.build_strategy(space, problem, pipeline.oracle)
+    strategy.enqueue(first)
 
     bar = tqdm(total=job.budget, desc=f"{job.name} [{job.strategy}]", unit="eval", disable=not progress, leave=True)
 

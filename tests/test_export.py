@@ -121,6 +121,7 @@ def test_manifest_fields_and_files(run_dir, exported, weights):
         # the torch network export starts from is the one the search scored
         assert m["torch_accuracy"] == pytest.approx(m["search_accuracy"], abs=1e-9)
         assert m["latency_measured_ms"] > 0 and m["latency_measurement"]["protocol"]["rounds"] >= 1
+        assert m["latency_measurement"]["process"] == "fresh"  # timed in a process of its own (tritune.search.export.timing)
         assert m["target_fingerprint"]["target"] == "ort-cpu"
         assert m["size_bytes"] == (r.directory / "model.onnx").stat().st_size
         for name, info in m["files"].items():
@@ -317,3 +318,12 @@ def test_a_relative_checkpoint_is_found_where_the_search_read_it(run_dir, tmp_pa
     assert str(path) == recorded and record == run.inputs[recorded]
     path, record = recorded_input(run, "elsewhere/other.safetensors")
     assert record is None and path == tmp_path / "elsewhere" / "other.safetensors"
+
+
+def test_timing_a_folder_that_is_not_an_export_is_a_clean_error(tmp_path):
+    from tritune.search.export.timing import measure_folder
+
+    (tmp_path / "manifest.json").write_text("{}")
+    with pytest.raises(ExportError, match=r"timing on ort-cpu failed: KeyError") as err:
+        measure_folder(tmp_path, "ort-cpu")
+    assert "\n" not in str(err.value)

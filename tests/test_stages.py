@@ -17,6 +17,7 @@ from tritune.cli.main import main as cli_main
 from tritune.search.job import Job, JobError
 from tritune.search.stages.runner import run_pipeline
 from tritune.search.store import TrialStore
+from tritune.spaces.supernet.sampling import reference_models
 
 
 def staged_job(tmp_path: Path, **stages) -> dict:
@@ -87,6 +88,11 @@ def test_every_stage_runs_and_the_front_is_exported_and_measured(finished):
         manifest = json.loads((Path(model["folder"]) / "manifest.json").read_text())
         assert manifest["candidate_id"] == model["candidate_id"]
         assert manifest["latency_measured_ms"] > 0 and manifest["accuracy"] == model["accuracy"]
+    references = [c.id for c in reference_models(Job.from_dict(staged_job(finished)).build_space()).values()]
+    with TrialStore(run / "trials.db", readonly=True) as store:  # the search began with the hand-made references
+        searched = [r.candidate.id for r in store.all()]
+    assert len(references) >= 3 and searched[:len(references)] == references[:len(searched)]
+    assert stages[1]["summary"]["references"] == len(references)
     with TrialStore(run / "refine" / stages[2]["summary"]["finalists"][0] / "trials.db", readonly=True) as store:
         refined = store.all()
     assert sum(r.status == "complete" for r in refined) == 3
@@ -181,6 +187,7 @@ def test_search_max_drop_without_a_sensitivity_table_is_a_clean_error(tmp_path):
     ({"search": {"max_drop": True}}, "max_drop"),
     ({"search": {"max_drop": float("nan")}}, "max_drop"),
     ({"search": {"budget": 3}}, "budget"),
+    ({"search": {"references": "yes"}}, "references"),
 ])
 def test_bad_search_stage_options_are_refused_by_name(tmp_path, section, message):
     data = staged_job(tmp_path)

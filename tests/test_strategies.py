@@ -205,6 +205,25 @@ def test_oracle_screen_keeps_every_proposal_feasible(name: str, opts: dict, batc
     assert not over, f"{name} proposed cells over the latency budget: {over}"
 
 
+@pytest.mark.parametrize(("name", "opts"), CASES, ids=CASE_IDS)
+def test_enqueued_candidates_come_first(name: str, opts: dict) -> None:
+    """Enqueued candidates are proposed first and in order, minus repeats and screened-out ones;
+    the strategy then goes on with its own proposals, never repeating an enqueued one."""
+    cells = sorted(table(), key=lambda c: table()[c]["lat"])
+    cheap, dear = cells[:3], cells[-1]  # the dearest cell breaks the latency budget
+    strategy = create_strategy(name, SPACE, CONSTRAINED, seed=5, oracle=lat_oracle, **opts)
+    strategy.enqueue([cheap[0], cheap[1], dear, cheap[0], cheap[2]])
+    seq = run(strategy, 20, 2)
+    assert seq[:3] == cheap
+    assert len(set(seq)) == len(seq) and dear not in seq
+    if name in ("nsga2", "tpe"):  # the study holds the enqueued candidates as its first trials, with their results
+        trials = [t for t in strategy.study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]  # type: ignore[attr-defined]
+        assert [SPACE.suggest(_FixedTrial(t.params)) for t in trials[:3]] == cheap
+    again = create_strategy(name, SPACE, CONSTRAINED, seed=5, oracle=lat_oracle, **opts)
+    again.enqueue([cheap[0], cheap[1], dear, cheap[0], cheap[2]])
+    assert run(again, 20, 2) == seq  # deterministic, so a resumed run replays it
+
+
 @pytest.mark.parametrize("name", ["nsga2", "tpe"])
 def test_optuna_learns_from_screened_suggestions(name: str) -> None:
     """Screened suggestions are told to Optuna as infeasible, so the study holds more trials than

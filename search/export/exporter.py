@@ -28,8 +28,9 @@ from ...spaces.candidate import Candidate
 from ...spaces.mobilenet_net import MobileNetSubnet, torch_threads
 from ...spaces.supernet import resize_input
 from . import manifest as mf
-from .onnx_model import build_onnx, layer_notes, ort_layer_profile
+from .onnx_model import build_onnx, layer_notes
 from .runs import ExportError, FrontMember, RunData, file_sha256, load_run
+from .timing import measure_folder
 
 #: Targets an export builds for (both run on this machine, so their latency is measured too).
 TARGETS = ("ort-cpu", "codegen-cpu")
@@ -81,29 +82,6 @@ def _verification(logits: np.ndarray, reference: np.ndarray, labels: np.ndarray,
     return {"runtime": runtime, "against": "the torch subnet (tritune.spaces.supernet.extract)", "images": int(len(labels)),
             "accuracy": _accuracy(logits, labels), "max_abs_diff": float(np.max(np.abs(logits - reference))),
             "top1_agreement": float(np.mean(logits.argmax(1) == reference.argmax(1)))}
-
-
-#: Timing passes over the exported file and its reference build (each keeps its faster pass).
-MEASURE_PASSES = 2
-
-
-def _measurement_json(m: Any, reference: Any, protocol: Any) -> dict[str, Any]:
-    return {"protocol": protocol.to_json(), "passes": MEASURE_PASSES, "statistic": "the faster pass's latency (min of round medians)",
-            "latency_ms": m.latency_ms, "median_ms": m.median_ms, "p10_ms": m.p10_ms,
-            "p90_ms": m.p90_ms, "spread": m.spread, "round_medians_ms": m.round_medians_ms, "cpu_latency_ms": m.cpu_latency_ms,
-            "cpu_share": m.cpu_share,
-            "reference_build_ms": reference.latency_ms, "reference_build_cpu_ms": reference.cpu_latency_ms,
-            "reference_build": "the target's own build of the candidate (random seeded weights, as a search times it), "
-                               "timed in the same interleaved rounds"}
-
-
-def _scaled(profile: dict[str, Any], latency_ms: float) -> dict[str, Any]:
-    """A per-layer profile with ``ms`` scaled to sum to the measured latency (``raw_ms`` as
-    profiled: a profiler's per-node overhead inflates small layers, so only the split is used)."""
-    raw = dict(profile["ms"])
-    total = sum(raw.values())
-    factor = latency_ms / total if total > 0 else 0.0
-    return {**profile, "raw_ms": raw, "raw_total_ms": total, "scale": factor, "ms": {k: v * factor for k, v in raw.items()}}
 
 
 def _target(name: str, options: Mapping[str, Any] | None) -> Any:
@@ -195,7 +173,7 @@ def export_model(candidate: Candidate, subnet: MobileNetSubnet, *, data: ImageDa
 
         verification = {"model.onnx": _verification(_single_logits(onnx_run.run, x_np), reference, labels,
                                                     f"onnxruntime {onnxruntime.__version__} (CPUExecutionProvider)")}
-        runnable, accuracy_file = onnx_run, "model.onnx"
+        accuracy_file = "model.onnx"
         if target == "codegen-cpu":
             from ...targets.codegen_cpu import save_exported
 
@@ -204,7 +182,7 @@ def export_model(candidate: Candidate, subnet: MobileNetSubnet, *, data: ImageDa
             save_exported(built, subnet, tmp)
             verification["codegen"] = _verification(_single_logits(built.run, x_np), reference, labels,
                                                     "tritune codegen-cpu (generated C kernels)")
-            runnable, accuracy_file = built, "codegen"
+            accuracy_file = "codegen"
         doc: dict[str, Any] = {
             "format": mf.FORMAT, "schema": mf.SCHEMA, "tritune_version": mf.tritune_version(),
             "candidate_id": candidate.id, "candidate": candidate.to_json(),
@@ -238,21 +216,8 @@ def export_model(candidate: Candidate, subnet: MobileNetSubnet, *, data: ImageDa
             doc["size_of"] = ["kernels/*.so", "weights.npz"]
         if measure:
             say(f"{candidate.id}: timing on {target}")
-            space_build = tgt.build(candidate, space=space)
-            from ...targets.measure import measure_passes
-
-            exported_m, reference_m = measure_passes([[runnable, space_build]], tgt.protocol, passes=MEASURE_PASSES)[0]
-            doc["latency_measured_ms"] = exported_m.latency_ms
-            doc["latency_measurement"] = _measurement_json(exported_m, reference_m, tgt.protocol)
-            names = [L.name for L in subnet.layers]
-            if target == "ort-cpu":
-                doc["layer_latency"] = ort_layer_profile(onnx_run.onnx_bytes, names, x_np[:1], threads=tgt.threads)
-            else:
-                ops = runnable.profile()
-                doc["layer_latency"] = {"source": "tritune codegen-cpu profile(): median time of each op inside whole inferences "
-                                                  "(a fused block is one op, named by its block)",
-                                        "ms": {op["name"]: op["ms"] for op in ops}, "runs": 20}
-            doc["layer_latency"] = _scaled(doc["layer_latency"], exported_m.latency_ms)
+            (tmp / "manifest.json").write_text(mf.dumps(doc))
+            doc.update(measure_folder(tmp, target, target_options))
             for row in doc["layers"]:
                 row["latency_ms"] = doc["layer_latency"]["ms"].get(row["name"])
         doc["files"] = _files(tmp)

@@ -43,11 +43,18 @@ class SearchStage:
     """The joint search (the job's own strategy and budget). ``max_drop``: take off the menu the
     strategies sample from every compression choice that alone costs more than this many
     accuracy points in the supernet's sensitivity table (measured in stage 1), so proposals
-    with a crushed layer group are not drawn at all (None: the whole menu)."""
+    with a crushed layer group are not drawn at all (None: the whole menu). ``references``:
+    evaluate first the networks an engineer would try by hand (smallest, middle and largest
+    architecture, each dense, int8 and channel-50 % + int8:
+    `tritune.spaces.supernet.sampling.reference_models`), so the front starts from them and the
+    search has to beat them; they count towards the budget."""
 
     max_drop: float | None = None
+    references: bool = True
 
     def __post_init__(self) -> None:
+        if not isinstance(self.references, bool):
+            raise ValueError(f"job.stages.search.references: {self.references!r} not allowed; expected true or false")
         if self.max_drop is not None:
             if isinstance(self.max_drop, bool) or not isinstance(self.max_drop, (int, float)) or not (math.isfinite(self.max_drop) and self.max_drop >= 0):
                 raise ValueError(f"job.stages.search.max_drop: {self.max_drop!r} not allowed; expected a number of points >= 0, or null")

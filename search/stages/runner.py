@@ -110,12 +110,17 @@ def _run(s: _Stages) -> PipelineResult:
     pipeline = job.build_pipeline(space, problem)
 
     def search() -> dict[str, Any]:
+        from ...spaces.supernet.sampling import reference_models
+
         searched = _screened(job, space, config.search.max_drop)
-        found = search_stage(s.store, job, s.run_dir, pipeline, space=searched, progress=s.progress)
+        first = list(reference_models(searched).values()) if config.search.references else []
+        found = search_stage(s.store, job, s.run_dir, pipeline, space=searched, first=first, progress=s.progress)
         result.search = found
         excluded = sum(len(v) for _, v in searched.menu.exclude) - sum(len(v) for _, v in space.menu.exclude)
+        on_front = {r.candidate.id for r in found.front} & {c.id for c in first}
         return {"evaluations": found.evaluations, "trials": len(found.records), "front": len(found.front),
-                "knee": None if found.knee is None else found.knee.candidate.id, "choices_excluded": excluded}
+                "knee": None if found.knee is None else found.knee.candidate.id, "choices_excluded": excluded,
+                "references": len(first), "references_on_front": len(on_front)}
 
     s.stage("search", {"strategy": job.strategy, "budget": job.budget, **vars(config.search)}, search, 2)
     records = [r for r in s.store.all() if r.status != "running"]

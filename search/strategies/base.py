@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
@@ -65,13 +65,37 @@ class Strategy(ABC):
         self._rejected: set[str] = set()
         self._screenings = 0
         self._passed_screen = False
+        #: candidates to propose before the strategy's own (`enqueue`)
+        self._queued: list[Candidate] = []
+        self._asked_ids: set[str] = set()
 
     def ask(self) -> Proposal:
-        candidate = self._propose()
+        candidate = self._next_queued()
+        if candidate is None:
+            candidate = self._propose()
         proposal = Proposal(self._next_key, candidate)
         self._pending[proposal.key] = candidate
+        self._asked_ids.add(candidate.id)
         self._next_key += 1
         return proposal
+
+    def enqueue(self, candidates: Iterable[Candidate]) -> None:
+        """Propose these first, in order (like Optuna's ``enqueue_trial``): reference points such
+        as hand-made networks, so the search starts from what an engineer would try anyway. One
+        already asked for, or broken per the cheap metrics, is skipped."""
+        self._queued.extend(candidates)
+
+    def _next_queued(self) -> Candidate | None:
+        while self._queued:
+            candidate = self._queued.pop(0)
+            if candidate.id not in self._asked_ids and self.passes_screen(candidate):
+                return self._adopt(candidate)
+        return None
+
+    def _adopt(self, candidate: Candidate) -> Candidate:
+        """Hook for strategies that keep their own trial records (Optuna): register a queued
+        candidate as the next proposal; returns the candidate to propose."""
+        return candidate
 
     def tell(self, key: int, outcome: Outcome) -> None:
         if key not in self._pending:

@@ -140,6 +140,9 @@ class OptunaStrategy(TrackedStrategy):
             candidate = self.fresh(lambda: self.space.mutate(base, self.rng))
         else:
             candidate = self.fresh(self.sample_feasible)
+        return self._adopt(candidate)
+
+    def _adopt(self, candidate: Candidate) -> Candidate:
         self.study.enqueue_trial(self.space.params(candidate), skip_if_exists=False)
         trial, suggested = self._ask_trial()
         self._trials[self._next_key] = trial

@@ -168,7 +168,7 @@ def with_compression(space: MobileNetSpace, candidate: Candidate, pattern: str, 
 
     A slot that cannot carry ``pattern`` (depthwise layers and N:M, the classifier and channel
     pruning, ...) keeps the same bit-widths, dense; N:M patterns take their own ratio. Raises
-    ValueError when the bit-widths are not on the space's menu."""
+    ValueError when the bit-widths are not on the space's menu or a slot has no such choice."""
     if w_bits not in space.menu.w_bits or a_bits not in space.menu.a_bits:
         raise ValueError(f"with_compression: w{w_bits}a{a_bits} not on the menu; allowed: w_bits {space.menu.w_bits}, a_bits {space.menu.a_bits}")
     genome = space.to_genome(space.validate(candidate))
@@ -178,5 +178,36 @@ def with_compression(space: MobileNetSpace, candidate: Candidate, pattern: str, 
         bits = [c for c in gene.choices if c.w_bits == w_bits and c.a_bits == a_bits]
         exact = [c for c in bits if c.pattern == pattern and (abs(c.sparsity - sparsity) < 1e-9 or c.pattern.startswith("nm"))]
         dense = [c for c in bits if c.pattern == "dense"]
+        if not (exact or dense):
+            raise ValueError(f"with_compression: slot {gene.name!r} offers neither {pattern} nor dense at w{w_bits}a{a_bits}")
         genome[gene.name] = (exact or dense)[0]
     return space.from_genome(space.canonical_genome(genome))
+
+
+#: The uniform plans a hand-made network would ship with: (name, pattern, sparsity, w_bits, a_bits).
+REFERENCE_PLANS = (("dense", "dense", 0.0, 32, 32), ("int8", "dense", 0.0, 8, 8), ("channel50 int8", "channel", 0.5, 8, 8))
+
+
+def middle(space: MobileNetSpace, candidate: Candidate) -> Candidate:
+    """``candidate`` with each architecture gene at the middle of its menu (compression kept)."""
+    genome = space.to_genome(space.validate(candidate))
+    for gene in space.genes():
+        if not gene.name.startswith("comp:") and len(gene.choices) > 1:
+            genome[gene.name] = gene.choices[len(gene.choices) // 2]
+    return space.from_genome(space.canonical_genome(genome))
+
+
+def reference_models(space: MobileNetSpace, plans: Iterable[tuple[str, str, float, int, int]] = REFERENCE_PLANS) -> dict[str, Candidate]:
+    """What an engineer would try by hand: the smallest, middle and largest architecture, each
+    with every one of ``plans`` applied uniformly (`with_compression`), named ``"<arch> <plan>"``.
+    A plan the space's menu cannot carry (bits off the menu, no choice left for a slot) is left out."""
+    largest = space.largest()
+    archs = {"smallest": space.smallest(), "middle": middle(space, largest), "largest": largest}
+    out: dict[str, Candidate] = {}
+    for arch, base in archs.items():
+        for name, pattern, sparsity, w_bits, a_bits in plans:
+            try:
+                out[f"{arch} {name}"] = with_compression(space, base, pattern, sparsity, w_bits, a_bits)
+            except ValueError:
+                continue
+    return out
