@@ -165,7 +165,9 @@ def main() -> None:
             print(f"| found | {cid} | {r['accuracy']:.2f} | {r['latency_ms']:.4g} |")
         print("\n| budget | latency ms | best baseline % | found % | margin (points) |\n|---|---|---|---|---|")
         for b in t["budgets"]:
-            print(f"| {b['fraction']:.0%} of dense largest | {b['latency_ms']:.4g} | {b['best_baseline']:.2f} | {b['found']:.2f} | {b['margin']:+.2f} |")
+            found = f"{b['found']:.2f}" if math.isfinite(b["found"]) else "none fits"
+            margin = f"{b['margin']:+.2f}" if math.isfinite(b["margin"]) else "—"
+            print(f"| {b['fraction']:.0%} of dense largest | {b['latency_ms']:.4g} | {b['best_baseline']:.2f} | {found} | {margin} |")
         hv = t["hypervolume"]
         print(f"\nhypervolume (reference: worst baseline {t['reference'][0]:.2f} %, {t['reference'][1]:.4g} ms): "
               f"found {hv['found']:.4g}, baselines {hv['baselines']:.4g}, ratio {hv['ratio']:.2f}x")
