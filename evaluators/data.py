@@ -415,6 +415,10 @@ def load_dataset(spec: str | Mapping | os.PathLike | Callable, *, image_size: in
                  seed: int = 0, test_fraction: float = 0.2) -> ImageData:
     """Load an embedded set or user data as a normalised, stratified `ImageData`.
 
+    Built with one torch thread: the float work (``mnist5k-hard``'s warps, resizing,
+    normalising) then gives the same bytes whatever thread count the caller runs with, so a
+    state fine-tuned in one process matches the data another process loads.
+
     ``spec``: an embedded, registered (`register_dataset`) or plug-in name, ``{"name": ...}``
     (``{"name": ..., "kwargs": {...}}`` for registered and plug-in ones), ``{"npz": path}``,
     ``{"x": array, "y": array}``, ``{"folder": path}`` or a directory path, a callable (or
@@ -423,6 +427,13 @@ def load_dataset(spec: str | Mapping | os.PathLike | Callable, *, image_size: in
     ``"module:function"`` is refused.
     ``image_size``: resize (bilinear, square) to this side; default the source's own size.
     """
+    from ..spaces.mobilenet_net import torch_threads
+
+    with torch_threads(1):
+        return _load_dataset(spec, image_size=image_size, seed=seed, test_fraction=test_fraction)
+
+
+def _load_dataset(spec: str | Mapping | os.PathLike | Callable, *, image_size: int | None, seed: int, test_fraction: float) -> ImageData:
     where = "dataset"
     if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) or not 0.0 < test_fraction < 1.0:
         raise ValueError(f"{where}.test_fraction: {test_fraction!r} not allowed; allowed: a number in the open interval (0, 1)")

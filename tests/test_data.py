@@ -69,6 +69,22 @@ def test_deterministic_given_seed():
     assert torch.allclose(sums[0], sums[1], atol=1e-2)
 
 
+def test_the_same_bytes_whatever_the_callers_thread_count():
+    """A state fine-tuned in a 2-thread pipeline is checked against the data an export loads in
+    another process; the warps of mnist5k-hard once differed between thread counts."""
+    import hashlib
+
+    from tritune.spaces.mobilenet_net import torch_threads
+
+    digests = []
+    for threads in (1, 2):
+        data_module._mnist5k_hard.cache_clear()
+        with torch_threads(threads):
+            d = load_dataset("mnist5k-hard", image_size=28)
+        digests.append(hashlib.sha256(d.train.tensors[0].numpy().tobytes() + d.test.tensors[0].numpy().tobytes()).hexdigest())
+    assert digests[0] == digests[1]
+
+
 def test_hard_variant_is_harder_for_a_linear_model():
     from sklearn.linear_model import LogisticRegression
 
