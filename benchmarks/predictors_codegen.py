@@ -2,13 +2,14 @@
 
 Usage::
 
-    python benchmarks/predictors_codegen.py --profile runs/profile-codegen --space mobilenet-small --n 300 \
+    python benchmarks/predictors_codegen.py --profile runs/profile-codegen --space mobilenet-small --n 800 --sessions 2 \
         [--out docs/results/predictors_codegen.json]
 
-When ``--profile`` holds fewer than ``--n`` measured models, ``tritune profile --target
-codegen-cpu`` measures the rest first, and its wall time is reported (goal: the whole profile in
-45 minutes on this machine). The models are split into train and held out (30 %, seeded,
-stratified by resolution); on the held-out ones, side by side:
+``tritune profile --target codegen-cpu --sessions K`` measures first what ``--profile`` does not
+hold yet (resumable), and its wall time is reported (goal: the whole profile in 45 minutes on
+this machine); each model's label is the median over the K sessions, normalised by the reference
+model of its group. The models are split into train and held out (30 %, seeded, stratified by
+resolution); on the held-out ones, side by side:
 
 * ``flops``: latency = a * MACs + b, least squares on the train models (the baseline);
 * ``additive``: `CodegenLatencyPredictor` without its correction stage (sum of step costs);
@@ -37,21 +38,24 @@ KEYS = ("within_10", "within_5", "mape", "spearman", "kendall")
 
 
 def measured(profile: Path) -> int:
-    from tritune.targets.profiling import read_measurements
+    """Models measured in every session so far (0 for a new profile)."""
+    from tritune.targets.profiling import read_measurements, session_dirs
 
     try:
-        return sum(1 for r in read_measurements(profile) if r.get("latency_ms"))
-    except (OSError, ValueError):
+        dirs = session_dirs(profile)
+    except ValueError:
         return 0
+    ids = [{r["candidate_id"] for r in read_measurements(d) if r.get("latency_ms")} for d in dirs]
+    return len(set.intersection(*ids)) if ids else 0
 
 
-def run_profile(profile: Path, space: str, n: int, seed: int) -> dict:
-    """``tritune profile`` for the missing models, timed as a whole command."""
+def run_profile(profile: Path, space: str, n: int, sessions: int, seed: int) -> dict:
+    """``tritune profile`` for what is missing, timed as a whole command."""
     cmd = [sys.executable, "-m", "tritune.cli.main", "profile", "--target", "codegen-cpu", "--space", space, "--n", str(n),
-           "--out", str(profile), "--seed", str(seed)]
+           "--sessions", str(sessions), "--out", str(profile), "--seed", str(seed)]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True)
-    return {"command": " ".join(cmd[1:]), "seconds": time.perf_counter() - t0, "before": None}
+    return {"command": "tritune " + " ".join(cmd[3:]), "seconds": time.perf_counter() - t0}
 
 
 def throughput(pred, space, n: int = 20000) -> dict:
@@ -71,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--profile", default="runs/profile-codegen")
     ap.add_argument("--space", default="mobilenet-small")
-    ap.add_argument("--n", type=int, default=300)
+    ap.add_argument("--n", type=int, default=800)
+    ap.add_argument("--sessions", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--test", type=float, default=0.3, help="held-out share")
     ap.add_argument("--out", default="docs/results/predictors_codegen.json")
@@ -83,15 +88,17 @@ def main(argv: list[str] | None = None) -> int:
     from tritune.predictors.codegen_layerwise import CodegenLatencyPredictor
     from tritune.predictors.ort_layerwise import stratified_split
     from tritune.spaces.candidate import Candidate
+    from tritune.targets.profiling import session_dirs
 
     profile = Path(args.profile)
     before = measured(profile)
     timing = None
     if before < args.n:
-        timing = run_profile(profile, args.space, args.n, args.seed)
-        timing["before"] = before
-    space, rows, meta = load_profile(profile)
-    y, rows = labels(rows, [], "normalized")
+        timing = run_profile(profile, args.space, args.n, args.sessions, args.seed)
+        timing["models_before"] = before
+    dirs = session_dirs(profile)
+    space, rows, meta = load_profile(dirs[0])
+    y, rows = labels(rows, [str(d) for d in dirs[1:]], "normalized")
     cands = [Candidate.from_json(r["candidate"]) for r in rows]
     steps = [{s["name"]: s["ms"] for s in r["steps"]} for r in rows]
     res = np.array([c["resolution"] for c in cands])
@@ -117,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
 
     doc = {"benchmark": "predictors_codegen", "profile": str(profile), "space": meta["space"], "models": len(rows),
            "train": int(tr.size), "held_out": int(te.size), "profile_run": timing,
-           "profile_seconds_per_model": None if timing is None else timing["seconds"] / max(1, len(rows) - (timing["before"] or 0)),
+           "sessions": len(dirs),
            "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()},
            "results": results, "throughput": speed,
            "goals": {"within_10": 0.95, "per_s": 10000, "profile_minutes": 45}}
@@ -138,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{a['mape']:.2f} | {a['spearman']:.3f} | {a['kendall']:.3f} |")
     print(f"\nthroughput: {speed['per_s']:,.0f} candidates/s from candidates (n={speed['candidates']}, spread {speed['spread']:.2f})")
     if timing is not None:
-        print(f"profile: {timing['seconds'] / 60:.1f} min for {len(rows) - (timing['before'] or 0)} models ({timing['command']})")
+        print(f"profile: {timing['seconds'] / 60:.1f} min for {len(rows) - timing['models_before']} models x {len(dirs)} sessions "
+              f"({timing['command']})")
     return 0
 
 
