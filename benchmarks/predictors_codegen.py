@@ -31,10 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from predictors_ort import flops_baseline, labels, load_profile, report  # noqa: E402
-
-KEYS = ("within_10", "within_5", "mape", "spearman", "kendall")
+from predictors_ort import flops_baseline, labels, load_profile, report  # the script's folder is on sys.path
 
 
 def measured(profile: Path) -> int:

@@ -16,12 +16,12 @@ from typing import Any, Sequence
 
 from tqdm.auto import tqdm
 
+from ..spaces import Candidate
 from .driver import NoFeasibleCandidates, SearchDriver
 from .executors import InProcessExecutor, RayExecutor
 from .job import Job, JobError
 from .lock import RunLock
 from .report import format_front, front, knee, plot_pareto, write_pareto_json, write_trials_csv
-from ..spaces import Candidate
 from .store import StoreError, TrialRecord, TrialStore
 
 #: Evaluator options that name an input file whose contents decide the results.
