@@ -153,7 +153,7 @@ def rows_from_candidates(space: Any, candidates: Sequence[Any]) -> LayerRows:
     lens, codes = space.layer_codes(cands)
     n = len(cands)
     net = np.repeat(np.arange(n), lens)
-    op, act, cin, cout, in_h, kernel, stride, groups, w_bits = (codes[:, j] for j in range(9))
+    op, act, cin, cout, in_h, kernel, stride, groups = (codes[:, j] for j in range(8))
     # squeeze-excite weight layers: the two convolutions between a pool and a scale
     prev1, prev2 = np.roll(op, 1), np.roll(op, 2)
     next1, next2 = np.roll(op, -1), np.roll(op, -2)
@@ -186,7 +186,7 @@ def rows_from_candidates(space: Any, candidates: Sequence[Any]) -> LayerRows:
     vals = np.where(weighted[:, None], table[np.maximum(rowcode, 0)], 0.0)
     res = np.array([c["resolution"] for c in cands], dtype=np.int64)
     return LayerRows(net=net, op=op, act=act, cin=cin, cout=cout, in_h=in_h, kernel=kernel, stride=stride, groups=groups,
-                     w_bits=np.where(weighted, w_bits, 32), a_bits=np.where(weighted, vals[:, 7], 32).astype(np.int64),
+                     w_bits=np.where(weighted, vals[:, 6], 32).astype(np.int64), a_bits=np.where(weighted, vals[:, 7], 32).astype(np.int64),
                      family=vals[:, 0].astype(np.int64), sparsity=vals[:, 1], br=vals[:, 2].astype(np.int64), bc=vals[:, 3].astype(np.int64),
                      nn=vals[:, 4].astype(np.int64), nm=vals[:, 5].astype(np.int64), se=se, res=res, n_networks=n)
 

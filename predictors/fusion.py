@@ -200,7 +200,7 @@ def _block(c: np.ndarray, b: int) -> np.ndarray:
 
 #: The `LayerSpec` fields a layer's code row holds, in column order (all the grouping reads);
 #: ``op`` / ``act`` are indices into `OPS` / `ACTIVATIONS`.
-CODE_COLUMNS = ("op", "act", "in_channels", "out_channels", "in_h", "kernel", "stride", "groups", "w_bits")
+CODE_COLUMNS = ("op", "act", "in_channels", "out_channels", "in_h", "kernel", "stride", "groups", "int_bits")
 
 #: Distinct layer keys seen so far (`_KEY` tuple -> row of `_TABLE`); building arrays from Python
 #: objects is the slow step, and a search meets the same few thousand layer shapes again and again.
@@ -213,7 +213,7 @@ _CACHE_LIMIT = 2_000_000
 
 def _layer_codes(flat: list) -> tuple[np.ndarray, np.ndarray]:
     """Row of the distinct-layer table per layer, and the table ``(u, 9)``: op, act, cin, cout,
-    h, kernel, stride, groups, w_bits (op / act as indices into `OPS` / `ACTIVATIONS`)."""
+    h, kernel, stride, groups, int_bits (op / act as indices into `OPS` / `ACTIVATIONS`)."""
     global _TABLE
     keys = list(map(_KEY, flat))
     codes = list(map(_CODES.get, keys))
@@ -315,7 +315,7 @@ def _group_rows(lens: np.ndarray, rows_: np.ndarray, rules: FusionRules, names: 
         cand = np.where((cand >= 0) & (owner[np.maximum(cand, 0)] == owner[adds]), cand, start[owner[adds]])
         src[adds] = cand
 
-    # precision: base int8, then promotion of float convs sandwiched between int8 layers
+    # precision: base int8 (int8 weights and inputs), then promotion of float convs sandwiched between int8 layers
     base8 = W & (wb <= 8)
     absorb = _acts_in(act, rules.int8_conv_acts)
     out8 = base8 & absorb  # output tensor of a weight layer is int8 data

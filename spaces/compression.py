@@ -10,6 +10,15 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
 FLOAT_BITS = 32
+#: Widest weight / activation bit-width an integer kernel takes (int8 codes hold 2-8 bit values).
+INT_MAX_BITS = 8
+
+
+def integer_bits(w_bits: int, a_bits: int) -> int:
+    """The weight bits a layer computes with on integer kernels, or `FLOAT_BITS` when it runs in
+    float: integer kernels need int8 weights *and* int8 inputs, so weight-only (w8a32) and
+    activation-only (w32a8) quantization run as float layers on every runtime tritune targets."""
+    return int(w_bits) if w_bits <= INT_MAX_BITS and a_bits <= INT_MAX_BITS else FLOAT_BITS
 
 #: Pattern families, and the layer roles each can be applied to. A role is the structural kind of a
 #: layer: a full convolution (``conv``, with its kernel size), a depthwise convolution (``dwconv``),

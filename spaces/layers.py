@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from .compression import FLOAT_BITS
+from .compression import FLOAT_BITS, integer_bits
 
 #: Op kinds. ``conv`` covers full and grouped convolutions, ``dwconv`` depthwise ones.
 OPS = ("conv", "dwconv", "linear", "avgpool", "maxpool", "global_pool", "add", "mul", "act")
@@ -63,6 +63,12 @@ class LayerSpec:
     @property
     def has_weights(self) -> bool:
         return self.op in ("conv", "dwconv", "linear")
+
+    @property
+    def int_bits(self) -> int:
+        """Weight bits on integer kernels, `FLOAT_BITS` for a layer that runs in float
+        (`tritune.spaces.compression.integer_bits`)."""
+        return integer_bits(self.w_bits, self.a_bits) if self.has_weights else FLOAT_BITS
 
     # ----- dense costs --------------------------------------------------------------------
     @property

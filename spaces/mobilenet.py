@@ -28,7 +28,7 @@ import numpy as np
 
 from .base import Gene, Genome, SearchSpace
 from .candidate import Candidate
-from .compression import ALL_SLOTS, FLOAT_BITS, ROLES, TIE_MODES, CompressionMenu, LayerCompression
+from .compression import ALL_SLOTS, FLOAT_BITS, ROLES, TIE_MODES, CompressionMenu, LayerCompression, integer_bits
 from .layers import ACTIVATIONS, OPS, LayerSpec
 
 #: (base width, first stride, activation, squeeze-excite) of the five searchable stages.
@@ -537,7 +537,7 @@ class MobileNetSpace(SearchSpace):
 
 #: The `LayerSpec` fields of a layer's code row, in column order (``op`` / ``act`` as indices into
 #: `OPS` / `ACTIVATIONS`): what a kernel grouping (`tritune.predictors.fusion`) reads of a layer.
-CODE_COLUMNS = ("op", "act", "in_channels", "out_channels", "in_h", "kernel", "stride", "groups", "w_bits")
+CODE_COLUMNS = ("op", "act", "in_channels", "out_channels", "in_h", "kernel", "stride", "groups", "int_bits")
 _OP = {op: i for i, op in enumerate(OPS)}
 _ACT = {a: i for i, a in enumerate(ACTIVATIONS)}
 #: `Candidate.arch` keeps its keys sorted, so a mobilenet candidate's arch is these, in this order.
@@ -587,7 +587,7 @@ class _CodeTables:
         self._template(space)
         #: every value a row can hold comes from these tables: int32 when they fit (half the traffic)
         tables = (self.template, self.res_px, self.hw1, self.hw_in, self.fixed, self.fixed_kept, self.mid, self.red, self.cin,
-                  self.cout, self.w_bits, self.kernels)
+                  self.cout, self.int_bits, self.kernels)
         self.dtype = np.int32 if max(float(np.max(t)) for t in tables) < 2**31 else np.int64
 
     # ----- compression: every choice object -> a value code -------------------------------------
@@ -611,7 +611,7 @@ class _CodeTables:
         self.by_fields = {_FIELDS(c): code for c, code in values.items()}
         codes = list(values)
         self.allowed = np.array([[c in set(choices) for c in codes] for choices in slot_choices], dtype=bool)
-        self.w_bits = np.array([c.w_bits for c in codes], dtype=np.int64)
+        self.int_bits = np.array([integer_bits(c.w_bits, c.a_bits) for c in codes], dtype=np.int64)
         #: pruning class of each code: 0 keeps every channel, i > 0 is channel pruning at ``pruned[i]``
         self.pruned = [None, *sorted({c.sparsity for c in codes if c.pattern == "channel"})]
         self.prune_class = np.array([self.pruned.index(c.sparsity) if c.pattern == "channel" else 0 for c in codes], dtype=np.int64)
@@ -757,7 +757,7 @@ class _CodeTables:
         V = np.empty((len(CODE_COLUMNS), n, n_rows), dtype=self.dtype)
         V[:] = self.template.T[:, None, :]
         M = np.empty((n, n_rows), dtype=bool)
-        wb = self.w_bits[C]
+        wb = self.int_bits[C]
         fixed = self.fixed[w_i]
         pc = self.prune_class[C]
         stem = self.fixed_kept[w_i, 0, pc[:, SLOT_INDEX["stem"]]]

@@ -34,7 +34,7 @@ FLOAT = 32
 
 def runs_int8(L: Any) -> bool:
     """Whether IR layer ``L`` runs on the integer kernels."""
-    return L.op in ("conv", "dwconv", "linear") and L.w_bits <= 8 and L.a_bits <= 8
+    return L.int_bits < FLOAT
 
 
 def _op(module: Any) -> Any:

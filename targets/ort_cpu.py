@@ -10,16 +10,16 @@ Build (`OrtCpuTarget.build`), for a candidate of a mobilenet space:
    0.3-0.5 s for a mobilenet-small network against 3-5.5 s for ``dynamo=True``, and names every
    node after its module path (``/s2/b1/expand/conv/Conv``). ``exporter="dynamo"`` is available
    (module paths are then read from the ``pkg.torch.onnx.name_scopes`` node metadata);
-3. for IR layers with ``w_bits <= 8`` (any lower bit-width runs as int8 here), static QDQ
-   quantization with `onnxruntime.quantization.quantize_static`: per-channel symmetric QInt8
-   weights, QUInt8 activations (MinMax over a small seeded random calibration set), and
-   ``nodes_to_quantize`` restricted to the ONNX nodes of those layers (conv/gemm and its
-   activation), found by module path = IR layer name. A layer's ``a_bits`` is not used: ONNX
-   Runtime's int8 convolutions need int8 activations, and a weight-only int8 layer would run as
-   float after dequantization, so a layer runs int8 when ``w_bits <= 8`` and float otherwise
-   (SE convs follow their own ``se`` slot, as the IR says). Element-wise ops (adds, SE
-   multiply, pools) are left to ONNX Runtime, which fuses them into int8 kernels when their
-   neighbours are quantized;
+3. for IR layers with ``w_bits <= 8`` and ``a_bits <= 8`` (``LayerSpec.int_bits``; lower
+   bit-widths run as int8 here), static QDQ quantization with
+   `onnxruntime.quantization.quantize_static`: per-channel symmetric QInt8 weights, QUInt8
+   activations (MinMax over a small seeded random calibration set), and ``nodes_to_quantize``
+   restricted to the ONNX nodes of those layers (conv/gemm and its activation), found by module
+   path = IR layer name. ONNX Runtime's int8 convolutions need int8 weights *and* inputs, so a
+   weight-only layer (w8a32) runs in float on its dequantized weights -- exactly what the search
+   scored it as -- and an activation-only one (w32a8) in float on a float input (SE convs follow
+   their own ``se`` slot, as the IR says). Element-wise ops (adds, SE multiply, pools) are left to
+   ONNX Runtime, which fuses them into int8 kernels when their neighbours are quantized;
 4. an `onnxruntime.InferenceSession`: ORT_ENABLE_ALL (the only fast level: 3.3-4.5x over the
    others), ``intra_op_num_threads=threads``, ``inter_op_num_threads=1``, sequential execution,
    denormals flushed to zero, CPUExecutionProvider.
@@ -54,6 +54,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from ..spaces.candidate import Candidate
+from ..spaces.compression import FLOAT_BITS
 from .base import Target
 from .measure import Measurement, Protocol, measure_target
 from .mobilenet_support import SUPPORTED_SPACES, BuildsMobileNets
@@ -278,7 +279,7 @@ class OrtCpuTarget(BuildsMobileNets, Target):
             "denormal_as_zero": True,
             "exporter": f"{self.exporter} opset {OPSET}" if self.exporter == "torchscript" else self.exporter,
             "torch": torch.__version__.split("+")[0],
-            "quantization": "static QDQ, per-channel symmetric QInt8 weights, QUInt8 activations, MinMax",
+            "quantization": "static QDQ of layers with w_bits <= 8 and a_bits <= 8, per-channel symmetric QInt8 weights, QUInt8 activations, MinMax",
         }
 
     def capabilities(self) -> dict[str, Any]:
@@ -291,7 +292,7 @@ class OrtCpuTarget(BuildsMobileNets, Target):
             # 32 = float; 8 = int8 QDQ. Weight bit-widths 2-7 run as int8, 16 as float.
             "bit_widths": [32, 8],
             "lower_bits_run_as": 8,
-            "activation_bits": "ignored: a layer runs int8 (u8 activations) iff w_bits <= 8",
+            "activation_bits": "a layer runs int8 (u8 activations) iff w_bits <= 8 and a_bits <= 8; w8a32 runs float on dequantized weights",
             "builds": True,
             "measures": True,
         }
@@ -325,7 +326,7 @@ class OrtCpuTarget(BuildsMobileNets, Target):
               layer_quantization: Mapping[str, LayerQuantization] | None = None) -> OrtRunnable:
         """Build a runnable from a candidate (of a mobilenet space) or from a ``torch.nn.Module``.
 
-        Candidate: layers with ``w_bits <= 8`` run int8; ``space`` defaults to the registered
+        Candidate: layers with ``w_bits <= 8`` and ``a_bits <= 8`` run int8; ``space`` defaults to the registered
         space of ``candidate.space``; ``input_shape`` to ``(1, in_channels, res, res)``.
         Module: ``input_shape`` is required; ``quantize`` lists module paths (IR layer names) to
         run int8 (default none). ``quantize`` given with a candidate overrides its plan.
@@ -345,7 +346,7 @@ class OrtCpuTarget(BuildsMobileNets, Target):
             module = build_subnet(space, cand, seed=self.seed)
             shape = tuple(input_shape or shape_of(space, cand))
             if quantize is None:
-                quantize = [L.name for L in module.layers if L.has_weights and L.w_bits <= 8]
+                quantize = [L.name for L in module.layers if L.int_bits < FLOAT_BITS]
             label = name or cand.id
         else:
             import torch

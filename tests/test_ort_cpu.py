@@ -110,15 +110,24 @@ def test_int8_session_is_close_to_torch(target, space):
     assert agree >= 3
 
 
-def test_only_low_bit_layers_are_quantized(target, space):
+def test_only_integer_layers_are_quantized(target, space):
+    """w8a8 on the 1x1 expand/project convs, weight-only w8a32 on the depthwise ones (float on
+    dequantized weights: onnxruntime's int8 kernels need int8 inputs), the rest float."""
     import onnx
 
     base = _float(space.sample(np.random.default_rng(12)))
-    # int8 on the 1x1 expand/project convs only; everything else float
-    cand = _plan(base, lambda n, r, k, c: LayerCompression(c.pattern, c.sparsity, 8 if r in ("conv", "project") and k == 1 else 32, 32))
+
+    def plan(n, r, k, c):
+        if r in ("conv", "project") and k == 1:
+            return LayerCompression(c.pattern, c.sparsity, 8, 8)
+        return LayerCompression(c.pattern, c.sparsity, 8, 32) if r == "dwconv" else LayerCompression(c.pattern, c.sparsity, 32, 32)
+
+    cand = _plan(base, plan)
     r = target.build(cand)
-    expected = {L.name for L in space.layers(cand) if L.has_weights and L.w_bits <= 8}
-    assert set(r.quantized_layers) == expected and expected
+    layers = space.layers(cand)
+    expected = {L.name for L in layers if L.has_weights and L.w_bits <= 8 and L.a_bits <= 8}
+    weight_only = {L.name for L in layers if L.has_weights and L.w_bits <= 8 and L.a_bits == 32}
+    assert set(r.quantized_layers) == expected and expected and weight_only
     model = onnx.load_from_string(r.onnx_bytes)
     produced_by = {o: n for n in model.graph.node for o in n.output}
     quantized_paths = set()

@@ -2,7 +2,7 @@
 
 The float graph is the subnet with its deployed weights (BN folded, masks baked, quantized
 weights dequantized), exported the way ``ort-cpu`` exports every candidate; then every layer with
-``w_bits <= 8`` is quantized to QDQ with `OrtCpuTarget.build`'s plan (the same nodes, so
+``w_bits <= 8`` and ``a_bits <= 8`` is quantized to QDQ with `OrtCpuTarget.build`'s plan (the same nodes, so
 onnxruntime fuses them into the same ``QLinearConv`` / ``QGemm`` kernels the search timed), with
 two differences that keep the search's numbers:
 
@@ -12,9 +12,10 @@ two differences that keep the search's numbers:
   point; every other tensor (layer outputs, inputs of layers the search ran in float) is
   calibrated with MinMax on the images the supernet was recalibrated on.
 
-What the runtime cannot do is written down per layer (`layer_notes`): inputs of float layers
-(``w_bits`` 32) run in float even when the search fake-quantized them, and activations below
-8 bits run on the 8-bit grid of their calibrated range.
+What the runtime cannot do is written down per layer (`layer_notes`): weight-only layers (w8a32)
+run in float on their dequantized weights, so they compute what the search scored but store
+float32; inputs of float-weight layers (w32a8) run in float although the search fake-quantized
+them; activations below 8 bits run on the 8-bit grid of their calibrated range.
 """
 from __future__ import annotations
 
@@ -27,14 +28,10 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ...spaces.compression import FLOAT_BITS
+from ...spaces.compression import FLOAT_BITS, INT_MAX_BITS
 from ...spaces.mobilenet import STAGES
 from ...spaces.mobilenet_net import ConvAct, MobileNetSubnet
 from ...targets.ort_cpu import LayerQuantization, OrtCpuTarget, OrtRunnable
-
-#: Weight bit-widths onnxruntime runs as int8 (lower ones as int8 codes on their own grid).
-INT8_MAX_BITS = 8
-
 
 def _op(module: Any) -> Any:
     return module.conv if isinstance(module, ConvAct) else module.linear
@@ -65,8 +62,9 @@ def float_subnet(subnet: MobileNetSubnet) -> MobileNetSubnet:
 
 
 def int8_layers(subnet: MobileNetSubnet) -> list[str]:
-    """IR layers onnxruntime runs int8: ``w_bits <= 8`` (the ``ort-cpu`` target's rule)."""
-    return [L.name for L in subnet.layers if L.has_weights and L.w_bits <= INT8_MAX_BITS]
+    """IR layers onnxruntime runs int8: int8 weights and inputs (``LayerSpec.int_bits``, the
+    ``ort-cpu`` target's rule)."""
+    return [L.name for L in subnet.layers if L.int_bits < FLOAT_BITS]
 
 
 def layer_quantization(subnet: MobileNetSubnet) -> dict[str, LayerQuantization]:
@@ -91,13 +89,13 @@ def layer_notes(subnet: MobileNetSubnet) -> dict[str, dict[str, str]]:
     for L in subnet.layers:
         if not L.has_weights:
             continue
-        if L.w_bits <= INT8_MAX_BITS:
-            weights = "int8 codes" if L.w_bits == INT8_MAX_BITS else f"int8 holding the {L.w_bits}-bit codes exactly"
-            if L.a_bits < FLOAT_BITS:
-                act = "uint8, the supernet's calibrated range" + ("" if L.a_bits == INT8_MAX_BITS else f" ({L.a_bits}-bit step, 8-bit clipping)")
-            else:
-                act = "uint8 calibrated at export (the search ran this input in float)"
+        if L.int_bits < FLOAT_BITS:
+            weights = "int8 codes" if L.w_bits == INT_MAX_BITS else f"int8 holding the {L.w_bits}-bit codes exactly"
+            act = "uint8, the supernet's calibrated range" + ("" if L.a_bits == INT_MAX_BITS else f" ({L.a_bits}-bit step, 8-bit clipping)")
             notes[L.name] = {"runs_as": "int8 (QDQ)", "weight_storage": weights, "input_activation": act}
+        elif L.w_bits <= INT_MAX_BITS:
+            notes[L.name] = {"runs_as": "float32 (onnxruntime's int8 kernels need int8 inputs too)",
+                             "weight_storage": f"float32 holding the dequantized {L.w_bits}-bit codes", "input_activation": "float32"}
         else:
             act = "float32" if L.a_bits >= FLOAT_BITS else f"float32 (the search fake-quantized it to {L.a_bits} bits; float layers run float here)"
             notes[L.name] = {"runs_as": "float32", "weight_storage": "float32", "input_activation": act}
