@@ -29,6 +29,7 @@ from tritune.search.export import (
     read_manifest,
     without_timings,
 )
+from tritune.search.export.timing import PROCESSES
 from tritune.spaces.compression import LayerCompression
 from tritune.spaces.supernet import resize_input
 
@@ -121,7 +122,11 @@ def test_manifest_fields_and_files(run_dir, exported, weights):
         # the torch network export starts from is the one the search scored
         assert m["torch_accuracy"] == pytest.approx(m["search_accuracy"], abs=1e-9)
         assert m["latency_measured_ms"] > 0 and m["latency_measurement"]["protocol"]["rounds"] >= 1
-        assert m["latency_measurement"]["process"] == "fresh"  # timed in a process of its own (tritune.search.export.timing)
+        timing = m["latency_measurement"]
+        assert timing["process"] == "fresh"  # timed in processes of its own (tritune.search.export.timing)
+        assert len(timing["process_latencies_ms"]) == timing["processes"] == PROCESSES > 1
+        assert m["latency_measured_ms"] == min(timing["process_latencies_ms"])
+        assert timing["reference_build_ms"] == min(timing["reference_build_process_latencies_ms"])
         assert m["target_fingerprint"]["target"] == "ort-cpu"
         assert m["size_bytes"] == (r.directory / "model.onnx").stat().st_size
         for name, info in m["files"].items():
@@ -165,6 +170,23 @@ def test_a_float_candidate_exports_exactly(weights, tmp_path):
     assert res.manifest["latency_measured_ms"] is None and res.manifest["search_accuracy"] is None
     rows = [L for L in res.manifest["layers"] if "weights" in L and L["op"] == "conv" and L["name"] != "stem"]
     assert all(L["realised_sparsity"] >= 0.45 for L in rows), [(L["name"], L["realised_sparsity"]) for L in rows]
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_weight_only_layers_run_in_float_and_compute_what_the_search_scored(weights, tmp_path, bits):
+    """w8a32 / w4a32: onnxruntime has no weight-only int8 kernel, so model.onnx runs the dequantized
+    codes in float on float inputs (no input is quantized), which is what the supernet scored."""
+    cand = _candidate(weights, LayerCompression("dense", 0.0, bits, 32))
+    subnet = weights.subnet(cand)
+    res = export_model(cand, subnet, data=weights.data, calibration=weights.calibration, out_dir=tmp_path,
+                       space=weights.evaluator.supernet.space, measure=False)
+    v = res.manifest["verification"]["model.onnx"]
+    assert v["max_abs_diff"] < 1e-4 and v["top1_agreement"] == 1.0
+    assert res.manifest["accuracy"] == pytest.approx(res.manifest["torch_accuracy"])
+    model = onnx.load(str(res.directory / "model.onnx"))
+    assert not {n.op_type for n in model.graph.node} & {"QuantizeLinear", "DequantizeLinear"}
+    rows = [L for L in res.manifest["layers"] if "weights" in L]
+    assert rows and all(L["runs_as"].startswith("float32") for L in rows)
 
 
 @pytest.mark.parametrize("bits", [8, 4])
@@ -322,6 +344,9 @@ def test_a_relative_checkpoint_is_found_where_the_search_read_it(run_dir, tmp_pa
 
 def test_timing_a_folder_that_is_not_an_export_is_a_clean_error(tmp_path):
     from tritune.search.export.timing import measure_folder
+
+    with pytest.raises(ValueError, match="processes: 0 not allowed"):
+        measure_folder(tmp_path, "ort-cpu", processes=0)
 
     (tmp_path / "manifest.json").write_text("{}")
     with pytest.raises(ExportError, match=r"timing on ort-cpu failed: KeyError") as err:
