@@ -34,7 +34,7 @@ from scipy.optimize import nnls
 
 from ..spaces.candidate import Candidate
 from .base import NotFittedError, Predictor
-from .codegen_units import UNIT_TYPES, WORK, LayerRows, UnitBatch, rows_from_candidates, rows_from_layers, units
+from .codegen_units import UNIT_TYPES, WORK, LayerRows, UnitBatch, rows_from_candidates, rows_from_layers, segment_sums, units
 from .io import booster_from_json, booster_to_json, fingerprint_of
 from .metrics import score_report
 from .registry import register_predictor
@@ -45,6 +45,14 @@ PREDICT_CHUNK = 2048
 _NT = len(UNIT_TYPES)
 
 
+def _per_network(b: UnitBatch, values: np.ndarray) -> np.ndarray:
+    """Column sums of ``values`` (one row per unit) per network (units come network by network)."""
+    starts = np.flatnonzero(np.r_[True, b.net[1:] != b.net[:-1]]) if b.net.size else np.zeros(0, dtype=np.int64)
+    if starts.size == b.n_networks and (b.net.size == 0 or b.net[0] == 0) and bool(np.all(np.diff(b.net) >= 0)):
+        return segment_sums(values, starts)
+    return np.column_stack([np.bincount(b.net, weights=values[:, j], minlength=b.n_networks) for j in range(values.shape[1])])
+
+
 def network_features(b: UnitBatch, unit_pred: np.ndarray, additive: np.ndarray) -> np.ndarray:
     """Per network: resolution, log additive estimate, the share of each step type in it, step
     counts per type, integer network, log totals of kept work, elements and weight bytes."""
@@ -52,7 +60,7 @@ def network_features(b: UnitBatch, unit_pred: np.ndarray, additive: np.ndarray) 
     flat = b.net * _NT + b.type
     share = np.bincount(flat, weights=unit_pred, minlength=n * _NT).reshape(n, _NT) / np.maximum(additive, 1e-9)[:, None]
     counts = np.bincount(flat, minlength=n * _NT).reshape(n, _NT)
-    tot = np.column_stack([np.bincount(b.net, weights=b.W[:, j], minlength=n) for j in (1, 2, 3, 4, 5, 6, 14, 15, 16)])
+    tot = _per_network(b, b.W[:, [1, 2, 3, 4, 5, 6, 14, 15, 16]])
     net_int8 = np.bincount(b.net, weights=b.context[:, 0], minlength=n) > 0
     return np.column_stack([b.res, np.log(np.maximum(additive, 1e-9)), share, counts, net_int8, np.log1p(tot[:, :6].sum(1)),
                             np.log1p(tot[:, 6]), np.log1p(tot[:, 7]), np.log1p(tot[:, 8])])

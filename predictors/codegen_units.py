@@ -216,6 +216,19 @@ class UnitBatch:
     members: list[list[str]] | None = None
 
 
+def segment_sums(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Column sums of the row runs of ``values`` that begin at ``starts`` (sorted, first 0; each
+    run ends where the next begins): one sparse product, several times faster than a
+    `np.bincount` per column or `np.add.reduceat` along rows."""
+    from scipy.sparse import csr_matrix
+
+    n = values.shape[0]
+    if starts.size == 0:
+        return np.zeros((0, values.shape[1]))
+    runs = csr_matrix((np.ones(n), np.arange(n), np.r_[starts, n]), shape=(starts.size, n))
+    return np.asarray(runs @ values)
+
+
 def _mix(h: np.ndarray) -> np.ndarray:
     with np.errstate(over="ignore"):
         h = h ^ (h >> np.uint64(33))
@@ -318,9 +331,10 @@ def units(r: LayerRows, vector_width: int = 16, threads: int = 1, fuse_min_bytes
     group[add_fused] = group[prv][add_fused]
     merged_add = np.zeros(n, dtype=bool)
     merged_add[group[add_fused]] = True
-    heads = np.flatnonzero(group == idx)
+    is_head = group == idx
+    heads = np.flatnonzero(is_head)
     n_units = heads.size
-    uid = np.searchsorted(heads, group)  # groups are contiguous runs of rows starting at their head
+    uid = np.cumsum(is_head) - 1  # groups are contiguous runs of rows starting at their head
     # types
     kind = np.full(n, UNIT_TYPES.index("add"))
     kind[r.op == POOL] = UNIT_TYPES.index("pool")
@@ -338,9 +352,7 @@ def units(r: LayerRows, vector_width: int = 16, threads: int = 1, fuse_min_bytes
     unit_kind[uid[f_rows]] = UNIT_TYPES.index("fused_f32")
     # work: summed over a unit's rows
     Wr = _row_work(r, int8, vector_width)
-    W = np.empty((n_units, Wr.shape[1]))
-    for j in range(Wr.shape[1]):
-        W[:, j] = np.bincount(uid, weights=Wr[:, j], minlength=n_units)
+    W = segment_sums(Wr, heads)
     W[:, 0] = 1.0
     last = np.r_[heads[1:], n] - 1
     after = np.minimum(last + 1, n - 1)
@@ -372,8 +384,10 @@ def units(r: LayerRows, vector_width: int = 16, threads: int = 1, fuse_min_bytes
 
 def _first_row(r: LayerRows) -> np.ndarray:
     """Index of the first row of each row's network."""
-    starts = np.r_[0, np.flatnonzero(np.diff(r.net)) + 1]
-    return starts[np.searchsorted(starts, np.arange(r.n), side="right") - 1]
+    idx = np.arange(r.n)
+    start = np.ones(r.n, dtype=bool)
+    start[1:] = r.net[1:] != r.net[:-1]
+    return np.maximum.accumulate(np.where(start, idx, 0)) if r.n else idx
 
 
-__all__ = ["CONTEXT", "FAMILIES", "LayerRows", "UNIT_TYPES", "UnitBatch", "WORK", "rows_from_candidates", "rows_from_layers", "units"]
+__all__ = ["CONTEXT", "FAMILIES", "LayerRows", "UNIT_TYPES", "UnitBatch", "WORK", "rows_from_candidates", "rows_from_layers", "segment_sums", "units"]

@@ -8,12 +8,22 @@ import pytest
 from tritune.kernels.codegen import compiler_available
 from tritune.predictors import load
 from tritune.predictors.codegen_layerwise import CodegenLatencyPredictor, step_times
-from tritune.predictors.codegen_units import UNIT_TYPES, rows_from_candidates, rows_from_layers, units
+from tritune.predictors.codegen_units import UNIT_TYPES, rows_from_candidates, rows_from_layers, segment_sums, units
 from tritune.spaces import LayerCompression, create
 from tritune.spaces.mobilenet import SLOTS
 from tritune.targets.profiling import stratified_candidates
 
 needs_cc = pytest.mark.skipif(not compiler_available(), reason="no working C compiler")
+
+
+def test_segment_sums_add_up_each_run_of_rows():
+    rng = np.random.default_rng(0)
+    values = rng.standard_normal((500, 7))
+    starts = np.flatnonzero(np.r_[True, rng.random(499) < 0.4])
+    run = np.cumsum(np.isin(np.arange(500), starts)) - 1
+    expected = np.column_stack([np.bincount(run, weights=values[:, j]) for j in range(7)])
+    assert np.allclose(segment_sums(values, starts), expected)
+    assert segment_sums(values, np.zeros(0, dtype=np.int64)).shape == (0, 7)
 
 
 @pytest.mark.parametrize("space_name", ["mobilenet", "mobilenet-small"])
