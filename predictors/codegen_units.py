@@ -259,7 +259,7 @@ def _row_work(r: LayerRows, int8: np.ndarray, lanes: int) -> np.ndarray:
     macs = macs.astype(np.float64) / 1e6
     kept = macs * (1.0 - r.sparsity)
     weighted = np.isin(r.op, (CONV, DW, LINEAR))
-    W = np.zeros((r.n, len(WORK)))
+    W = np.zeros((len(WORK), r.n)).T  # column-major: every assignment below fills one column
     rows = np.flatnonzero(weighted)
     W[rows, 1 + r.family[rows]] = kept[rows]
     W[rows, 1 + len(FAMILIES) + r.family[rows]] = macs[rows]
