@@ -158,15 +158,24 @@ def _candidate(weights: SupernetWeights, comp: LayerCompression, seed: int = 3):
     return space.validate(c.replace(compression=[comp] * len(c.compression)))
 
 
-def test_a_float_candidate_exports_exactly(weights, tmp_path):
-    """All layers float: model.onnx computes what the torch subnet computes (same accuracy)."""
-    cand = _candidate(weights, LayerCompression("unstructured", 0.5, 32, 32))
+def _export(weights, tmp_path, comp: LayerCompression):
+    """Export a candidate with ``comp`` on every slot (not timed); the candidate's subnet with it."""
+    cand = _candidate(weights, comp)
     subnet = weights.subnet(cand)
-    res = export_model(cand, subnet, data=weights.data, calibration=weights.calibration, out_dir=tmp_path,
-                       space=weights.evaluator.supernet.space, measure=False)
+    return export_model(cand, subnet, data=weights.data, calibration=weights.calibration, out_dir=tmp_path,
+                        space=weights.evaluator.supernet.space, measure=False), subnet
+
+
+def _assert_exact(res) -> None:
+    """model.onnx computes what the torch subnet computes (same accuracy)."""
     v = res.manifest["verification"]["model.onnx"]
     assert v["max_abs_diff"] < 1e-4 and v["top1_agreement"] == 1.0
     assert res.manifest["accuracy"] == pytest.approx(res.manifest["torch_accuracy"])
+
+
+def test_a_float_candidate_exports_exactly(weights, tmp_path):
+    res, _ = _export(weights, tmp_path, LayerCompression("unstructured", 0.5, 32, 32))
+    _assert_exact(res)
     assert res.manifest["latency_measured_ms"] is None and res.manifest["search_accuracy"] is None
     rows = [L for L in res.manifest["layers"] if "weights" in L and L["op"] == "conv" and L["name"] != "stem"]
     assert all(L["realised_sparsity"] >= 0.45 for L in rows), [(L["name"], L["realised_sparsity"]) for L in rows]
@@ -176,13 +185,8 @@ def test_a_float_candidate_exports_exactly(weights, tmp_path):
 def test_weight_only_layers_run_in_float_and_compute_what_the_search_scored(weights, tmp_path, bits):
     """w8a32 / w4a32: onnxruntime has no weight-only int8 kernel, so model.onnx runs the dequantized
     codes in float on float inputs (no input is quantized), which is what the supernet scored."""
-    cand = _candidate(weights, LayerCompression("dense", 0.0, bits, 32))
-    subnet = weights.subnet(cand)
-    res = export_model(cand, subnet, data=weights.data, calibration=weights.calibration, out_dir=tmp_path,
-                       space=weights.evaluator.supernet.space, measure=False)
-    v = res.manifest["verification"]["model.onnx"]
-    assert v["max_abs_diff"] < 1e-4 and v["top1_agreement"] == 1.0
-    assert res.manifest["accuracy"] == pytest.approx(res.manifest["torch_accuracy"])
+    res, _ = _export(weights, tmp_path, LayerCompression("dense", 0.0, bits, 32))
+    _assert_exact(res)
     model = onnx.load(str(res.directory / "model.onnx"))
     assert not {n.op_type for n in model.graph.node} & {"QuantizeLinear", "DequantizeLinear"}
     rows = [L for L in res.manifest["layers"] if "weights" in L]
@@ -191,10 +195,7 @@ def test_weight_only_layers_run_in_float_and_compute_what_the_search_scored(weig
 
 @pytest.mark.parametrize("bits", [8, 4])
 def test_int8_layers_hold_the_subnets_codes_and_run_as_qlinear_ops(weights, tmp_path, bits):
-    cand = _candidate(weights, LayerCompression("dense", 0.0, bits, 8))
-    subnet = weights.subnet(cand)
-    res = export_model(cand, subnet, data=weights.data, calibration=weights.calibration, out_dir=tmp_path,
-                       space=weights.evaluator.supernet.space, measure=False)
+    res, subnet = _export(weights, tmp_path, LayerCompression("dense", 0.0, bits, 8))
     model = onnx.load(str(res.directory / "model.onnx"))
     int8 = [onnx.numpy_helper.to_array(t) for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8]
     modules = dict(subnet.named_modules())
