@@ -68,34 +68,6 @@ def test_candidate_equals_torch(space, plan):
     assert _rel(runnable.run(x), ref) <= 1e-4
 
 
-def _mapped(paths) -> set[str]:
-    """Which of ``paths`` this process has mapped (its kernel libraries still loaded)."""
-    with open("/proc/self/maps", encoding="utf-8") as fh:
-        maps = fh.read()
-    return {p for p in paths if p in maps}
-
-
-@needs_cc
-def test_kernel_libraries_stay_loaded_while_a_network_lives_and_are_unloaded_after(space, tmp_path):
-    """A chain holds raw function addresses: its libraries must stay loaded while the runnable
-    lives, and go once it is garbage (else a long profile runs out of memory mappings)."""
-    import gc
-
-    cand = _small(space, PLANS["block8x1"])
-    # a private cache: libraries no other test has loaded in this process
-    runnable = CodegenCpuTarget(cache_dir=str(tmp_path)).build(cand)
-    kernels = [p for p in runnable.libraries() if p.startswith(str(tmp_path)) and "elementwise" not in p]
-    assert kernels and _mapped(kernels) == set(kernels)
-    x = torch.randn(input_shape(space, cand), generator=torch.Generator().manual_seed(2))
-    with torch.no_grad():
-        ref = build_subnet(space, cand)(x).numpy()
-    gc.collect()
-    assert _rel(runnable.run(x), ref) <= 1e-4 and _mapped(kernels) == set(kernels)
-    del runnable
-    gc.collect()
-    assert _mapped(kernels) == set()
-
-
 @needs_cc
 def test_module_build_larger_resolution(space):
     """A built MobileNetSubnet (as extraction returns) at another resolution, with SE blocks and residuals."""

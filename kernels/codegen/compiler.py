@@ -18,7 +18,6 @@ Cache directory: the ``cache_dir`` argument, else ``$TRITUNE_KERNEL_CACHE``, els
 """
 from __future__ import annotations
 
-import ctypes
 import functools
 import hashlib
 import os
@@ -29,7 +28,6 @@ import subprocess
 import tempfile
 import threading
 import time
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,31 +71,6 @@ class Library:
     compiled: bool
     compile_s: float
     openmp: bool
-
-
-#: OpenMP runtimes held open for good once a kernel linked one: its idle worker threads must
-#: never outlive the runtime's code when the last kernel using it is unloaded.
-_OPENMP_RUNTIMES = ("libgomp.so.1", "libomp.so", "libomp.so.5")
-_pinned: list[ctypes.CDLL] = []
-
-
-def load(library: Library) -> ctypes.CDLL:
-    """Load a compiled library; it is unloaded (``dlclose``) once the returned object is garbage,
-    that is once no kernel, ctypes function or chain holding it is alive. Every generated kernel
-    is its own library (the weights are baked in), so a process that builds a few hundred models
-    would otherwise run out of memory mappings (``vm.max_map_count``)."""
-    import _ctypes
-
-    cdll = ctypes.CDLL(str(library.path))
-    if library.openmp and not _pinned:
-        for name in _OPENMP_RUNTIMES:
-            try:  # RTLD_NOLOAD: take one more reference to the runtime the kernel just loaded
-                _pinned.append(ctypes.CDLL(name, mode=os.RTLD_NOLOAD | os.RTLD_LAZY))
-            except OSError:
-                continue
-    closer = weakref.finalize(cdll, _ctypes.dlclose, cdll._handle)
-    closer.atexit = False  # nothing runs kernels at exit; unloading then only costs time
-    return cdll
 
 
 def _run(cmd: list[str], timeout: float, stdin: str | None = None) -> subprocess.CompletedProcess:

@@ -474,7 +474,7 @@ def compile_depthwise(weight: Any, bias: Any, in_hw: tuple[int, int], stride: in
     else:
         source = _source(w, b, in_hw, stride, act, vw, rows, vectors, bool(pool), int(band))
     lib = compiler.compile_library(source, cache=cache_dir, cc=cc, name=f"dw{k}s{stride}{'p' if packed else ''}-{C}x{in_hw[0]}x{in_hw[1]}")
-    cdll = compiler.load(lib)
+    cdll = ctypes.CDLL(str(lib.path))
     cdll.tt_workspace_floats.restype = ctypes.c_long
     cdll.tt_pool_offset.restype = ctypes.c_long
     fn = cdll.tt_run

@@ -193,7 +193,7 @@ def _lib_name(build: QBuild) -> str:
 
 def load_q(build: QBuild, lib: compiler.Library, name: str, source: str) -> QKernel:
     """Bind ``tt_run_<name>`` of a compiled integer library of ``build``."""
-    cdll = compiler.load(lib)
+    cdll = ctypes.CDLL(str(lib.path))
     if cdll.tt_abi_version() != ABI_VERSION:
         raise compiler.CompilerError(f"{lib.path}: ABI version {cdll.tt_abi_version()}, expected {ABI_VERSION}")
     cdll.tt_workspace_bytes.restype = ctypes.c_long

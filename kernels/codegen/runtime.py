@@ -201,7 +201,7 @@ class CompiledKernel:
 
 def load(build: Build, lib: compiler.Library, variant: Variant, source: str) -> CompiledKernel:
     """Bind ``tt_run_<variant>`` of a compiled library of ``build``."""
-    cdll = compiler.load(lib)
+    cdll = ctypes.CDLL(str(lib.path))
     if cdll.tt_abi_version() != ABI_VERSION:
         raise compiler.CompilerError(f"{lib.path}: ABI version {cdll.tt_abi_version()}, expected {ABI_VERSION}")
     cdll.tt_workspace_floats.restype = ctypes.c_long
