@@ -17,6 +17,11 @@ supernet-accuracy with inherited weights, latency measured on ``ort-cpu``), expo
   on other processes inflates wall-clock numbers but not CPU time (CPU share well below 1 says
   the machine was shared while timing).
 
+Beside each model, its **rounding sensitivity**: the torch network's accuracy and top-1 agreement
+with itself when, in each of five seeded draws, 0.1 % of every layer's outputs move by one 8-bit
+step of that tensor's range -- the size of the rounding differences two runtimes make. A model
+whose predictions move under that cannot be reproduced closer than its spread by any runtime.
+
 The missing steps are done first: the supernet is trained when the job's checkpoint does not exist
 (``--steps``), the search run when its run directory holds no ``trials.db``. A markdown table
 goes to stdout, JSON to ``--out`` (default ``docs/results/export_fidelity.json``).
@@ -121,13 +126,63 @@ def _row(m: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+#: Rounding sensitivity: draws, share of each layer's outputs moved, step (of the tensor's max |value|).
+SENSITIVITY_DRAWS, SENSITIVITY_SHARE, SENSITIVITY_LEVELS = 5, 0.001, 255
+
+
+def _deployed(run_dir: Path, candidate_id: str, weights: Any, candidate: Any) -> torch.nn.Module:
+    """The torch network a row was exported from (fine-tuned state, else the supernet's)."""
+    from tritune.evaluators.finetune import Finetuner
+
+    state = run_dir / "finetune" / candidate_id / "state.safetensors"
+    return Finetuner.load_state(state, weights.data).deployable() if state.is_file() else weights.subnet(candidate)
+
+
+@torch.no_grad()
+def rounding_sensitivity(net: torch.nn.Module, x: torch.Tensor, labels: Any) -> dict[str, Any]:
+    """Accuracy (%) and top-1 agreement with the unperturbed network over `SENSITIVITY_DRAWS` draws
+    that move `SENSITIVITY_SHARE` of every weight layer's outputs by one step (see the module doc)."""
+    import numpy as np
+
+    def logits() -> Any:
+        return torch.cat([net(x[i:i + 250]) for i in range(0, len(x), 250)]).numpy()
+
+    ref = logits()
+    modules = dict(net.named_modules())
+    accs, agree = [], []
+    for seed in range(SENSITIVITY_DRAWS):
+        gen = torch.Generator().manual_seed(seed)
+
+        def nudge(_mod: Any, _inp: Any, out: torch.Tensor) -> torch.Tensor:
+            step = out.abs().max() / SENSITIVITY_LEVELS
+            moved = torch.rand(out.shape, generator=gen) < SENSITIVITY_SHARE
+            sign = torch.where(torch.rand(out.shape, generator=gen) < 0.5, -1.0, 1.0)
+            return out + moved * sign * step
+
+        hooks = [modules[L.name].register_forward_hook(nudge) for L in net.layers if L.has_weights and L.name != "classifier"]
+        try:
+            out = logits()
+        finally:
+            for h in hooks:
+                h.remove()
+        accs.append(100.0 * float(np.mean(out.argmax(1) == labels)))
+        agree.append(float(np.mean(out.argmax(1) == ref.argmax(1))))
+    return {"accuracy": 100.0 * float(np.mean(ref.argmax(1) == labels)), "perturbed_accuracy": accs,
+            "perturbed_agreement": agree, "draws": SENSITIVITY_DRAWS, "share": SENSITIVITY_SHARE, "levels": SENSITIVITY_LEVELS}
+
+
 def _fmt(v: Any, spec: str) -> str:
     return "–" if v is None else format(v, spec)
 
 
+def _span(row: dict[str, Any], key: str, spec: str) -> str:
+    values = (row.get("rounding_sensitivity") or {}).get(key)
+    return "–" if not values else f"{format(min(values), spec)}–{format(max(values), spec)}"
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     head = ("| candidate | target | rank | search acc | exported acc | Δ acc (pts) | top-1 agree | predicted ms | measured ms | "
-            "ratio | same-run build ms | measured / build | same, CPU time | CPU share | goals (acc, lat) |")
+            "ratio | same-run build ms | measured / build | same, CPU time | CPU share | 1-step nudges: acc | agree | goals (acc, lat) |")
     lines = [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
     for r in rows:
         goals = ", ".join("–" if g is None else ("yes" if g else "NO") for g in (r["accuracy_goal_met"], r["latency_goal_met"]))
@@ -136,8 +191,29 @@ def table(rows: list[dict[str, Any]]) -> str:
                      f"{_fmt(r['exported_accuracy'], '.2f')} | {_fmt(r['accuracy_delta'], '+.2f')} | {_fmt(r['top1_agreement'], '.4f')} | "
                      f"{_fmt(r['latency_predicted_ms'], '.4f')} | {_fmt(r['latency_measured_ms'], '.4f')} | {ratio} | "
                      f"{_fmt(r['reference_build_ms'], '.4f')} | {_fmt(r['measured_vs_reference'], '.3f')} | {_fmt(r['cpu_vs_reference'], '.3f')} | "
-                     f"{_fmt(r['cpu_share'], '.2f')} | {goals} |")
+                     f"{_fmt(r['cpu_share'], '.2f')} | {_span(r, 'perturbed_accuracy', '.1f')} | {_span(r, 'perturbed_agreement', '.3f')} | {goals} |")
     return "\n".join(lines)
+
+
+def _sensitivities(run_dir: Path, run: Any, rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    from tritune.search.export.exporter import SupernetWeights
+    from tritune.spaces import Candidate
+    from tritune.spaces.supernet import resize_input
+
+    weights = SupernetWeights(run)
+    labels = weights.data.test.tensors[1].numpy()
+    out: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        cid = r["candidate_id"]
+        if cid in out:
+            continue
+        manifest = json.loads((run_dir / "export" / r["target"] / cid / "manifest.json").read_text())
+        candidate = Candidate.from_json(manifest["candidate"])
+        net = _deployed(run_dir, cid, weights, candidate)
+        x = resize_input(weights.data.test.tensors[0], int(candidate["resolution"]))
+        out[cid] = rounding_sensitivity(net, x, labels)
+        print(f"  {cid}: rounding sensitivity {_span({'rounding_sensitivity': out[cid]}, 'perturbed_accuracy', '.1f')} %", flush=True)
+    return out
 
 
 def main() -> None:
@@ -161,6 +237,9 @@ def main() -> None:
                               progress=lambda msg: print(f"  {msg}", flush=True))
         timings[target] = time.perf_counter() - t0
         rows.extend(_row(e.manifest) for e in exported)
+    sensitivity = _sensitivities(run_dir, run, rows)
+    for r in rows:
+        r["rounding_sensitivity"] = sensitivity.get(r["candidate_id"])
     print()
     print(table(rows))
     acc = [r for r in rows if r["accuracy_goal_met"] is not None]
