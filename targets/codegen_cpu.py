@@ -373,6 +373,7 @@ class CodegenCpuTarget(BuildsMobileNets, Target):
     def fingerprint(self) -> dict[str, Any]:
         from ..kernels.codegen import CompilerError, find_compiler, vector_width
         from ..kernels.codegen.compiler import BASE_FLAGS, OPENMP_FLAG
+        from ..kernels.codegen.csource import KERNELS_REVISION
 
         cpu = cpu_fingerprint()
         try:
@@ -383,6 +384,7 @@ class CodegenCpuTarget(BuildsMobileNets, Target):
         flags = list(BASE_FLAGS) + ([OPENMP_FLAG] if self.threads > 1 else [])
         return {
             "target": self.name, "device": cpu["model"], "runtime": "tritune generated C", "version": _version(),
+            "kernels_revision": KERNELS_REVISION,
             "threads": self.threads, "cpu": cpu, "isa": cpu["isa"], "compiler": command, "compiler_version": banner,
             "flags": flags, "vector_width": lanes, "autotune": self.autotune, "fuse_min_bytes": self.fuse_min_bytes,
         }

@@ -514,3 +514,29 @@ def test_threads_give_the_same_result(cache):
     x = np.random.default_rng(4).standard_normal(threaded.in_shape).astype(np.float32)
     ref = _reference(packed, "conv1x1", x, None, 1, "none")
     assert np.abs(threaded.run(x) - ref).max() <= REL_TOL * np.abs(ref).max()
+
+
+@pytest.mark.parametrize("pattern,shape,in_hw,lowered_rows", [
+    ("unstructured", (37, 45), None, 8),        # one pixel: blocks of rows over the columns any of them keeps
+    ("gather_scatter", (40, 33), None, 8),
+    ("block1x4", (19, 48), None, 8),
+    ("nm2:8", (21, 64), None, 8),
+    ("nm1:4", (30, 28, 1, 1), (2, 2), 8),       # N:M on a few pixels too
+    ("unstructured", (30, 28, 1, 1), (2, 2), 1),  # a few pixels: one row per block, the pixel loop vectorises
+])
+def test_narrow_layers_lower_rows_into_vectors_and_match_torch(cache, pattern, shape, in_hw, lowered_rows):
+    from tritune.kernels.codegen.plan import geometry, lower
+
+    packed = _layer(pattern, shape, 0.75, seed=len(shape) + shape[0])
+    kind = "linear" if len(shape) == 2 else "conv1x1"
+    geo = geometry(kind, packed.shape, in_hw, 1, 16)
+    assert geo.mode == "narrow"
+    low = lower(packed, geo)
+    assert getattr(low, "r", 1) == lowered_rows
+    if lowered_rows > 1:  # every kept weight is in a block, at its place
+        dense = np.zeros((low.indptr.size - 1) * low.r * geo.k, dtype=np.float32).reshape(-1, low.r, geo.k)
+        for b in range(low.indptr.size - 1):
+            for j in range(low.indptr[b], low.indptr[b + 1]):
+                dense[b, :, low.cols[j]] = low.values[j, :, 0]
+        np.testing.assert_array_equal(dense.reshape(-1, geo.k)[:geo.cout], packed.unpack().reshape(geo.cout, geo.k))
+    _check(packed, kind, in_hw, cache, act="relu")

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from tritune.kernels.codegen import compiler_available
 from tritune.kernels.codegen.compiler import _predefined, find_compiler
 from tritune.kernels.codegen.qgenerate import QVariant, tile_plan
-from tritune.kernels.codegen.qplan import lower_q, qgeometry
+from tritune.kernels.codegen.qplan import default_lowering, lower_q, qgeometry
 from tritune.kernels.codegen.qruntime import autotune_q, compile_qlayer
 from tritune.kernels.formats import QuantizedWeight, quantize_packed
 from tritune.kernels.patterns import make_mask
@@ -109,6 +109,26 @@ def test_every_instruction_set_path(cache, isa, kind, shape, in_hw, stride, patt
     qw = _qweight(pattern, shape, 8, seed=3, **opts)
     k = _check(qw, kind, in_hw, cache, stride=stride, act="hswish", isa=isa, outputs="qfr")
     assert k.isa == {"scalar": 0, "avx2": 2, "avx512vnni": 3}[isa]
+
+
+NARROW_SPARSE = [  # narrow layers (a linear, or fewer pixels than a vector) whose pattern shares no rows
+    ("linear", (37, 45), None, "unstructured"),
+    ("linear", (40, 48), None, "gather_scatter"),
+    ("linear", (35, 64), None, "nm2:8"),
+    ("conv1x1", (21, 30, 1, 1), (3, 3), "block1x4"),
+    ("conv1x1", (50, 27, 1, 1), (2, 2), "unstructured"),
+]
+
+
+@pytest.mark.parametrize("kind,shape,in_hw,pattern", NARROW_SPARSE)
+@pytest.mark.parametrize("bits", [8, 4])
+def test_narrow_sparse_layers_run_vector_rows(cache, kind, shape, in_hw, pattern, bits):
+    qw = _qweight(pattern, shape, bits, seed=shape[0])
+    geo = qgeometry(kind, tuple(qw.codes.shape), in_hw, 1)
+    assert geo.narrow
+    assert default_lowering(qw, geo) == ("quad", 16)  # not one row per block: that only the scalar loop runs
+    for isa in _isas():
+        _check(qw, kind, in_hw, cache, isa=isa, act="hswish" if bits == 4 else "relu")
 
 
 @pytest.mark.parametrize("isa", _isas())

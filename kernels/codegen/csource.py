@@ -11,6 +11,10 @@ import numpy as np
 
 #: Version of the calling convention of generated libraries (checked when a library is loaded).
 ABI_VERSION = 1
+#: Revision of how layers are lowered and generated: raised whenever a change alters what a layer
+#: runs, so its latency; ``codegen-cpu``'s fingerprint carries it, so profiles and latency
+#: predictors made on earlier kernels are refused. 2: narrow sparse layers run vector rows.
+KERNELS_REVISION = 2
 
 
 def int_type(values: np.ndarray) -> str:

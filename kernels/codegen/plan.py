@@ -42,7 +42,10 @@ loop nests cover the patterns (formats in `tritune.kernels.formats`):
   its blocks grouped by tap, so each group's masks are loaded once per tile, not per block
   (per-block masks competed with the FMAs: 0.74-0.88 of ideal at 90 %, against 0.84-0.88 staged);
 * ``narrow`` (1x1 / linear with at most a quarter vector of pixels, e.g. a linear layer): scalar
-  loops the compiler vectorises over block rows.
+  loops the compiler vectorises over block rows. N:M layers, and on one pixel (linear) every
+  pattern whose rows share no blocks (unstructured, gather-scatter, ``block1xC``), are lowered
+  there to blocks of 8 rows over the columns any of them keeps, so they vectorise too; on 2-4
+  pixels the loop over pixels already vectorises one row's multiply-adds, and sparse rows stay.
 """
 from __future__ import annotations
 
@@ -50,7 +53,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..formats import PackedWeight
+from ..formats import PackedWeight, structure
 from ..patterns import _spec
 
 KINDS = ("conv1x1", "conv3x3", "linear")
@@ -307,6 +310,24 @@ def _dense_rows(values: np.ndarray, rows: np.ndarray | None, r: int = DENSE_ROWS
     return Bsr(r, 1, indptr, cols, np.ascontiguousarray(blocks), n, rows)
 
 
+def _union_rows(packed: PackedWeight, geo: Geometry, r: int = DENSE_ROWS) -> Bsr:
+    """Blocks of ``r`` rows over the columns any of them keeps (the others' zeros stored): how a
+    narrow layer whose pattern shares no rows runs, so its loop is vectorised over rows like a
+    dense one instead of taking one scalar multiply-add per kept weight."""
+    O, K = geo.cout, geo.k
+    nbr = -(-O // r)
+    w = np.zeros((nbr * r, K), dtype=np.float32)
+    w[:O] = packed.unpack().reshape(O, K)
+    keep = np.zeros((nbr * r, K), dtype=bool)
+    keep[:O] = structure(packed)
+    touched = keep.reshape(nbr, r, K).any(axis=1)
+    block, col = np.nonzero(touched)
+    indptr = np.zeros(nbr + 1, dtype=np.int32)
+    np.cumsum(touched.sum(axis=1), out=indptr[1:])
+    values = w.reshape(nbr, r, K)[block, :, col]  # [blocks, r]
+    return Bsr(r, 1, indptr, col.astype(np.int32), np.ascontiguousarray(values[:, :, None]), O)
+
+
 def _kernel_pattern(packed: PackedWeight) -> KernelPattern:
     a = packed.arrays
     share = int(packed.options.get("share", 1))
@@ -337,6 +358,9 @@ def lower(packed: PackedWeight, geo: Geometry) -> Lowered:
         if geo.kind != "conv3x3":
             raise ValueError(f"pattern: kernel_pattern not allowed for kind {geo.kind!r}; allowed: conv3x3")
         return _kernel_pattern(packed)
+    if geo.mode == "narrow" and (family == "nm" or (geo.hw == 1 and (family in ("unstructured", "gather_scatter")
+                                                                        or (family == "block" and spec.rows == 1)))):
+        return _union_rows(packed, geo)
     if family in ("unstructured", "gather_scatter"):
         return _csr_to_bsr(a["indptr"], a["indices"], a["values"], geo.cout)
     if family == "block":

@@ -161,7 +161,11 @@ class QLowered:
 
 
 def default_lowering(qw: QuantizedWeight, geo: QGeometry) -> tuple[str, int]:
-    """(mode, rows per block) the pattern suits (see the module docstring)."""
+    """(mode, rows per block) the pattern suits (see the module docstring). A narrow layer whose
+    pattern has no vector of rows in common (unstructured, gather-scatter, N:M with ``m > 4``,
+    ``block1x4`` ...) runs the quad nest on blocks of 16 rows, the quads any of them touches:
+    a block of ``r`` rows never touches more quads than its parts together, so 16 rows take the
+    fewest dot products, where one row per block could only run the portable scalar loop."""
     spec = _spec(qw.pattern)
     narrow = geo.narrow
     if spec.family in ("dense", "channel"):
@@ -169,15 +173,15 @@ def default_lowering(qw: QuantizedWeight, geo: QGeometry) -> tuple[str, int]:
     if spec.family == "block":
         if spec.cols == 1 and spec.rows >= 4:
             return "gather", min(spec.rows, 16)
-        return "quad", spec.rows if spec.rows in NARROW_ROWS or not narrow else 1
+        return "quad", spec.rows if spec.rows in NARROW_ROWS[1:] or not narrow else 16
     if spec.family == "kernel_pattern":
         share = int(qw.codes.options.get("share", 1))
         if share >= 4 and share in NARROW_ROWS:
             return "gather", share
-        return "quad", 1
+        return "quad", 16 if narrow else 1
     if spec.family == "nm" and spec.m <= 4:  # every row touches every quad: the dense nest's rows share its loads
         return "quad", 16 if narrow else DENSE_ROWS
-    return "quad", 1  # unstructured, gather_scatter, other N:M
+    return "quad", 16 if narrow else 1  # unstructured, gather_scatter, other N:M
 
 
 def check_lowering(geo: QGeometry, mode: str, r: int) -> None:
