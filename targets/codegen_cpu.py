@@ -74,6 +74,9 @@ SPARSE_PATTERNS = {
 #: Blocks whose expanded tensor (the depthwise layer's input) has at least this many bytes run
 #: fused (`tritune.kernels.codegen.fused`): larger tensors leave the caches while a network runs.
 FUSE_MIN_BYTES = 1 << 20
+#: Groups of a profile measured per fresh process (8 groups of 8 models: about a quarter of a
+#: process's memory mappings; see `CodegenCpuTarget.groups_per_process`).
+GROUPS_PER_PROCESS = 8
 
 #: Dense linear layers with more weights run on numpy's BLAS: a matrix-vector product is memory
 #: bound either way, and a generated kernel would carry megabytes of weights as C source
@@ -329,6 +332,9 @@ class CodegenCpuTarget(BuildsMobileNets, Target):
         self.calibration_samples, self.weights = calibration_samples, weights
         #: candidates `tritune.targets.profiling.profile` may build at once (compilation runs in subprocesses)
         self.parallel_builds = 2
+        #: groups of models a profile measures per fresh process: each model loads tens of compiled
+        #: libraries, which stay mapped, and a process holds about 65k memory mappings
+        self.groups_per_process = GROUPS_PER_PROCESS
         if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
             raise ValueError(f"codegen-cpu.threads: {threads!r} must be an integer >= 1")
         if not isinstance(autotune, bool):
@@ -348,7 +354,7 @@ class CodegenCpuTarget(BuildsMobileNets, Target):
         of many candidates uses, so each layer configuration compiles once."""
         twin = CodegenCpuTarget(self.threads, self.seed, self.autotune, self.cc, self.cache_dir, self.protocol, self.fuse_min_bytes,
                                 self.calibration_samples, weights="layer")
-        twin.parallel_builds = self.parallel_builds
+        twin.parallel_builds, twin.groups_per_process = self.parallel_builds, self.groups_per_process
         return twin
 
     # ----- identity -----------------------------------------------------------------------

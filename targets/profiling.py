@@ -30,7 +30,9 @@ step's name, kind, bits and median ms *inside* whole inferences -- what the code
 (`tritune.predictors.codegen_layerwise`) learns step costs from. Such a target may also build for
 profiling (``for_profiling()``: ``codegen-cpu`` then seeds weights per layer configuration, so
 each configuration compiles once) and build several candidates at once (``parallel_builds``:
-compilation runs in subprocesses; the timing never overlaps a build).
+compilation runs in subprocesses; the timing never overlaps a build) and ask to be measured in
+fresh processes of a few groups each (``groups_per_process``: ``codegen-cpu``, whose models load
+compiled libraries that stay mapped until their process ends).
 
 ``reference_ms`` (profiles taken with ``reference="largest"``, the default): the latency of the
 space's largest dense candidate, timed interleaved in the same group. A shared machine's speed
@@ -81,12 +83,15 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import multiprocessing
 import os
 import platform
 import time
 import zlib
 from collections import Counter
-from dataclasses import dataclass, field
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -375,13 +380,16 @@ def profile(target: Any, space: Any, n: int, out_dir: str | os.PathLike, seed: i
             strata: Iterable[str] = STRATA, group_size: int = 8, progress: bool = True, reference: str = "largest") -> ProfileResult:
     """Measure ``n`` stratified candidates of ``space`` on ``target`` into ``out_dir`` (resumable).
 
+    A target with ``groups_per_process`` (codegen-cpu: every model loads tens of compiled
+    libraries, and a process holds only so many memory mappings) is measured in fresh processes
+    of that many groups each, one after another.
+
     ``target``: a `Target` with ``build(candidate, space=...)`` and ``measure(runnables,
     protocol=...)``, or a registered name (created with ``threads=protocol.threads``).
     ``space``: a `SearchSpace` or a registered name. ``reference``: ``"largest"`` times
     `reference_candidate` interleaved in every group and stores its latency as ``reference_ms``
     in each row, so `normalized_latency` can remove the drift of a shared machine's speed between
     groups; ``"none"``: no reference. See the module docstring for the files."""
-    from tqdm.auto import tqdm
 
     protocol = protocol or Protocol()
     if isinstance(space, str):
@@ -443,18 +451,72 @@ def profile(target: Any, space: Any, n: int, out_dir: str | os.PathLike, seed: i
             if fh.read(1) != b"\n":
                 with open(rows_path, "a", encoding="utf-8") as fa:
                     fa.write("\n")
-    run_no = len(meta["runs"]) - 1
-    group_no = 0
-    ref_runnable = target.build(ref_cand, space=space) if (ref_cand is not None and todo) else None
-    with tqdm(total=len(candidates), initial=result.skipped, desc=f"profile {space.name} on {target.name}", unit="model",
-              disable=not progress, dynamic_ncols=True) as bar:
-        for start in range(0, len(todo), group_size):
-            group = todo[start:start + group_size]
+    job = _Groups(target, space, candidates, out, protocol, ref_cand, seed, len(meta["runs"]) - 1, group_size, workers, progress)
+    per_process = int(getattr(target, "groups_per_process", 0) or 0)
+    if not per_process or not todo:
+        _merge(result, _measure_groups(job, todo, 0, result.skipped))
+        return result
+    chunk = per_process * group_size
+    shipped = replace(job, space={"name": space.name, "config": space.config()})  # a child rebuilds the space from its config
+    for start in range(0, len(todo), chunk):
+        # a fresh process per chunk: the libraries its builds load leave with it
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            try:
+                part = pool.submit(_measure_groups, shipped, todo[start:start + chunk], start // group_size,
+                                   result.skipped + start).result()
+            except BrokenProcessPool:
+                raise RuntimeError(f"profile: the process measuring models {start}-{start + chunk - 1} of this run died; "
+                                   f"run the command again to resume from {out}") from None
+        _merge(result, part)
+    return result
+
+
+@dataclass
+class _Groups:
+    """What measuring groups of a profile needs, in a form a child process can receive."""
+
+    target: Any
+    space: Any  # a SearchSpace, or {"name", "config"} to create one in a child process
+    candidates: list[Candidate]
+    out: Path
+    protocol: Protocol
+    ref_cand: Candidate | None
+    seed: int
+    run_no: int
+    group_size: int
+    workers: int
+    progress: bool
+
+
+def _merge(result: ProfileResult, part: ProfileResult) -> None:
+    result.measured += part.measured
+    result.builds += part.builds
+    for key, value in part.seconds.items():
+        result.seconds[key] = result.seconds.get(key, 0.0) + value
+
+
+def _measure_groups(job: _Groups, todo: list[tuple[int, Candidate]], group_no: int, initial: int) -> ProfileResult:
+    """Build and time ``todo`` group by group (numbered from ``group_no``), appending a row per
+    model to the profile's measurements as each group finishes."""
+    from tqdm.auto import tqdm
+
+    target, space, protocol = job.target, job.space, job.protocol
+    if isinstance(space, dict):
+        from ..spaces.registry import create
+
+        space = create(space["name"], **space["config"])
+    result = ProfileResult(job.out, job.candidates, 0, 0, 0, {"build": 0.0, "measure": 0.0})
+    rows_path = job.out / MEASUREMENTS_FILE
+    ref_runnable = target.build(job.ref_cand, space=space) if (job.ref_cand is not None and todo) else None
+    with tqdm(total=len(job.candidates), initial=initial, desc=f"profile {space.name} on {target.name}", unit="model",
+              disable=not job.progress, dynamic_ncols=True) as bar:
+        for start in range(0, len(todo), job.group_size):
+            group = todo[start:start + job.group_size]
             t0 = time.perf_counter()
-            if workers > 1:
+            if job.workers > 1:
                 from concurrent.futures import ThreadPoolExecutor
 
-                with ThreadPoolExecutor(workers) as pool:
+                with ThreadPoolExecutor(job.workers) as pool:
                     runnables = list(pool.map(lambda c: target.build(c, space=space), [cand for _, cand in group]))
             else:
                 runnables = [target.build(cand, space=space) for _, cand in group]
@@ -474,8 +536,8 @@ def profile(target: Any, space: Any, n: int, out_dir: str | os.PathLike, seed: i
                     "candidate_id": cand.id,
                     "candidate": cand.to_json(),
                     "index": index,
-                    "seed": seed,
-                    "run": run_no,
+                    "seed": job.seed,
+                    "run": job.run_no,
                     "group": group_no,
                     **{k: v for k, v in m.to_json().items() if k != "name"},
                     "build_s": dict(getattr(runnable, "build_s", {}) or {}),

@@ -120,3 +120,17 @@ def test_fit_refuses_missing_steps():
     cands = stratified_candidates(space, 12, seed=0)
     with pytest.raises(ValueError, match="steps"):
         CodegenLatencyPredictor(space=space).fit(cands, np.ones(12))
+
+
+def test_correction_is_kept_only_where_it_helps_out_of_fold():
+    space = create("mobilenet")
+    cands, y, steps = _synthetic(space, 80, seed=3)
+    res = np.array([c["resolution"] for c in cands])
+    learnable = CodegenLatencyPredictor(space=space, n_estimators=60, holdout=0.0).fit(cands, y * np.where(res > 192, 1.3, 1.0), steps=steps)
+    assert learnable.booster_ is not None  # a factor the features show: learned
+    assert learnable.correction_cv_["corrected"] < learnable.correction_cv_["additive"]
+    totals = np.array([sum(s.values()) for s in steps])
+    noise = np.random.default_rng(0).lognormal(0, 0.05, len(y))
+    unlearnable = CodegenLatencyPredictor(space=space, n_estimators=60, holdout=0.0).fit(cands, totals * noise, steps=steps)
+    assert unlearnable.booster_ is None  # noise no feature explains: the additive sum alone
+    assert unlearnable.correction_cv_["corrected"] >= unlearnable.correction_cv_["additive"]

@@ -274,3 +274,36 @@ def test_pooled_latency_aligns_levels_and_takes_medians():
     assert np.allclose(y1, [1, 2, 3, 4, 5]) and rows1 == first  # no reference: normalized = raw
     with pytest.raises(ValueError, match="no candidate in common"):
         pooled_latency([first, [{"candidate_id": "z", "latency_ms": 1.0}]], "latency_ms")
+
+
+class PidTarget(OrtCpuTarget):
+    """The real target, measured in fresh processes of one group each, noting which process built what."""
+
+    def __init__(self, pid_file, **kw):
+        super().__init__(**kw)
+        self.pid_file = str(pid_file)
+        self.groups_per_process = 1
+
+    def build(self, candidate, space=None, input_shape=None, **kw):
+        import os
+
+        with open(self.pid_file, "a") as fh:
+            fh.write(f"{os.getpid()}\n")
+        return super().build(candidate, space=space, input_shape=input_shape, **kw)
+
+
+def test_groups_per_process_measures_in_fresh_processes_and_resumes(tmp_path):
+    import os
+
+    pids = tmp_path / "pids"
+    space = create("mobilenet-small")
+    out = tmp_path / "prof"
+    result = profile(PidTarget(pids), space, 4, out, protocol=TINY, group_size=2, progress=False)
+    assert (result.measured, result.skipped, result.builds) == (4, 0, 4)
+    rows = read_measurements(out)
+    assert [r["candidate_id"] for r in rows] == [c.id for c in stratified_candidates(space, 4, 0)]
+    assert [r["group"] for r in rows] == [0, 0, 1, 1] and all(r["reference_ms"] > 0 for r in rows)
+    built_in = [int(p) for p in pids.read_text().split()]
+    assert len(set(built_in)) == 2 and os.getpid() not in built_in  # one child per group, none in this process
+    again = profile(PidTarget(pids), space, 5, out, protocol=TINY, group_size=2, progress=False)
+    assert (again.measured, again.skipped) == (1, 4)
