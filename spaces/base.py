@@ -108,6 +108,23 @@ class SearchSpace(ABC):
     def config(self) -> dict:
         """The arguments that rebuild this space (`tritune.spaces.create(name, **config)`)."""
 
+    # ----- optional: a network builder ---------------------------------------------------------
+    def network(self, candidate: Candidate, seed: int = 0) -> Any:
+        """The candidate as an eval-mode ``torch.nn.Module`` with seeded random weights and its
+        compression applied, whose module paths are its IR layer names (layer ``s0.b1.expand``
+        is ``net.s0.b1.expand``, so ONNX node names map back to layers): what targets that run
+        real networks build (``ort-cpu``). Spaces without one raise NotImplementedError."""
+        raise NotImplementedError(f"space {self.name}: no network builder; define network() and input_shape()")
+
+    def input_shape(self, candidate: Candidate, batch: int = 1) -> tuple[int, ...]:
+        """The shape of one input batch of the candidate's network (with `network`)."""
+        raise NotImplementedError(f"space {self.name}: no network builder; define network() and input_shape()")
+
+    @property
+    def builds_networks(self) -> bool:
+        """Whether this space defines `network`."""
+        return type(self).network is not SearchSpace.network
+
     # ----- derived operations ------------------------------------------------------------------
     @property
     def _genes(self) -> list[Gene]:

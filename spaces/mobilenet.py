@@ -396,6 +396,15 @@ class MobileNetSpace(SearchSpace):
             "feature_mix": make_divisible(FEATURE_MIX * max(1.0, width)),
         }
 
+    def network(self, candidate: Candidate, seed: int = 0) -> Any:
+        """`tritune.spaces.mobilenet_net.build_subnet`: the candidate's standalone network."""
+        from .mobilenet_net import build_subnet
+
+        return build_subnet(self, candidate, seed=seed)
+
+    def input_shape(self, candidate: Candidate, batch: int = 1) -> tuple[int, ...]:
+        return (batch, self.in_channels, int(candidate["resolution"]), int(candidate["resolution"]))
+
     def layers(self, candidate: Candidate) -> list[LayerSpec]:
         """The IR of the *physical* network: ``channel``-pruned layers already have their kept
         width (`pruned_channels`) and their consumers follow, so shapes are what a runtime runs."""

@@ -60,7 +60,7 @@ import numpy as np
 from ..spaces.candidate import Candidate
 from .base import Target
 from .measure import Measurement, Protocol, measure_target
-from .mobilenet_support import SUPPORTED_SPACES, BuildsMobileNets
+from .space_support import SUPPORTED_SPACES, BuildsMobileNets
 from .ort_cpu import cpu_fingerprint
 
 #: Patterns running on generated sparse kernels, per layer kind (see `capabilities`).

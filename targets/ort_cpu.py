@@ -1,10 +1,12 @@
 """``ort-cpu``: ONNX Runtime on this machine's CPU, measured for real.
 
-Build (`OrtCpuTarget.build`), for a candidate of a mobilenet space:
+Build (`OrtCpuTarget.build`), for a candidate of any space with a network builder (the mobilenet
+spaces, or a space of one's own that defines `tritune.spaces.SearchSpace.network`):
 
-1. `tritune.spaces.mobilenet_net.build_subnet` -- the candidate as a standalone PyTorch network
-   (random seeded weights; ``channel`` pruning physically removes filters, other sparsity
-   patterns are zero masks, which this runtime executes at dense speed);
+1. ``space.network(candidate)`` -- the candidate as a standalone PyTorch network whose module paths
+   are its IR layer names (mobilenet: `tritune.spaces.mobilenet_net.build_subnet`, random seeded
+   weights; ``channel`` pruning physically removes filters, other sparsity patterns are zero
+   masks, which this runtime executes at dense speed);
 2. ONNX export with the TorchScript exporter (``torch.onnx.export(..., dynamo=False)``, opset
    17). In torch 2.13 it still works (with a deprecation warning, silenced here), takes about
    0.3-0.5 s for a mobilenet-small network against 3-5.5 s for ``dynamo=True``, and names every
@@ -57,7 +59,7 @@ from ..spaces.candidate import Candidate
 from ..spaces.compression import FLOAT_BITS
 from .base import Target
 from .measure import Measurement, Protocol, measure_target
-from .mobilenet_support import SUPPORTED_SPACES, BuildsMobileNets
+from .space_support import SUPPORTED_SPACES, BuildsNetworks
 
 #: Spaces whose candidates this target can build (any `MobileNetSpace` works when passed in).
 GRAPH_OPTIMIZATION = "ORT_ENABLE_ALL"
@@ -236,7 +238,7 @@ class OrtRunnable:
             fh.write(self.onnx_bytes)
 
 
-class OrtCpuTarget(BuildsMobileNets, Target):
+class OrtCpuTarget(BuildsNetworks, Target):
     """ONNX Runtime CPU (``CPUExecutionProvider``) on this machine, timed with `Protocol`."""
 
     name = "ort-cpu"
@@ -324,10 +326,10 @@ class OrtCpuTarget(BuildsMobileNets, Target):
               quantize: Sequence[str] | None = None, name: str | None = None,
               calibration: Sequence[np.ndarray] | None = None,
               layer_quantization: Mapping[str, LayerQuantization] | None = None) -> OrtRunnable:
-        """Build a runnable from a candidate (of a mobilenet space) or from a ``torch.nn.Module``.
+        """Build a runnable from a candidate (of a space with a network builder) or from a ``torch.nn.Module``.
 
         Candidate: layers with ``w_bits <= 8`` and ``a_bits <= 8`` run int8; ``space`` defaults to the registered
-        space of ``candidate.space``; ``input_shape`` to ``(1, in_channels, res, res)``.
+        space of ``candidate.space``; ``input_shape`` to ``space.input_shape(candidate)``.
         Module: ``input_shape`` is required; ``quantize`` lists module paths (IR layer names) to
         run int8 (default none). ``quantize`` given with a candidate overrides its plan.
 
@@ -338,15 +340,15 @@ class OrtCpuTarget(BuildsMobileNets, Target):
         t0 = time.perf_counter()
         times: dict[str, float] = {}
         if isinstance(candidate, Candidate):
-            from ..spaces.mobilenet_net import build_subnet
-            from ..spaces.mobilenet_net import input_shape as shape_of
+            from ..spaces.mobilenet_net import torch_threads
 
             space = self.resolve_space(candidate, space)
             cand = space.validate(candidate)
-            module = build_subnet(space, cand, seed=self.seed)
-            shape = tuple(input_shape or shape_of(space, cand))
+            with torch_threads(1):
+                module = space.network(cand, seed=self.seed)
+            shape = tuple(input_shape or space.input_shape(cand))
             if quantize is None:
-                quantize = [L.name for L in module.layers if L.int_bits < FLOAT_BITS]
+                quantize = [L.name for L in space.layers(cand) if L.int_bits < FLOAT_BITS]
             label = name or cand.id
         else:
             import torch

@@ -21,6 +21,7 @@ def _files(tmp: Path) -> None:
     module = "\n\n".join(b for b in _blocks("python") if b.startswith("# mlp_digits.py"))
     (tmp / "mlp_digits.py").write_text(module)
     (tmp / "run.py").write_text(next(b for b in _blocks("python") if b.startswith("# run.py")))
+    (tmp / "ort.py").write_text(next(b for b in _blocks("python") if b.startswith("# ort.py")))
     (tmp / "mlp-digits.yaml").write_text(next(b for b in _blocks("yaml") if b.startswith("# mlp-digits.yaml")))
 
 
@@ -36,6 +37,14 @@ def test_example_runs_from_the_users_python(tmp_path):
     fronts = [line for line in done.stdout.splitlines() if "accuracy" in line]
     assert fronts and all("latency" in line for line in fronts)
     assert (tmp_path / "runs" / "mlp-digits" / "trials.db").is_file()
+
+
+def test_ort_cpu_times_a_space_of_ones_own(tmp_path):
+    _files(tmp_path)
+    done = _run(["ort.py"], tmp_path, tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    ms = [float(v) for v in done.stdout.strip().strip("[]").split()]
+    assert len(ms) == 3 and all(0.0 < v < 100.0 for v in ms), done.stdout
 
 
 def test_example_runs_as_an_installed_plugin_from_the_cli(tmp_path):
