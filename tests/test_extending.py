@@ -7,7 +7,6 @@ import os
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "extending.md"
@@ -54,7 +53,14 @@ def test_example_runs_as_an_installed_plugin_from_the_cli(tmp_path):
     info.mkdir(parents=True)
     (tmp_path / "mlp_digits.py").rename(site / "mlp_digits.py")
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mlp-digits\nVersion: 0.1\n")
-    groups = tomllib.loads(next(b for b in _blocks("toml")))["project"]["entry-points"]
+    groups: dict[str, dict[str, str]] = {}
+    for line in next(b for b in _blocks("toml")).splitlines():  # [project.entry-points."GROUP"] / name = "module:object"
+        if line.startswith("[project.entry-points."):
+            group = groups.setdefault(line.split('"')[1], {})
+        elif "=" in line:
+            name, _, value = line.partition("=")
+            group[name.strip()] = value.strip().strip('"')
+    assert set(groups) == {"tritune.spaces", "tritune.evaluators", "tritune.targets", "tritune.strategies"}
     (info / "entry_points.txt").write_text("".join(f"[{group}]\n" + "".join(f"{k} = {v}\n" for k, v in eps.items()) + "\n"
                                                    for group, eps in groups.items()))
     listed = _run(["-m", "tritune.cli.main", "spaces", "list"], tmp_path, site)
