@@ -61,7 +61,6 @@ from .base import Target
 from .measure import Measurement, Protocol, measure_target
 from .space_support import SUPPORTED_SPACES, BuildsNetworks
 
-#: Spaces whose candidates this target can build (any `MobileNetSpace` works when passed in).
 GRAPH_OPTIMIZATION = "ORT_ENABLE_ALL"
 OPSET = 17
 EXPORTERS = ("torchscript", "dynamo")

@@ -390,7 +390,6 @@ def profile(target: Any, space: Any, n: int, out_dir: str | os.PathLike, seed: i
     `reference_candidate` interleaved in every group and stores its latency as ``reference_ms``
     in each row, so `normalized_latency` can remove the drift of a shared machine's speed between
     groups; ``"none"``: no reference. See the module docstring for the files."""
-
     protocol = protocol or Protocol()
     if isinstance(space, str):
         from ..spaces.registry import create
