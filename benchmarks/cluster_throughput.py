@@ -45,7 +45,7 @@ def train_checkpoint(path: Path, steps: int) -> None:
     from tritune.evaluators.data import load_dataset
     from tritune.evaluators.supernet_training import TrainConfig, train_supernet
     from tritune.spaces import create as create_space
-    from tritune.spaces.supernet import MobileNetSupernet
+    from tritune.spaces.mobilenet.supernet import MobileNetSupernet
 
     space = create_space("mobilenet", **{k: v for k, v in SPACE.items() if k != "name"})
     train_supernet(MobileNetSupernet(space, {"seed": 0}), load_dataset("digits", seed=0),

@@ -3,7 +3,7 @@
 The largest architecture of the mobilenet space (width 1.2, depth 4, expand 6; depthwise kernel 7,
 and the same with kernel 3) with
 75% ``block8x1`` sparsity on every 1x1 convolution (squeeze-excite pairs included), at 224, 192 and 160 px, single thread. Timed in
-one interleaved group (`tritune.targets.measure`): the dense candidate on ``ort-cpu`` (the
+one interleaved group (`tritune.kernels.timing`): the dense candidate on ``ort-cpu`` (the
 fastest dense library here), the dense candidate on ``codegen-cpu`` and the sparse one on
 ``codegen-cpu`` (with and without fused blocks, `tritune.kernels.codegen.fused`; and with its
 squeeze-excite pairs left dense). All configurations are built first, then timed in ``--passes``
@@ -44,9 +44,9 @@ import numpy as np
 import torch
 
 from tritune.spaces import LayerCompression
-from tritune.spaces.mobilenet import SLOTS, MobileNetSpace
+from tritune.spaces.mobilenet.space import SLOTS, MobileNetSpace
 from tritune.targets.codegen_cpu import CodegenCpuTarget
-from tritune.targets.measure import Protocol, measure_passes
+from tritune.kernels.timing import Protocol, measure_passes
 from tritune.targets.ort_cpu import OrtCpuTarget
 
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results" / "codegen_model.json"
@@ -85,7 +85,7 @@ def build(resolution: int, kernel: int, pattern: str, sparsity: float) -> dict:
     r_cge = cg.build(without_se(sparse), space=space, name=f"codegen {pattern}@{sparsity:g}, SE pairs dense")
     x = np.random.default_rng(0).standard_normal(r_cgs.input_shape, dtype=np.float32)
     with torch.no_grad():  # the sparse runnable must compute what torch computes
-        from tritune.spaces.mobilenet_net import build_subnet
+        from tritune.spaces.mobilenet.network import build_subnet
         ref = build_subnet(space, sparse).eval()(torch.from_numpy(x)).numpy()
     err = float(np.abs(r_cgs.run(x) - ref).max() / np.abs(ref).max())
     return {"resolution": resolution, "kernel": kernel, "pattern": pattern, "sparsity": sparsity, "sparse": sparse,
@@ -163,7 +163,7 @@ def int8_accuracy(steps: int, pattern: str, sparsity: float, seed: int = 0) -> d
 
     from tritune.evaluators.data import load_dataset
     from tritune.search.job import Job
-    from tritune.spaces.mobilenet_net import build_subnet
+    from tritune.spaces.mobilenet.network import build_subnet
 
     job = Job.from_yaml(Path(__file__).resolve().parent.parent / "search" / "examples" / "mobilenet_mnist.yaml", validate=False)
     space = job.build_space()

@@ -2,7 +2,7 @@
 
 ``dense_baselines(conv, x)``: a one-thread torch call of ``conv`` and the same layer as a one-layer
 model on ``ort-cpu`` (ONNX Runtime, 1 intra-op thread, ORT_ENABLE_ALL), as zero-argument callables
-for `tritune.targets.measure.measure_many`, with their names. Imported by the benchmark scripts
+for `tritune.kernels.timing.measure_many`, with their names. Imported by the benchmark scripts
 beside it (``python benchmarks/X.py`` puts this folder on ``sys.path``).
 """
 from __future__ import annotations

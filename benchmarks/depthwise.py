@@ -7,7 +7,7 @@ Usage::
 Depthwise layers are dense in every tritune model and, once the 1x1 layers are block-sparse, the
 largest share of a mobilenet's time on ``codegen-cpu``. Shapes are those of the largest mobilenet
 candidate (width 1.2, expand 6) at 224 px: channels x input size x kernel x stride. Per shape, the
-contenders are timed interleaved with the protocol of `tritune.targets.measure`:
+contenders are timed interleaved with the protocol of `tritune.kernels.timing`:
 
 * ``torch``: ``nn.Conv2d(groups=C)``, 1 thread;
 * ``onnxruntime``: a one-layer model on `tritune.targets.ort_cpu.OrtCpuTarget` (1 thread,
@@ -45,7 +45,7 @@ def run_shape(c: int, hw: int, k: int, s: int, protocol: Any, seed: int = 0) -> 
 
     from tritune.kernels.codegen import aligned_empty
     from tritune.kernels.codegen.depthwise import compile_depthwise
-    from tritune.targets.measure import measure_many
+    from tritune.kernels.timing import measure_many
 
     from dense_baselines import dense_baselines
 
@@ -93,7 +93,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tritune.targets.measure import Protocol
+    from tritune.kernels.timing import Protocol
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="three shapes, fewer rounds")

@@ -41,8 +41,9 @@ from tritune.search.export import SearchScores, export_model, read_manifest
 from tritune.search.job import Job
 from tritune.search.pareto import hypervolume
 from tritune.search.stages.runner import run_pipeline
-from tritune.spaces.supernet import load_checkpoint, trainable_subnet
-from tritune.spaces.supernet.sampling import REFERENCE_PLANS, reference_models
+from tritune.spaces.mobilenet.supernet import trainable_subnet
+from tritune.spaces.checkpoint import load_checkpoint
+from tritune.spaces.mobilenet.supernet.sampling import REFERENCE_PLANS, reference_models
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "docs" / "results" / "end_to_end.json"

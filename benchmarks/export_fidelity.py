@@ -85,7 +85,7 @@ def _prepare(args: argparse.Namespace) -> Path:
     if not checkpoint.is_file():
         from tritune.evaluators.data import load_dataset
         from tritune.evaluators.supernet_training import train_supernet
-        from tritune.spaces.supernet import MobileNetSupernet
+        from tritune.spaces.mobilenet.supernet import MobileNetSupernet
 
         print(f"training the supernet ({args.steps} steps) -> {checkpoint}")
         supernet = MobileNetSupernet(job.build_space(), {"seed": job.seed})
@@ -198,7 +198,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 def _sensitivities(run_dir: Path, run: Any, rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     from tritune.search.export.exporter import SupernetWeights
     from tritune.spaces import Candidate
-    from tritune.spaces.supernet import resize_input
+    from tritune.spaces.mobilenet.supernet import resize_input
 
     weights = SupernetWeights(run)
     labels = weights.data.test.tensors[1].numpy()

@@ -51,7 +51,8 @@ from tritune.evaluators.supernet_training import TrainConfig, accuracy, calibrat
 from tritune.kernels.pruning import ReweightedGroupLasso
 from tritune.spaces.compression import parse_pattern
 from tritune.spaces.registry import create
-from tritune.spaces.supernet import MobileNetSupernet, QuantizedConv2d, QuantizedLinear, deploy, load_checkpoint, trainable_subnet
+from tritune.spaces.mobilenet.supernet import MobileNetSupernet, QuantizedConv2d, QuantizedLinear, deploy, trainable_subnet
+from tritune.spaces.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 JOB = REPO / "search" / "examples" / "mobilenet_mnist.yaml"
@@ -75,7 +76,7 @@ def supernet_for(space, data, steps: int, path: Path, threads: int) -> tuple[Mob
     t = time.perf_counter()
     train_supernet(sn, data, TrainConfig(steps=steps, threads=threads), checkpoint=path, resume=False, progress=True)
     seconds = time.perf_counter() - t
-    from tritune.spaces.supernet import save_checkpoint
+    from tritune.spaces.checkpoint import save_checkpoint
 
     save_checkpoint(path, sn, step=steps, extra={"data": data.name, "seconds": seconds})
     return sn, seconds

@@ -22,7 +22,7 @@ the two counts (a slow phase of the shared host during one tuning once ranked a 
 wrongly; ``variant_by_tuning`` in the JSON shows each pass's pick). Then, per shape, the dense baselines -- PyTorch
 (``torch.set_num_threads(1)``, ``nn.Conv2d``) and ONNX Runtime (1 intra-op thread,
 ORT_ENABLE_ALL, a one-layer ONNX model built by `tritune.targets.ort_cpu.OrtCpuTarget`) -- and
-all kernels of that shape are timed *interleaved* (`tritune.targets.measure.measure_many`:
+all kernels of that shape are timed *interleaved* (`tritune.kernels.timing.measure_many`:
 warm-up, rounds over all of them, so a slow phase of a shared machine hits every contender),
 in ``--passes`` passes (default 2) over all shapes, one after the other: a slow phase of the
 machine that lasts a whole shape's timing (seen: one shape's kernels 1.4x and its baseline 1.1x
@@ -321,7 +321,7 @@ def int8_table(rows: list[dict[str, Any]]) -> str:
 
 
 def main_int8(args: argparse.Namespace, protocol: Any, cache: Path) -> dict[str, Any]:
-    from tritune.targets.measure import measure_passes
+    from tritune.kernels.timing import measure_passes
 
     prepared = []
     for shape in [s for s in shapes(args.quick) if s["kind"] == "conv1x1"]:
@@ -353,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from tritune.kernels.codegen import compiler_available, find_compiler, vector_width
-    from tritune.targets.measure import Protocol, measure_passes
+    from tritune.kernels.timing import Protocol, measure_passes
     from tritune.targets.ort_cpu import cpu_fingerprint
 
     if not compiler_available():

@@ -83,7 +83,8 @@ def tiny_checkpoint(path: Path) -> Path:
     """An untrained (seeded) supernet of `TINY_SPACE`: scoring it is deterministic, and a
     fine-tune of it is a real training run."""
     from tritune.spaces import create as create_space
-    from tritune.spaces.supernet import MobileNetSupernet, save_checkpoint
+    from tritune.spaces.mobilenet.supernet import MobileNetSupernet
+    from tritune.spaces.checkpoint import save_checkpoint
 
     space_options = {k: v for k, v in TINY_SPACE.items() if k != "name"}
     net = MobileNetSupernet(create_space("mobilenet", **space_options), {"seed": 0})

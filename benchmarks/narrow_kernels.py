@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from tritune.targets.measure import Protocol, measure_passes
+    from tritune.kernels.timing import Protocol, measure_passes
 
     torch.set_num_threads(1)
     cache = Path(tempfile.mkdtemp(prefix="tritune-narrow-"))

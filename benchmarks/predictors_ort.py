@@ -94,7 +94,7 @@ def remeasure(space: Any, rows: list[dict], meta: dict, n: int, seed: int, norma
     reference model when it has one): agreement with the stored numbers (``normalized``: both
     sides rescaled to the profile's median reference latency)."""
     from tritune.spaces.candidate import Candidate
-    from tritune.targets.measure import Protocol
+    from tritune.kernels.timing import Protocol
     from tritune.targets.ort_cpu import OrtCpuTarget
     from tritune.targets.profiling import normalized_latency
 
@@ -128,7 +128,7 @@ def session_noise(space: Any, rows: list[dict], meta: dict, n: int, seed: int, s
     time all of them interleaved in one group: how much one runtime session of a model differs from
     another built and timed side by side (the spread a single profile cannot average out)."""
     from tritune.spaces.candidate import Candidate
-    from tritune.targets.measure import Protocol
+    from tritune.kernels.timing import Protocol
     from tritune.targets.ort_cpu import OrtCpuTarget
 
     rng = np.random.default_rng(seed)

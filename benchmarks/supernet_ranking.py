@@ -122,7 +122,8 @@ def train_variant(variant: str, steps: int, seed: int, path: str) -> dict[str, A
     """Train (or resume) one supernet; returns its timing."""
     _setup(1)
     from tritune.evaluators.supernet_training import train_supernet
-    from tritune.spaces.supernet import MobileNetSupernet, load_checkpoint
+    from tritune.spaces.mobilenet.supernet import MobileNetSupernet
+    from tritune.spaces.checkpoint import load_checkpoint
 
     config = _train_config(variant, steps, seed)
     space = _space(VARIANTS[variant].get("tie"))
@@ -141,7 +142,7 @@ def train_variant(variant: str, steps: int, seed: int, path: str) -> dict[str, A
 
 def _store_extra(path: str, more: dict[str, Any]) -> None:
     from tritune.evaluators.supernet_training import TrainConfig, make_optimizer
-    from tritune.spaces.supernet import load_checkpoint, save_checkpoint
+    from tritune.spaces.checkpoint import load_checkpoint, save_checkpoint
 
     ckpt = load_checkpoint(path)
     optimizer = make_optimizer(ckpt.supernet, TrainConfig.from_json(ckpt.extra.get("train") or {}))
@@ -154,7 +155,7 @@ def evaluate_variant(path: str, sets: dict[str, list[dict]], seed: int) -> dict[
     _setup(1)
     from tritune.evaluators.supernet_accuracy import SupernetAccuracy
     from tritune.spaces import Candidate
-    from tritune.spaces.supernet import load_checkpoint
+    from tritune.spaces.checkpoint import load_checkpoint
 
     supernet = load_checkpoint(path).supernet
     evaluator = SupernetAccuracy(supernet=supernet, dataset=_data(), calib_batches=4, calib_batch_size=128, seed=seed)
@@ -172,7 +173,7 @@ def train_alone(candidate: dict, steps: int, seed: int) -> dict[str, Any]:
     _setup(1)
     from tritune.evaluators.supernet_training import TrainConfig, accuracy, calibration_batches, train_candidate
     from tritune.spaces import Candidate
-    from tritune.spaces.supernet import MobileNetSupernet
+    from tritune.spaces.mobilenet.supernet import MobileNetSupernet
 
     cand = Candidate.from_json(candidate)
     data = _data()
@@ -188,7 +189,7 @@ def step_timing(steps: int, seed: int) -> dict[str, Any]:
     import torch
 
     from tritune.evaluators.supernet_training import TrainConfig, train_supernet
-    from tritune.spaces.supernet import MobileNetSupernet
+    from tritune.spaces.mobilenet.supernet import MobileNetSupernet
 
     space, data = _space(), _data()
     out: dict[str, list[float]] = {"1": [], "2": [], "cpu1": [], "cpu2": []}
@@ -222,7 +223,7 @@ def screened_set(space, table, max_drop: float | None, menu_drop: float | None, 
     sampler (the space without the choices that alone cost more than ``menu_drop``:
     ``stages.search.max_drop``) whose estimated drop passes the job's constraint ``max_drop``,
     and how many draws it took."""
-    from tritune.spaces.supernet.sensitivity import screened_space
+    from tritune.spaces.sensitivity import screened_space
 
     sampler = space if menu_drop is None else screened_space(space, table, menu_drop)
     out, i = [], 0

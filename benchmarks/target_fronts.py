@@ -39,7 +39,7 @@ def precision(w_bits: int, a_bits: int) -> str:
 
 def role_plans(candidate) -> dict[str, str]:
     """Role -> "pattern ratio wXaY" of a role-tied candidate (the first slot of each role)."""
-    from tritune.spaces.mobilenet import SLOTS
+    from tritune.spaces.mobilenet.space import SLOTS
 
     out: dict[str, str] = {}
     for (_, role, _), c in zip(SLOTS, candidate.compression):

@@ -28,7 +28,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     _at_least(args, 1, "n", "threads", "rounds", "runs_per_round", "group_size", "sessions")
     _at_least(args, 0, "warmup", "seed")
     from ..spaces.registry import create
-    from ..targets.measure import Protocol
+    from ..kernels.timing import Protocol
     from ..targets.profiling import STRATA, profile_sessions
     from ..targets.registry import create_target
 

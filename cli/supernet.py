@@ -30,25 +30,31 @@ def _supernet_evaluator(job: Any) -> dict[str, Any]:
 def _job_and_data(path: str) -> tuple[Any, Any, dict[str, Any], Any]:
     from ..evaluators.data import load_dataset
     from ..search.job import Job
-    from ..spaces.mobilenet import MobileNetSpace
 
     job = Job.from_yaml(path, validate=False)
     space = job.build_space()
-    if not isinstance(space, MobileNetSpace):
-        raise ValueError(f"supernet train: space {job.space!r} has no supernet; allowed: mobilenet spaces")
+    if not space.builds_supernets:
+        raise ValueError(f"supernet train: space {space.name!r} has no weight-sharing supernet; allowed: a space that defines supernet()")
     spec = _supernet_evaluator(job)
     dataset = spec.get("dataset", "mnist5k-hard")
-    data = load_dataset(dataset, seed=job.seed)
-    if data.channels != space.in_channels or data.num_classes != space.num_classes:
-        raise ValueError(f"supernet train: dataset {dataset!r} has {data.channels} channels and {data.num_classes} classes, "
-                         f"the space expects in_channels={space.in_channels}, num_classes={space.num_classes}")
-    return job, space, spec, data
+    return job, space, spec, load_dataset(dataset, seed=job.seed)
+
+
+def _checked(supernet: Any, data: Any) -> Any:
+    """``supernet``, or a one-line error when the job's data set does not fit it."""
+    from ..evaluators.supernet_training import check_data
+
+    try:
+        check_data(supernet, data)
+    except ValueError as exc:
+        raise ValueError(f"supernet: dataset {data.name!r}: {exc}") from None
+    return supernet
 
 
 def train_settings(job: Any, args: argparse.Namespace) -> dict[str, Any]:
     """The job's ``stages.supernet.train`` settings with the command line's options on top."""
     settings = dict(((getattr(job, "stages", None) or {}).get("supernet") or {}).get("train") or {})
-    for name in ("steps", "batch_size", "lr", "threads", "phases"):
+    for name in ("steps", "batch_size", "lr", "threads", "phases", "optimizer", "weight_decay"):
         value = getattr(args, name, None)
         if value is not None:
             settings[name] = None if value == "none" else value
@@ -59,11 +65,10 @@ def train_settings(job: Any, args: argparse.Namespace) -> dict[str, Any]:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from ..evaluators.supernet_training import TrainConfig, train_supernet
-    from ..spaces.supernet import MobileNetSupernet
 
     job, space, spec, data = _job_and_data(args.job)
     config = TrainConfig.from_json(train_settings(job, args))
-    supernet = MobileNetSupernet(space, {"seed": job.seed})
+    supernet = _checked(space.supernet({"seed": job.seed}), data)
     result = train_supernet(supernet, data, config, checkpoint=spec["checkpoint"], resume=not args.restart,
                             device=args.device, progress=not args.quiet)
     per_step = result.seconds / max(1, len(result.losses))
@@ -74,11 +79,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_sensitivity(args: argparse.Namespace) -> int:
     from ..evaluators.sensitivity import measure_sensitivity, store_sensitivity
-    from ..spaces.supernet import load_checkpoint
+    from ..spaces.checkpoint import load_checkpoint
 
     job, space, spec, data = _job_and_data(args.job)
     ckpt = load_checkpoint(spec["checkpoint"])
-    table = measure_sensitivity(ckpt.supernet, data, images=args.images, factored=False if args.full else None, seed=job.seed,
+    table = measure_sensitivity(_checked(ckpt.supernet, data), data, images=args.images, factored=False if args.full else None, seed=job.seed,
                                 threads=args.threads, progress=not args.quiet)
     store_sensitivity(spec["checkpoint"], table)
     worst = sorted(((max(d.values(), default=0.0), g) for g, d in table.drops.items()), reverse=True)
@@ -98,6 +103,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the job's or TrainConfig's)")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--optimizer", default=None, help="sgd or adamw (transformers: adamw)")
+    p.add_argument("--weight-decay", type=float, default=None)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (fixed for determinism)")
     p.add_argument("--phases", default=None, help="schedule: progressive, ofa or none")
     p.add_argument("--no-sensitivity", action="store_true", help="train without measuring the sensitivity table at the end")

@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset
 
-from ..spaces.plugins import PluginGroup, check_options
+from ..spaces.plugins import Registry, check_options
 
 __all__ = ["ImageData", "available_datasets", "load_dataset", "register_dataset"]
 
@@ -187,8 +187,7 @@ _EMBEDDED: dict[str, Callable[[], tuple[np.ndarray, np.ndarray]]] = {
 
 
 #: name -> a function returning a torch Dataset or a (train, test) pair (`register_dataset`)
-_REGISTERED: dict[str, Callable[..., Any]] = {}
-_PLUGINS = PluginGroup(ENTRY_POINT_GROUP)
+DATASETS: Registry[Callable[..., Any]] = Registry("dataset", ENTRY_POINT_GROUP)
 
 
 def available_datasets() -> list[str]:
@@ -200,23 +199,11 @@ def register_dataset(name: str, fn: Callable[..., Any]) -> None:
     """Let job files name ``fn`` (returning a torch Dataset or a ``(train, test)`` pair) as ``name``."""
     if not isinstance(name, str) or not name or name in _EMBEDDED:
         raise ValueError(f"dataset name: {name!r} must be a non-empty string other than {', '.join(_EMBEDDED)}")
-    if not callable(fn):
-        raise ValueError(f"dataset {name}: {fn!r} is not callable")
-    _REGISTERED[name] = fn
+    DATASETS.register(name, fn)
 
 
 def _known_names() -> list[str]:
-    return [*_EMBEDDED, *sorted(set(_REGISTERED) | set(_PLUGINS.entry_points()))]
-
-
-def _named_callable(name: str, where: str) -> Callable[..., Any] | None:
-    """The registered or plug-in data set ``name`` (a plug-in is imported now), else None."""
-    if name in _REGISTERED:
-        return _REGISTERED[name]
-    fn = _PLUGINS.load(name, f"{where} {name}")
-    if fn is not None:
-        _REGISTERED[name] = fn
-    return fn
+    return [*_EMBEDDED, *DATASETS.describe()]
 
 
 _NO_IMPORTS = ("a file never names code to import; register the function with "
@@ -427,7 +414,7 @@ def load_dataset(spec: str | Mapping | os.PathLike | Callable, *, image_size: in
     ``"module:function"`` is refused.
     ``image_size``: resize (bilinear, square) to this side; default the source's own size.
     """
-    from ..spaces.mobilenet_net import torch_threads
+    from ..spaces.mobilenet.network import torch_threads
 
     with torch_threads(1):
         return _load_dataset(spec, image_size=image_size, seed=seed, test_fraction=test_fraction)
@@ -446,7 +433,7 @@ def _load_dataset(spec: str | Mapping | os.PathLike | Callable, *, image_size: i
     pair: tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None
     if isinstance(spec, str) and ("\0" in spec or len(spec) > 4096):
         raise ValueError(f"{where}: {spec[:60]!r}... not allowed; a name or path holds no NUL and at most 4096 characters")
-    if isinstance(spec, (str, os.PathLike)) and not (isinstance(spec, str) and (spec in _EMBEDDED or _named_callable(spec, where))):
+    if isinstance(spec, (str, os.PathLike)) and not (isinstance(spec, str) and (spec in _EMBEDDED or DATASETS.find(spec))):
         path = Path(os.fspath(spec))
         if isinstance(spec, os.PathLike) or path.is_dir() or os.sep in str(spec):
             spec = {"folder": path}
@@ -482,7 +469,7 @@ def _load_dataset(spec: str | Mapping | os.PathLike | Callable, *, image_size: i
             raise ValueError(f"{where}.name: {name!r} not allowed; expected a data set name ({', '.join(_known_names())})")
         if name in _EMBEDDED and "kwargs" in spec:
             raise ValueError(f"{where}.kwargs: the embedded data set {name!r} takes no kwargs")
-        fn = None if name in _EMBEDDED else _named_callable(name, where)
+        fn = None if name in _EMBEDDED else DATASETS.find(name)
         if name not in _EMBEDDED and fn is None:
             raise ValueError(f"{where}.name: unknown data set {name!r}; allowed: {', '.join(_known_names())}")
     elif kind == "callable":

@@ -1,6 +1,6 @@
 """Fine-tuning one candidate with its compression kept: masks exact, bits kept, resumable.
 
-`Finetuner` trains a `tritune.spaces.supernet.TrainableSubnet` (the candidate's own network,
+`Finetuner` trains a `tritune.spaces.mobilenet.supernet.TrainableSubnet` (the candidate's own network,
 built from a supernet by `trainable_subnet`) on an `ImageData`:
 
 * **masks** come from a pruning method of `tritune.kernels.pruning`, chosen by name
@@ -49,10 +49,10 @@ from ..kernels.patterns import achieved_sparsity, check_mask
 from ..kernels.pruning import ADMM, GradualMagnitude, OneShotMagnitude, PruningMethod, ReweightedGroupLasso
 from ..spaces.candidate import Candidate
 from ..spaces.compression import parse_pattern
-from ..spaces.mobilenet_net import torch_threads
-from ..spaces.supernet.checkpoint import tensors_checksum
-from ..spaces.supernet.network import resize_input
-from ..spaces.supernet.trainable import TrainableSubnet, deploy
+from ..spaces.mobilenet.network import torch_threads
+from ..spaces.checkpoint import tensors_checksum
+from ..spaces.mobilenet.supernet.network import resize_input
+from ..spaces.mobilenet.supernet.trainable import TrainableSubnet, deploy
 from .data import ImageData
 from .supernet_training import batch_indices, calibration_batches
 
@@ -258,7 +258,7 @@ class Finetuner:
 
     def __init__(self, net: TrainableSubnet, data: ImageData, config: FinetuneConfig | None = None, *, _fresh: bool = True) -> None:
         if not isinstance(net, TrainableSubnet):
-            raise ValueError(f"Finetuner: expected a TrainableSubnet (tritune.spaces.supernet.trainable_subnet), got {type(net).__name__}")
+            raise ValueError(f"Finetuner: expected a TrainableSubnet (tritune.spaces.mobilenet.supernet.trainable_subnet), got {type(net).__name__}")
         self.net = net
         self.data = _check_data(net, data)
         self.config = config or FinetuneConfig()
@@ -502,7 +502,7 @@ class Finetuner:
         where = f"fine-tuning state {str(p)!r}"
         header = read_state_header(p)
         try:
-            from ..spaces.mobilenet import MobileNetSpace
+            from ..spaces.mobilenet.space import MobileNetSpace
             from ..spaces.registry import create
 
             space = create(header["space"]["name"], **header["space"]["config"])

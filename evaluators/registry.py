@@ -16,71 +16,36 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
-from ..spaces.plugins import PluginGroup, check_options
+from ..spaces.plugins import Registry
 from ..targets.base import Target
 from ..targets.registry import create_target, list_targets
 from .base import Evaluator
 from .tabular import TabularAccuracy, TargetLatency
 
 ENTRY_POINT_GROUP = "tritune.evaluators"
-
-_FACTORIES: dict[str, Callable[..., Evaluator]] = {}
-#: kind -> a function returning the factory, imported on first use (torch only for jobs that need it)
-_LOADERS: dict[str, Callable[[], Callable[..., Evaluator]]] = {}
-_DESCRIPTIONS: dict[str, str] = {}
-_PLUGINS = PluginGroup(ENTRY_POINT_GROUP)
+EVALUATORS: Registry[Callable[..., Evaluator]] = Registry("evaluator", ENTRY_POINT_GROUP, field="evaluator kind")
 
 
 def register_evaluator(kind: str, factory: Callable[..., Evaluator] | None = None, description: str = "", *,
                        loader: Callable[[], Callable[..., Evaluator]] | None = None) -> None:
     """Add an evaluator kind: ``factory`` (a class or a function taking keyword options), or a
-    ``loader`` returning it on first use."""
-    if not isinstance(kind, str) or not kind:
-        raise ValueError(f"evaluator kind: {kind!r} must be a non-empty string")
-    if (factory is None) == (loader is None):
-        raise ValueError(f"evaluator {kind}: give exactly one of factory or loader")
-    if factory is not None and not callable(factory):
-        raise ValueError(f"evaluator {kind}: factory {factory!r} is not callable")
-    _FACTORIES.pop(kind, None)
-    _LOADERS.pop(kind, None)
-    if factory is not None:
-        _FACTORIES[kind] = factory
-    else:
-        _LOADERS[kind] = loader  # type: ignore[assignment]
-    _DESCRIPTIONS[kind] = description
+    ``loader`` returning it on first use (torch is imported only by jobs that need it)."""
+    EVALUATORS.register(kind, factory, description, loader=loader)
 
 
 def list_evaluators() -> dict[str, str]:
     """Registered and plug-in kinds -> one-line description (nothing is imported)."""
-    out = dict(_DESCRIPTIONS)
-    for kind, text in _PLUGINS.describe().items():
-        out.setdefault(kind, text)
-    return dict(sorted(out.items()))
-
-
-def _factory(kind: Any) -> Callable[..., Evaluator]:
-    if isinstance(kind, str):
-        if kind in _FACTORIES:
-            return _FACTORIES[kind]
-        if kind in _LOADERS:
-            _FACTORIES[kind] = _LOADERS[kind]()
-            return _FACTORIES[kind]
-        factory = _PLUGINS.load(kind, f"evaluator {kind}")
-        if factory is not None:
-            register_evaluator(kind, factory)
-            return factory
-    raise ValueError(f"evaluator kind: {kind!r} not allowed; allowed: {', '.join(list_evaluators())}")
+    return EVALUATORS.describe()
 
 
 def check_evaluator_options(kind: str, options: Mapping[str, Any]) -> None:
     """Raise ValueError naming an unknown kind, an unknown option or a value of the wrong type."""
-    check_options(_factory(kind), options, f"evaluator {kind}")
+    EVALUATORS.check(kind, options)
 
 
 def create_evaluator(kind: str, /, **options: Any) -> Evaluator:
     """Build an evaluator; unknown kinds and bad options raise ValueError naming them."""
-    check_evaluator_options(kind, options)
-    return _factory(kind)(**options)
+    return EVALUATORS.create(kind, **options)
 
 
 def _latency(target: str | Target | None = None, metric: str = "latency", cheap: bool = True,
@@ -125,9 +90,9 @@ def _predicted_accuracy() -> Callable[..., Evaluator]:
 register_evaluator("nb201-accuracy", TabularAccuracy, "NAS-Bench-201 test accuracy from the NATS-Bench table (costly query)")
 register_evaluator("latency", _latency, "latency (ms) of a hardware target: target: NAME plus the target's options (cheap)")
 register_evaluator("supernet-accuracy", loader=_supernet_accuracy,
-                   description="mobilenet accuracy (%) with weights inherited from a supernet checkpoint + BN recalibration (costly)")
+                   description="accuracy (%) with weights inherited from a supernet checkpoint + BN recalibration (costly)")
 register_evaluator("supernet-finetune", loader=_supernet_finetune,
-                   description="mobilenet accuracy (%) after a short fine-tune from supernet weights, compression kept (costly)")
+                   description="accuracy (%) after a short fine-tune from supernet weights, compression kept (costly)")
 register_evaluator("predicted-accuracy", loader=_predicted_accuracy,
                    description="accuracy from a saved accuracy predictor file: path: FILE (cheap)")
 register_evaluator("sensitivity", loader=lambda: __import__(f"{__package__}.sensitivity", fromlist=["SensitivityDrop"]).SensitivityDrop,

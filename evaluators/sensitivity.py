@@ -1,4 +1,4 @@
-"""Measuring and using per-layer sensitivity (`tritune.spaces.supernet.sensitivity`).
+"""Measuring and using per-layer sensitivity (`tritune.spaces.sensitivity`).
 
 * `measure_sensitivity` -- on a trained supernet, the accuracy drop when one compression gene
   alone takes each choice of its menu, every other gene dense float, on a reference architecture
@@ -22,8 +22,9 @@ import torch
 
 from ..spaces.candidate import Candidate
 from ..spaces.compression import LayerCompression
-from ..spaces.supernet import MobileNetSupernet, load_checkpoint, read_header, save_checkpoint
-from ..spaces.supernet.sensitivity import EXTRA_KEY, SensitivityTable, bits_part, sparsity_part, table_from_extra
+from ..spaces.weight_sharing import Supernet
+from ..spaces.checkpoint import load_checkpoint, read_header, save_checkpoint
+from ..spaces.sensitivity import EXTRA_KEY, SensitivityTable, bits_part, sparsity_part, table_from_extra
 from .base import Evaluator, Metrics
 from .supernet_training import TrainConfig, _tensors, calibration_batches, make_optimizer
 
@@ -54,7 +55,7 @@ def _probes(gene_choices: tuple, default: LayerCompression, factored: bool) -> l
 
 
 @torch.no_grad()
-def _accuracy(supernet: MobileNetSupernet, candidate: Candidate, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> float:
+def _accuracy(supernet: Supernet, candidate: Candidate, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> float:
     was = supernet.training
     supernet.eval()
     try:
@@ -64,24 +65,26 @@ def _accuracy(supernet: MobileNetSupernet, candidate: Candidate, x: torch.Tensor
     return 100.0 * correct / max(1, len(x))
 
 
-def _plan(supernet: MobileNetSupernet, reference: Candidate | None, factored: bool | None) -> tuple[Candidate, list, bool]:
+def _plan(supernet: Supernet, reference: Candidate | None, factored: bool | None) -> tuple[Candidate, list, bool]:
     """The reference, the (gene, probe) pairs to measure, and whether the table is factored."""
     space = supernet.space
     ref = supernet.sampler.largest() if reference is None else space.validate(reference)
     genome = space.to_genome(ref)
-    default = space.menu.default()
     genes = [g for g in space.genes() if g.name.startswith("comp:") and g.is_active(genome)]
+    if not genes:  # a space without compression genes has nothing to measure
+        return ref, [], bool(factored)
+    default = space.menu.default()
     if factored is None:
         factored = sum(len(g.choices) - 1 for g in genes) > FACTOR_ABOVE
     return ref, [(g, p) for g in genes for p in _probes(g.choices, default, factored)], bool(factored)
 
 
-def planned_probes(supernet: MobileNetSupernet, reference: Candidate | None = None, factored: bool | None = None) -> int:
+def planned_probes(supernet: Supernet, reference: Candidate | None = None, factored: bool | None = None) -> int:
     """How many probes `measure_sensitivity` would run (each a recalibration and an evaluation)."""
     return len(_plan(supernet, reference, factored)[1])
 
 
-def measure_sensitivity(supernet: MobileNetSupernet, data: Any, *, reference: Candidate | None = None, factored: bool | None = None,
+def measure_sensitivity(supernet: Supernet, data: Any, *, reference: Candidate | None = None, factored: bool | None = None,
                         images: int = 512, calib_batches: int = 1, calib_batch_size: int = 128, seed: int = 0, threads: int | None = None,
                         progress: bool = False) -> SensitivityTable:
     """The `SensitivityTable` of ``supernet`` on ``data``'s training images.

@@ -1,17 +1,17 @@
-"""Accuracy of `mobilenet` candidates from a trained supernet: inherited weights, or a short fine-tune.
+"""Accuracy of candidates from a trained supernet (any family's): inherited weights, or a short fine-tune.
 
 * `SupernetAccuracy` (``supernet-accuracy``): the candidate inherits the supernet's weights; BN
   statistics and activation-quantizer ranges are re-estimated for it on a few fixed training
-  batches (`MobileNetSupernet.recalibrate`, as OFA does for each subnet), then it is scored on
+  batches (`Supernet.recalibrate`, as OFA does for each subnet), then it is scored on
   the test split. Seconds per candidate on a CPU at small scale.
 * `FinetuneAccuracy` (``supernet-finetune``): the same, after ``epochs`` of training the
   candidate alone from its inherited weights with its compression kept -- masks fixed
-  (`MobileNetSupernet.masks_frozen`), fake quantizers on. The supernet itself is not changed
+  (`Supernet.masks_frozen`), fake quantizers on. The supernet itself is not changed
   (the candidate trains on a copy).
 
 Both are costly evaluators (they spend the search budget), answer a batch of candidates with
 one set of calibration batches, and cache results per candidate id. The supernet comes from a
-checkpoint (`tritune.spaces.supernet.load_checkpoint`) or is passed in; the data set defaults to
+checkpoint (`tritune.spaces.checkpoint.load_checkpoint`) or is passed in; the data set defaults to
 the one the checkpoint was trained on.
 """
 from __future__ import annotations
@@ -23,18 +23,19 @@ from typing import Any
 import torch
 
 from ..spaces.candidate import Candidate
-from ..spaces.supernet import MobileNetSupernet, load_checkpoint
+from ..spaces.checkpoint import load_checkpoint
+from ..spaces.weight_sharing import Supernet
 from .base import Evaluator, Metrics
 from .data import ImageData, load_dataset
 from .supernet_training import TrainConfig, accuracy, calibration_batches, check_data, train_candidate
 
 
-def _supernet(checkpoint: str | os.PathLike | None, supernet: MobileNetSupernet | None, device: str, where: str) -> tuple[MobileNetSupernet, dict]:
+def _supernet(checkpoint: str | os.PathLike | None, supernet: Supernet | None, device: str, where: str) -> tuple[Supernet, dict]:
     if (checkpoint is None) == (supernet is None):
         raise ValueError(f"{where}: give exactly one of checkpoint (a file from train_supernet) or supernet")
     if supernet is not None:
-        if not isinstance(supernet, MobileNetSupernet):
-            raise ValueError(f"{where}.supernet: expected a MobileNetSupernet, got {type(supernet).__name__}")
+        if not (isinstance(supernet, torch.nn.Module) and isinstance(supernet, Supernet)):
+            raise ValueError(f"{where}.supernet: expected a supernet (tritune.spaces.weight_sharing.Supernet), got {type(supernet).__name__}")
         return supernet.to(device), {}
     ckpt = load_checkpoint(checkpoint, map_location=device)
     return ckpt.supernet.to(device), ckpt.extra
@@ -60,7 +61,7 @@ class SupernetAccuracy(Evaluator):
 
     cheap = False
 
-    def __init__(self, checkpoint: str | os.PathLike | None = None, *, supernet: MobileNetSupernet | None = None,
+    def __init__(self, checkpoint: str | os.PathLike | None = None, *, supernet: Supernet | None = None,
                  dataset: Any = None, calib_batches: int = 4, calib_batch_size: int = 128, eval_batch_size: int = 500,
                  metric: str = "accuracy", device: str = "cpu", threads: int = 1, seed: int = 0, cache: bool = True) -> None:
         where = type(self).__name__
@@ -113,7 +114,7 @@ class FinetuneAccuracy(SupernetAccuracy):
     inherited weights (SGD, ``lr`` cosine-decayed, ``batch_size``), masks fixed and fake
     quantization on; then BN recalibration as in `SupernetAccuracy`."""
 
-    def __init__(self, checkpoint: str | os.PathLike | None = None, *, supernet: MobileNetSupernet | None = None,
+    def __init__(self, checkpoint: str | os.PathLike | None = None, *, supernet: Supernet | None = None,
                  dataset: Any = None, epochs: float = 1.0, lr: float = 0.01, batch_size: int = 64,
                  calib_batches: int = 4, calib_batch_size: int = 128, eval_batch_size: int = 500, metric: str = "accuracy",
                  device: str = "cpu", threads: int = 1, seed: int = 0, cache: bool = True) -> None:

@@ -1,4 +1,4 @@
-"""Training a `MobileNetSupernet`: sandwich rule, in-place distillation, progressive shrinking.
+"""Training a `Supernet`: sandwich rule, in-place distillation, progressive shrinking.
 
 Each step takes one batch and, following the sandwich rule and in-place distillation of
 Yu & Huang ("Universally Slimmable Networks", ICCV 2019) as used by BigNAS (Yu et al., ECCV
@@ -12,7 +12,7 @@ and fake quantization.
 
 **Progressive shrinking** (Cai et al., "Once-for-All", ICLR 2020) is an optional list of
 `Phase` s: from a fraction of the run on, only the listed dimensions vary
-(`tritune.spaces.supernet.sampling.DIMENSIONS`); `PROGRESSIVE_SHRINKING` is the OFA order
+(`tritune.spaces.weight_sharing.DIMENSIONS`); `PROGRESSIVE_SHRINKING` is the OFA order
 (kernel, depth, expand/width) with compression last.
 
 **Determinism and resume.** The batch order of epoch ``e`` and the candidates of step ``t`` come
@@ -37,8 +37,8 @@ from torch.utils.data import TensorDataset
 
 from ..spaces.candidate import Candidate
 from ..spaces.compression import CompressionLimit
-from ..spaces.supernet import MobileNetSupernet, load_checkpoint, save_checkpoint
-from ..spaces.supernet.sampling import ARCHITECTURE, DIMENSIONS, LOWER_ENDS, CandidateSampler, check_dimensions
+from ..spaces.checkpoint import load_checkpoint, save_checkpoint
+from ..spaces.weight_sharing import ARCHITECTURE, DIMENSIONS, LOWER_ENDS, CandidateSampler, Supernet, check_dimensions
 
 
 @dataclass(frozen=True)
@@ -90,14 +90,17 @@ SCHEDULES = {"progressive": PROGRESSIVE_SHRINKING, "ofa": OFA_ORDER}
 #: How the candidates' gradients become one step: each clipped to ``grad_clip`` before they are
 #: summed, or summed first and the sum clipped.
 CLIP_MODES = ("candidate", "total")
+#: Optimizers a training run may use.
+OPTIMIZERS = ("sgd", "adamw")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Hyper-parameters of supernet (and single-candidate) training.
 
-    ``steps`` optimizer steps of ``batch_size`` images; SGD (``lr``, ``momentum``, Nesterov,
-    ``weight_decay`` on conv/linear weights only) with ``warmup_steps`` of linear warm-up and a
+    ``steps`` optimizer steps of ``batch_size`` images; ``optimizer``: SGD (``lr``, ``momentum``,
+    Nesterov) or AdamW (``momentum`` as beta1; transformers train poorly with SGD), with
+    ``weight_decay`` on conv/linear weights only with ``warmup_steps`` of linear warm-up and a
     cosine decay to 0; ``grad_clip`` / ``clip_mode`` (`CLIP_MODES`): each candidate's gradient
     is clipped to this norm before the candidates' gradients are summed (``candidate``), or the
     sum is (``total``); ``n_random`` random candidates per step besides the largest and the
@@ -132,6 +135,7 @@ class TrainConfig:
     threads: int = 1
     checkpoint_every: int = 0
     sensitivity_images: int = 512
+    optimizer: str = "sgd"
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "threads"):
@@ -150,11 +154,17 @@ class TrainConfig:
             raise ValueError(f"train.lower_end: {self.lower_end!r} not allowed; allowed: {', '.join(LOWER_ENDS)}")
         if self.clip_mode not in CLIP_MODES:
             raise ValueError(f"train.clip_mode: {self.clip_mode!r} not allowed; allowed: {', '.join(CLIP_MODES)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"train.optimizer: {self.optimizer!r} not allowed; allowed: {', '.join(OPTIMIZERS)}")
         object.__setattr__(self, "phases", _phases(self.phases))
 
     def to_json(self) -> dict[str, Any]:
+        """Every field; ``optimizer`` only when not SGD, so settings written before it existed
+        compare equal to the same settings now."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["phases"] = None if self.phases is None else [p.to_json() for p in self.phases]
+        if self.optimizer == "sgd":
+            del out["optimizer"]
         return out
 
     @classmethod
@@ -250,30 +260,25 @@ def batch_indices(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
     return perm[k * size : (k + 1) * size]
 
 
-def check_data(supernet: MobileNetSupernet, data: Any) -> None:
+def check_data(supernet: Supernet, data: Any) -> None:
     """Clear errors when the data does not fit the supernet's space."""
     x, y = _tensors(data)
-    space = supernet.space
-    if x.dim() != 4 or x.shape[1] != space.in_channels:
-        raise ValueError(f"training data: images {tuple(x.shape)} have {x.shape[1] if x.dim() == 4 else '?'} channels; "
-                         f"the space {space.name} expects in_channels={space.in_channels}")
-    classes = getattr(data, "num_classes", None) or int(y.max()) + 1
-    if classes > space.num_classes:
-        raise ValueError(f"training data: {classes} classes, the space {space.name} has num_classes={space.num_classes}")
+    supernet.check_data(tuple(x.shape), getattr(data, "num_classes", None) or int(y.max()) + 1)
 
 
-def _param_groups(supernet: MobileNetSupernet, weight_decay: float) -> list[dict[str, Any]]:
-    decay, rest = [], []
-    for _, layer in supernet.named_elastic():
-        decay.append(layer.weight)
+def _param_groups(supernet: Supernet, weight_decay: float) -> list[dict[str, Any]]:
+    decay = list(supernet.weight_parameters())
     ids = {id(p) for p in decay}
     rest = [p for p in supernet.parameters() if id(p) not in ids]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
 
-def make_optimizer(supernet: MobileNetSupernet, config: TrainConfig) -> torch.optim.SGD:
-    return torch.optim.SGD(_param_groups(supernet, config.weight_decay), lr=config.lr, momentum=config.momentum,
-                           nesterov=config.momentum > 0)
+def make_optimizer(supernet: Supernet, config: TrainConfig) -> torch.optim.Optimizer:
+    """SGD with Nesterov momentum, or AdamW (``momentum`` is its beta1), weight decay on the weights only."""
+    groups = _param_groups(supernet, config.weight_decay)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=config.lr, betas=(config.momentum, 0.999))
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0)
 
 
 def distill_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, alpha: float, temperature: float) -> torch.Tensor:
@@ -286,7 +291,7 @@ def distill_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Ten
 
 
 # ----- the loop ------------------------------------------------------------------------------------
-def _run(supernet: MobileNetSupernet, data: Any, config: TrainConfig, pick: Callable[[int], list[Candidate]], *,
+def _run(supernet: Supernet, data: Any, config: TrainConfig, pick: Callable[[int], list[Candidate]], *,
          distill: bool, checkpoint: str | os.PathLike | None, resume: bool, device: str | torch.device,
          progress: bool, stop_after: int | None, extra: dict[str, Any], desc: str,
          finish: Callable[[], dict[str, Any]] | None = None) -> TrainResult:
@@ -384,7 +389,7 @@ def step_candidates(sampler: CandidateSampler, config: TrainConfig, step: int) -
     return sampler.sandwich(rng, config.n_random, phase.elastic, phase.limit, config.lower_end, config.n_dense)
 
 
-def train_supernet(supernet: MobileNetSupernet, data: Any, config: TrainConfig | Mapping[str, Any] | None = None, *,
+def train_supernet(supernet: Supernet, data: Any, config: TrainConfig | Mapping[str, Any] | None = None, *,
                    checkpoint: str | os.PathLike | None = None, resume: bool = True, device: str | torch.device = "cpu",
                    progress: bool = True, stop_after: int | None = None) -> TrainResult:
     """Train ``supernet`` on ``data`` (an `ImageData` or a TensorDataset) with the sandwich rule.
@@ -400,10 +405,12 @@ def train_supernet(supernet: MobileNetSupernet, data: Any, config: TrainConfig |
     def finish() -> dict[str, Any]:
         if not config.sensitivity_images or checkpoint is None:
             return {}
-        from ..spaces.supernet.sensitivity import EXTRA_KEY
+        from ..spaces.sensitivity import EXTRA_KEY
         from .sensitivity import TRAINING_PROBES, measure_sensitivity, planned_probes
 
         probes = planned_probes(supernet)
+        if probes == 0:
+            return {}
         if probes > TRAINING_PROBES:
             return {f"{EXTRA_KEY}_skipped": f"{probes} probes > {TRAINING_PROBES}: run `tritune supernet sensitivity JOB` to measure them"}
         table = measure_sensitivity(supernet, data, images=config.sensitivity_images, seed=config.seed, threads=config.threads,
@@ -415,7 +422,7 @@ def train_supernet(supernet: MobileNetSupernet, data: Any, config: TrainConfig |
                 progress=progress, stop_after=stop_after, extra=extra, desc="supernet", finish=finish)
 
 
-def train_candidate(supernet: MobileNetSupernet, candidate: Candidate, data: Any, config: TrainConfig | Mapping[str, Any] | None = None, *,
+def train_candidate(supernet: Supernet, candidate: Candidate, data: Any, config: TrainConfig | Mapping[str, Any] | None = None, *,
                     freeze_masks: bool = False, device: str | torch.device = "cpu", progress: bool = False,
                     checkpoint: str | os.PathLike | None = None, resume: bool = True) -> TrainResult:
     """Train one candidate alone (cross-entropy; its masks and fake quantizers active).
@@ -441,7 +448,7 @@ def train_candidate(supernet: MobileNetSupernet, candidate: Candidate, data: Any
 
 
 @torch.no_grad()
-def accuracy(supernet: MobileNetSupernet, candidate: Candidate, data: TensorDataset | Any, *, batch_size: int = 500,
+def accuracy(supernet: Supernet, candidate: Candidate, data: TensorDataset | Any, *, batch_size: int = 500,
              device: str | torch.device = "cpu") -> float:
     """Top-1 accuracy (0..1) of ``candidate`` on ``data`` (a TensorDataset; an `ImageData` means
     its test split), in eval mode with the supernet's current BN statistics."""

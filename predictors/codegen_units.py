@@ -147,7 +147,7 @@ def rows_from_candidates(space: Any, candidates: Sequence[Any]) -> LayerRows:
     from ``space.layer_codes``, each weight layer's plan slot from the depth genes (the IR lists
     the layers of the blocks that exist in slot order; squeeze-excite pairs take their block's SE
     slot), its compression from the candidate's plan."""
-    from ..spaces.mobilenet import MAX_DEPTH, SLOT_INDEX, SLOTS, STAGES
+    from ..spaces.mobilenet.space import MAX_DEPTH, SLOT_INDEX, SLOTS, STAGES
 
     cands = list(candidates)
     lens, codes = space.layer_codes(cands)

@@ -631,7 +631,7 @@ def detect_fusion_rules(target: Any = None, timing: bool = False, protocol: Any 
     are recorded next to the graph ones; a disagreement is recorded, not hidden."""
     import onnxruntime as ort
 
-    from ..targets.measure import Protocol
+    from ..kernels.timing import Protocol
     from ..targets.ort_cpu import OrtCpuTarget
 
     target = target or OrtCpuTarget(threads=1)
@@ -670,7 +670,7 @@ def detect_fusion_rules(target: Any = None, timing: bool = False, protocol: Any 
                             "int8_relu_absorbed": int8_relu, "int8_hswish_float_island": int8_hs_float, "int8_add": int8_add,
                             "promote_acts": promote}
     if timing:
-        from ..targets.measure import measure_many
+        from ..kernels.timing import measure_many
 
         proto = protocol or Protocol(threads=target.threads, warmup=10, rounds=3, runs_per_round=20)
         names = list(runnables)

@@ -28,7 +28,7 @@ import numpy as np
 
 from ..spaces.candidate import Candidate
 from ..spaces.compression import FLOAT_BITS
-from ..spaces.nb201 import EDGES, NUM_ARCHS, OPS, NB201Space, _index_table
+from ..spaces.nb201.space import EDGES, NUM_ARCHS, OPS, NB201Space, _index_table
 
 #: Operations whose edges are counted (``none`` is what is left).
 COUNTED_OPS = ("skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")

@@ -8,22 +8,26 @@ that kind). A file's ``kind`` is only ever looked up here, never imported as a p
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, TypeVar
+import importlib
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
-from ..spaces.plugins import PluginGroup
+from ..spaces.plugins import Registry
 
 if TYPE_CHECKING:  # pragma: no cover
     from .base import Predictor
 
 P = TypeVar("P", bound="type[Predictor]")
 
-#: kind -> predictor class.
-PREDICTORS: dict[str, type["Predictor"]] = {}
 ENTRY_POINT_GROUP = "tritune.predictors"
-#: Built-in kinds in modules `tritune.predictors` does not import up front: kind -> module (a
-#: fixed name here, never one read from a file), imported when a file names the kind.
-BUILTIN_MODULES = {"codegen-layerwise-latency": "codegen_layerwise"}
-_PLUGINS = PluginGroup(ENTRY_POINT_GROUP)
+
+
+def _accept(obj: Any, where: str) -> None:
+    if not (isinstance(obj, type) and callable(getattr(obj, "from_document", None))):
+        raise ValueError(f"{where}: plug-in {obj!r} is not a Predictor class")
+
+
+#: kind -> predictor class.
+PREDICTORS: Registry[type["Predictor"]] = Registry("predictor kind", ENTRY_POINT_GROUP, accept=_accept)
 
 
 def register_predictor(cls: P) -> P:
@@ -31,25 +35,24 @@ def register_predictor(cls: P) -> P:
     kind = getattr(cls, "kind", "")
     if not isinstance(kind, str) or not kind:
         raise ValueError(f"predictor class {cls.__name__}: set a non-empty string `kind` before registering")
-    PREDICTORS[kind] = cls
+    PREDICTORS.register(kind, cls, (cls.__doc__ or "").strip().split("\n")[0])
     return cls
+
+
+def _builtin(module: str, kind: str) -> Callable[[], type["Predictor"]]:
+    """A loader for a built-in kind whose module `tritune.predictors` does not import up front
+    (``module`` is a fixed name here, never one read from a file)."""
+    def load() -> type["Predictor"]:
+        importlib.import_module(f"{__package__}.{module}")  # its decorator registers the class
+        return PREDICTORS.get(kind)
+
+    return load
+
+
+PREDICTORS.register("codegen-layerwise-latency", loader=_builtin("codegen_layerwise", "codegen-layerwise-latency"),
+                    description="per-layer compiled-kernel table of codegen-cpu plus a learned correction")
 
 
 def predictor_class(kind: str) -> type["Predictor"]:
     """The class registered under ``kind``; ValueError naming the known kinds otherwise."""
-    if isinstance(kind, str) and kind in PREDICTORS:
-        return PREDICTORS[kind]
-    if isinstance(kind, str) and kind in BUILTIN_MODULES:
-        import importlib
-
-        importlib.import_module(f"{__package__}.{BUILTIN_MODULES[kind]}")
-        if kind in PREDICTORS:
-            return PREDICTORS[kind]
-    cls = _PLUGINS.load(kind, f"predictor kind {kind}") if isinstance(kind, str) and kind else None
-    if cls is None:
-        known = sorted(set(PREDICTORS) | set(_PLUGINS.entry_points()))
-        raise ValueError(f"predictor kind {kind!r} unknown; known kinds: {', '.join(known) or '(none)'}")
-    if not (isinstance(cls, type) and callable(getattr(cls, "from_document", None))):
-        raise ValueError(f"predictor kind {kind!r}: plug-in {cls!r} is not a Predictor class")
-    PREDICTORS[kind] = cls  # type: ignore[assignment]
-    return cls  # type: ignore[return-value]
+    return PREDICTORS.get(kind)

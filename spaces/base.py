@@ -13,13 +13,16 @@ import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from .candidate import Candidate
 from .compression import PATTERN_FAMILIES, LayerCompression, parse_pattern
 from .layers import LayerSpec
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .weight_sharing import Supernet
 
 Genome = dict[str, Any]
 
@@ -124,6 +127,19 @@ class SearchSpace(ABC):
     def builds_networks(self) -> bool:
         """Whether this space defines `network`."""
         return type(self).network is not SearchSpace.network
+
+    # ----- optional: a weight-sharing supernet -------------------------------------------------
+    def supernet(self, config: Mapping[str, Any] | None = None) -> "Supernet":
+        """A fresh weight-sharing supernet over this space's candidates, seeded by ``config``
+        (the supernet's own settings, as a checkpoint stores them): what `tritune supernet train`,
+        the supernet evaluators and checkpoints build (`tritune.spaces.weight_sharing.Supernet`).
+        Spaces without one raise ValueError."""
+        raise ValueError(f"space {self.name!r} has no weight-sharing supernet; define supernet() (see docs/extending.md)")
+
+    @property
+    def builds_supernets(self) -> bool:
+        """Whether this space defines `supernet`."""
+        return type(self).supernet is not SearchSpace.supernet
 
     # ----- derived operations ------------------------------------------------------------------
     @property

@@ -270,7 +270,7 @@ class CompressionMenu:
     ``tie``: slots sharing one choice (`TIE_MODES`; the space defines the groups). ``limits``:
     `CompressionLimit` s by slot name, role or ``"*"`` (every slot); a slot obeys all that name
     it. ``exclude``: choice tokens removed from a tie group's menu (by group name; what
-    `tritune.spaces.supernet.sensitivity` writes for the choices a layer does not survive)."""
+    `tritune.spaces.sensitivity` writes for the choices a layer does not survive)."""
 
     patterns: tuple[str, ...] = KNOWN_PATTERNS
     sparsities: tuple[float, ...] = (0.5, 0.75, 0.9)

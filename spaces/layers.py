@@ -11,9 +11,14 @@ from dataclasses import asdict, dataclass
 
 from .compression import FLOAT_BITS, integer_bits
 
-#: Op kinds. ``conv`` covers full and grouped convolutions, ``dwconv`` depthwise ones.
-OPS = ("conv", "dwconv", "linear", "avgpool", "maxpool", "global_pool", "add", "mul", "act")
-ACTIVATIONS = ("none", "relu", "relu6", "hswish", "hsigmoid", "sigmoid")
+#: Op kinds. ``conv`` covers full and grouped convolutions, ``dwconv`` depthwise ones. ``linear``
+#: applies to each of its ``in_h`` x ``in_w`` positions (a transformer's tokens: ``in_h`` tokens,
+#: ``in_w`` 1). ``matmul`` multiplies two activations per group (attention: a group per head,
+#: ``in_channels`` the reduction width of all heads, ``out_channels`` the output width of all
+#: heads, ``in_h`` the rows); ``token_select`` keeps the most attended tokens and fuses the others.
+OPS = ("conv", "dwconv", "linear", "avgpool", "maxpool", "global_pool", "add", "mul", "act",
+       "layernorm", "matmul", "softmax", "token_select")
+ACTIVATIONS = ("none", "relu", "relu6", "hswish", "hsigmoid", "sigmoid", "gelu")
 
 
 @dataclass(frozen=True)
@@ -50,13 +55,13 @@ class LayerSpec:
     # ----- shapes -------------------------------------------------------------------------
     @property
     def out_h(self) -> int:
-        if self.op == "global_pool" or self.op == "linear":
+        if self.op == "global_pool":
             return 1
         return (self.in_h + self.stride - 1) // self.stride
 
     @property
     def out_w(self) -> int:
-        if self.op == "global_pool" or self.op == "linear":
+        if self.op == "global_pool":
             return 1
         return (self.in_w + self.stride - 1) // self.stride
 
@@ -67,8 +72,9 @@ class LayerSpec:
     @property
     def int_bits(self) -> int:
         """Weight bits on integer kernels, `FLOAT_BITS` for a layer that runs in float
-        (`tritune.spaces.compression.integer_bits`)."""
-        return integer_bits(self.w_bits, self.a_bits) if self.has_weights else FLOAT_BITS
+        (`tritune.spaces.compression.integer_bits`); a ``matmul``'s two operands count as its
+        weights and inputs."""
+        return integer_bits(self.w_bits, self.a_bits) if self.has_weights or self.op == "matmul" else FLOAT_BITS
 
     # ----- dense costs --------------------------------------------------------------------
     @property
@@ -86,6 +92,8 @@ class LayerSpec:
         outputs = self.out_channels * self.out_h * self.out_w
         if self.has_weights:
             return self.weight_count * self.out_h * self.out_w
+        if self.op == "matmul":
+            return self.out_channels * (self.in_channels // self.groups) * self.out_h * self.out_w
         if self.op in ("avgpool", "maxpool"):
             return outputs * self.kernel * self.kernel
         if self.op == "global_pool":

@@ -1,6 +1,6 @@
-"""What every registry of parts by name shares (spaces, targets, evaluators, strategies, predictors, data sets).
+"""Parts by name: the one `Registry` behind spaces, targets, evaluators, strategies, predictors and data sets.
 
-A job file names its parts as text; each registry maps such a name to a factory (a class or a
+A job file names its parts as text; a registry maps such a name to a factory (a class or a
 function taking keyword options). `check_options` checks the options a file gives against the
 factory's signature *and its type hints* before it is called, so ``checkpoint: 5`` or
 ``target: 0`` is one line naming the option and the expected type instead of a TypeError deep
@@ -8,7 +8,7 @@ inside.
 
 Code enters a registry only two ways, never from a file's contents:
 
-* ``register_*`` calls in tritune or in the user's own Python;
+* `Registry.register` (each part's ``register_*`` function) in tritune or in the user's own Python;
 * installed plug-ins: an entry point in the group ``tritune.<kind>s`` (``tritune.targets``,
   ``tritune.evaluators``, ``tritune.strategies``, ``tritune.spaces``, ``tritune.predictors``,
   ``tritune.datasets``) whose object is the factory::
@@ -30,9 +30,10 @@ import os
 import types
 import typing
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Callable, Generic, Iterable, Mapping, TypeVar
 
-__all__ = ["PluginGroup", "check_options", "check_value", "describe_type", "parameters"]
+__all__ = ["PluginGroup", "Registry", "check_options", "check_value", "describe_type", "parameters"]
 
 _NONE = type(None)
 
@@ -238,3 +239,110 @@ class PluginGroup:
         if not callable(obj):
             raise ValueError(f"{where}: plug-in {ep.value!r} (entry point group {self.group}) is not callable")
         return obj
+
+
+# ---------------------------------------------------------------------------------------------
+# the registry
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass
+class _Entry:
+    factory: Callable[..., Any] | None
+    loader: Callable[[], Callable[..., Any]] | None
+    description: str
+    python_only: dict[str, str] = field(default_factory=dict)
+
+
+class Registry(Generic[F]):
+    """Names -> factories of one kind of part: built-ins, the user's registrations and installed plug-ins.
+
+    ``noun`` names the part in messages (``"target"``); ``field`` is what a job file calls the
+    name (``"evaluator kind"``; default ``noun``). ``group`` is the entry-point group plug-ins use.
+    ``accept(obj, where)`` may refuse a plug-in's object with ValueError (a predictor kind must be
+    a class that reads files back). ``discover`` replaces `importlib.metadata.entry_points`
+    (tests)."""
+
+    def __init__(self, noun: str, group: str, *, field: str | None = None,
+                 accept: Callable[[Any, str], None] | None = None,
+                 discover: Callable[[str], Iterable[EntryPoint]] | None = None) -> None:
+        self.noun = noun
+        self.field = field or noun
+        self.plugins = PluginGroup(group, discover)
+        self._accept = accept
+        self._entries: dict[str, _Entry] = {}
+
+    @property
+    def group(self) -> str:
+        return self.plugins.group
+
+    def register(self, name: str, factory: F | None = None, description: str = "", *,
+                 loader: Callable[[], F] | None = None, python_only: Mapping[str, str] | None = None) -> None:
+        """File ``factory`` (or a ``loader`` returning it on first use, to keep imports lazy) under ``name``.
+
+        Registering a name again replaces it. An empty ``description`` takes the factory's
+        ``description`` attribute. ``python_only``: options refused from files and the command
+        line (they would let a file run code), each with the way to set it instead."""
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"{self.noun} name: {name!r} must be a non-empty string")
+        if (factory is None) == (loader is None):
+            raise ValueError(f"{self.noun} {name}: give exactly one of factory or loader")
+        if factory is not None and not callable(factory):
+            raise ValueError(f"{self.noun} {name}: factory {factory!r} is not callable")
+        if not description and factory is not None:
+            text = getattr(factory, "description", "")
+            description = text if isinstance(text, str) else ""
+        self._entries[name] = _Entry(factory, loader, description, dict(python_only or {}))
+
+    def unregister(self, name: str) -> None:
+        """Forget a registered name (a plug-in of that name is found again on next use)."""
+        self._entries.pop(name, None)
+
+    def describe(self) -> dict[str, str]:
+        """Every known name -> one-line description, sorted; plug-ins are listed, not imported."""
+        out = {name: entry.description for name, entry in self._entries.items()}
+        for name, text in self.plugins.describe().items():
+            out.setdefault(name, text)
+        return dict(sorted(out.items()))
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and (name in self._entries or name in self.plugins.entry_points())
+
+    def find(self, name: Any) -> F | None:
+        """The factory for ``name`` (a lazy built-in or a plug-in is imported now), or None."""
+        if not isinstance(name, str) or not name:
+            return None
+        entry = self._entries.get(name)
+        if entry is not None:
+            if entry.factory is None:
+                entry.factory = entry.loader()  # type: ignore[misc]
+            return entry.factory  # type: ignore[return-value]
+        where = f"{self.noun} {name}"
+        obj = self.plugins.load(name, where)
+        if obj is None:
+            return None
+        if self._accept is not None:
+            self._accept(obj, where)
+        self.register(name, obj)
+        return obj  # type: ignore[return-value]
+
+    def get(self, name: Any) -> F:
+        """The factory for ``name``; ValueError naming the allowed names otherwise."""
+        factory = self.find(name)
+        if factory is None:
+            raise ValueError(f"{self.field}: {name!r} not allowed; allowed: {', '.join(self.describe()) or '(none)'}")
+        return factory
+
+    def check(self, name: Any, options: Mapping[str, Any], where: str | None = None, *,
+              reserved: Iterable[str] = (), trusted: bool = False) -> None:
+        """Raise ValueError naming an unknown name, an option the factory does not take, a value of
+        the wrong type, or (unless ``trusted``) an option refused from files."""
+        factory = self.get(name)
+        check_options(factory, options, where or f"{self.noun} {name}", reserved=reserved,
+                      python_only=None if trusted else self._entries[name].python_only)
+
+    def create(self, name: Any, /, *, trusted: bool = False, **options: Any) -> Any:
+        """Check ``options`` (see `check`), then call the factory with them."""
+        self.check(name, options, trusted=trusted)
+        return self.get(name)(**options)

@@ -11,52 +11,31 @@ from typing import Any, Callable
 from .base import SearchSpace
 from .mobilenet import MobileNetSpace
 from .nb201 import NB201Space
-from .plugins import PluginGroup, check_options
+from .vit import ViTSpace
+from .plugins import Registry
 
 ENTRY_POINT_GROUP = "tritune.spaces"
-
-_FACTORIES: dict[str, Callable[..., SearchSpace]] = {}
-_DESCRIPTIONS: dict[str, str] = {}
-_PLUGINS = PluginGroup(ENTRY_POINT_GROUP)
+SPACES: Registry[Callable[..., SearchSpace]] = Registry("space", ENTRY_POINT_GROUP)
 
 
 def register_space(name: str, factory: Callable[..., SearchSpace], description: str = "") -> None:
-    """Add a space (a class or a function taking keyword config)."""
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"space name: {name!r} must be a non-empty string")
-    if not callable(factory):
-        raise ValueError(f"space {name}: factory {factory!r} is not callable")
-    _FACTORIES[name] = factory
-    _DESCRIPTIONS[name] = description
+    """Add a space (a class or a function taking keyword config); a name registered again is replaced."""
+    SPACES.register(name, factory, description)
 
 
 def list_spaces() -> dict[str, str]:
     """Registered and plug-in space names -> one-line description (plug-ins are not imported)."""
-    out = dict(_DESCRIPTIONS)
-    for name, text in _PLUGINS.describe().items():
-        out.setdefault(name, text)
-    return out
-
-
-def _factory(name: Any) -> Callable[..., SearchSpace]:
-    if isinstance(name, str) and name in _FACTORIES:
-        return _FACTORIES[name]
-    factory = _PLUGINS.load(name, f"space {name}") if isinstance(name, str) else None
-    if factory is None:
-        raise ValueError(f"space: {name!r} not allowed; allowed: {', '.join(sorted(list_spaces()))}")
-    register_space(name, factory)
-    return factory
+    return SPACES.describe()
 
 
 def check_space_options(name: str, config: dict[str, Any], where: str | None = None) -> None:
     """Raise ValueError naming an unknown name, an unknown option or a value of the wrong type."""
-    check_options(_factory(name), config, where or f"space {name}", unknown="bad options")
+    SPACES.check(name, config, where)
 
 
 def create(name: str, **config: Any) -> SearchSpace:
     """Build a registered space; unknown names and bad options raise ValueError naming them."""
-    check_space_options(name, config)
-    return _factory(name)(**config)
+    return SPACES.create(name, **config)
 
 
 @functools.wraps(MobileNetSpace, assigned=("__doc__",), updated=())
@@ -74,3 +53,4 @@ _mobilenet_small.__wrapped__ = MobileNetSpace  # type: ignore[attr-defined]  # i
 register_space("nb201", NB201Space, "NAS-Bench-201 cell: 6 edges x 5 ops, 15,625 architectures with published tables")
 register_space("mobilenet", MobileNetSpace, "OFA MobileNetV3 x per-layer sparsity pattern/ratio x bit-widths, 160-224 px")
 register_space("mobilenet-small", _mobilenet_small, "The mobilenet space at 28-64 px (stem stride 1, 1 input channel, 10 classes) for CPU training")
+register_space("vit", ViTSpace, "Vision transformers x per-block token pruning x per-layer compression of the linears, 28 px")

@@ -5,7 +5,7 @@ is created by name through `create_target`; plug-ins register through the ``trit
 entry-point group.
 """
 from .base import CAPABILITY_KEYS, FINGERPRINT_KEYS, Target, check_target
-from .measure import Measurement, Protocol, measure_many
+from ..kernels.timing import Measurement, Protocol, measure_many
 from .ort_cpu import OrtCpuTarget, OrtRunnable
 from .registry import ENTRY_POINT_GROUP, create_target, list_targets, refresh_plugins, register_target
 from .tables import (

@@ -5,8 +5,8 @@ generated for *its* sparsity pattern (`tritune.kernels.codegen`), so block / uns
 kernel-pattern sparsity turns into latency.
 
 Build (`CodegenCpuTarget.build`) from a candidate of a mobilenet space (via
-`tritune.spaces.mobilenet_net.build_subnet`) or from a `MobileNetSubnet` already built or
-extracted from a supernet (`tritune.spaces.supernet.extract`; the ``weight_mask`` buffer gives
+`tritune.spaces.mobilenet.network.build_subnet`) or from a `MobileNetSubnet` already built or
+extracted from a supernet (`tritune.spaces.mobilenet.supernet.extract`; the ``weight_mask`` buffer gives
 the pattern's structure):
 
 1. walk the layer IR (``net.layers``, execution order) and plan one op list; every activation
@@ -29,7 +29,7 @@ the pattern's structure):
 5. every op is a C step with one calling convention, and the whole network runs as one
    `OpChain`: one ctypes call per inference, no Python or numpy between ops.
 
-`CodegenRunnable.run(x)` returns the logits; ``bench_fn()`` is what `tritune.targets.measure`
+`CodegenRunnable.run(x)` returns the logits; ``bench_fn()`` is what `tritune.kernels.timing`
 times; ``plan`` lists each op (name, family, variant, compile seconds); ``profile()`` times each
 op alone, for a breakdown of where the time goes.
 
@@ -59,7 +59,7 @@ import numpy as np
 
 from ..spaces.candidate import Candidate
 from .base import Target
-from .measure import Measurement, Protocol, measure_target
+from ..kernels.timing import Measurement, Protocol, measure_target
 from .space_support import SUPPORTED_SPACES, BuildsMobileNets
 from .ort_cpu import cpu_fingerprint
 
@@ -426,15 +426,15 @@ class CodegenCpuTarget(BuildsMobileNets, Target):
         (`tritune.targets.codegen_int8`). A candidate's weights are quantized per output channel and
         its activation ranges calibrated (min / max) on ``calibration`` (input batches; default:
         ``calibration_samples`` seeded standard-normal inputs); an extracted subnet brings its own
-        codes and calibrated input quantizers (`tritune.spaces.supernet.extract`); a float subnet
+        codes and calibrated input quantizers (`tritune.spaces.mobilenet.supernet.extract`); a float subnet
         whose IR names lower bits is quantized and calibrated like a candidate.
 
         ``packed``: `tritune.kernels.formats.PackedWeight` s by layer name, used instead of
         packing those layers' module weights (what `load_exported` passes: the structure of a
         sparse layer whose kept weights include exact zeros is not in its dense weight)."""
         from ..kernels.codegen import CompilerError
-        from ..spaces.mobilenet_net import MobileNetSubnet, build_subnet, torch_threads
-        from ..spaces.mobilenet_net import input_shape as shape_of
+        from ..spaces.mobilenet.network import MobileNetSubnet, build_subnet, torch_threads
+        from ..spaces.mobilenet.network import input_shape as shape_of
 
         reason = self.unavailable_reason()
         if reason is not None:
@@ -875,7 +875,7 @@ class CodegenCpuTarget(BuildsMobileNets, Target):
 
     # ----- timing -------------------------------------------------------------------------
     def measure(self, runnables: Any, protocol: Protocol | None = None, **options: Any) -> Measurement | list[Measurement]:
-        """Time runnables with the interleaved protocol of `tritune.targets.measure` (a list gives a list)."""
+        """Time runnables with the interleaved protocol of `tritune.kernels.timing` (a list gives a list)."""
         return measure_target(self.name, runnables, protocol or self.protocol, options)
 
     def latency(self, candidates: Sequence[Candidate], space: Any = None) -> np.ndarray:
@@ -1038,15 +1038,15 @@ def _input_quant(weights: Mapping[str, np.ndarray], name: str) -> Any:
 
 def _net_from_export(doc: dict[str, Any], weights: Mapping[str, np.ndarray]) -> tuple[Any, dict[str, Any]]:
     """The `MobileNetSubnet` of an export (weights set from the npz; integer layers as the
-    quantized modules `tritune.spaces.supernet.extract` makes) and its packed weights."""
+    quantized modules `tritune.spaces.mobilenet.supernet.extract` makes) and its packed weights."""
     import torch
 
     from ..kernels.formats import PackedWeight, QuantizedWeight, structure
     from ..spaces.layers import LayerSpec
-    from ..spaces.mobilenet import STAGES
-    from ..spaces.mobilenet_net import ConvAct, MobileNetSubnet
-    from ..spaces.supernet.elastic import DeployWeights
-    from ..spaces.supernet.extract import QuantizedConv2d, QuantizedLinear
+    from ..spaces.mobilenet.space import STAGES
+    from ..spaces.mobilenet.network import ConvAct, MobileNetSubnet
+    from ..spaces.mobilenet.supernet.elastic import DeployWeights
+    from ..spaces.mobilenet.supernet.extract import QuantizedConv2d, QuantizedLinear
 
     layers = [LayerSpec.from_json(d) for d in doc["layers"]]
     net = MobileNetSubnet(layers, len(STAGES))

@@ -4,7 +4,7 @@ network that mixes integer and float layers.
 A layer runs on the integer kernels (`tritune.kernels.codegen.qruntime`,
 `tritune.kernels.codegen.qdepthwise`) when its IR says ``w_bits <= 8`` and ``a_bits <= 8``; the
 rest run on the float kernels, as the float target does. The arithmetic is that of the network's
-fake-quantized torch forward (`tritune.spaces.supernet.extract` form: every quantized layer
+fake-quantized torch forward (`tritune.spaces.mobilenet.supernet.extract` form: every quantized layer
 fake-quantizes its *input* on its own calibrated grid and computes with ``codes * scales``
 weights; activations between layers, residual sums and squeeze-excite products are float):
 
@@ -45,7 +45,7 @@ def quantize_subnet(net: Any, batches: Iterable[Any], calibration: str = "minmax
                     fixed_range: tuple[float, float] | None = None) -> Any:
     """``net`` with its layers of ``w_bits < 32`` or ``a_bits < 32`` as `QuantizedConv2d` /
     `QuantizedLinear` (int8 codes + per-channel scales, the pattern's mask, an input fake
-    quantizer) -- the form `tritune.spaces.supernet.extract` returns, so its torch forward is the
+    quantizer) -- the form `tritune.spaces.mobilenet.supernet.extract` returns, so its torch forward is the
     fake-quantized network. Layers already in that form (an extracted subnet's) are kept with
     their ranges; only the quantizers added here are calibrated on ``batches`` (the network's
     forward with the others active); with ``fixed_range`` they are set to that range instead (no
@@ -54,9 +54,9 @@ def quantize_subnet(net: Any, batches: Iterable[Any], calibration: str = "minmax
 
     from ..kernels.quant import ActFakeQuant, dequantize_weight, quantize_weight
     from ..spaces.compression import parse_pattern
-    from ..spaces.mobilenet_net import ConvAct
-    from ..spaces.supernet.elastic import DeployWeights
-    from ..spaces.supernet.extract import QuantizedConv2d, QuantizedLinear
+    from ..spaces.mobilenet.network import ConvAct
+    from ..spaces.mobilenet.supernet.elastic import DeployWeights
+    from ..spaces.mobilenet.supernet.extract import QuantizedConv2d, QuantizedLinear
 
     todo = [L.name for L in net.layers if L.has_weights and (L.w_bits < FLOAT or L.a_bits < FLOAT)
             and not hasattr(_op(dict(net.named_modules())[L.name]), "input_quant")]

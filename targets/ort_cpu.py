@@ -4,7 +4,7 @@ Build (`OrtCpuTarget.build`), for a candidate of any space with a network builde
 spaces, or a space of one's own that defines `tritune.spaces.SearchSpace.network`):
 
 1. ``space.network(candidate)`` -- the candidate as a standalone PyTorch network whose module paths
-   are its IR layer names (mobilenet: `tritune.spaces.mobilenet_net.build_subnet`, random seeded
+   are its IR layer names (mobilenet: `tritune.spaces.mobilenet.network.build_subnet`, random seeded
    weights; ``channel`` pruning physically removes filters, other sparsity patterns are zero
    masks, which this runtime executes at dense speed);
 2. ONNX export with the TorchScript exporter (``torch.onnx.export(..., dynamo=False)``, opset
@@ -27,7 +27,7 @@ spaces, or a space of one's own that defines `tritune.spaces.SearchSpace.network
    denormals flushed to zero, CPUExecutionProvider.
 
 `OrtRunnable.run(x)` returns the numpy output; `measure` times runnables with the interleaved
-protocol of `tritune.targets.measure`. `latency(candidates)` does all of that (mobilenet-small:
+protocol of `tritune.kernels.timing`. `latency(candidates)` does all of that (mobilenet-small:
 about 0.4 s to build a float model, 1.2-2 s with int8 layers -- quantization's per-channel
 parameter search dominates -- plus about 0.25 s of timing) -- it is the slow ground truth;
 searches should use a predictor trained on `tritune.targets.profiling` data and call this target
@@ -58,7 +58,7 @@ import numpy as np
 from ..spaces.candidate import Candidate
 from ..spaces.compression import FLOAT_BITS
 from .base import Target
-from .measure import Measurement, Protocol, measure_target
+from ..kernels.timing import Measurement, Protocol, measure_target
 from .space_support import SUPPORTED_SPACES, BuildsNetworks
 
 GRAPH_OPTIMIZATION = "ORT_ENABLE_ALL"
@@ -306,7 +306,7 @@ class OrtCpuTarget(BuildsNetworks, Target):
         import onnx
         import torch
 
-        from ..spaces.mobilenet_net import torch_threads
+        from ..spaces.mobilenet.network import torch_threads
 
         x = torch.zeros(*input_shape)
         with _quiet(), torch_threads(1), torch.no_grad():
@@ -339,7 +339,7 @@ class OrtCpuTarget(BuildsNetworks, Target):
         t0 = time.perf_counter()
         times: dict[str, float] = {}
         if isinstance(candidate, Candidate):
-            from ..spaces.mobilenet_net import torch_threads
+            from ..spaces.mobilenet.network import torch_threads
 
             space = self.resolve_space(candidate, space)
             cand = space.validate(candidate)

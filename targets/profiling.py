@@ -2,7 +2,7 @@
 
 ``profile(target, space, n, out_dir)`` draws ``n`` candidates with `stratified_candidates`,
 builds and times them in interleaved groups (``group_size`` models per group, protocol of
-`tritune.targets.measure`) and appends one JSON line per candidate to
+`tritune.kernels.timing`) and appends one JSON line per candidate to
 ``out_dir/measurements.jsonl``; ``out_dir/metadata.json`` says what produced the numbers.
 
 Files
@@ -100,7 +100,7 @@ import numpy as np
 from ..spaces.base import Genome, SearchSpace
 from ..spaces.candidate import Candidate
 from ..spaces.compression import LayerCompression, parse_pattern
-from .measure import Protocol
+from ..kernels.timing import Protocol
 
 SCHEMA_VERSION = 1
 METADATA_FILE = "metadata.json"

@@ -9,26 +9,21 @@ a function taking keyword options)::
 
 Entry points are discovered the first time the registry is asked about a name it does not know
 (or for a listing) and each is imported only when that target is created. Options are checked
-against the factory's signature and type hints (`tritune.spaces.plugins.check_options`); options
+against the factory's signature and type hints (`tritune.spaces.plugins.Registry`); options
 that would let a job file run code (``codegen-cpu``'s compiler command) are refused from files.
 """
 from __future__ import annotations
 
-from importlib.metadata import entry_points
 from typing import Any, Callable
 
-from ..spaces.plugins import PluginGroup, check_options
+from ..spaces.plugins import Registry
 from .base import Target, check_target
 from .codegen_cpu import CodegenCpuTarget
 from .ort_cpu import OrtCpuTarget
 from .tables import NB201TableTarget
 
 ENTRY_POINT_GROUP = "tritune.targets"
-
-_FACTORIES: dict[str, Callable[..., Target]] = {}
-_DESCRIPTIONS: dict[str, str] = {}
-#: name -> {option: why it is refused from a job file or the command line}
-_PYTHON_ONLY: dict[str, dict[str, str]] = {}
+TARGETS: Registry[Callable[..., Target]] = Registry("target", ENTRY_POINT_GROUP)
 
 
 def register_target(name: str, factory: Callable[..., Target], description: str = "", *,
@@ -38,55 +33,24 @@ def register_target(name: str, factory: Callable[..., Target], description: str 
     Registering an existing name replaces it (so a plug-in or a test can override a target).
     ``python_only``: options that would let a job file run code (a compiler command), each with
     the way to set it instead; `create_target` refuses them unless ``trusted=True``."""
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"target name: {name!r} must be a non-empty string")
-    if not callable(factory):
-        raise ValueError(f"target {name}: factory {factory!r} is not callable")
-    _FACTORIES[name] = factory
-    if not description:
-        text = getattr(factory, "description", "")
-        description = text if isinstance(text, str) else ""
-    _DESCRIPTIONS[name] = description
-    _PYTHON_ONLY[name] = dict(python_only or {})
-
-
-def _discover(group: str):
-    return entry_points(group=group)
-
-
-_PLUGINS = PluginGroup(ENTRY_POINT_GROUP, _discover)
+    TARGETS.register(name, factory, description, python_only=python_only)
 
 
 def refresh_plugins() -> None:
     """Forget discovered entry points (after installing a plug-in in a running process)."""
-    _PLUGINS.refresh()
+    TARGETS.plugins.refresh()
 
 
 def list_targets() -> dict[str, str]:
     """Registered and plug-in target names -> one-line description (plug-ins are not imported)."""
-    out = dict(_DESCRIPTIONS)
-    for name, text in _PLUGINS.describe().items():
-        out.setdefault(name, text)
-    return dict(sorted(out.items()))
-
-
-def _factory(name: str) -> Callable[..., Target]:
-    if name in _FACTORIES:
-        return _FACTORIES[name]
-    factory = _PLUGINS.load(name, f"target {name}")
-    if factory is None:
-        raise ValueError(f"target: {name!r} not allowed; allowed: {', '.join(list_targets())}")
-    register_target(name, factory)
-    return factory
+    return TARGETS.describe()
 
 
 def check_target_options(name: str, options: dict[str, Any], *, trusted: bool = False) -> None:
     """Raise ValueError naming an unknown target, an unknown option or a value of the wrong type."""
     if not isinstance(name, str):
         raise ValueError(f"target: expected a name, got {type(name).__name__}; allowed: {', '.join(list_targets())}")
-    factory = _factory(name)
-    check_options(factory, options, f"target {name}", unknown="bad options",
-                  python_only=None if trusted else _PYTHON_ONLY.get(name))
+    TARGETS.check(name, options, trusted=trusted)
 
 
 def create_target(name: str, *, trusted: bool = False, **options: Any) -> Target:
@@ -94,8 +58,7 @@ def create_target(name: str, *, trusted: bool = False, **options: Any) -> Target
 
     ``trusted=True`` (Python callers only) also accepts the options a job file may not set."""
     check_target_options(name, options, trusted=trusted)
-    target = _factory(name)(**options)
-    return check_target(target, f"target {name}")
+    return check_target(TARGETS.get(name)(**options), f"target {name}")
 
 
 register_target(

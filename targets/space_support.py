@@ -16,7 +16,7 @@ SUPPORTED_SPACES = ("mobilenet", "mobilenet-small")
 
 
 def is_mobilenet(space: Any) -> bool:
-    from ..spaces.mobilenet import MobileNetSpace
+    from ..spaces.mobilenet.space import MobileNetSpace
 
     return isinstance(space, MobileNetSpace)
 

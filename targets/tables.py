@@ -47,7 +47,7 @@ import numpy as np
 
 from ..spaces.candidate import Candidate
 from ..spaces.compression import FLOAT_BITS
-from ..spaces.nb201 import NUM_ARCHS, NB201Space
+from ..spaces.nb201.space import NUM_ARCHS, NB201Space
 from .base import Target
 
 INDEX_COLUMN = "nb201_index"

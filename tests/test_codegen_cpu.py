@@ -9,11 +9,11 @@ import torch.nn.functional as F
 from tritune.kernels.codegen import CompilerError, aligned_empty, compiler_available, vector_width
 from tritune.kernels.codegen.depthwise import compile_depthwise, default_packed
 from tritune.spaces import LayerCompression, create
-from tritune.spaces.mobilenet import SLOTS
-from tritune.spaces.mobilenet_net import build_subnet, input_shape
+from tritune.spaces.mobilenet.space import SLOTS
+from tritune.spaces.mobilenet.network import build_subnet, input_shape
 from tritune.targets import create_target, list_targets
 from tritune.targets.codegen_cpu import CodegenCpuTarget
-from tritune.targets.measure import Protocol
+from tritune.kernels.timing import Protocol
 
 needs_cc = pytest.mark.skipif(not compiler_available(), reason="no working C compiler")
 

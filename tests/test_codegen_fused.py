@@ -13,8 +13,8 @@ from tritune.kernels.codegen.generate import Variant
 from tritune.kernels.formats import pack
 from tritune.kernels.patterns import make_mask
 from tritune.spaces import LayerCompression, create
-from tritune.spaces.mobilenet import SLOTS, MobileNetSpace
-from tritune.spaces.mobilenet_net import build_subnet, input_shape
+from tritune.spaces.mobilenet.space import SLOTS, MobileNetSpace
+from tritune.spaces.mobilenet.network import build_subnet, input_shape
 from tritune.targets.codegen_cpu import CodegenCpuTarget
 
 pytestmark = pytest.mark.skipif(not compiler_available(), reason="no working C compiler")

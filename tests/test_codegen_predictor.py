@@ -10,7 +10,7 @@ from tritune.predictors import load
 from tritune.predictors.codegen_layerwise import CodegenLatencyPredictor, step_times
 from tritune.predictors.codegen_units import UNIT_TYPES, rows_from_candidates, rows_from_layers, segment_sums, units
 from tritune.spaces import LayerCompression, create
-from tritune.spaces.mobilenet import SLOTS
+from tritune.spaces.mobilenet.space import SLOTS
 from tritune.targets.profiling import stratified_candidates
 
 needs_cc = pytest.mark.skipif(not compiler_available(), reason="no working C compiler")

@@ -74,7 +74,7 @@ def test_the_same_bytes_whatever_the_callers_thread_count():
     another process; the warps of mnist5k-hard once differed between thread counts."""
     import hashlib
 
-    from tritune.spaces.mobilenet_net import torch_threads
+    from tritune.spaces.mobilenet.network import torch_threads
 
     digests = []
     for threads in (1, 2):
@@ -183,7 +183,7 @@ class ListDataset(torch.utils.data.Dataset):
         return self.items[i]
 
 
-def test_callable_round_trips(tmp_path, monkeypatch):
+def test_callable_round_trips(tmp_path, monkeypatch, request):
     d = load_dataset(_dataset)
     assert (d.num_classes, d.channels, d.image_size, len(d.train) + len(d.test)) == (3, 1, 6, 30)
     pair = load_dataset(lambda: (_dataset(30), _dataset(9)))
@@ -195,8 +195,8 @@ def test_callable_round_trips(tmp_path, monkeypatch):
     def make(n: int = 12):
         return TensorDataset(torch.rand(n, 3, 4, 4), torch.arange(n) % 2)
 
-    monkeypatch.setattr(data_module, "_REGISTERED", {})
     register_dataset("my-data", make)
+    request.addfinalizer(lambda: data_module.DATASETS.unregister("my-data"))
     s = load_dataset("my-data")
     assert (s.channels, s.num_classes, s.name, len(s.train) + len(s.test)) == (3, 2, "my-data", 12)
     assert len(load_dataset({"name": "my-data", "kwargs": {"n": 20}}).train) == 16
@@ -216,8 +216,7 @@ def test_plugin_datasets_come_from_entry_points(tmp_path, monkeypatch):
     """))
     monkeypatch.syspath_prepend(str(tmp_path))
     ep = EntryPoint(name="plug-data", value=f"{module}:make", group="tritune.datasets")
-    monkeypatch.setattr(data_module, "_REGISTERED", {})
-    monkeypatch.setattr(data_module, "_PLUGINS", PluginGroup("tritune.datasets", lambda group: [ep]))
+    monkeypatch.setattr(data_module.DATASETS, "plugins", PluginGroup("tritune.datasets", lambda group: [ep]))
     try:
         assert module not in sys.modules
         with pytest.raises(ValueError, match="unknown data set 'other'.*plug-data"):
@@ -226,6 +225,7 @@ def test_plugin_datasets_come_from_entry_points(tmp_path, monkeypatch):
         assert load_dataset("plug-data").num_classes == 2 and module in sys.modules
     finally:
         sys.modules.pop(module, None)
+        data_module.DATASETS.unregister("plug-data")
 
 
 @pytest.mark.parametrize("spec", ["os:system", {"callable": "os:system", "kwargs": {"command": "true"}},

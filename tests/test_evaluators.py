@@ -269,7 +269,7 @@ def test_evaluator_registry():
         create_evaluator("latency")
     with pytest.raises(ValueError, match="target: 'tpu' not allowed"):
         create_evaluator("latency", target="tpu")
-    with pytest.raises(ValueError, match=r"bad options \['colum'\]"):
+    with pytest.raises(ValueError, match=r"unknown options \['colum'\]"):
         create_evaluator("latency", target="nb201-table", colum="help_fpga")
     with pytest.raises(ValueError, match="both inline and in target_options"):
         create_evaluator("latency", target="nb201-table", column="help_fpga", target_options={"column": "help_raspi4"})

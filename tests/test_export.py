@@ -31,7 +31,7 @@ from tritune.search.export import (
 )
 from tritune.search.export.timing import PROCESSES
 from tritune.spaces.compression import LayerCompression
-from tritune.spaces.supernet import resize_input
+from tritune.spaces.mobilenet.supernet import resize_input
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -66,7 +66,7 @@ def make_tiny_run(root: Path, steps: int = 4) -> Path:
     from tritune.evaluators.supernet_training import train_supernet
     from tritune.search.job import Job
     from tritune.search.run import run_search
-    from tritune.spaces.supernet import MobileNetSupernet
+    from tritune.spaces.mobilenet.supernet import MobileNetSupernet
 
     job = Job.from_dict(tiny_job(root), validate=False)
     supernet = MobileNetSupernet(job.build_space(), {"seed": 0})

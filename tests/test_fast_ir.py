@@ -14,7 +14,7 @@ from tritune.predictors.fusion import DEFAULT_RULES, KernelBatch
 from tritune.predictors import ort_layerwise
 from tritune.predictors.ort_layerwise import LayerwiseLatencyPredictor, as_batch
 from tritune.spaces import Candidate, LayerCompression, create, summarize
-from tritune.spaces.mobilenet import CODE_COLUMNS, SLOTS, MobileNetSpace, code_row
+from tritune.spaces.mobilenet.space import CODE_COLUMNS, SLOTS, MobileNetSpace, code_row
 
 RULES = {
     "default": DEFAULT_RULES,

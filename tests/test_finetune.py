@@ -18,11 +18,11 @@ from tritune.kernels.patterns import check_mask
 from tritune.kernels.pruning import prunable_modules, resolve_plan
 from tritune.spaces import MobileNetSpace
 from tritune.spaces.compression import LayerCompression, parse_pattern
-from tritune.spaces.mobilenet import SLOT_INDEX
-from tritune.spaces.mobilenet_net import torch_threads
-from tritune.spaces.supernet import MobileNetSupernet, QuantizedConv2d, QuantizedLinear, extract, with_compression
-from tritune.spaces.supernet.network import resize_input
-from tritune.spaces.supernet.trainable import TrainableSubnet, deploy, trainable_subnet
+from tritune.spaces.mobilenet.space import SLOT_INDEX
+from tritune.spaces.mobilenet.network import torch_threads
+from tritune.spaces.mobilenet.supernet import MobileNetSupernet, QuantizedConv2d, QuantizedLinear, extract, with_compression
+from tritune.spaces.mobilenet.supernet.network import resize_input
+from tritune.spaces.mobilenet.supernet.trainable import TrainableSubnet, deploy, trainable_subnet
 
 pytestmark = pytest.mark.timeout(300)
 

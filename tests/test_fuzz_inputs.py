@@ -589,8 +589,9 @@ def checkpoint_cases(root: Path, rng: random.Random, marker: Path) -> list[Case]
     from safetensors.torch import load_file, save_file
 
     from tritune.spaces import MobileNetSpace
-    from tritune.spaces.supernet import MobileNetSupernet, save_checkpoint
-    from tritune.spaces.supernet.checkpoint import tensors_checksum
+    from tritune.spaces.mobilenet.supernet import MobileNetSupernet
+    from tritune.spaces.checkpoint import save_checkpoint
+    from tritune.spaces.checkpoint import tensors_checksum
 
     base = save_checkpoint(root / "base.safetensors", MobileNetSupernet(MobileNetSpace(**TINY)), step=5,
                            extra={"data": {"callable": "os:system", "kwargs": {"command": f"touch {marker}"}}})

@@ -17,7 +17,8 @@ from tritune.cli.main import main as cli_main
 from tritune.search.job import Job, JobError
 from tritune.search.jobfile import MAX_NODES, InputError, loads_yaml
 from tritune.spaces import MobileNetSpace
-from tritune.spaces.supernet import CheckpointError, MobileNetSupernet, load_checkpoint, save_checkpoint
+from tritune.spaces.mobilenet.supernet import MobileNetSupernet
+from tritune.spaces.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 NB201 = REPO / "search" / "examples" / "nb201.yaml"
@@ -324,7 +325,7 @@ def test_damaged_checkpoints_are_one_clear_error(damage, needle, checkpoint):
 def test_resealed_bad_weights_are_refused(damage, needle, checkpoint):
     """A checksum recomputed after the damage (a diverged training run, a hand edit) still leaves
     NaN weights and wrong shapes refused."""
-    from tritune.spaces.supernet.checkpoint import tensors_checksum
+    from tritune.spaces.checkpoint import tensors_checksum
 
     header, tensors = _header_and_tensors(checkpoint)
     tensors = damage(tensors)

@@ -37,7 +37,8 @@ TINY_SPACE = {"name": "mobilenet", "resolutions": [16], "widths": [0.25, 0.5], "
 def checkpoint(tmp_path_factory) -> str:
     """An untrained, seeded supernet of `TINY_SPACE` (scoring it is deterministic)."""
     from tritune.spaces import create as create_space
-    from tritune.spaces.supernet import MobileNetSupernet, save_checkpoint
+    from tritune.spaces.mobilenet.supernet import MobileNetSupernet
+    from tritune.spaces.checkpoint import save_checkpoint
 
     options = {k: v for k, v in TINY_SPACE.items() if k != "name"}
     path = tmp_path_factory.mktemp("supernet") / "supernet.safetensors"

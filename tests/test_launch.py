@@ -34,7 +34,8 @@ def _write(path, data) -> str:
 
 def _checkpoint_job(work, checkpoint: str) -> dict:
     from tritune.spaces import create as create_space
-    from tritune.spaces.supernet import MobileNetSupernet, save_checkpoint
+    from tritune.spaces.mobilenet.supernet import MobileNetSupernet
+    from tritune.spaces.checkpoint import save_checkpoint
 
     save_checkpoint(work / checkpoint, MobileNetSupernet(create_space("mobilenet", **{k: v for k, v in TINY_SPACE.items() if k != "name"})),
                     extra={"data": "digits"})

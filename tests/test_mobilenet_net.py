@@ -8,19 +8,14 @@ import pytest
 import torch
 
 from tritune.spaces import LayerCompression, create
-from tritune.spaces.mobilenet import CHANNEL_MULTIPLE, SLOT_INDEX, SLOTS, pruned_channels
+from tritune.spaces.mobilenet.space import CHANNEL_MULTIPLE, SLOT_INDEX, SLOTS, pruned_channels
 from tritune.kernels.patterns import check_mask, make_mask
-from tritune.spaces.mobilenet_net import build_subnet, effective_channels, input_shape, trace_layers
+from tritune.spaces.mobilenet.network import build_subnet, effective_channels, input_shape, trace_layers
 
 FIELDS = ("op", "in_channels", "out_channels", "in_h", "kernel", "stride", "groups", "act")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _without_channel(candidate):
@@ -217,8 +212,8 @@ def test_rejects_other_spaces():
 
 def test_built_weights_read_back_as_their_pattern_even_where_randn_draws_an_exact_zero():
     # this candidate's seed stream draws an exact 0.0 inside a kept 8x1 block of s4.b1.project
-    from tritune.spaces.mobilenet import MobileNetSpace
-    from tritune.spaces.supernet.sampling import with_compression
+    from tritune.spaces.mobilenet.space import MobileNetSpace
+    from tritune.spaces.mobilenet.supernet.sampling import with_compression
 
     space = MobileNetSpace(resolutions=(16, 24), widths=(0.25, 0.5, 0.75), depths=(2, 3), expands=(3, 4, 6), kernels=(3, 5),
                            in_channels=1, num_classes=10, compression={"tie": "role", "patterns": ["dense", "nm2:4", "block8x1", "channel"],

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from tritune.spaces import LayerCompression, create
-from tritune.spaces.mobilenet import SLOTS
-from tritune.spaces.mobilenet_net import build_subnet
+from tritune.spaces.mobilenet.space import SLOTS
+from tritune.spaces.mobilenet.network import build_subnet
 from tritune.targets import FINGERPRINT_KEYS, CAPABILITY_KEYS, create_target, list_targets
-from tritune.targets.measure import Measurement, Protocol, measure_many, measure_passes
+from tritune.kernels.timing import Measurement, Protocol, measure_many, measure_passes
 from tritune.targets.ort_cpu import OrtCpuTarget, nodes_of_layers, onnx_module_path
 
 #: int8 tolerance on these random-weight networks: relative L2 error of the logits below 5%

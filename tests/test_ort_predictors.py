@@ -21,7 +21,7 @@ from tritune.predictors.ort_layerwise import stratified_split
 from tritune.spaces import LayerCompression, create
 from tritune.spaces.candidate import Candidate
 from tritune.spaces.layers import LayerSpec
-from tritune.spaces.mobilenet import SLOTS
+from tritune.spaces.mobilenet.space import SLOTS
 
 #: 160 rows of a real ort-cpu profile of the 224-px mobilenet space (onnxruntime 1.31, 1 thread,
 #: 5 rounds x 20 runs), trimmed to what the predictors read.
@@ -59,7 +59,7 @@ def detected():
 def test_timed_fusion_probes_record_their_evidence(detected):
     """The micro-benchmarks time every probe and give a verdict per fold; the rules themselves
     still come from the optimised graphs (timing is evidence, recorded next to them)."""
-    from tritune.targets.measure import Protocol
+    from tritune.kernels.timing import Protocol
 
     timed = detect_fusion_rules(timing=True, protocol=Protocol(threads=1, warmup=2, rounds=2, runs_per_round=5))
     us = timed.evidence["microseconds"]

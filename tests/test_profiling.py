@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tritune.spaces import create
-from tritune.targets.measure import Protocol
+from tritune.kernels.timing import Protocol
 from tritune.targets.ort_cpu import OrtCpuTarget
 from tritune.targets.profiling import (
     METADATA_FILE,
@@ -121,7 +121,7 @@ def test_profile_writes_rows_and_resumes_without_rebuilding(tmp_path):
         profile(target, space, 5, tmp_path, seed=1, protocol=TINY, group_size=2, progress=False, reference="none")
     # a profile written before the space had squeeze-excite slots: its reference is another candidate
     # (and so is everything the seed draws now), so it is not extended; its rows stay as they were
-    from tritune.spaces.mobilenet import PRE_SE_SLOTS
+    from tritune.spaces.mobilenet.space import PRE_SE_SLOTS
 
     meta_path, rows_before = tmp_path / METADATA_FILE, (tmp_path / MEASUREMENTS_FILE).read_text()
     meta = json.loads(meta_path.read_text())

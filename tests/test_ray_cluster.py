@@ -177,7 +177,8 @@ def cluster(request, monkeypatch):
 
 def tiny_checkpoint(path: Path) -> Path:
     from tritune.spaces import create as create_space
-    from tritune.spaces.supernet import MobileNetSupernet, save_checkpoint
+    from tritune.spaces.mobilenet.supernet import MobileNetSupernet
+    from tritune.spaces.checkpoint import save_checkpoint
 
     options = {k: v for k, v in TINY_SPACE.items() if k != "name"}
     return save_checkpoint(path, MobileNetSupernet(create_space("mobilenet", **options), {"seed": 0}), extra={"data": "digits"})

@@ -9,7 +9,7 @@ import optuna
 import pytest
 
 from tritune.spaces import Candidate, CompressionMenu, LayerCompression, create, list_spaces, pattern_allowed
-from tritune.spaces.mobilenet import SLOTS, STAGES, MobileNetSpace
+from tritune.spaces.mobilenet.space import SLOTS, STAGES, MobileNetSpace
 
 SPACE_NAMES = ["nb201", "mobilenet", "mobilenet-small"]
 
@@ -171,7 +171,7 @@ def test_compression_off_gives_architecture_only_space():
 def test_plans_written_before_squeeze_excite_slots_build_the_same_network():
     """A plan without the squeeze-excite slots (stored profiles, saved candidates) reads as dense SE
     layers with the bit-widths of the block's depthwise slot: the network it always meant."""
-    from tritune.spaces.mobilenet import PRE_SE_SLOTS, SLOT_INDEX, with_se_slots
+    from tritune.spaces.mobilenet.space import PRE_SE_SLOTS, SLOT_INDEX, with_se_slots
 
     space = create("mobilenet")
     rng = np.random.default_rng(11)
@@ -218,7 +218,7 @@ TIE_MENU = dict(patterns=["dense", "unstructured", "nm2:4", "channel"], sparsiti
 def _group_values(space: MobileNetSpace, cand: Candidate) -> None:
     """Every group's existing slots carry its one choice (or dense at its bits where they cannot
     carry the pattern); slots of absent blocks carry the default."""
-    from tritune.spaces.mobilenet import slot_block
+    from tritune.spaces.mobilenet.space import slot_block
 
     genome = space.to_genome(cand)
     default = space.menu.default()

@@ -17,7 +17,7 @@ from tritune.cli.main import main as cli_main
 from tritune.search.job import Job, JobError
 from tritune.search.stages.runner import run_pipeline
 from tritune.search.store import TrialStore
-from tritune.spaces.supernet.sampling import reference_models
+from tritune.spaces.mobilenet.supernet.sampling import reference_models
 
 
 def staged_job(tmp_path: Path, **stages) -> dict:

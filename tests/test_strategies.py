@@ -140,8 +140,9 @@ TREE_MODELS = [{"n_initial": 8, "model": "extra_trees", "n_estimators": 16}, {"n
 # registry
 # --------------------------------------------------------------------------- #
 def test_registry_names_and_options() -> None:
-    assert set(STRATEGIES) == {"random", "evolution", "nsga2", "tpe", "predictor"}
-    for name, cls in STRATEGIES.items():
+    assert set(STRATEGIES.describe()) == {"random", "evolution", "nsga2", "tpe", "predictor"}
+    for name in STRATEGIES.describe():
+        cls = STRATEGIES.get(name)
         assert cls.name == name
         assert isinstance(create_strategy(name, SPACE, PROBLEM, seed=1), cls)
     assert options("evolution") == {"population": 50, "sample_size": 10, "crossover_prob": 0.0}

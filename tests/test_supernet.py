@@ -11,18 +11,11 @@ import torch
 from tritune.kernels.patterns import check_mask
 from tritune.spaces import MobileNetSpace
 from tritune.spaces.compression import parse_pattern
-from tritune.spaces.mobilenet_net import ConvAct, torch_threads
-from tritune.spaces.supernet import (
-    CheckpointError,
-    MobileNetSupernet,
-    QuantizedConv2d,
-    QuantizedLinear,
-    extract,
-    load_checkpoint,
-    save_checkpoint,
-    with_compression,
-)
-from tritune.spaces.supernet.sampling import DIMENSIONS, dimension_of
+from tritune.spaces.mobilenet.network import ConvAct, torch_threads
+from tritune.spaces.mobilenet.supernet import MobileNetSupernet, QuantizedConv2d, QuantizedLinear, extract, with_compression
+from tritune.spaces.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from tritune.spaces.mobilenet.supernet.sampling import dimension_of
+from tritune.spaces.weight_sharing import DIMENSIONS
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -9,9 +9,11 @@ import torch
 from tritune.evaluators.supernet_training import TrainConfig, accuracy, calibration_batches, step_candidates, train_supernet
 from tritune.spaces import MobileNetSpace
 from tritune.spaces.compression import CompressionLimit
-from tritune.spaces.mobilenet_net import torch_threads
-from tritune.spaces.supernet import MobileNetSupernet, load_checkpoint
-from tritune.spaces.supernet.sampling import ARCHITECTURE, CandidateSampler, restrict_space
+from tritune.spaces.mobilenet.network import torch_threads
+from tritune.spaces.mobilenet.supernet import MobileNetSupernet
+from tritune.spaces.checkpoint import load_checkpoint
+from tritune.spaces.mobilenet.supernet.sampling import CandidateSampler, restrict_space
+from tritune.spaces.weight_sharing import ARCHITECTURE
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -69,7 +71,7 @@ def test_the_training_sampler_draws_from_the_search_distribution():
 def test_sensitivity_is_stored_and_reloaded_with_the_checkpoint(tmp_path):
     from tritune.evaluators import create_evaluator
     from tritune.evaluators.sensitivity import load_sensitivity, store_sensitivity
-    from tritune.spaces.supernet.sensitivity import screened_space
+    from tritune.spaces.sensitivity import screened_space
 
     space = tiny_space(depths=(1,), widths=(0.25,), expands=(3,), kernels=(3,), resolutions=(16,),
                        compression={"patterns": ["dense", "unstructured"], "sparsities": [0.9], "w_bits": [4, 32], "a_bits": [32], "tie": "role"})

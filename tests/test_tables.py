@@ -30,7 +30,8 @@ from tritune.targets import (
     list_targets,
     register_target,
 )
-from tritune.targets import registry as target_registry
+from tritune.spaces.plugins import PluginGroup
+from tritune.targets.registry import TARGETS
 from tritune.targets.tables import EMBEDDED_FILE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -347,7 +348,7 @@ def test_registry_errors():
     assert "nb201-table" in list_targets()
     with pytest.raises(ValueError, match=r"target: 'tpu' not allowed; allowed: .*nb201-table"):
         create_target("tpu")
-    with pytest.raises(ValueError, match=r"bad options \['colum'\]; allowed: column, path, missing"):
+    with pytest.raises(ValueError, match=r"unknown options \['colum'\]; allowed: column, path, missing"):
         create_target("nb201-table", colum="help_fpga")
 
 
@@ -371,18 +372,21 @@ class _ConstTarget(Target):
         return np.full(len(candidates), self.ms)
 
 
-def test_register_and_create_custom_target(monkeypatch):
-    monkeypatch.setattr(target_registry, "_FACTORIES", dict(target_registry._FACTORIES))
-    monkeypatch.setattr(target_registry, "_DESCRIPTIONS", dict(target_registry._DESCRIPTIONS))
-    register_target("const", _ConstTarget)
-    assert list_targets()["const"] == "every candidate takes 1 ms"
-    target = create_target("const", ms=2.5)
-    assert target.latency([NB201Space().from_index(0)]).tolist() == [2.5]
-    with pytest.raises(NotImplementedError, match="target 'const' cannot build"):
-        target.build(None)
-    register_target("broken", lambda **kw: object())
-    with pytest.raises(TypeError, match="missing name, description"):
-        create_target("broken")
+def test_register_and_create_custom_target():
+    try:
+        register_target("const", _ConstTarget)
+        assert list_targets()["const"] == "every candidate takes 1 ms"
+        target = create_target("const", ms=2.5)
+        assert target.latency([NB201Space().from_index(0)]).tolist() == [2.5]
+        with pytest.raises(NotImplementedError, match="target 'const' cannot build"):
+            target.build(None)
+        register_target("broken", lambda **kw: object())
+        with pytest.raises(TypeError, match="missing name, description"):
+            create_target("broken")
+    finally:
+        TARGETS.unregister("const")
+        TARGETS.unregister("broken")
+    assert "const" not in list_targets()
 
 
 def test_target_contract_is_enforced():
@@ -420,8 +424,6 @@ def test_entry_point_plugins_load_lazily(tmp_path, monkeypatch):
         """
     ))
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(target_registry, "_FACTORIES", dict(target_registry._FACTORIES))
-    monkeypatch.setattr(target_registry, "_DESCRIPTIONS", dict(target_registry._DESCRIPTIONS))
     ep = EntryPoint(name="plugin-board", value=f"{module}:Board", group="tritune.targets")
     asked = []
 
@@ -429,8 +431,7 @@ def test_entry_point_plugins_load_lazily(tmp_path, monkeypatch):
         asked.append(group)
         return [ep]
 
-    monkeypatch.setattr(target_registry, "entry_points", fake_entry_points)
-    target_registry.refresh_plugins()
+    monkeypatch.setattr(TARGETS, "plugins", PluginGroup("tritune.targets", fake_entry_points))
     try:
         assert "plugin-board" in list_targets()
         assert asked == ["tritune.targets"]
@@ -438,11 +439,11 @@ def test_entry_point_plugins_load_lazily(tmp_path, monkeypatch):
         board = create_target("plugin-board", ms=4.0)
         assert module in sys.modules
         assert board.latency([NB201Space().from_index(0)]).tolist() == [4.0]
-        with pytest.raises(ValueError, match="bad options"):
+        with pytest.raises(ValueError, match="unknown options"):
             create_target("plugin-board", watts=3)
     finally:
         sys.modules.pop(module, None)
-        target_registry.refresh_plugins()
+        TARGETS.unregister("plugin-board")
 
 
 # --------------------------------------------------------------------------------------------

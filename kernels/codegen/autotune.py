@@ -2,7 +2,7 @@
 
 All candidate variants of a layer go into *one* C source (they share the weight arrays), so tuning
 costs one compilation. Each variant is timed with the interleaved protocol of
-`tritune.targets.measure` (warm-up, rounds over the variants, minimum of round medians) on a
+`tritune.kernels.timing` (warm-up, rounds over the variants, minimum of round medians) on a
 seeded input in 64-byte aligned buffers, and the choice is recorded as JSON in
 ``<cache>/tune/<library key>.json``. The key is the SHA-256 of the source, compiler, flags and CPU,
 so the same layer on the same machine reuses the record (and the cached library): a re-run
@@ -25,6 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..formats import PackedWeight
+from ..timing import Protocol, measure_many
 from . import compiler
 from .generate import MAX_ACCUMULATORS, Variant, check_variant, l1_k_tile, rows_per_tile
 from .plan import Geometry, KernelPattern, Lowered
@@ -129,15 +130,13 @@ def autotune(packed: PackedWeight, kind: str, in_hw: tuple[int, int] | None = No
     """Compile ``variants`` (default `candidate_variants`) of one layer, time them, return the fastest.
 
     Arguments as `tritune.kernels.codegen.compile_layer`; ``protocol``: a
-    `tritune.targets.measure.Protocol` (default `TUNE_PROTOCOL` with ``threads``). A recorded
+    `tritune.kernels.timing.Protocol` (default `TUNE_PROTOCOL` with ``threads``). A recorded
     choice for the same layer, machine and compiler is reused unless ``retune``: then the variants
     are timed again, and each variant's time is the lower of this timing and the record's, so the
     record gathers evidence. On a shared machine a slow phase can cover a whole tuning and slow
     the variants unequally (kernels benchmark: every variant of a layer 20-30 % slower and the
     usual winner, 0.61-0.65 ms in three runs, ranked below one of 0.73 ms); timing again at
     another moment outvotes it."""
-    # the measurement protocol lives with the targets (imported here: targets sit above kernels)
-    from ...targets.measure import Protocol, measure_many
 
     t0 = time.perf_counter()
     build = prepare(packed, kind, in_hw, stride, bias, act, threads, cc)

@@ -30,11 +30,20 @@ import numpy as np
 
 from ..formats import QuantizedWeight
 from ..quant import AffineQuant
+from ..timing import Protocol, measure_many
 from . import compiler
 from .chain import CStep, fn_address
 from .csource import ABI_VERSION
 from .qgenerate import QVariant, accumulator_limit, check_qvariant, generate_q
-from .qplan import Epilogue, QGeometry, QLowered, default_lowering, epilogue_constants, lower_q, qgeometry
+from .qplan import (
+    Epilogue,
+    QGeometry,
+    QLowered,
+    default_lowering,
+    epilogue_constants,
+    lower_q,
+    qgeometry,
+)
 from .runtime import _check_bias, _check_threads, aligned_empty
 
 _C_VOID_P = ctypes.c_void_p
@@ -293,7 +302,6 @@ def autotune_q(qw: QuantizedWeight, kind: str, in_hw: tuple[int, int] | None = N
     """Compile ``variants`` (default `candidate_qvariants`) of one integer layer in one library,
     time them interleaved, return the fastest; the choice is recorded in ``<cache>/tune`` and
     reused (unless ``retune``), as `tritune.kernels.codegen.autotune` does for float layers."""
-    from ...targets.measure import Protocol, measure_many
 
     t0 = time.perf_counter()
     build = prepare_q(qw, kind, in_hw, stride, bias, in_quant=in_quant, act=act, out_quant=out_quant, out_float=out_float, pool=pool,

@@ -25,8 +25,8 @@ import torch
 
 from ...evaluators.data import ImageData
 from ...spaces.candidate import Candidate
-from ...spaces.mobilenet_net import MobileNetSubnet, torch_threads
-from ...spaces.supernet import resize_input
+from ...spaces.mobilenet.network import MobileNetSubnet, torch_threads
+from ...spaces.mobilenet.supernet import resize_input
 from . import manifest as mf
 from .onnx_model import build_onnx, layer_notes
 from .runs import ExportError, FrontMember, RunData, file_sha256, load_run
@@ -79,7 +79,7 @@ def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
 
 
 def _verification(logits: np.ndarray, reference: np.ndarray, labels: np.ndarray, runtime: str) -> dict[str, Any]:
-    return {"runtime": runtime, "against": "the torch subnet (tritune.spaces.supernet.extract)", "images": int(len(labels)),
+    return {"runtime": runtime, "against": "the torch subnet (tritune.spaces.mobilenet.supernet.extract)", "images": int(len(labels)),
             "accuracy": _accuracy(logits, labels), "max_abs_diff": float(np.max(np.abs(logits - reference))),
             "top1_agreement": float(np.mean(logits.argmax(1) == reference.argmax(1)))}
 
@@ -139,7 +139,7 @@ def export_model(candidate: Candidate, subnet: MobileNetSubnet, *, data: ImageDa
     """Export one candidate's standalone network into ``out_dir/<candidate_id>/``.
 
     ``subnet``: the candidate's `MobileNetSubnet` with the weights to ship (from
-    `tritune.spaces.supernet.extract` after recalibration, or after fine-tuning);
+    `tritune.spaces.mobilenet.supernet.extract` after recalibration, or after fine-tuning);
     ``calibration``: the image batches its BN statistics and activation ranges were set on (at
     the data set's resolution; they also calibrate the int8 graph's remaining tensors);
     ``data``: the data set whose test split verifies the files; ``space``: the configured space;
@@ -191,7 +191,7 @@ def export_model(candidate: Candidate, subnet: MobileNetSubnet, *, data: ImageDa
                         "num_classes": data.num_classes, "mean": list(data.mean), "std": list(data.std)},
             "input": {"name": onnx_run.input_name, "shape": list(shape), "dtype": "float32",
                       "preprocessing": f"normalise with dataset.mean / dataset.std, then resize to {res}x{res} "
-                                       "(bilinear, align_corners=False, antialiased when shrinking: tritune.spaces.supernet.resize_input)"},
+                                       "(bilinear, align_corners=False, antialiased when shrinking: tritune.spaces.mobilenet.supernet.resize_input)"},
             "weights": dict(weights or {}),
             "accuracy": verification[accuracy_file]["accuracy"],
             "accuracy_of": accuracy_file,
@@ -237,7 +237,7 @@ class SupernetWeights:
 
     def __init__(self, run: RunData) -> None:
         from ...evaluators.supernet_accuracy import SupernetAccuracy
-        from ...spaces.supernet import read_header
+        from ...spaces.checkpoint import read_header
         from .runs import SCORING_OPTIONS, SUPERNET_KINDS, check_input, recorded_input, safe_dataset
 
         spec = run.evaluator(SUPERNET_KINDS)
@@ -273,7 +273,7 @@ class SupernetWeights:
 
     def subnet(self, candidate: Candidate) -> MobileNetSubnet:
         """The candidate's standalone network as the search scored it."""
-        from ...spaces.supernet import extract
+        from ...spaces.mobilenet.supernet import extract
 
         if candidate.space != self.evaluator.supernet.space.name:
             raise ExportError(f"candidate {candidate.id}: space {candidate.space!r}; the checkpoint's supernet is for "

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 
 from ...spaces.compression import FLOAT_BITS, INT_MAX_BITS
-from ...spaces.mobilenet import STAGES
-from ...spaces.mobilenet_net import ConvAct, MobileNetSubnet
+from ...spaces.mobilenet.space import STAGES
+from ...spaces.mobilenet.network import ConvAct, MobileNetSubnet
 from ...targets.ort_cpu import LayerQuantization, OrtCpuTarget, OrtRunnable
 
 def _op(module: Any) -> Any:

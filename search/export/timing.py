@@ -6,7 +6,7 @@ exported model and the target's own build alike), so a number timed there would 
 user sees. `measure_folder` therefore starts ``python -m tritune.search.export.timing FOLDER
 --target T``: the child reads the folder's ``manifest.json`` (written beforehand, without
 timings), times the shipped files interleaved with the target's own build of the candidate
-(`tritune.targets.measure.measure_passes`), profiles them per layer and prints one JSON object.
+(`tritune.kernels.timing.measure_passes`), profiles them per layer and prints one JSON object.
 The child reads only numbers and the files of the folder it is pointed at.
 
 It does so in `PROCESSES` children, one after the other, and each contender keeps its fastest:
@@ -93,7 +93,7 @@ def _timings(folder: Path, target_name: str, options: Mapping[str, Any]) -> dict
 
     from ...spaces import create as create_space
     from ...spaces.candidate import Candidate
-    from ...targets.measure import measure_passes
+    from ...kernels.timing import measure_passes
     from ...targets.ort_cpu import OrtRunnable
     from .exporter import _target
     from .onnx_model import ort_layer_profile

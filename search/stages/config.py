@@ -46,7 +46,7 @@ class SearchStage:
     with a crushed layer group are not drawn at all (None: the whole menu). ``references``:
     evaluate first the networks an engineer would try by hand (smallest, middle and largest
     architecture, each dense, int8 and channel-50 % + int8:
-    `tritune.spaces.supernet.sampling.reference_models`), so the front starts from them and the
+    `tritune.spaces.mobilenet.supernet.sampling.reference_models`), so the front starts from them and the
     search has to beat them; they count towards the budget."""
 
     max_drop: float | None = None

@@ -1,7 +1,7 @@
 """Stage 4: fine-tune the best models, compression kept, by successive halving.
 
 The ``top_k`` models picked along the front of the joint and refined searches each start from
-their inherited supernet weights (`tritune.spaces.supernet.trainable_subnet`) and train with
+their inherited supernet weights (`tritune.spaces.mobilenet.supernet.trainable_subnet`) and train with
 `tritune.evaluators.finetune.finetune` -- masks reached by the job's pruning method and kept
 exact, bits kept by quantization-aware training. Successive halving (Jamieson & Talwalkar,
 AISTATS 2016; the synchronous form of ASHA, Li et al., MLSys 2020): every model trains the first
@@ -57,7 +57,8 @@ def train_rung(candidate: Candidate, settings: FinetuneStage, until: float, stat
     """Train one model up to ``until`` epochs of its schedule (from its state file when there
     is one, else from the supernet at ``checkpoint``); returns the rung's record."""
     from ...evaluators.finetune import finetune
-    from ...spaces.supernet import load_checkpoint, trainable_subnet
+    from ...spaces.mobilenet.supernet import trainable_subnet
+    from ...spaces.checkpoint import load_checkpoint
 
     net = None
     if not state.is_file():

@@ -110,7 +110,7 @@ def _run(s: _Stages) -> PipelineResult:
     pipeline = job.build_pipeline(space, problem)
 
     def search() -> dict[str, Any]:
-        from ...spaces.supernet.sampling import reference_models
+        from ...spaces.mobilenet.supernet.sampling import reference_models
 
         searched = _screened(job, space, config.search.max_drop)
         first = list(reference_models(searched).values()) if config.search.references else []
@@ -188,7 +188,7 @@ def _screened(job: Job, space: Any, max_drop: float | None) -> Any:
     if max_drop is None:
         return space
     from ...evaluators.sensitivity import load_sensitivity
-    from ...spaces.supernet.sensitivity import screened_space
+    from ...spaces.sensitivity import screened_space
     from .supernet import SupernetSpec
 
     checkpoint = SupernetSpec.of(job).checkpoint

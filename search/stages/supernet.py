@@ -62,7 +62,7 @@ def ensure_supernet(job: Job, settings: Mapping[str, Any], *, progress: bool = T
     """Train or load the job's supernet; returns a summary (checkpoint, steps, seconds, how)."""
     from ...evaluators.data import load_dataset
     from ...evaluators.supernet_training import train_supernet
-    from ...spaces.supernet import MobileNetSupernet, read_header
+    from ...spaces.checkpoint import read_header
 
     where = SupernetSpec.of(job)
     config = train_config(settings)
@@ -82,7 +82,7 @@ def ensure_supernet(job: Job, settings: Mapping[str, Any], *, progress: bool = T
         if step >= config.steps:
             return {"checkpoint": str(where.checkpoint), "steps": step, "how": "loaded", "seconds": 0.0}
     data = load_dataset(where.dataset, seed=where.split_seed)
-    supernet = MobileNetSupernet(space, {"seed": job.seed})
+    supernet = space.supernet({"seed": job.seed})
     result = train_supernet(supernet, data, config, checkpoint=where.checkpoint, resume=True, progress=progress)
     return {"checkpoint": str(where.checkpoint), "steps": result.step, "how": "resumed" if step else "trained",
             "seconds": round(result.seconds, 2), "images_per_second": round(result.images_per_second, 1)}

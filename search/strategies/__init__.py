@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...spaces import SearchSpace
-from ...spaces.plugins import PluginGroup, check_options
+from ...spaces.plugins import Registry
 from ...evaluators.problem import Problem
 from ._common import strategy_options
 from .base import Oracle, Outcome, Proposal, Strategy
@@ -25,10 +25,7 @@ ENTRY_POINT_GROUP = "tritune.strategies"
 #: Arguments the search passes itself; a job sets ``seed`` at its top level.
 FILLED_BY_SEARCH = ("space", "problem", "seed", "oracle")
 
-STRATEGIES: dict[str, type[Strategy]] = {
-    cls.name: cls for cls in (RandomSearch, RegularizedEvolution, NSGA2Strategy, TPEStrategy, PredictorGuidedEvolution)
-}
-_PLUGINS = PluginGroup(ENTRY_POINT_GROUP)
+STRATEGIES: Registry[type[Strategy]] = Registry("strategy", ENTRY_POINT_GROUP)
 
 
 def register_strategy(cls: type[Strategy]) -> type[Strategy]:
@@ -36,30 +33,23 @@ def register_strategy(cls: type[Strategy]) -> type[Strategy]:
     name = getattr(cls, "name", "")
     if not isinstance(name, str) or not name:
         raise ValueError(f"strategy class {getattr(cls, '__name__', cls)!r}: set a non-empty string `name` before registering")
-    STRATEGIES[name] = cls
+    STRATEGIES.register(name, cls, (cls.__doc__ or "").strip().split("\n")[0])
     return cls
+
+
+for _builtin in (RandomSearch, RegularizedEvolution, NSGA2Strategy, TPEStrategy, PredictorGuidedEvolution):
+    register_strategy(_builtin)
 
 
 def options(name: str) -> dict[str, Any]:
     """Accepted options of a strategy and their defaults."""
-    return strategy_options(_lookup(name))
-
-
-def _lookup(name: Any) -> type[Strategy]:
-    if isinstance(name, str) and name in STRATEGIES:
-        return STRATEGIES[name]
-    cls = _PLUGINS.load(name, f"strategy {name}") if isinstance(name, str) else None
-    if cls is None:
-        known = sorted(set(STRATEGIES) | set(_PLUGINS.entry_points()))
-        raise ValueError(f"strategy: {name!r} not allowed; allowed: {', '.join(known)}")
-    STRATEGIES[name] = cls  # type: ignore[assignment]
-    return cls  # type: ignore[return-value]
+    return strategy_options(STRATEGIES.get(name))
 
 
 def check_strategy_options(name: str, opts: dict[str, Any]) -> None:
     """Raise ValueError naming an unknown strategy, an option it does not take (``seed`` and the
     other arguments the search fills included) or a value of the wrong type."""
-    cls = _lookup(name)
+    cls = STRATEGIES.get(name)
     for key in FILLED_BY_SEARCH:
         if key in opts:
             hint = "; set the job's top-level seed" if key == "seed" else ""
@@ -69,13 +59,13 @@ def check_strategy_options(name: str, opts: dict[str, Any]) -> None:
         if option not in allowed:
             listed = ", ".join(sorted(allowed)) or "(none)"
             raise ValueError(f"strategy {name}: unknown option {option!r}; allowed: {listed}")
-    check_options(cls, opts, f"strategy {name}", reserved=FILLED_BY_SEARCH)
+    STRATEGIES.check(name, opts, reserved=FILLED_BY_SEARCH)
 
 
 def create_strategy(name: str, space: SearchSpace, problem: Problem, seed: int = 0, oracle: Oracle | None = None, **opts: Any) -> Strategy:
     """Build a strategy by name; unknown names and unknown options raise ValueError naming them."""
     check_strategy_options(name, opts)
-    return _lookup(name)(space, problem, seed=seed, oracle=oracle, **opts)
+    return STRATEGIES.get(name)(space, problem, seed=seed, oracle=oracle, **opts)
 
 
 __all__ = [

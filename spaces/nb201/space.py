@@ -12,9 +12,9 @@ from importlib import resources
 
 import numpy as np
 
-from .base import Gene, Genome, SearchSpace
-from .candidate import Candidate
-from .layers import LayerSpec
+from ..base import Gene, Genome, SearchSpace
+from ..candidate import Candidate
+from ..layers import LayerSpec
 
 OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
 #: Edges in architecture-string order: (to_node, from_node).
@@ -24,7 +24,7 @@ NUM_ARCHS = len(OPS) ** len(EDGES)
 
 @lru_cache(maxsize=1)
 def _index_table() -> tuple[tuple[tuple[str, ...], ...], dict[tuple[str, ...], int]]:
-    raw = resources.files("tritune.spaces").joinpath("data/nb201_index.txt.gz").read_bytes()
+    raw = resources.files(__package__).joinpath("data/nb201_index.txt.gz").read_bytes()
     rows = [line for line in gzip.decompress(raw).decode().splitlines() if line and not line.startswith("#")]
     archs = tuple(tuple(OPS[int(d)] for d in row) for row in rows)
     if len(archs) != NUM_ARCHS:

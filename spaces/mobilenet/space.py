@@ -22,14 +22,14 @@ from __future__ import annotations
 import math
 from itertools import chain
 from operator import attrgetter
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .base import Gene, Genome, SearchSpace
-from .candidate import Candidate
-from .compression import ALL_SLOTS, FLOAT_BITS, ROLES, TIE_MODES, CompressionMenu, LayerCompression, integer_bits
-from .layers import ACTIVATIONS, OPS, LayerSpec
+from ..base import Gene, Genome, SearchSpace
+from ..candidate import Candidate
+from ..compression import ALL_SLOTS, FLOAT_BITS, ROLES, TIE_MODES, CompressionMenu, LayerCompression, integer_bits
+from ..layers import ACTIVATIONS, OPS, LayerSpec
 
 #: (base width, first stride, activation, squeeze-excite) of the five searchable stages.
 STAGES = ((24, 2, "relu", False), (40, 2, "relu", True), (80, 2, "hswish", False), (112, 1, "hswish", True), (160, 2, "hswish", True))
@@ -397,13 +397,22 @@ class MobileNetSpace(SearchSpace):
         }
 
     def network(self, candidate: Candidate, seed: int = 0) -> Any:
-        """`tritune.spaces.mobilenet_net.build_subnet`: the candidate's standalone network."""
-        from .mobilenet_net import build_subnet
+        """`tritune.spaces.mobilenet.network.build_subnet`: the candidate's standalone network."""
+        from .network import build_subnet
 
         return build_subnet(self, candidate, seed=seed)
 
     def input_shape(self, candidate: Candidate, batch: int = 1) -> tuple[int, ...]:
         return (batch, self.in_channels, int(candidate["resolution"]), int(candidate["resolution"]))
+
+    def supernet(self, config: Mapping[str, Any] | None = None) -> Any:
+        """`tritune.spaces.mobilenet.supernet.MobileNetSupernet` over this space; ``config``: the
+        fields of its `SupernetConfig`, checked by name and type."""
+        from ..plugins import check_options
+        from .supernet.network import MobileNetSupernet, SupernetConfig
+
+        check_options(SupernetConfig, dict(config or {}), "supernet config", unknown="unknown fields")
+        return MobileNetSupernet(self, SupernetConfig.from_json(config))
 
     def layers(self, candidate: Candidate) -> list[LayerSpec]:
         """The IR of the *physical* network: ``channel``-pruned layers already have their kept

@@ -8,7 +8,7 @@ and the pruning methods of `tritune.kernels.pruning`, which look for ``nn.Conv2d
 
 * structure: exactly the candidate's layer IR (`MobileNetSpace.layers`): physical widths and
   depths, kernels, squeeze-excite, residual sums; module names as in
-  `tritune.spaces.mobilenet_net.MobileNetSubnet` (``s2.b1.expand.conv``, ``.bn``, ``.act``);
+  `tritune.spaces.mobilenet.network.MobileNetSubnet` (``s2.b1.expand.conv``, ``.bn``, ``.act``);
 * weights: the supernet's view of each layer (`ElasticLayer.view`: leading channels, the kernel
   centre passed through the learned kernel transforms -- applied once, here), times the
   candidate's mask (`ElasticLayer.mask`), so the zeros are real; the unmasked view is kept as
@@ -38,13 +38,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...kernels.batchnorm import cumulative_batchnorm_stats
-from ...kernels.quant import ActFakeQuant, WeightFakeQuant, calibrate, dequantize_weight, quantize_weight
-from ..candidate import Candidate
-from ..compression import FLOAT_BITS, parse_pattern
-from ..layers import LayerSpec
-from ..mobilenet import STAGES, MobileNetSpace
-from ..mobilenet_net import ConvAct, LinearAct, MobileNetSubnet
+from ....kernels.batchnorm import cumulative_batchnorm_stats
+from ....kernels.quant import ActFakeQuant, WeightFakeQuant, calibrate, dequantize_weight, quantize_weight
+from ...candidate import Candidate
+from ...compression import FLOAT_BITS, parse_pattern
+from ...layers import LayerSpec
+from ..space import STAGES, MobileNetSpace
+from ..network import ConvAct, LinearAct, MobileNetSubnet
 from .elastic import DeployWeights
 from .extract import QuantizedConv2d, QuantizedLinear, _copy_plain
 from .network import MobileNetSupernet, resize_input

@@ -8,9 +8,10 @@ Two things narrow it during training, both from progressive shrinking (Cai et al
 "Once-for-All", ICLR 2020) and its extension to bits (OQAT, Shen et al., ICCV 2021; APQ, Wang
 et al., CVPR 2020):
 
-* a *dimension* -- a family of `mobilenet` genes: ``resolution``, ``width``, ``depth``,
-  ``kernel``, ``expand`` and ``compression`` (every per-slot pattern, ratio and bit-width) -- may
-  be frozen; it then takes the value of the largest network (compression: dense float);
+* a *dimension* (`tritune.spaces.weight_sharing.DIMENSIONS`) -- a family of `mobilenet` genes:
+  ``resolution``, ``width``, ``depth``, ``kernel``, ``expand`` and ``compression`` (every per-slot
+  pattern, ratio and bit-width) -- may be frozen; it then takes the value of the largest network
+  (compression: dense float);
 * a `CompressionLimit` (fewest bits, highest sparsity, patterns) restricts every slot's menu, so
   low bits and high sparsity can be reached gradually.
 """
@@ -20,18 +21,11 @@ from typing import Iterable
 
 import numpy as np
 
-from ..base import Genome
-from ..candidate import Candidate
-from ..compression import ALL_SLOTS, CompressionLimit
-from ..mobilenet import MobileNetSpace
-
-#: The gene families a sampler may vary.
-DIMENSIONS = ("resolution", "width", "depth", "kernel", "expand", "compression")
-#: Every dimension but compression: dense float networks of every architecture.
-ARCHITECTURE = tuple(d for d in DIMENSIONS if d != "compression")
-#: How the lower end of the sandwich is chosen (`CandidateSampler.lower_end`).
-LOWER_ENDS = ("sampled", "harshest", "none")
-
+from ...base import Genome
+from ...candidate import Candidate
+from ...compression import ALL_SLOTS, CompressionLimit
+from ...weight_sharing import DIMENSIONS, LOWER_ENDS, check_dimensions
+from ..space import MobileNetSpace
 
 def dimension_of(gene: str) -> str:
     """The dimension of a `mobilenet` gene name (``s1.b2.ratio`` -> ``expand``)."""
@@ -41,14 +35,6 @@ def dimension_of(gene: str) -> str:
         return gene
     tail = gene.rsplit(".", 1)[-1]
     return {"depth": "depth", "kernel": "kernel", "ratio": "expand"}[tail]
-
-
-def check_dimensions(elastic: Iterable[str], where: str = "elastic") -> frozenset[str]:
-    dims = frozenset(elastic)
-    bad = sorted(dims - set(DIMENSIONS))
-    if bad:
-        raise ValueError(f"{where}: unknown dimensions {bad}; allowed: {', '.join(DIMENSIONS)}")
-    return dims
 
 
 def most_compressed(slot_options: tuple) -> object:

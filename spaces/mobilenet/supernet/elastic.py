@@ -27,7 +27,7 @@ Batch-norm uses the first ``out`` entries of its parameters and running statisti
 "dynamic BN"). In training mode a layer computes conv -> BN with batch statistics. In eval mode it
 computes what the deployed layer computes: `deploy` folds BN into the weight (into the
 per-channel scales of quantized weights) and the layer runs that single op, so an extracted
-subnet (`tritune.spaces.supernet.extract`) reproduces it exactly.
+subnet (`tritune.spaces.mobilenet.supernet.extract`) reproduces it exactly.
 """
 from __future__ import annotations
 
@@ -40,11 +40,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...kernels.patterns import make_mask
-from ...kernels.quant import ALLOWED_BITS as QUANT_BITS
-from ...kernels.quant import ActFakeQuant, WeightFakeQuant, dequantize_weight, quantize_weight
-from ..compression import FLOAT_BITS, parse_pattern
-from ..layers import LayerSpec
+from ....kernels.patterns import make_mask
+from ....kernels.quant import ALLOWED_BITS as QUANT_BITS
+from ....kernels.quant import ActFakeQuant, WeightFakeQuant, dequantize_weight, quantize_weight
+from ...compression import FLOAT_BITS, parse_pattern
+from ...layers import LayerSpec
 
 _ACTIVATIONS = {"none": None, "relu": F.relu, "hswish": F.hardswish, "hsigmoid": F.hardsigmoid}
 

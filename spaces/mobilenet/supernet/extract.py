@@ -1,6 +1,6 @@
 """`extract`: one candidate of a trained supernet as a standalone network.
 
-The result is a `tritune.spaces.mobilenet_net.MobileNetSubnet` -- the module tree and names of
+The result is a `tritune.spaces.mobilenet.network.MobileNetSubnet` -- the module tree and names of
 the candidate's layer IR (``s2.b1.expand.conv`` ...), so it exports to ONNX with the node names
 targets map IR layers by -- holding the supernet's weights as deployed (`ElasticLayer.deploy`):
 
@@ -27,11 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...kernels.quant import dequantize_weight
-from ..candidate import Candidate
-from ..compression import FLOAT_BITS
-from ..mobilenet import STAGES
-from ..mobilenet_net import ConvAct, LinearAct, MobileNetSubnet
+from ....kernels.quant import dequantize_weight
+from ...candidate import Candidate
+from ...compression import FLOAT_BITS
+from ..space import STAGES
+from ..network import ConvAct, LinearAct, MobileNetSubnet
 from .elastic import DeployWeights
 from .network import MobileNetSupernet
 

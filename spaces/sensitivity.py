@@ -17,7 +17,8 @@ the table is measured once and then used two ways:
 A *factored* table (for spaces with many genes) measures each gene's sparsity choices at float
 bits and its bit-widths dense, and estimates a combined choice as the sum of the two.
 
-The table is plain JSON; it is stored in the supernet checkpoint's ``extra`` header field under
+It serves any space whose compression genes come from a `CompressionMenu` (a ``menu`` and a
+``tie`` mode, as `mobilenet` has). The table is plain JSON; it is stored in the supernet checkpoint's ``extra`` header field under
 `EXTRA_KEY`.
 """
 from __future__ import annotations
@@ -25,9 +26,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from ..candidate import Candidate
-from ..compression import LayerCompression
-from ..mobilenet import MobileNetSpace
+from .base import SearchSpace
+from .candidate import Candidate
+from .compression import LayerCompression
 
 #: Where a checkpoint's ``extra`` header keeps the table.
 EXTRA_KEY = "sensitivity"
@@ -80,7 +81,7 @@ class SensitivityTable:
             raise ValueError(f"{where}: damaged sensitivity table ({exc})") from None
 
     # ----- use -------------------------------------------------------------------------------------
-    def check_space(self, space: MobileNetSpace, where: str = "sensitivity") -> None:
+    def check_space(self, space: SearchSpace, where: str = "sensitivity") -> None:
         """Refuse a space whose compression genes are not the ones measured."""
         if space.tie != self.tie:
             raise ValueError(f"{where}: measured with compression.tie={self.tie!r}; the space ties {space.tie!r} (measure it again for this space)")
@@ -98,13 +99,13 @@ class SensitivityTable:
         parts = [sparsity_part(choice, default), bits_part(choice)]
         return sum(max(0.0, table[p.token]) for p in parts if p != default)
 
-    def estimate(self, space: MobileNetSpace, candidate: Candidate) -> float:
+    def estimate(self, space: SearchSpace, candidate: Candidate) -> float:
         """Estimated accuracy drop (points) of ``candidate``'s plan: the sum of its genes' drops."""
         genome = space.to_genome(space.validate(candidate))
         default = space.menu.default()
         return sum(self.drop(g.name[5:], genome[g.name], default) for g in space._genes if g.name.startswith("comp:") and g.is_active(genome))
 
-    def exclusions(self, space: MobileNetSpace, max_drop: float) -> dict[str, list[str]]:
+    def exclusions(self, space: SearchSpace, max_drop: float) -> dict[str, list[str]]:
         """The choices of each gene that alone cost more than ``max_drop`` points, as the
         ``compression.exclude`` option of ``space`` takes them (choices already off the menu
         are kept off)."""
@@ -121,7 +122,7 @@ class SensitivityTable:
         return out
 
 
-def screened_space(space: MobileNetSpace, table: SensitivityTable, max_drop: float) -> MobileNetSpace:
+def screened_space(space: SearchSpace, table: SensitivityTable, max_drop: float) -> SearchSpace:
     """``space`` without the choices `SensitivityTable.exclusions` names (its candidates are
     candidates of ``space``)."""
     config = space.config()

@@ -1,4 +1,4 @@
-"""Supernet checkpoints: one safetensors file, tensors plus a JSON header, nothing that runs code.
+"""Supernet checkpoints of any family: one safetensors file, tensors plus a JSON header, nothing that runs code.
 
 ::
 
@@ -16,9 +16,10 @@ catches accidents, not forgery. Schema 1 files (no checksum) still load.
 A checkpoint is refused (`CheckpointError`, a ValueError naming the file and the problem in one
 line) when it is not a tritune supernet file, is truncated or damaged, comes from a newer
 schema, lacks a header field or has one of the wrong type, was written for another space or
-space config or another supernet structure (`COMPATIBLE_FIELDS`), holds tensors of the wrong
+space config or another supernet structure (the supernet's ``compatible_fields``), holds tensors of the wrong
 name, shape or dtype, or weights that are NaN or infinite. Loading never unpickles: safetensors
-holds raw tensors only.
+holds raw tensors only. The supernet is rebuilt through its space (`SearchSpace.supernet`), so
+this module names no family.
 """
 from __future__ import annotations
 
@@ -32,8 +33,7 @@ from typing import Any, Mapping
 
 import torch
 
-from ..plugins import check_options
-from .network import MobileNetSupernet, SupernetConfig
+from .weight_sharing import Supernet
 
 FORMAT = "tritune-supernet"
 #: The newest header schema this version reads, and the one it writes (2: with ``tensors_sha256``).
@@ -43,9 +43,6 @@ HEADER_FIELDS: dict[str, tuple[type, ...]] = {
     "format": (str,), "schema": (int,), "space": (dict,), "supernet": (dict,), "step": (int,),
     "optimizer": (dict, type(None)), "extra": (dict,),
 }
-#: Supernet config fields a checkpoint must agree on (they change what the tensors mean); the
-#: initialisation seed, BN momentum and cache size do not.
-COMPATIBLE_FIELDS = ("kernel_transform", "calibration", "bn_eps")
 
 
 class CheckpointError(ValueError):
@@ -67,13 +64,13 @@ class Checkpoint:
     """What `load_checkpoint` returns: the supernet (weights loaded), the training step, the
     optimizer (state loaded, when one was passed) and the caller's ``extra`` JSON."""
 
-    supernet: MobileNetSupernet
+    supernet: Supernet
     step: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
     header: dict[str, Any] = field(default_factory=dict)
 
 
-def save_checkpoint(path: str | os.PathLike, supernet: MobileNetSupernet, *, optimizer: torch.optim.Optimizer | None = None,
+def save_checkpoint(path: str | os.PathLike, supernet: Supernet, *, optimizer: torch.optim.Optimizer | None = None,
                     step: int = 0, extra: dict[str, Any] | None = None) -> Path:
     """Write ``supernet`` (and the optimizer, step, torch RNG state, ``extra``) atomically."""
     from safetensors.torch import save_file
@@ -166,17 +163,12 @@ def read_header(path: str | os.PathLike) -> dict[str, Any]:
     return check_header(header, where)
 
 
-def build_supernet(header: dict[str, Any]) -> MobileNetSupernet:
+def build_supernet(header: dict[str, Any]) -> Supernet:
     """A fresh supernet for the space and config a checkpoint header names."""
-    from ..registry import create
+    from .registry import create
 
-    from ..mobilenet import MobileNetSpace
-
-    check_options(SupernetConfig, header["supernet"], "supernet config", unknown="unknown fields")
     space = create(header["space"]["name"], **header["space"]["config"])
-    if not isinstance(space, MobileNetSpace):
-        raise ValueError(f"space {header['space']['name']!r} has no supernet; allowed: mobilenet spaces")
-    return MobileNetSupernet(space, SupernetConfig.from_json(header["supernet"]))
+    return space.supernet(header["supernet"])
 
 
 def _read_tensors(path: str | os.PathLike, header: dict[str, Any], where: str, map_location: str | torch.device) -> dict[str, torch.Tensor]:
@@ -199,7 +191,7 @@ def _read_tensors(path: str | os.PathLike, header: dict[str, Any], where: str, m
     return tensors if device == "cpu" else {k: v.to(device) for k, v in tensors.items()}
 
 
-def _check_model_tensors(model: dict[str, torch.Tensor], supernet: MobileNetSupernet, where: str) -> None:
+def _check_model_tensors(model: dict[str, torch.Tensor], supernet: Supernet, where: str) -> None:
     expected = supernet.state_dict()
     missing = sorted(set(expected) - set(model))
     unexpected = sorted(set(model) - set(expected))
@@ -227,7 +219,7 @@ def _optimizer_state(tensors: dict[str, torch.Tensor], opt: dict[str, Any], wher
     return state
 
 
-def load_checkpoint(path: str | os.PathLike, supernet: MobileNetSupernet | None = None, *,
+def load_checkpoint(path: str | os.PathLike, supernet: Supernet | None = None, *,
                     optimizer: torch.optim.Optimizer | None = None, map_location: str | torch.device = "cpu",
                     restore_rng: bool = False) -> Checkpoint:
     """Read a checkpoint into ``supernet`` (built from the header when None) and ``optimizer``.
@@ -249,15 +241,14 @@ def load_checkpoint(path: str | os.PathLike, supernet: MobileNetSupernet | None 
             diff = sorted(k for k in set(theirs["config"]) | set(mine["config"]) if theirs["config"].get(k) != mine["config"].get(k))
             raise CheckpointError(f"{where}: saved for another {mine['name']} config (fields {diff} differ)")
         mine_cfg = supernet.config.to_json()
-        diff = sorted(k for k in COMPATIBLE_FIELDS if header["supernet"].get(k) != mine_cfg.get(k))
+        diff = sorted(k for k in supernet.compatible_fields if header["supernet"].get(k) != mine_cfg.get(k))
         if diff:
             raise CheckpointError(f"{where}: saved with another supernet config (fields {diff} differ)")
     tensors = _read_tensors(path, header, where, map_location)
     model = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     _check_model_tensors(model, supernet, where)
     supernet.load_state_dict(model, strict=True)
-    for _, layer in supernet.named_elastic():
-        layer.clear_caches()
+    supernet.clear_caches()
     if optimizer is not None:
         opt = header.get("optimizer")
         if opt is None:

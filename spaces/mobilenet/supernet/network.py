@@ -1,6 +1,6 @@
 """`MobileNetSupernet`: every candidate of a `mobilenet` space as one forward pass of shared weights.
 
-The supernet has the module tree of `tritune.spaces.mobilenet_net.MobileNetSubnet` (``stem``,
+The supernet has the module tree of `tritune.spaces.mobilenet.network.MobileNetSubnet` (``stem``,
 ``first``, ``s0``..``s4`` with blocks ``b0``..``b3``, ``final_expand``, ``feature_mix``,
 ``classifier``), each weight layer an `ElasticLayer` at its largest size, and runs a candidate
 by walking the candidate's layer IR (`MobileNetSpace.layers`): the IR says which blocks exist
@@ -31,13 +31,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...kernels.quant import CALIBRATION_METHODS as CALIBRATIONS
-from ...kernels.batchnorm import cumulative_batchnorm_stats
-from ...kernels.quant import ActFakeQuant, calibrate
-from ..candidate import Candidate
-from ..compression import FLOAT_BITS
-from ..layers import LayerSpec
-from ..mobilenet import STAGES, MobileNetSpace
+from ....kernels.quant import CALIBRATION_METHODS as CALIBRATIONS
+from ....kernels.batchnorm import cumulative_batchnorm_stats
+from ....kernels.quant import ActFakeQuant, calibrate
+from ...candidate import Candidate
+from ...compression import FLOAT_BITS
+from ...layers import LayerSpec
+from ..space import STAGES, MobileNetSpace
 from .elastic import QUANT_BITS, ElasticLayer
 from .sampling import CandidateSampler
 
@@ -169,6 +169,10 @@ class MobileNetSupernet(nn.Module):
         dims["__acts__"] = acts
         return dims
 
+    #: `SupernetConfig` fields a checkpoint must agree on (they change what the tensors mean); the
+    #: initialisation seed, BN momentum and cache size do not.
+    compatible_fields = ("kernel_transform", "calibration", "bn_eps")
+
     def reset_parameters(self) -> None:
         """Seeded initialisation (``config.seed``): the same config always gives the same weights."""
         g = torch.Generator().manual_seed(int(self.config.seed))
@@ -181,6 +185,25 @@ class MobileNetSupernet(nn.Module):
         for name, module in self.named_modules():
             if isinstance(module, ElasticLayer):
                 yield name, module
+
+    def weight_parameters(self) -> Iterator[nn.Parameter]:
+        """Every weight layer's weight (what weight decay applies to)."""
+        for _, layer in self.named_elastic():
+            yield layer.weight
+
+    def clear_caches(self) -> None:
+        """Forget cached masks and deployed weights (after the weights were replaced)."""
+        for _, layer in self.named_elastic():
+            layer.clear_caches()
+
+    def check_data(self, shape: tuple[int, ...], num_classes: int) -> None:
+        """ValueError unless inputs are images ``[N, in_channels, H, W]`` and the labels fit."""
+        space = self.space
+        if len(shape) != 4 or shape[1] != space.in_channels:
+            raise ValueError(f"training data: images {tuple(shape)} have {shape[1] if len(shape) == 4 else '?'} channels; "
+                             f"the space {space.name} expects in_channels={space.in_channels}")
+        if num_classes > space.num_classes:
+            raise ValueError(f"training data: {num_classes} classes, the space {space.name} has num_classes={space.num_classes}")
 
     # ----- candidates -------------------------------------------------------------------------
     def plan(self, candidate: Candidate) -> dict[str, LayerSpec]:

@@ -31,11 +31,11 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ..kernels.patterns import make_mask
-from .candidate import Candidate
-from .compression import parse_pattern
-from .layers import LayerSpec
-from .mobilenet import STAGES, MobileNetSpace
+from ...kernels.patterns import make_mask
+from ..candidate import Candidate
+from ..compression import parse_pattern
+from ..layers import LayerSpec
+from .space import STAGES, MobileNetSpace
 
 #: Kept channel counts are rounded to a multiple of this (see the module docstring).
 

@@ -1,0 +1,184 @@
+"""A standalone PyTorch network for one candidate of the ``vit`` space (timing, export, training).
+
+`build_vit(space, candidate, seed)` returns an eval-mode ``torch.nn.Module`` whose layers are the
+candidate's IR (`ViTSpace.layers`): every IR layer is a module at the path of its name
+(``b2.qkv`` is ``net.b2.qkv``; an ONNX node keeps that path, which is how a target finds the
+layers to quantize). ``channel`` pruning is physical (fewer heads, fewer hidden units, as the IR
+says); every other pattern is a magnitude mask with the pattern's structure
+(`tritune.kernels.patterns.make_mask`) on seeded random weights.
+
+Token pruning (`TokenSelect`, EViT-style): the class token's attention to the other tokens in the
+block before, averaged over heads, ranks them; the top ``keep`` stay in order of rank and the rest
+are fused into one package token, their attention-weighted mean. Token counts are fixed per
+candidate, so the exported graph has static shapes.
+
+`ViT.train()` makes the same network trainable (the token-pruning benchmark fine-tunes it). Images
+of another size than the space's ``image_size`` are resized first (mnist5k-hard's 32 px to 28).
+"""
+from __future__ import annotations
+
+import zlib
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...kernels.patterns import make_mask
+from ..candidate import Candidate
+from ..compression import parse_pattern
+from .space import ViTSpace, kept_count
+
+
+class LinearAct(nn.Module):
+    """One IR ``linear`` layer (+ GELU)."""
+
+    def __init__(self, c_in: int, c_out: int, act: str = "none") -> None:
+        super().__init__()
+        self.linear = nn.Linear(c_in, c_out)
+        self.act = nn.GELU() if act == "gelu" else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.linear(x)
+        return self.act(x) if self.act is not None else x
+
+
+class MatMul(nn.Module):
+    """One IR ``matmul`` layer: a product of two activations (an attention matmul)."""
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.matmul(a, b)
+
+
+class TokenSelect(nn.Module):
+    """Keep the class token and the ``kept`` most attended other tokens; fuse the rest into one."""
+
+    def __init__(self, kept: int, others: int) -> None:
+        super().__init__()
+        self.kept, self.others = int(kept), int(others)
+
+    def forward(self, x: torch.Tensor, cls_attention: torch.Tensor) -> torch.Tensor:
+        cls, rest = x[:, :1], x[:, 1:]
+        order = torch.argsort(cls_attention, dim=1, descending=True)
+        index = order[:, : self.kept].unsqueeze(-1).expand(-1, -1, x.shape[-1])
+        kept = torch.gather(rest, 1, index)
+        if self.kept == self.others:
+            return torch.cat([cls, kept], dim=1)
+        dropped = order[:, self.kept:]
+        weights = torch.gather(cls_attention, 1, dropped).unsqueeze(-1)
+        tokens = torch.gather(rest, 1, dropped.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+        package = (tokens * weights).sum(1, keepdim=True) / weights.sum(1, keepdim=True).clamp_min(1e-6)
+        return torch.cat([cls, kept, package], dim=1)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: ``norm1``, ``qkv``, ``scores``, ``softmax``, ``context``,
+    ``proj`` (+ residual), ``norm2``, ``fc1`` (GELU), ``fc2`` (+ residual); ``select`` first when
+    the block prunes tokens."""
+
+    def __init__(self, embed: int, heads: int, head_dim: int, hidden: int, select: TokenSelect | None) -> None:
+        super().__init__()
+        self.heads, self.head_dim = heads, head_dim
+        self.select = select
+        width = heads * head_dim
+        self.norm1 = nn.LayerNorm(embed)
+        self.qkv = LinearAct(embed, 3 * width)
+        self.scores = MatMul()
+        self.softmax = nn.Softmax(dim=-1)
+        self.context = MatMul()
+        self.proj = LinearAct(width, embed)
+        self.norm2 = nn.LayerNorm(embed)
+        self.fc1 = LinearAct(embed, hidden, "gelu")
+        self.fc2 = LinearAct(hidden, embed)
+
+    def forward(self, x: torch.Tensor, cls_attention: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.select is not None:
+            x = self.select(x, cls_attention)
+        b, t, _ = x.shape
+        qkv = self.qkv(self.norm1(x)).reshape(b, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0] * (self.head_dim ** -0.5), qkv[1], qkv[2]
+        attention = self.softmax(self.scores(q, k.transpose(-2, -1)))
+        y = self.context(attention, v).transpose(1, 2).reshape(b, t, self.heads * self.head_dim)
+        x = x + self.proj(y)
+        x = x + self.fc2(self.fc1(self.norm2(x)))
+        return x, attention[:, :, 0, 1:].mean(1)
+
+
+class ViT(nn.Module):
+    """``patch_embed``, ``cls_token``, ``pos_embed``, blocks ``b0``.., ``norm``, ``head``."""
+
+    def __init__(self, space: ViTSpace, candidate: Candidate) -> None:
+        super().__init__()
+        layers = space.layers(candidate)
+        by_name = {layer.name: layer for layer in layers}
+        embed, patch = int(candidate["embed"]), int(candidate["patch"])  # type: ignore[arg-type]
+        tokens = (space.image_size // patch) ** 2 + 1
+        self.image_size = space.image_size
+        self.patch_embed = nn.Conv2d(space.in_channels, embed, patch, patch)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed))
+        self.pos_embed = nn.Parameter(torch.zeros(1, tokens, embed))
+        blocks = []
+        t = tokens
+        for i, (t_in, width) in enumerate(zip(space.tokens(candidate), space.widths(candidate))):
+            select = None
+            if f"b{i}.select" in by_name:
+                select = TokenSelect(kept_count(t - 1, float(candidate["keep"][i])), t - 1)  # type: ignore[index]
+            blocks.append(Block(embed, width["heads"], space.head_dim, width["hidden"], select))
+            t = t_in
+        for i, block in enumerate(blocks):
+            self.add_module(f"b{i}", block)
+        self.depth = len(blocks)
+        self.norm = nn.LayerNorm(embed)
+        self.head = LinearAct(embed, space.num_classes)
+        self.layers = layers
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:  # data of another size: bilinear, antialiased
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False,
+                              antialias=bool(self.image_size < max(x.shape[-2:])))
+        x = self.patch_embed(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+        attention = None
+        for i in range(self.depth):
+            x, attention = getattr(self, f"b{i}")(x, attention)
+        return self.head(self.norm(x[:, 0]))
+
+
+def _init(net: ViT, seed: int) -> None:
+    """Seeded truncated-normal weights (std 0.02, as ViT initialises), zero biases, unit norms."""
+    gen = torch.Generator().manual_seed(int(seed))
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, (nn.Linear, nn.Conv2d)):
+                w = torch.randn(module.weight.shape, generator=gen).clamp_(-2, 2) * 0.02
+                w[w == 0] = 1e-6  # a kept weight must not be zero, or its pattern would not read back
+                module.weight.copy_(w)
+                module.bias.zero_()
+        net.pos_embed.copy_(torch.randn(net.pos_embed.shape, generator=gen).clamp_(-2, 2) * 0.02)
+        net.cls_token.copy_(torch.randn(net.cls_token.shape, generator=gen).clamp_(-2, 2) * 0.02)
+
+
+def apply_masks(net: ViT) -> None:
+    """Zero the pruned weights of every layer with a mask pattern (``channel`` is in the shapes)."""
+    modules = dict(net.named_modules())
+    with torch.no_grad():
+        for layer in net.layers:
+            if not layer.has_weights or layer.slot < 0 or layer.sparsity <= 0.0:
+                continue
+            if parse_pattern(layer.pattern).family in ("dense", "channel"):
+                continue
+            module = modules[layer.name]
+            op = module.linear if isinstance(module, LinearAct) else module
+            op.weight.mul_(make_mask(op.weight, layer.pattern, layer.sparsity))
+
+
+def build_vit(space: ViTSpace, candidate: Candidate, seed: int = 0) -> ViT:
+    """The candidate's network in eval mode: structure = `space.layers(candidate)`, seeded random
+    weights, sparsity masks applied."""
+    if not isinstance(space, ViTSpace):
+        raise ValueError(f"build_vit: space {getattr(space, 'name', space)!r} is not a vit space (ViTSpace)")
+    cand = space.validate(candidate)
+    net = ViT(space, cand)
+    _init(net, zlib.crc32(cand.dumps().encode()) ^ (int(seed) & 0xFFFFFFFF))
+    apply_masks(net)
+    return net.eval().requires_grad_(False)
+
