@@ -66,7 +66,7 @@ class RegularizedEvolution(TrackedStrategy):
         were mostly sample extremes (often degenerate ones, like a tiny network with chance-level
         accuracy) and the children piled up at the ends of the front, doing no better than random
         search at a 100-evaluation budget. Population-level rank with hypervolume contribution
-        beat it in both the spread and the knee of the front (see tests/test_strategies.py).
+        beat it in both the spread and the knee of the front (see tests/search/test_strategies.py).
         """
         if self._fit is None:
             values = np.stack([v for _, v in self.population])

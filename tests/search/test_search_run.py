@@ -18,7 +18,7 @@ from tritune.search.job import Job, JobError
 from tritune.search.run import run_search
 from tritune.search.store import TrialStore
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def job_dict(tmp_path: Path, **overrides) -> dict:

@@ -1,5 +1,5 @@
 """`tritune launch` checks everything before a byte leaves the machine, and what it submits is a
-fixed command of quoted, checked values (no cluster needed here; tests/test_ray_cluster.py
+fixed command of quoted, checked values (no cluster needed here; tests/search/test_ray_cluster.py
 submits to a real one)."""
 from __future__ import annotations
 

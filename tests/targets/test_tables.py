@@ -34,8 +34,8 @@ from tritune.spaces.plugins import PluginGroup
 from tritune.targets.registry import TARGETS
 from tritune.targets.tables import EMBEDDED_FILE
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+REPO = Path(__file__).resolve().parents[2]
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 JOINT_CSV = SHARED / "derived" / "nb201_joint_latency_accuracy.csv"
 BITFUSION = SHARED / "apq" / "BitFusion_new.b1.dict"
 EMBEDDED_PATH = REPO / "targets" / "data" / EMBEDDED_FILE

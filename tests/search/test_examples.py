@@ -11,7 +11,7 @@ import yaml
 from tritune.cli.main import main as cli_main
 from tritune.search.job import Job
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "search" / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "search" / "examples"
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLES.glob("*.yaml")))

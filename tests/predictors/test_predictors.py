@@ -30,7 +30,7 @@ from tritune.spaces import LayerSpec, NB201Space, create
 from tritune.spaces.nb201.space import OPS
 from tritune.targets import BitFusionTable, NB201Table, NB201TableTarget
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 JOINT_CSV = SHARED / "derived" / "nb201_joint_latency_accuracy.csv"
 BITFUSION = SHARED / "apq" / "BitFusion_new.b1.dict"
 HELD_OUT = ("help_pixel3", "help_fpga", "help_eyeriss", "help_raspi4", "help_gold_6240", "help_titanxp_1")

@@ -25,7 +25,7 @@ from tritune.spaces.mobilenet.space import SLOTS
 
 #: 160 rows of a real ort-cpu profile of the 224-px mobilenet space (onnxruntime 1.31, 1 thread,
 #: 5 rounds x 20 runs), trimmed to what the predictors read.
-PROFILE = Path(__file__).parent / "data" / "ort_cpu_mobilenet_profile.jsonl.gz"
+PROFILE = Path(__file__).resolve().parents[1] / "data" / "ort_cpu_mobilenet_profile.jsonl.gz"
 
 
 @pytest.fixture(scope="module")

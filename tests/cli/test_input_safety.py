@@ -20,7 +20,7 @@ from tritune.spaces import MobileNetSpace
 from tritune.spaces.mobilenet.supernet import MobileNetSupernet
 from tritune.spaces.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 NB201 = REPO / "search" / "examples" / "nb201.yaml"
 MOBILENET = REPO / "search" / "examples" / "mobilenet_mnist.yaml"
 TINY = dict(resolutions=[16], widths=[0.25], depths=[1], expands=[3], kernels=[3], stem_stride=2, in_channels=1, num_classes=10)
