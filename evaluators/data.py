@@ -414,7 +414,7 @@ def load_dataset(spec: str | Mapping | os.PathLike | Callable, *, image_size: in
     ``"module:function"`` is refused.
     ``image_size``: resize (bilinear, square) to this side; default the source's own size.
     """
-    from ..spaces.mobilenet.network import torch_threads
+    from ..kernels.timing import torch_threads
 
     with torch_threads(1):
         return _load_dataset(spec, image_size=image_size, seed=seed, test_fraction=test_fraction)

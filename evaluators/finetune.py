@@ -49,7 +49,7 @@ from ..kernels.patterns import achieved_sparsity, check_mask
 from ..kernels.pruning import ADMM, GradualMagnitude, OneShotMagnitude, PruningMethod, ReweightedGroupLasso
 from ..spaces.candidate import Candidate
 from ..spaces.compression import parse_pattern
-from ..spaces.mobilenet.network import torch_threads
+from ..kernels.timing import torch_threads
 from ..spaces.checkpoint import tensors_checksum
 from ..spaces.mobilenet.supernet.network import resize_input
 from ..spaces.mobilenet.supernet.trainable import TrainableSubnet, deploy

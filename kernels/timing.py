@@ -25,11 +25,12 @@ numbers would not be what the protocol says).
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -208,3 +209,20 @@ def measure_target(target_name: str, runnables: Any, protocol: Protocol, options
     if isinstance(runnables, (list, tuple)):
         return measure_many(runnables, protocol)
     return measure_many([runnables], protocol)[0]
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run a block with ``n`` torch intra-op threads (restored after). Building small tensors
+    with several threads on a busy machine is up to 100x slower, and idle OpenMP threads that
+    spin would disturb timings taken right after."""
+    import torch
+
+    before = torch.get_num_threads()
+    if before != n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if before != n:
+            torch.set_num_threads(before)

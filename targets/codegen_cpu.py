@@ -59,7 +59,7 @@ import numpy as np
 
 from ..spaces.candidate import Candidate
 from .base import Target
-from ..kernels.timing import Measurement, Protocol, measure_target
+from ..kernels.timing import Measurement, Protocol, measure_target, torch_threads
 from .space_support import SUPPORTED_SPACES, BuildsMobileNets
 from .ort_cpu import cpu_fingerprint
 
@@ -433,7 +433,7 @@ class CodegenCpuTarget(BuildsMobileNets, Target):
         packing those layers' module weights (what `load_exported` passes: the structure of a
         sparse layer whose kept weights include exact zeros is not in its dense weight)."""
         from ..kernels.codegen import CompilerError
-        from ..spaces.mobilenet.network import MobileNetSubnet, build_subnet, torch_threads
+        from ..spaces.mobilenet.network import MobileNetSubnet, build_subnet
         from ..spaces.mobilenet.network import input_shape as shape_of
 
         reason = self.unavailable_reason()

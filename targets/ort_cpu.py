@@ -58,7 +58,7 @@ import numpy as np
 from ..spaces.candidate import Candidate
 from ..spaces.compression import FLOAT_BITS
 from .base import Target
-from ..kernels.timing import Measurement, Protocol, measure_target
+from ..kernels.timing import Measurement, Protocol, measure_target, torch_threads
 from .space_support import SUPPORTED_SPACES, BuildsNetworks
 
 GRAPH_OPTIMIZATION = "ORT_ENABLE_ALL"
@@ -306,8 +306,6 @@ class OrtCpuTarget(BuildsNetworks, Target):
         import onnx
         import torch
 
-        from ..spaces.mobilenet.network import torch_threads
-
         x = torch.zeros(*input_shape)
         with _quiet(), torch_threads(1), torch.no_grad():
             if self.exporter == "torchscript":
@@ -339,8 +337,6 @@ class OrtCpuTarget(BuildsNetworks, Target):
         t0 = time.perf_counter()
         times: dict[str, float] = {}
         if isinstance(candidate, Candidate):
-            from ..spaces.mobilenet.network import torch_threads
-
             space = self.resolve_space(candidate, space)
             cand = space.validate(candidate)
             with torch_threads(1):

@@ -25,7 +25,8 @@ import torch
 
 from ...evaluators.data import ImageData
 from ...spaces.candidate import Candidate
-from ...spaces.mobilenet.network import MobileNetSubnet, torch_threads
+from ...spaces.mobilenet.network import MobileNetSubnet
+from ...kernels.timing import torch_threads
 from ...spaces.mobilenet.supernet import resize_input
 from . import manifest as mf
 from .onnx_model import build_onnx, layer_notes

@@ -21,7 +21,6 @@ widths (`tritune.spaces.mobilenet.pruned_channels`), so this module builds exact
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import operator
@@ -32,6 +31,7 @@ import torch
 from torch import nn
 
 from ...kernels.patterns import make_mask
+from ...kernels.timing import torch_threads
 from ..candidate import Candidate
 from ..compression import parse_pattern
 from ..layers import LayerSpec
@@ -188,21 +188,6 @@ def _init_weights(net: MobileNetSubnet, seed: int) -> None:
             w[w == 0] = 1e-6  # randn does return exact zeros; a kept weight must not be one, or its pattern would not read back
             op.weight.copy_(w * (gain / math.sqrt(fan_in)))
             op.bias.copy_(torch.randn(op.bias.shape, generator=gen) * 0.05)
-
-
-@contextlib.contextmanager
-def torch_threads(n: int):
-    """Run a block with ``n`` torch intra-op threads (restored after). Building small tensors
-    with several threads on a busy machine is up to 100x slower, and idle OpenMP threads that
-    spin would disturb timings taken right after."""
-    before = torch.get_num_threads()
-    if before != n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if before != n:
-            torch.set_num_threads(before)
 
 
 def build_subnet(space: MobileNetSpace, candidate: Candidate, seed: int = 0) -> MobileNetSubnet:

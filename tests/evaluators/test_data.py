@@ -74,7 +74,7 @@ def test_the_same_bytes_whatever_the_callers_thread_count():
     another process; the warps of mnist5k-hard once differed between thread counts."""
     import hashlib
 
-    from tritune.spaces.mobilenet.network import torch_threads
+    from tritune.kernels.timing import torch_threads
 
     digests = []
     for threads in (1, 2):

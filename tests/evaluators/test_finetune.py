@@ -19,7 +19,7 @@ from tritune.kernels.pruning import prunable_modules, resolve_plan
 from tritune.spaces import MobileNetSpace
 from tritune.spaces.compression import LayerCompression, parse_pattern
 from tritune.spaces.mobilenet.space import SLOT_INDEX
-from tritune.spaces.mobilenet.network import torch_threads
+from tritune.kernels.timing import torch_threads
 from tritune.spaces.mobilenet.supernet import MobileNetSupernet, QuantizedConv2d, QuantizedLinear, extract, with_compression
 from tritune.spaces.mobilenet.supernet.network import resize_input
 from tritune.spaces.mobilenet.supernet.trainable import TrainableSubnet, deploy, trainable_subnet

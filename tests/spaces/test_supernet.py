@@ -11,7 +11,8 @@ import torch
 from tritune.kernels.patterns import check_mask
 from tritune.spaces import MobileNetSpace
 from tritune.spaces.compression import parse_pattern
-from tritune.spaces.mobilenet.network import ConvAct, torch_threads
+from tritune.spaces.mobilenet.network import ConvAct
+from tritune.kernels.timing import torch_threads
 from tritune.spaces.mobilenet.supernet import MobileNetSupernet, QuantizedConv2d, QuantizedLinear, extract, with_compression
 from tritune.spaces.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from tritune.spaces.mobilenet.supernet.sampling import dimension_of

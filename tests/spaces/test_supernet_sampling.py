@@ -9,7 +9,7 @@ import torch
 from tritune.evaluators.supernet_training import TrainConfig, accuracy, calibration_batches, step_candidates, train_supernet
 from tritune.spaces import MobileNetSpace
 from tritune.spaces.compression import CompressionLimit
-from tritune.spaces.mobilenet.network import torch_threads
+from tritune.kernels.timing import torch_threads
 from tritune.spaces.mobilenet.supernet import MobileNetSupernet
 from tritune.spaces.checkpoint import load_checkpoint
 from tritune.spaces.mobilenet.supernet.sampling import CandidateSampler, restrict_space
