@@ -101,8 +101,8 @@ def _cached(path: Path, fn, *args) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--steps", type=int, default=2000, help="supernet training steps")
-    ap.add_argument("--alone-steps", type=int, default=1000, help="steps of each candidate trained alone")
+    ap.add_argument("--steps", type=int, default=1500, help="supernet training steps")
+    ap.add_argument("--alone-steps", type=int, default=800, help="steps of each candidate trained alone")
     ap.add_argument("--candidates", type=int, default=30)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
