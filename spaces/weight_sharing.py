@@ -51,8 +51,9 @@ class CandidateSampler(Protocol):
 
     def sandwich(self, rng: "np.random.Generator", n_random: int, elastic: Iterable[str] = DIMENSIONS,
                  limit: "CompressionLimit | None" = None, lower_end: str = "sampled", n_dense: int = 0) -> list[Candidate]:
-        """One step's candidates, the largest first (the teacher the others distil from), then
-        the lower end (`LOWER_ENDS`), ``n_random`` random candidates and ``n_dense`` dense float ones.
+        """One step's candidates: the teacher first (the largest network, which the others distil
+        from; a family may vary it per step, as vit does its patch size), then the lower end
+        (`LOWER_ENDS`), ``n_random`` random candidates and ``n_dense`` dense float ones.
 
         ``elastic``: the dimensions free to vary in this phase of the schedule (the others stay at
         the largest network's values); ``limit``: the harshest compression allowed in this phase."""

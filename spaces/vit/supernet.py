@@ -60,7 +60,9 @@ class ViTSupernetConfig:
 
 
 class ViTSampler:
-    """The sandwich rule over the vit space: the largest network (the teacher), the smallest
+    """The sandwich rule over the vit space: the largest network at the step's patch size (the
+    teacher: with one teacher patch size, the other size's embedding is trained by small
+    students only and the supernet ranked the two sizes backwards), the smallest
     architecture (fewest, narrowest blocks, fewest tokens) with a drawn plan, random candidates;
     dimensions outside ``elastic`` stay at the largest network's values and compression choices
     within ``limit``."""
@@ -71,6 +73,15 @@ class ViTSampler:
 
     def largest(self) -> Candidate:
         return self.space.largest()
+
+    def teacher(self, rng: np.random.Generator, elastic: frozenset[str]) -> Candidate:
+        """The step's teacher: the largest network at a patch size drawn for the step (while the
+        token grid is elastic), so each patch size's embedding is trained by a teacher."""
+        if "resolution" not in elastic or len(self.space.patch_sizes) == 1:
+            return self.largest()
+        genome = dict(self._largest)
+        genome["patch"] = self.space.patch_sizes[rng.integers(len(self.space.patch_sizes))]
+        return self.space._make(genome)
 
     def _draw(self, rng: np.random.Generator, elastic: frozenset[str], limit: CompressionLimit | None, smallest: bool,
               dense: bool) -> Candidate:
@@ -92,7 +103,7 @@ class ViTSampler:
     def sandwich(self, rng: np.random.Generator, n_random: int, elastic: Iterable[str] = DIMENSIONS,
                  limit: CompressionLimit | None = None, lower_end: str = "sampled", n_dense: int = 0) -> list[Candidate]:
         dims = check_dimensions(elastic)
-        out = [self.largest()]
+        out = [self.teacher(rng, dims)]
         if lower_end != "none":
             low = self._draw(rng, dims, limit, smallest=True, dense=False)
             if lower_end == "harshest":

@@ -222,7 +222,12 @@ def test_sandwich_keeps_frozen_dimensions_at_the_largest():
     sampler = space.supernet().sampler
     rng = np.random.default_rng(0)
     step = sampler.sandwich(rng, 3, ARCHITECTURE, n_dense=1)
-    assert step[0] == space.largest() and len(step) == 6
+    assert len(step) == 6
+    # the teacher: the largest network at a patch size drawn for the step, so both patch paths get one
+    teachers = {sampler.sandwich(np.random.default_rng(i), 0, ARCHITECTURE)[0] for i in range(12)}
+    assert {t["patch"] for t in teachers} == set(space.patch_sizes)
+    assert all(t.replace(arch={"patch": min(space.patch_sizes)}) == space.largest() for t in teachers)
+    assert sampler.sandwich(rng, 0, ("depth",))[0] == space.largest()  # a fixed token grid: the largest itself
     assert all(c.compression == space.largest().compression and set(c["attn_bits"]) == {32} for c in step)
     low = step[1]
     assert low["patch"] == max(space.patch_sizes) and low["embed"] == min(space.embed_dims) and low["depth"] == min(space.depths)
