@@ -35,7 +35,7 @@ def register_predictor(cls: P) -> P:
     kind = getattr(cls, "kind", "")
     if not isinstance(kind, str) or not kind:
         raise ValueError(f"predictor class {cls.__name__}: set a non-empty string `kind` before registering")
-    PREDICTORS.register(kind, cls, (cls.__doc__ or "").strip().split("\n")[0])
+    PREDICTORS.register(kind, cls)
     return cls
 
 

@@ -282,7 +282,7 @@ class Registry(Generic[F]):
         """File ``factory`` (or a ``loader`` returning it on first use, to keep imports lazy) under ``name``.
 
         Registering a name again replaces it. An empty ``description`` takes the factory's
-        ``description`` attribute. ``python_only``: options refused from files and the command
+        ``description`` attribute, else the first line of its docstring. ``python_only``: options refused from files and the command
         line (they would let a file run code), each with the way to set it instead."""
         if not isinstance(name, str) or not name:
             raise ValueError(f"{self.noun} name: {name!r} must be a non-empty string")
@@ -292,7 +292,7 @@ class Registry(Generic[F]):
             raise ValueError(f"{self.noun} {name}: factory {factory!r} is not callable")
         if not description and factory is not None:
             text = getattr(factory, "description", "")
-            description = text if isinstance(text, str) else ""
+            description = text if isinstance(text, str) and text else (getattr(factory, "__doc__", None) or "").strip().split("\n")[0]
         self._entries[name] = _Entry(factory, loader, description, dict(python_only or {}))
 
     def unregister(self, name: str) -> None:

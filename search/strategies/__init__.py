@@ -33,7 +33,7 @@ def register_strategy(cls: type[Strategy]) -> type[Strategy]:
     name = getattr(cls, "name", "")
     if not isinstance(name, str) or not name:
         raise ValueError(f"strategy class {getattr(cls, '__name__', cls)!r}: set a non-empty string `name` before registering")
-    STRATEGIES.register(name, cls, (cls.__doc__ or "").strip().split("\n")[0])
+    STRATEGIES.register(name, cls)
     return cls
 
 

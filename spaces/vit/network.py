@@ -18,6 +18,7 @@ of another size than the space's ``image_size`` are resized first (mnist5k-hard'
 from __future__ import annotations
 
 import zlib
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,18 @@ from ...kernels.patterns import make_mask
 from ..candidate import Candidate
 from ..compression import parse_pattern
 from .space import ViTSpace, kept_count
+
+
+def fit_input(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Images ``x`` at ``size`` x ``size`` (bilinear, antialiased when shrinking; unchanged at that size)."""
+    if tuple(x.shape[-2:]) == (size, size):
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=bool(size < max(x.shape[-2:])))
+
+
+def trunc_normal(shape: Any, generator: torch.Generator) -> torch.Tensor:
+    """Seeded normal values clipped at two standard deviations, std 0.02 (ViT's initialisation)."""
+    return torch.randn(shape, generator=generator).clamp_(-2, 2) * 0.02
 
 
 class LinearAct(nn.Module):
@@ -132,10 +145,7 @@ class ViT(nn.Module):
         self.layers = layers
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:  # data of another size: bilinear, antialiased
-            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False,
-                              antialias=bool(self.image_size < max(x.shape[-2:])))
-        x = self.patch_embed(x).flatten(2).transpose(1, 2)
+        x = self.patch_embed(fit_input(x, self.image_size)).flatten(2).transpose(1, 2)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
         attention = None
         for i in range(self.depth):
@@ -149,12 +159,12 @@ def _init(net: ViT, seed: int) -> None:
     with torch.no_grad():
         for module in net.modules():
             if isinstance(module, (nn.Linear, nn.Conv2d)):
-                w = torch.randn(module.weight.shape, generator=gen).clamp_(-2, 2) * 0.02
+                w = trunc_normal(module.weight.shape, gen)
                 w[w == 0] = 1e-6  # a kept weight must not be zero, or its pattern would not read back
                 module.weight.copy_(w)
                 module.bias.zero_()
-        net.pos_embed.copy_(torch.randn(net.pos_embed.shape, generator=gen).clamp_(-2, 2) * 0.02)
-        net.cls_token.copy_(torch.randn(net.cls_token.shape, generator=gen).clamp_(-2, 2) * 0.02)
+        net.pos_embed.copy_(trunc_normal(net.pos_embed.shape, gen))
+        net.cls_token.copy_(trunc_normal(net.cls_token.shape, gen))
 
 
 def apply_masks(net: ViT) -> None:

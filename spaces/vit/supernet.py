@@ -36,7 +36,7 @@ from ..candidate import Candidate
 from ..compression import FLOAT_BITS, CompressionLimit, parse_pattern
 from ..layers import LayerSpec
 from ..weight_sharing import DIMENSIONS, check_dimensions
-from .network import TokenSelect, ViT
+from .network import TokenSelect, ViT, fit_input, trunc_normal
 from .space import ViTSpace, kept_count
 
 #: The training-schedule dimension of each vit gene (by the gene name's last part).
@@ -175,13 +175,13 @@ class ViTSupernet(nn.Module):
         with torch.no_grad():
             for module in self.modules():
                 if isinstance(module, (nn.Linear, nn.Conv2d)):
-                    module.weight.copy_(torch.randn(module.weight.shape, generator=g).clamp_(-2, 2) * 0.02)
+                    module.weight.copy_(trunc_normal(module.weight.shape, g))
                     module.bias.zero_()
                 elif isinstance(module, nn.LayerNorm):
                     module.weight.fill_(1.0)
                     module.bias.zero_()
             for p in [self.cls_token, *self.pos_embed.values()]:
-                p.copy_(torch.randn(p.shape, generator=g).clamp_(-2, 2) * 0.02)
+                p.copy_(trunc_normal(p.shape, g))
         self.clear_caches()
 
     def plan(self, candidate: Candidate) -> dict[str, LayerSpec]:
@@ -274,9 +274,7 @@ class ViTSupernet(nn.Module):
         plan = self.plan(candidate)
         if x.dim() != 4 or x.shape[1] != space.in_channels:
             raise ValueError(f"supernet: input shape {tuple(x.shape)} not allowed; allowed: [N, {space.in_channels}, H, W]")
-        size = space.image_size
-        if x.shape[-2:] != (size, size):
-            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=bool(size < max(x.shape[-2:])))
+        x = fit_input(x, space.image_size)
         patch, e = int(candidate["patch"]), int(candidate["embed"])  # type: ignore[arg-type]
         pe = self.patch_embed[str(patch)]
         spec = plan["patch_embed"]
