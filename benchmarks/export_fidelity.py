@@ -198,7 +198,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 def _sensitivities(run_dir: Path, run: Any, rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     from tritune.search.export.exporter import SupernetWeights
     from tritune.spaces import Candidate
-    from tritune.spaces.mobilenet.supernet import resize_input
+    from tritune.spaces.images import fit_input
 
     weights = SupernetWeights(run)
     labels = weights.data.test.tensors[1].numpy()
@@ -210,7 +210,7 @@ def _sensitivities(run_dir: Path, run: Any, rows: list[dict[str, Any]]) -> dict[
         manifest = json.loads((run_dir / "export" / r["target"] / cid / "manifest.json").read_text())
         candidate = Candidate.from_json(manifest["candidate"])
         net = _deployed(run_dir, cid, weights, candidate)
-        x = resize_input(weights.data.test.tensors[0], int(candidate["resolution"]))
+        x = fit_input(weights.data.test.tensors[0], int(candidate["resolution"]))
         out[cid] = rounding_sensitivity(net, x, labels)
         print(f"  {cid}: rounding sensitivity {_span({'rounding_sensitivity': out[cid]}, 'perturbed_accuracy', '.1f')} %", flush=True)
     return out

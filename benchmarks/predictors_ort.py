@@ -14,8 +14,10 @@ least 700 rows, else 30 %), fits
 * ``layerwise``: `LayerwiseLatencyPredictor` (fused kernels + per-model correction);
 * ``+groups`` variants: trained on latencies corrected for each measurement group's level
   (`LayerwiseLatencyPredictor.fit(groups=...)`), scored on the raw held-out latencies;
-* ablations: ``layerwise-additive`` (no correction stage) and ``layerwise-naive-rules`` (kernels
-  grouped without the measured rules: no int8 promotion, no residual-sum fusion);
+* ablations: ``layerwise-additive`` (no correction stage), ``layerwise-naive-rules`` (kernels
+  grouped without the measured rules: no int8 promotion, no residual-sum fusion, GELU folded,
+  float softmax) and, for transformers, ``layerwise-token-blind`` (every token-wise layer seen
+  at one token, as a grouping that ignores token counts sees it);
 
 and prints a markdown table (within +-10 %, +-5 %, MAPE, Spearman, Kendall on the held-out
 models; also split fp32-only / int8-mix), the noise floor, and predict throughput. The noise
@@ -296,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         rules = detect_fusion_rules(timing=True)
         fusion_lines = fusion_table(rules, DEFAULT_RULES, time.perf_counter() - t0)
-    naive = dataclasses.replace(rules, source="naive (no promotion, no sum fusion)", promote_acts=(), fp32_add_fused=False)
+    naive = dataclasses.replace(rules, source="naive (no promotion, no sum fusion, GELU folded, float softmax)", promote_acts=(),
+                                fp32_add_fused=False, gelu_fused=True, int8_softmax=False)
     models = {
         "whole-model": lambda: WholeModelPredictor(space=space).fit(c_tr, y[tr], target=fp),
         "layerwise": lambda: LayerwiseLatencyPredictor(space=space, rules=rules).fit(nets_tr, y[tr], target=fp),
@@ -305,12 +308,15 @@ def main(argv: list[str] | None = None) -> int:
         "layerwise-additive+groups": lambda: LayerwiseLatencyPredictor(space=space, rules=rules, correction=False).fit(nets_tr, y[tr], target=fp, groups=groups[tr]),
         "layerwise-naive-rules": lambda: LayerwiseLatencyPredictor(space=space, rules=naive).fit(nets_tr, y[tr], target=fp),
     }
+    if any(L.in_w == 1 and L.in_h > 1 for L in nets[0]):  # token rows (transformers): a predictor blind to them
+        blind = lambda xs: [[dataclasses.replace(L, in_h=1) if L.in_w == 1 else L for L in x] for x in xs]  # noqa: E731
+        models["layerwise-token-blind"] = lambda: LayerwiseLatencyPredictor(space=space, rules=rules).fit(blind(nets_tr), y[tr], target=fp)
     fit_s = {}
     for name, make in models.items():
         t0 = time.perf_counter()
         fitted[name] = make()
         fit_s[name] = time.perf_counter() - t0
-        preds[name] = fitted[name].predict(c_te if name == "whole-model" else nets_te)
+        preds[name] = fitted[name].predict(c_te if name == "whole-model" else blind(nets_te) if name.endswith("token-blind") else nets_te)
     for name, p in preds.items():
         results[name] = report(y[te], p, masks)
         results[name]["fit_s"] = fit_s.get(name)
@@ -331,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     # noise indicators from the data itself
     # best by held-out MAPE (within +-10 % moves by several points with a handful of models on a
     # few hundred held-out rows; MAPE is the steadier criterion)
-    best = min((k for k in preds if k != "flops"), key=lambda k: results[k]["all"]["mape"])
+    best = min((k for k in preds if k != "flops" and not k.endswith("token-blind")), key=lambda k: results[k]["all"]["mape"])
     full = fitted[best].predict(cands if best == "whole-model" else nets)
     drift = group_drift(y, full, groups)
     spread = np.array([r.get("spread", np.nan) for r in rows])

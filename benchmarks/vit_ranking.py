@@ -13,6 +13,10 @@ training images, test accuracy) and ``alone`` the test accuracy after training t
 itself from a fresh initialisation for ``--alone-steps`` steps (same optimizer and schedule, its
 compression active), then the same recalibration. Goal (issue 20): Kendall tau >= 0.6.
 
+``--repeat-seed S`` also trains every candidate alone a second time from another seed: the Kendall
+tau between the two alone runs is the most any supernet can reach against one of them (the noise
+ceiling of the reference).
+
 Work runs in ``--workers`` processes of one thread each; finished pieces are kept under
 ``--cache``, so a rerun continues where it stopped.
 
@@ -104,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=1500, help="supernet training steps")
     ap.add_argument("--alone-steps", type=int, default=800, help="steps of each candidate trained alone")
     ap.add_argument("--candidates", type=int, default=30)
+    ap.add_argument("--repeat-seed", type=int, default=None, help="train every candidate alone again from this seed (noise ceiling)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache", default=str(REPO / "runs" / "vit_ranking"))
@@ -124,17 +129,29 @@ def main(argv: list[str] | None = None) -> int:
         supernet_job = pool.submit(train_supernet, args.steps, args.seed, ckpt)
         alone_jobs = {pool.submit(_cached, cache / f"alone-{c.id}-{args.alone_steps}.json", train_alone, d, args.alone_steps, args.seed): c.id
                       for c, d in zip(cands, docs)}
-        alone = {}
-        for job in tqdm(cf.as_completed([supernet_job, *alone_jobs]), total=1 + len(alone_jobs), desc="train"):
-            if job is not supernet_job:
+        repeat_jobs = {} if args.repeat_seed is None else {
+            pool.submit(_cached, cache / f"alone-{c.id}-{args.alone_steps}-seed{args.repeat_seed}.json", train_alone, d, args.alone_steps,
+                        args.repeat_seed): c.id for c, d in zip(cands, docs)}
+        alone, repeat = {}, {}
+        for job in tqdm(cf.as_completed([supernet_job, *alone_jobs, *repeat_jobs]), total=1 + len(alone_jobs) + len(repeat_jobs), desc="train"):
+            if job in alone_jobs:
                 alone[alone_jobs[job]] = job.result()
+            elif job in repeat_jobs:
+                repeat[repeat_jobs[job]] = job.result()
         timing = supernet_job.result()
         scores = pool.submit(inherited, ckpt, docs, args.seed).result()
         largest = pool.submit(inherited, ckpt, [space.largest().to_json()], args.seed).result()[0]
     rows = [{"candidate": c.id, "tokens": space.tokens(c), "macs": float(sum(L.macs for L in space.layers(c))),
-             "inherited": s, "alone": alone[c.id]["accuracy"]} for c, s in zip(cands, scores)]
+             "inherited": s, "alone": alone[c.id]["accuracy"], "alone_repeat": repeat[c.id]["accuracy"] if repeat else None}
+            for c, s in zip(cands, scores)]
     a, b = [r["inherited"] for r in rows], [r["alone"] for r in rows]
     tau, spearman = kendalltau(a, b), spearmanr(a, b)
+    ceiling = None
+    if repeat:
+        r2 = [r["alone_repeat"] for r in rows]
+        ceiling = {"seed": args.repeat_seed, "kendall_tau": float(kendalltau(b, r2).statistic),
+                   "inherited_vs_repeat": float(kendalltau(a, r2).statistic),
+                   "inherited_vs_mean": float(kendalltau(a, [(x + y) / 2 for x, y in zip(b, r2)]).statistic)}
     print(f"vit supernet: {args.steps} steps ({timing['seconds']:.0f} s in this call), each candidate alone {args.alone_steps} steps; "
           f"largest dense network inherited {largest:.1f} %")
     print("| candidate | tokens per block | MACs (M) | inherited % | alone % |")
@@ -143,10 +160,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {r['candidate']} | {' '.join(map(str, r['tokens']))} | {r['macs'] / 1e6:.2f} | {r['inherited']:.1f} | {r['alone']:.1f} |")
     print(f"Kendall tau {tau.statistic:.3f} (p {tau.pvalue:.2g}), Spearman {spearman.statistic:.3f} over {len(rows)} candidates; "
           f"median inherited {statistics.median(a):.1f} %, median alone {statistics.median(b):.1f} % (goal: tau >= 0.6)")
+    if ceiling:
+        print(f"noise ceiling: alone (seed {args.seed}) vs alone (seed {ceiling['seed']}) Kendall tau {ceiling['kendall_tau']:.3f}; "
+              f"inherited vs the repeat {ceiling['inherited_vs_repeat']:.3f}, vs the mean of both {ceiling['inherited_vs_mean']:.3f}")
     doc = {"benchmark": "vit_ranking", "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()},
            "settings": {"steps": args.steps, "alone_steps": args.alone_steps, "train": TRAIN, "seed": args.seed, "dataset": DATASET},
            "supernet_s": timing["seconds"], "largest_inherited": largest, "kendall_tau": float(tau.statistic),
-           "kendall_p": float(tau.pvalue), "spearman": float(spearman.statistic), "wall_s": time.perf_counter() - t0, "rows": rows}
+           "kendall_p": float(tau.pvalue), "noise_ceiling": ceiling, "spearman": float(spearman.statistic), "wall_s": time.perf_counter() - t0, "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
     print(f"written: {args.out}")

@@ -51,7 +51,7 @@ from ..spaces.candidate import Candidate
 from ..spaces.compression import parse_pattern
 from ..kernels.timing import torch_threads
 from ..spaces.checkpoint import tensors_checksum
-from ..spaces.mobilenet.supernet.network import resize_input
+from ..spaces.images import fit_input
 from ..spaces.mobilenet.supernet.trainable import TrainableSubnet, deploy
 from .data import ImageData
 from .supernet_training import batch_indices, calibration_batches
@@ -215,7 +215,7 @@ def _accuracy(model: torch.nn.Module, data: ImageData, resolution: int, batch_si
     correct = 0
     with torch.no_grad():
         for i in range(0, len(x_all), batch_size):
-            x = resize_input(x_all[i:i + batch_size].to(device), resolution)
+            x = fit_input(x_all[i:i + batch_size].to(device), resolution)
             correct += int((model(x).argmax(1) == y_all[i:i + batch_size].to(device)).sum())
     return 100.0 * correct / max(1, len(x_all))
 

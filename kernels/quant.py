@@ -55,7 +55,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -70,6 +70,19 @@ ALLOWED_BITS = QUANT_BITS + (FLOAT_BITS,)
 CALIBRATION_METHODS = ("minmax", "percentile", "mse")
 #: Values an `ActFakeQuant` keeps per calibration for the percentile and MSE searches.
 MAX_SAMPLES = 1 << 17
+@dataclass(frozen=True)
+class LayerQuantization:
+    """Quantization parameters a real-weight build keeps instead of letting the quantizer choose
+    them (`OrtCpuTarget.build` with ``layer_quantization``): ``weight_scales`` per output channel
+    (symmetric int8 codes, zero point 0: a weight that is ``codes * scales`` is stored as exactly
+    those codes), and the uint8 ``input_scale`` / ``input_zero_point`` of the layer's input
+    (None: calibrated like every other tensor)."""
+
+    weight_scales: Sequence[float] | None = None
+    input_scale: float | None = None
+    input_zero_point: int | None = None
+
+
 #: Smallest step: an all-zero weight channel or activation still gets a valid (positive) scale.
 MIN_STEP = 1e-12
 ONNX_BITS = 8

@@ -25,8 +25,10 @@ activation islands; `KernelBatch` does the same for many networks at once with n
 predictor uses: tens of thousands of networks per second), from `LayerSpec` lists or, skipping
 those objects, from a space's integer code rows (`KernelBatch.from_codes`).
 
-IR conventions relied upon (those of `tritune.spaces.mobilenet`): layers are in execution
-order and form a chain; a squeeze-excite group is ``global_pool`` -> ``conv`` on a 1x1 input
+IR conventions relied upon (those of `tritune.spaces.mobilenet` and `tritune.spaces.vit`):
+layers are in execution order and form a chain; ``linear``, ``layernorm``, ``matmul``,
+``softmax`` and ``token_select`` work on ``in_h`` rows (tokens), and an element-wise op on the
+rows of its producer, every other op on ``in_h`` x ``in_h`` pixels; a squeeze-excite group is ``global_pool`` -> ``conv`` on a 1x1 input
 (x2) -> ``mul`` and hangs off the tensor before it; an ``add`` sums the chain with the input of
 its block, which is the output of the last ``add`` or activation-free 1x1 ``conv`` (a linear
 bottleneck) before the block's project conv, else of the network's first layer.
@@ -61,7 +63,10 @@ class FusionRules:
     quantization). ``int8_float_acts``: activations without an int8 kernel (DQ -> act -> Q float
     island). ``int8_add`` / ``int8_pool``: an add / global pool between int8 tensors runs as an
     int8 kernel. ``promote_acts``: a float conv with one of these activations, between an int8
-    producer and a sole int8 consumer, is run as int8 by the runtime. ``channel_block``: fp32
+    producer and a sole int8 consumer, is run as int8 by the runtime. Transformer rules:
+    ``gelu_fused``: a float GELU folds into the linear before it; ``skip_layernorm``: a residual
+    add folds into the layer norm after it; ``attention_fused``: scores, softmax and context run as
+    one attention kernel; ``int8_softmax``: a softmax between int8 matmuls runs in int8. ``channel_block``: fp32
     channel blocking (latency steps). ``evidence``: how each rule was decided (graph nodes seen,
     micro-benchmark microseconds)."""
 
@@ -71,11 +76,15 @@ class FusionRules:
     fp32_add_fused: bool = True
     bn_fused: bool = True
     int8_conv_acts: tuple[str, ...] = ("none", "relu")
-    int8_float_acts: tuple[str, ...] = ("hswish", "hsigmoid")
+    int8_float_acts: tuple[str, ...] = ("hswish", "hsigmoid", "gelu")
     int8_add: bool = True
     int8_pool: bool = True
     mul_fused: bool = False
     promote_acts: tuple[str, ...] = ("none", "relu")
+    gelu_fused: bool = False
+    skip_layernorm: bool = False
+    attention_fused: bool = False
+    int8_softmax: bool = True
     fp32_layout: str = "NCHWc"
     int8_layout: str = "NHWC"
     channel_block: int = 16
@@ -112,11 +121,15 @@ DEFAULT_RULES = FusionRules(source="onnxruntime 1.31 CPU EP, graph inspection (b
 #: tiny convs, scale); fc: linear; pool: global pool; add_fused: residual sum inside an fp32
 #: conv; island: float activation after an int8 conv (DQ, act); q_conv / dq_conv: precision
 #: change next to an fp32 NCHWc conv (Q/DQ + Transpose + Reorder); q_elt / dq_elt: next to an
-#: element-wise op or island (Q/DQ only).
+#: element-wise op or island (Q/DQ only). Transformers: ln: layer norm (``ln_fused``: with the
+#: residual add before it); mm: attention matmul (per head, on activations); softmax; attn: the
+#: fused scores + softmax + context; gelu_f32: a GELU after a float linear; gelu_i8: the float
+#: island of a GELU after an int8 linear; select: token selection.
 KERNEL_TYPES = (
     "stem_f32", "stem_i8", "pw_f32", "pw_i8", "dw_f32", "dw_i8", "se_f32", "se_i8", "fc_f32", "fc_i8",
     "pool_f32", "pool_i8", "add_f32", "add_i8", "add_fused", "mul_f32", "island", "q_conv", "dq_conv", "q_elt", "dq_elt",
-    "act_f32",
+    "act_f32", "ln_f32", "ln_fused", "mm_f32", "mm_i8", "softmax_f32", "softmax_i8", "attn_f32", "gelu_f32", "gelu_i8",
+    "select_f32",
 )
 TYPE_INDEX = {t: i for i, t in enumerate(KERNEL_TYPES)}
 #: Per-kernel feature columns (`KernelBatch.features`).
@@ -284,6 +297,8 @@ def _group_rows(lens: np.ndarray, rows_: np.ndarray, rules: FusionRules, names: 
 
     O = _OPC
     is_conv, is_dw, is_lin = op == O["conv"], op == O["dwconv"], op == O["linear"]
+    is_mm, is_ln, is_sm, is_sel = op == O["matmul"], op == O["layernorm"], op == O["softmax"], op == O["token_select"]
+    seq = is_lin | is_mm | is_ln | is_sm | is_sel  # rows of tokens: in_h x 1
     W = is_conv | is_dw | is_lin
     nxt_op = np.append(op[1:], -1)
     nxt_h = np.append(h[1:], 0)
@@ -291,7 +306,7 @@ def _group_rows(lens: np.ndarray, rows_: np.ndarray, rules: FusionRules, names: 
     se_pool = (op == O["global_pool"]) & same_next & (nxt_op == O["conv"]) & (nxt_h == 1)
     se_conv = is_conv & (h == 1)
     main = ~(se_pool | se_conv)
-    h_out = np.where(is_lin | (op == O["global_pool"]), 1, (h + st - 1) // st)
+    h_out = np.where(op == O["global_pool"], 1, np.where(seq, h, (h + st - 1) // st))
 
     # previous / next main-chain layer in the same network (-1: none)
     mi = np.flatnonzero(main)
@@ -301,6 +316,12 @@ def _group_rows(lens: np.ndarray, rows_: np.ndarray, rules: FusionRules, names: 
         ok = owner[mi[1:]] == owner[mi[:-1]]
         prev[mi[1:][ok]] = mi[:-1][ok]
         nxt[mi[:-1][ok]] = mi[1:][ok]
+
+    # element-wise ops on token rows (their producer's layout): in_h tokens, not in_h x in_h pixels
+    elt = (op == O["add"]) | (op == O["mul"]) | (op == O["act"])
+    seq = seq | (elt & (prev >= 0) & seq[np.maximum(prev, 0)])
+    area_in = np.where(seq, h, h * h).astype(np.float64)
+    area_out = np.where(seq, h_out, h_out * h_out).astype(np.float64)
 
     # residual source of every add: last block end before its project, else the first layer
     is_add = op == O["add"]
@@ -316,7 +337,7 @@ def _group_rows(lens: np.ndarray, rows_: np.ndarray, rules: FusionRules, names: 
         src[adds] = cand
 
     # precision: base int8 (int8 weights and inputs), then promotion of float convs sandwiched between int8 layers
-    base8 = W & (wb <= 8)
+    base8 = (W | is_mm) & (wb <= 8)
     absorb = _acts_in(act, rules.int8_conv_acts)
     out8 = base8 & absorb  # output tensor of a weight layer is int8 data
     promote = np.zeros(n, dtype=bool)
@@ -349,10 +370,12 @@ def _group_rows(lens: np.ndarray, rows_: np.ndarray, rules: FusionRules, names: 
             break
         add8[ia], pool8[ip] = new_add8, new_pool8
     # int8-ness of the data each main layer consumes / produces
-    dom_in = np.where(W, eff8, add8 | pool8)
-    dom_out = np.where(W, out8, add8 | pool8)
+    # a softmax between int8 matmuls runs in int8
+    sm8 = is_sm & rules.int8_softmax & np.where(prev >= 0, out8[np.maximum(prev, 0)], False) & nxt8
+    dom_in = np.where(W | is_mm, eff8, add8 | pool8 | sm8)
+    dom_out = np.where(W | is_mm, out8, add8 | pool8 | sm8)
     # promoted-through adds keep their int8 output for the next layers
-    out8 = out8 | add8 | pool8
+    out8 = out8 | add8 | pool8 | sm8
 
     # fp32 add folded into the fp32 conv before it
     # (the NCHWc Sum fusion needs both inputs in the blocked layout: the residual must come from
@@ -370,16 +393,17 @@ def _group_rows(lens: np.ndarray, rows_: np.ndarray, rules: FusionRules, names: 
                 break
             add_fused[ia] = new_fused
 
-    elems_in = cin.astype(np.float64) * h * h
-    elems_out = cout.astype(np.float64) * h_out * h_out
+    elems_in = cin * area_in
+    elems_out = cout * area_out
     cpg = cin // np.maximum(groups, 1)
-    weights = (cout * cpg * k * k).astype(np.float64)
-    macs = np.where(W, weights * h_out * h_out, elems_out)
+    dense = (cout * cpg * k * k).astype(np.float64)
+    weights = np.where(is_mm, 0.0, dense)  # a matmul's second operand is an activation
+    macs = np.where(W | is_mm, dense * area_out, elems_out)
     B = rules.channel_block
     bout = _block(cout, B)
-    macs_block = np.where(is_dw, bout * k * k * h_out * h_out,
-                          np.where(is_conv & (k > 1), bout * cpg * k * k * h_out * h_out,
-                                   np.where(W, _block(cin, B) * bout * k * k * h_out * h_out, bout * h_out * h_out)))
+    macs_block = np.where(is_dw, bout * k * k * area_out,
+                          np.where(is_conv & (k > 1), bout * cpg * k * k * area_out,
+                                   np.where(W | is_mm, _block(cin, B) * bout * k * k * area_out, bout * area_out)))
     misaligned = np.where(((cout | cin) & 3) != 0, macs, 0.0)  # a channel count off the 4-grid
 
     T = TYPE_INDEX
@@ -393,6 +417,20 @@ def _group_rows(lens: np.ndarray, rows_: np.ndarray, rules: FusionRules, names: 
     ktype = np.where(is_add, np.where(add8, T["add_i8"], np.where(add_fused, T["add_fused"], T["add_f32"])), ktype)
     ktype = np.where(main & (op == O["mul"]), T["mul_f32"], ktype)
     ktype = np.where(main & (op == O["act"]), T["act_f32"], ktype)
+    ktype = np.where(is_mm, T["mm_f32"] + p8, ktype)
+    ktype = np.where(is_sm, np.where(sm8, T["softmax_i8"], T["softmax_f32"]), ktype)
+    ktype = np.where(is_sel, T["select_f32"], ktype)
+    ln_prev = np.where(prev >= 0, prev, 0)
+    skip_ln = is_ln & rules.skip_layernorm & (prev >= 0) & is_add[ln_prev] & ~add8[ln_prev] & ~add_fused[ln_prev]
+    ktype = np.where(is_ln, np.where(skip_ln, T["ln_fused"], T["ln_f32"]), ktype)
+    ktype[ln_prev[skip_ln]] = -1  # the add runs inside the layer norm
+    attn = np.zeros(n, dtype=bool)
+    if rules.attention_fused:  # float scores -> softmax -> context as one kernel, placed at the softmax
+        sm_prev, sm_next = np.maximum(prev, 0), np.maximum(nxt, 0)
+        attn = is_sm & ~sm8 & (prev >= 0) & (nxt >= 0) & is_mm[sm_prev] & is_mm[sm_next] & ~eff8[sm_prev] & ~eff8[sm_next]
+        ktype[sm_prev[attn]] = -1
+        ktype[sm_next[attn]] = -1
+        ktype[attn] = -1
     sel = np.flatnonzero(ktype >= 0)
     shape = np.array((cin, cout, h_out, k, st), dtype=np.float64)  # feature columns 7-11 of each layer
 
@@ -422,11 +460,23 @@ def _group_rows(lens: np.ndarray, rows_: np.ndarray, rules: FusionRules, names: 
         f = (elems + w, _block(c, B) * hh * hh + w, elems, elems, w, 0.0)
         emit(sp, np.where(se8, T["se_i8"], T["se_f32"]), f, [(int(i), int(i) + 1, int(i) + 2) for i in sp] if names else None)
 
-    # float activation islands after int8 convs
+    ai_ = np.flatnonzero(attn)
+    if ai_.size:
+        pa, na = prev[ai_], nxt[ai_]
+        m = macs[pa] + macs[na]
+        emit(ai_, np.full(ai_.size, T["attn_f32"]), (m, macs_block[pa] + macs_block[na], elems_in[pa], elems_out[na], 0.0, 0.0),
+             [(int(p), int(i), int(q)) for p, i, q in zip(pa, ai_, na)] if names else None)
+
+    # float activation islands after int8 convs / linears; a float GELU the linear does not absorb
+    is_gelu = act == _ACT["gelu"]
     isl = np.flatnonzero(eff8 & _acts_in(act, rules.int8_float_acts))
     if isl.size:
         e = elems_out[isl]
-        emit(isl, np.full(isl.size, T["island"]), (e, _block(cout[isl], B) * h_out[isl] ** 2, e, e, 0.0, 0.0), None, 1)
+        emit(isl, np.where(is_gelu[isl], T["gelu_i8"], T["island"]), (e, _block(cout[isl], B) * area_out[isl], e, e, 0.0, 0.0), None, 1)
+    fg = np.flatnonzero(W & ~eff8 & is_gelu) if not rules.gelu_fused else np.zeros(0, dtype=np.int64)
+    if fg.size:
+        e = elems_out[fg]
+        emit(fg, np.full(fg.size, T["gelu_f32"]), (e, _block(cout[fg], B) * area_out[fg], e, e, 0.0, 0.0), None, 1)
 
     # precision boundaries on the chain edges (producer -> consumer), residual edges, input, output
 
@@ -617,6 +667,21 @@ def _micro_models() -> dict[str, tuple[Any, tuple[int, ...], list[str]]]:
     return out
 
 
+def _transformer_probes(target: Any) -> dict[str, Any]:
+    """The smallest ``vit`` network built by ``target``, all float and all int8 (linears and attention)."""
+    from ..spaces.candidate import Candidate
+    from ..spaces.vit import ViTSpace
+
+    space = ViTSpace(patch_sizes=(7,), embed_dims=(48,), depths=(1,), heads=(2,), mlp_ratios=(2,), keep_ratios=(1.0,))
+    plain = space.dense(space.largest()).to_json()
+    out = {}
+    for name, bits in (("vit", 32), ("vit:int8", 8)):
+        plan = [{"pattern": "dense", "sparsity": 0.0, "w_bits": bits, "a_bits": bits} for _ in plain["compression"]]
+        arch = {**plain["arch"], "attn_bits": [bits] * len(plain["arch"]["attn_bits"])}
+        out[name] = target.build(Candidate.from_json({**plain, "arch": arch, "compression": plan}), space)
+    return out
+
+
 def _count(graph: Sequence[Mapping[str, Any]], ops: Sequence[str]) -> int:
     return sum(1 for n in graph if n["op"] in ops)
 
@@ -640,6 +705,9 @@ def detect_fusion_rules(target: Any = None, timing: bool = False, protocol: Any 
     runnables = {}
     for name, (module, shape, quant) in models.items():
         r = target.build(module.eval(), input_shape=shape, quantize=quant, name=name)
+        graphs[name] = optimized_graph(r.onnx_bytes, threads=target.threads)
+        runnables[name] = r
+    for name, r in _transformer_probes(target).items():
         graphs[name] = optimized_graph(r.onnx_bytes, threads=target.threads)
         runnables[name] = r
     ev: dict[str, Any] = {"graphs": {name: [n["op"] + (f"[{n['activation']}]" if n["activation"] else "") + (f"/{n['inputs']}in" if n["op"] == "Conv" else "") for n in g]
@@ -666,7 +734,15 @@ def detect_fusion_rules(target: Any = None, timing: bool = False, protocol: Any 
             promote.append(a)
     if "relu" in promote:
         promote = ["none"] + promote
-    ev["graph_verdicts"] = {"fp32_conv_acts": fp32_acts, "bn_fused": bn_fused, "fp32_add_fused": add_fused,
+    vit, vit8 = graphs["vit"], graphs["vit:int8"]
+    gelu_fused = _count(vit, ("Gelu", "Erf", "FastGelu")) == 0
+    skip_ln = _count(vit, ("SkipLayerNormalization", "SkipSimplifiedLayerNormalization")) > 0
+    attention = _count(vit, ("Attention", "MultiHeadAttention")) > 0
+    int8_softmax = _count(vit8, ("QLinearSoftmax",)) > 0
+    int8_gelu_float = _count(vit8, ("Erf", "Gelu")) > 0
+    ev["graph_verdicts"] = {"gelu_fused": gelu_fused, "skip_layernorm": skip_ln, "attention_fused": attention,
+                            "int8_softmax": int8_softmax, "int8_gelu_float_island": int8_gelu_float,
+                            "fp32_conv_acts": fp32_acts, "bn_fused": bn_fused, "fp32_add_fused": add_fused,
                             "int8_relu_absorbed": int8_relu, "int8_hswish_float_island": int8_hs_float, "int8_add": int8_add,
                             "promote_acts": promote}
     if timing:
@@ -703,9 +779,13 @@ def detect_fusion_rules(target: Any = None, timing: bool = False, protocol: Any 
         fp32_add_fused=add_fused,
         bn_fused=bn_fused,
         int8_conv_acts=("none", "relu") if int8_relu else ("none",),
-        int8_float_acts=("hswish", "hsigmoid") if int8_hs_float else (),
+        int8_float_acts=(("hswish", "hsigmoid") if int8_hs_float else ()) + (("gelu",) if int8_gelu_float else ()),
         int8_add=int8_add,
         int8_pool=True,
         promote_acts=tuple(promote),
+        gelu_fused=gelu_fused,
+        skip_layernorm=skip_ln,
+        attention_fused=attention,
+        int8_softmax=int8_softmax,
         evidence=ev,
     )

@@ -39,7 +39,7 @@ from .io import booster_from_json, booster_to_json, fingerprint_of
 from .metrics import score_report
 from .registry import register_predictor
 
-FEATURES_ID = "ort-kernels/v1"
+FEATURES_ID = "ort-kernels/v2"
 #: Kernel feature columns of the additive stage (indices into `KERNEL_FEATURES`).
 ADDITIVE_COLUMNS = (0, 1, 2, 3, 4, 5, 6)
 _BOUNDARY = [TYPE_INDEX[t] for t in ("q_conv", "dq_conv", "q_elt", "dq_elt")]

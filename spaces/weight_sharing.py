@@ -6,6 +6,10 @@ that also has the members below. `tritune supernet train`, the staged pipeline's
 the checkpoint files (`tritune.spaces.checkpoint`) use nothing else. The mobilenet family's
 `MobileNetSupernet` is one; `docs/extending.md` builds another for a plug-in space.
 
+A supernet whose candidates can be exported (`tritune export`, the pipeline's front stage) also
+has ``extract(candidate, batches)``: the candidate's standalone network with the weights to ship,
+a `DeployableNetwork`.
+
 This module imports nothing but the space core (no torch): it states a contract.
 """
 from __future__ import annotations
@@ -20,7 +24,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .compression import CompressionLimit
     from .base import SearchSpace
 
-__all__ = ["ARCHITECTURE", "DIMENSIONS", "LOWER_ENDS", "CandidateSampler", "Supernet", "check_dimensions"]
+__all__ = ["ARCHITECTURE", "DIMENSIONS", "LOWER_ENDS", "CandidateSampler", "DeployableNetwork", "Supernet", "check_dimensions"]
 
 #: The dimensions a training schedule's phase may free (`tritune.evaluators.supernet_training.Phase`):
 #: each family maps its genes onto them; a family without some of them simply has nothing there.
@@ -101,3 +105,41 @@ class Supernet(Protocol):
     def clear_caches(self) -> None:
         """Forget anything derived from the weights (after they were replaced, as by a load)."""
         ...
+
+
+@runtime_checkable
+class DeployableNetwork(Protocol):
+    """A candidate's standalone network with the weights to ship: what a supernet's ``extract``
+    returns and what an export reads; an ``nn.Module`` with these members.
+
+    ``layers``: its IR, whose names are the module paths of the layers (so a runtime's nodes map
+    back to them); ``input_size``: the height and width of its input (images are fitted with
+    `tritune.spaces.images.fit_input`). Calling it gives the logits the search scored."""
+
+    layers: list
+
+    @property
+    def input_size(self) -> int:
+        ...
+
+    def __call__(self, x: Any) -> Any:
+        ...
+
+    def float_network(self) -> Any:
+        """The same network with its deployed float weights (masks applied, quantized weights
+        dequantized) and no fake quantizers: what is exported before a runtime quantizes it."""
+        ...
+
+    def deployed_weights(self) -> dict[str, Any]:
+        """Per weight layer, the float weight it computes with."""
+        ...
+
+    def pattern_masks(self) -> dict[str, Any]:
+        """Per layer with a sparsity mask, the mask (layers without one are absent)."""
+        ...
+
+    def quantization(self) -> dict[str, Any]:
+        """Per layer a runtime runs in int8, the `tritune.kernels.quant.LayerQuantization` to keep
+        (the search's own weight scales and input range); layers absent are calibrated by the runtime."""
+        ...
+

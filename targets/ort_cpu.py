@@ -58,6 +58,7 @@ import numpy as np
 from ..spaces.candidate import Candidate
 from ..spaces.compression import FLOAT_BITS
 from .base import Target
+from ..kernels.quant import LayerQuantization
 from ..kernels.timing import Measurement, Protocol, measure_target, torch_threads
 from .space_support import SUPPORTED_SPACES, BuildsNetworks
 
@@ -162,19 +163,6 @@ class _Inputs:
 
     def rewind(self) -> None:  # not needed by MinMax
         pass
-
-
-@dataclass(frozen=True)
-class LayerQuantization:
-    """Quantization parameters a real-weight build keeps instead of letting the quantizer choose
-    them (`OrtCpuTarget.build` with ``layer_quantization``): ``weight_scales`` per output channel
-    (symmetric int8 codes, zero point 0: a weight that is ``codes * scales`` is stored as exactly
-    those codes), and the uint8 ``input_scale`` / ``input_zero_point`` of the layer's input
-    (None: calibrated like every other tensor)."""
-
-    weight_scales: Sequence[float] | None = None
-    input_scale: float | None = None
-    input_zero_point: int | None = None
 
 
 @contextlib.contextmanager
@@ -397,8 +385,9 @@ class OrtCpuTarget(BuildsNetworks, Target):
                 op = next((nodes[n] for n in owned.get(layer, ()) if nodes[n].op_type in QUANTIZED_OPS), None)
                 if op is None:
                     raise ValueError(f"ort-cpu.build: layer_quantization names layer {layer!r}, which is not among the quantized layers")
-                if lq.weight_scales is not None:
-                    overrides[op.input[1]] = [{"axis": 0, "scale": np.array(s, dtype=np.float32), "zero_point": np.array(0, dtype=np.int8)}
+                if lq.weight_scales is not None:  # output channels: axis 0 of a Conv / Gemm weight, axis 1 of a MatMul's (in, out) one
+                    axis = 1 if op.op_type == "MatMul" else 0
+                    overrides[op.input[1]] = [{"axis": axis, "scale": np.array(s, dtype=np.float32), "zero_point": np.array(0, dtype=np.int8)}
                                               for s in np.asarray(lq.weight_scales, dtype=np.float32).reshape(-1)]
                 if lq.input_scale is not None:
                     overrides[op.input[0]] = [{"scale": np.array(lq.input_scale, dtype=np.float32),

@@ -24,10 +24,10 @@ import numpy as np
 import torch
 
 from ...evaluators.data import ImageData
-from ...spaces.candidate import Candidate
-from ...spaces.mobilenet.network import MobileNetSubnet
 from ...kernels.timing import torch_threads
-from ...spaces.mobilenet.supernet import resize_input
+from ...spaces.candidate import Candidate
+from ...spaces.images import fit_input
+from ...spaces.weight_sharing import DeployableNetwork
 from . import manifest as mf
 from .onnx_model import build_onnx, layer_notes
 from .runs import ExportError, FrontMember, RunData, file_sha256, load_run
@@ -80,7 +80,7 @@ def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
 
 
 def _verification(logits: np.ndarray, reference: np.ndarray, labels: np.ndarray, runtime: str) -> dict[str, Any]:
-    return {"runtime": runtime, "against": "the torch subnet (tritune.spaces.mobilenet.supernet.extract)", "images": int(len(labels)),
+    return {"runtime": runtime, "against": "the torch network it was exported from (the supernet's extract)", "images": int(len(labels)),
             "accuracy": _accuracy(logits, labels), "max_abs_diff": float(np.max(np.abs(logits - reference))),
             "top1_agreement": float(np.mean(logits.argmax(1) == reference.argmax(1)))}
 
@@ -116,12 +116,12 @@ def _replace_dir(tmp: Path, final: Path) -> None:
 
 
 # ----- one model ----------------------------------------------------------------------------------
-def codegen_notes(subnet: Any) -> dict[str, dict[str, str]]:
+def codegen_notes(layers: Sequence[Any]) -> dict[str, dict[str, str]]:
     """How codegen-cpu runs each weighted layer: integer kernels where its bits allow, else float."""
     from ...targets.codegen_int8 import runs_int8
 
     notes = {}
-    for L in subnet.layers:
+    for L in layers:
         if not L.has_weights:
             continue
         if runs_int8(L):
@@ -133,37 +133,42 @@ def codegen_notes(subnet: Any) -> dict[str, dict[str, str]]:
     return notes
 
 
-def export_model(candidate: Candidate, subnet: MobileNetSubnet, *, data: ImageData, calibration: Sequence[torch.Tensor],
+def export_model(candidate: Candidate, network: DeployableNetwork, *, data: ImageData, calibration: Sequence[torch.Tensor],
                  out_dir: str | os.PathLike, space: Any, target: str = "ort-cpu", target_options: Mapping[str, Any] | None = None,
                  scores: SearchScores | None = None, weights: Mapping[str, Any] | None = None, measure: bool = True,
                  progress: Callable[[str], None] | None = None) -> ExportedModel:
     """Export one candidate's standalone network into ``out_dir/<candidate_id>/``.
 
-    ``subnet``: the candidate's `MobileNetSubnet` with the weights to ship (from
-    `tritune.spaces.mobilenet.supernet.extract` after recalibration, or after fine-tuning);
-    ``calibration``: the image batches its BN statistics and activation ranges were set on (at
-    the data set's resolution; they also calibrate the int8 graph's remaining tensors);
+    ``network``: the candidate's standalone network with the weights to ship (a
+    `tritune.spaces.weight_sharing.DeployableNetwork`: the supernet's ``extract`` after
+    recalibration, or a fine-tuned one); ``calibration``: the image batches its normalisation
+    statistics and activation ranges were set on (at the data set's size; they also calibrate
+    the int8 graph's remaining tensors);
     ``data``: the data set whose test split verifies the files; ``space``: the configured space;
     ``scores``: what the search reported (`SearchScores`); ``weights``: where the weights came
     from (manifest ``weights``); ``measure``: time the files on this machine (and profile them
     per layer)."""
     say = progress or (lambda _msg: None)
     tgt = _target(target, target_options)
+    if not tgt.accepts(space):
+        raise ExportError(f"export --target {target}: cannot build space {space.name!r}; it builds {tgt.builds_what}")
+    if not isinstance(network, DeployableNetwork):
+        raise ExportError(f"export: {type(network).__name__} is not a deployable network (tritune.spaces.weight_sharing.DeployableNetwork)")
     scores = scores or SearchScores()
-    res = int(candidate["resolution"])
+    res = int(network.input_size)
     shape = (1, int(data.channels), res, res)
-    x_test = resize_input(data.test.tensors[0], res)
+    x_test = fit_input(data.test.tensors[0], res)
     labels = data.test.tensors[1].numpy()
-    calib = torch.cat([resize_input(b.cpu(), res) for b in calibration]).numpy()
+    calib = torch.cat([fit_input(b.cpu(), res) for b in calibration]).numpy()
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{candidate.id}.", dir=root))
     try:
-        subnet = subnet.eval()
+        network = network.eval()
         say(f"{candidate.id}: torch reference")
-        reference = _torch_logits(subnet, x_test)
+        reference = _torch_logits(network, x_test)
         say(f"{candidate.id}: model.onnx")
-        onnx_run = build_onnx(subnet, shape, [calib[i:i + 1] for i in range(len(calib))], threads=getattr(tgt, "threads", 1),
+        onnx_run = build_onnx(network, shape, [calib[i:i + 1] for i in range(len(calib))], threads=getattr(tgt, "threads", 1),
                               exporter=getattr(tgt, "exporter", "torchscript"))
         import onnx
 
@@ -179,8 +184,8 @@ def export_model(candidate: Candidate, subnet: MobileNetSubnet, *, data: ImageDa
             from ...targets.codegen_cpu import save_exported
 
             say(f"{candidate.id}: codegen-cpu kernels")
-            built = tgt.build(subnet, input_shape=shape, name=candidate.id)
-            save_exported(built, subnet, tmp)
+            built = tgt.build(network, input_shape=shape, name=candidate.id)
+            save_exported(built, network, tmp)
             verification["codegen"] = _verification(_single_logits(built.run, x_np), reference, labels,
                                                     "tritune codegen-cpu (generated C kernels)")
             accuracy_file = "codegen"
@@ -192,7 +197,7 @@ def export_model(candidate: Candidate, subnet: MobileNetSubnet, *, data: ImageDa
                         "num_classes": data.num_classes, "mean": list(data.mean), "std": list(data.std)},
             "input": {"name": onnx_run.input_name, "shape": list(shape), "dtype": "float32",
                       "preprocessing": f"normalise with dataset.mean / dataset.std, then resize to {res}x{res} "
-                                       "(bilinear, align_corners=False, antialiased when shrinking: tritune.spaces.mobilenet.supernet.resize_input)"},
+                                       "(bilinear, align_corners=False, antialiased when shrinking: tritune.spaces.images.fit_input)"},
             "weights": dict(weights or {}),
             "accuracy": verification[accuracy_file]["accuracy"],
             "accuracy_of": accuracy_file,
@@ -209,7 +214,7 @@ def export_model(candidate: Candidate, subnet: MobileNetSubnet, *, data: ImageDa
             "size_bytes": len(onnx_run.onnx_bytes),
             "size_of": ["model.onnx"],
             "origin": dict(scores.origin),
-            "layers": mf.layer_table(subnet, layer_notes(subnet) if target == "ort-cpu" else codegen_notes(subnet)),
+            "layers": mf.layer_table(network, layer_notes(network.layers) if target == "ort-cpu" else codegen_notes(network.layers)),
         }
         if target == "codegen-cpu":  # what a device loads: the compiled kernels (weights inside) and the packed weights
             shipped = sorted(p for p in tmp.rglob("*") if p.suffix == ".so" or p.name == "weights.npz")
@@ -246,7 +251,7 @@ class SupernetWeights:
             other = run.evaluator(("supernet-finetune",))
             if other is not None:
                 raise ExportError(f"run directory {str(run.run_dir)!r}: its accuracy comes from supernet-finetune, whose fine-tuned "
-                                  "weights a search does not keep; export them with tritune.search.export.export_model(candidate, subnet, ...)")
+                                  "weights a search does not keep; export them with tritune.search.export.export_model(candidate, network, ...)")
             raise ExportError(f"run directory {str(run.run_dir)!r}: no supernet-accuracy evaluator; allowed: runs that score "
                               "candidates with a supernet checkpoint (export needs the weights the search used)")
         if not isinstance(spec.get("checkpoint"), str) or not spec["checkpoint"]:
@@ -272,15 +277,17 @@ class SupernetWeights:
     def calibration(self) -> list[torch.Tensor]:
         return list(self.evaluator.calib)
 
-    def subnet(self, candidate: Candidate) -> MobileNetSubnet:
-        """The candidate's standalone network as the search scored it."""
-        from ...spaces.mobilenet.supernet import extract
-
-        if candidate.space != self.evaluator.supernet.space.name:
+    def subnet(self, candidate: Candidate) -> DeployableNetwork:
+        """The candidate's standalone network as the search scored it (the supernet's ``extract``)."""
+        supernet = self.evaluator.supernet
+        if candidate.space != supernet.space.name:
             raise ExportError(f"candidate {candidate.id}: space {candidate.space!r}; the checkpoint's supernet is for "
-                              f"{self.evaluator.supernet.space.name!r}")
+                              f"{supernet.space.name!r}")
+        if not callable(getattr(supernet, "extract", None)):
+            raise ExportError(f"space {supernet.space.name!r}: its supernet has no extract(candidate, batches), so its "
+                              "candidates cannot be exported (tritune.spaces.weight_sharing)")
         with torch_threads(1):
-            return extract(self.evaluator.supernet, candidate, batches=self.evaluator.calib)
+            return supernet.extract(candidate, batches=self.evaluator.calib)
 
 
 def _latency_source(run: RunData) -> tuple[str | None, str, dict[str, Any]]:

@@ -78,23 +78,20 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     return doc
 
 
-def layer_table(subnet: Any, notes: Mapping[str, Mapping[str, str]]) -> list[dict[str, Any]]:
-    """One entry per IR layer of an extracted subnet: op, shapes, planned pattern and ratio,
+def layer_table(network: Any, notes: Mapping[str, Mapping[str, str]]) -> list[dict[str, Any]]:
+    """One entry per IR layer of a `DeployableNetwork`: op, shapes, planned pattern and ratio,
     realised sparsity (exact zeros of the exported weight), bits and how the layer runs."""
-    from .onnx_model import deployed_weight
-
-    modules = dict(subnet.named_modules())
+    weights, masks = network.deployed_weights(), network.pattern_masks()
     rows = []
-    for L in subnet.layers:
+    for L in network.layers:
         row: dict[str, Any] = {
             "name": L.name, "op": L.op, "in_channels": L.in_channels, "out_channels": L.out_channels,
             "in_hw": [L.in_h, L.in_w], "out_hw": [L.out_h, L.out_w], "kernel": L.kernel, "stride": L.stride,
             "groups": L.groups, "act": L.act,
         }
         if L.has_weights:
-            w = deployed_weight(modules[L.name]).detach().cpu().numpy()
-            op = modules[L.name].conv if hasattr(modules[L.name], "conv") else modules[L.name].linear
-            mask = getattr(op, "weight_mask", None)
+            w = weights[L.name].detach().cpu().numpy()
+            mask = masks.get(L.name)
             nonzero = int(np.count_nonzero(w))
             row.update({
                 "weight_shape": list(w.shape), "weights": int(w.size), "nonzero_weights": nonzero,

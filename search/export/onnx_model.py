@@ -1,16 +1,16 @@
-"""``model.onnx`` of a candidate: its extracted subnet as onnxruntime's CPU target runs it.
+"""``model.onnx`` of a candidate: its standalone network as onnxruntime's CPU target runs it.
 
-The float graph is the subnet with its deployed weights (BN folded, masks baked, quantized
-weights dequantized), exported the way ``ort-cpu`` exports every candidate; then every layer with
-``w_bits <= 8`` and ``a_bits <= 8`` is quantized to QDQ with `OrtCpuTarget.build`'s plan (the same nodes, so
-onnxruntime fuses them into the same ``QLinearConv`` / ``QGemm`` kernels the search timed), with
-two differences that keep the search's numbers:
+The float graph is the network's `float_network` (deployed weights: masks baked, quantized
+weights dequantized; `tritune.spaces.weight_sharing.DeployableNetwork`), exported the way
+``ort-cpu`` exports every candidate; then every layer with ``w_bits <= 8`` and ``a_bits <= 8``
+is quantized to QDQ with `OrtCpuTarget.build`'s plan (the same nodes, so onnxruntime fuses them
+into the same int8 kernels the search timed), with two differences that keep the search's numbers:
 
 * weights keep the supernet's per-channel scales, so the int8 initializers *are* the layer's
   codes -- 4-bit codes included, which int8 holds exactly (the manifest says so per layer);
 * a layer whose input the supernet fake-quantized keeps that calibrated uint8 scale and zero
-  point; every other tensor (layer outputs, inputs of layers the search ran in float) is
-  calibrated with MinMax on the images the supernet was recalibrated on.
+  point; every other tensor (layer outputs, attention operands, inputs of layers the search ran
+  in float) is calibrated with MinMax on the images the supernet was recalibrated on.
 
 What the runtime cannot do is written down per layer (`layer_notes`): weight-only layers (w8a32)
 run in float on their dequantized weights, so they compute what the search scored but store
@@ -26,67 +26,22 @@ from collections import defaultdict
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 
 from ...spaces.compression import FLOAT_BITS, INT_MAX_BITS
-from ...spaces.mobilenet.space import STAGES
-from ...spaces.mobilenet.network import ConvAct, MobileNetSubnet
-from ...targets.ort_cpu import LayerQuantization, OrtCpuTarget, OrtRunnable
-
-def _op(module: Any) -> Any:
-    return module.conv if isinstance(module, ConvAct) else module.linear
+from ...spaces.layers import LayerSpec
+from ...targets.ort_cpu import OrtCpuTarget, OrtRunnable
 
 
-def deployed_weight(module: Any) -> torch.Tensor:
-    """The float weight a layer computes with (dequantized codes, masks baked)."""
-    op = _op(module)
-    return op.dequantized_weight() if hasattr(op, "dequantized_weight") else op.weight
-
-
-def float_subnet(subnet: MobileNetSubnet) -> MobileNetSubnet:
-    """A plain `MobileNetSubnet` with the deployed float weights of ``subnet`` and no activation
-    fake-quantizers: what is exported before quantization."""
-    net = MobileNetSubnet(list(subnet.layers), len(STAGES))
-    src, dst = dict(subnet.named_modules()), dict(net.named_modules())
-    with torch.no_grad():
-        for L in subnet.layers:
-            if not L.has_weights:
-                continue
-            s_op, d_op = _op(src[L.name]), _op(dst[L.name])
-            d_op.weight.copy_(deployed_weight(src[L.name]))
-            if s_op.bias is not None:
-                d_op.bias.copy_(s_op.bias)
-            else:
-                d_op.bias.zero_()
-    return net.eval().requires_grad_(False)
-
-
-def int8_layers(subnet: MobileNetSubnet) -> list[str]:
+def int8_layers(layers: Sequence[LayerSpec]) -> list[str]:
     """IR layers onnxruntime runs int8: int8 weights and inputs (``LayerSpec.int_bits``, the
-    ``ort-cpu`` target's rule)."""
-    return [L.name for L in subnet.layers if L.int_bits < FLOAT_BITS]
+    ``ort-cpu`` target's rule; an attention matmul counts its two operands)."""
+    return [L.name for L in layers if L.int_bits < FLOAT_BITS]
 
 
-def layer_quantization(subnet: MobileNetSubnet) -> dict[str, LayerQuantization]:
-    """Per int8 layer: its weight scales and, where the search fake-quantized its input, that
-    quantizer's calibrated scale and zero point."""
-    modules = dict(subnet.named_modules())
-    out: dict[str, LayerQuantization] = {}
-    for name in int8_layers(subnet):
-        op = _op(modules[name])
-        scales = op.weight_scales.detach().cpu().numpy().astype(np.float32) if getattr(op, "weight_scales", None) is not None else None
-        quant = getattr(op, "input_quant", None)
-        if quant is not None:
-            out[name] = LayerQuantization(scales, float(quant.scale), int(quant.zero_point))
-        else:
-            out[name] = LayerQuantization(scales)
-    return out
-
-
-def layer_notes(subnet: MobileNetSubnet) -> dict[str, dict[str, str]]:
+def layer_notes(layers: Sequence[LayerSpec]) -> dict[str, dict[str, str]]:
     """How each weight layer runs in ``model.onnx`` (weights, input activation)."""
     notes: dict[str, dict[str, str]] = {}
-    for L in subnet.layers:
+    for L in layers:
         if not L.has_weights:
             continue
         if L.int_bits < FLOAT_BITS:
@@ -102,14 +57,16 @@ def layer_notes(subnet: MobileNetSubnet) -> dict[str, dict[str, str]]:
     return notes
 
 
-def build_onnx(subnet: MobileNetSubnet, input_shape: Sequence[int], calibration: Sequence[np.ndarray], *, threads: int = 1,
+def build_onnx(network: Any, input_shape: Sequence[int], calibration: Sequence[np.ndarray], *, threads: int = 1,
                exporter: str = "torchscript") -> OrtRunnable:
-    """``model.onnx`` of ``subnet`` as an `OrtRunnable` (``onnx_bytes`` is the file); ``calibration``:
-    single inputs of ``input_shape`` (the recalibration images at the candidate's resolution)."""
+    """``model.onnx`` of a `DeployableNetwork` as an `OrtRunnable` (``onnx_bytes`` is the file);
+    ``calibration``: single inputs of ``input_shape`` (the recalibration images at its input size)."""
     target = OrtCpuTarget(threads=threads, exporter=exporter)
-    layers = int8_layers(subnet)
-    return target.build(float_subnet(subnet), input_shape=tuple(input_shape), quantize=layers, calibration=list(calibration),
-                        layer_quantization=layer_quantization(subnet) if layers else None, name="model.onnx")
+    layers = int8_layers(network.layers)
+    kept = network.quantization()
+    keep = {name: kept[name] for name in layers if name in kept}
+    return target.build(network.float_network(), input_shape=tuple(input_shape), quantize=layers, calibration=list(calibration),
+                        layer_quantization=keep or None, name="model.onnx")
 
 
 # ----- per-layer profile ------------------------------------------------------------------------

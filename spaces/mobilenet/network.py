@@ -27,13 +27,15 @@ import operator
 import zlib
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
 from ...kernels.patterns import make_mask
+from ...kernels.quant import LayerQuantization
 from ...kernels.timing import torch_threads
 from ..candidate import Candidate
-from ..compression import parse_pattern
+from ..compression import FLOAT_BITS, parse_pattern
 from ..layers import LayerSpec
 from .space import STAGES, MobileNetSpace
 
@@ -169,6 +171,58 @@ class MobileNetSubnet(nn.Module):
             x = getattr(self, f"s{s}")(x)
         x = self.pool(self.final_expand(x)).flatten(1)
         return self.classifier(self.feature_mix(x))
+
+    # ----- a deployable network (`tritune.spaces.weight_sharing.DeployableNetwork`) -------------
+    @property
+    def input_size(self) -> int:
+        return int(self.layers[0].in_h)
+
+    def _op(self, name: str) -> nn.Module:
+        module = self.get_submodule(name)
+        return module.conv if isinstance(module, ConvAct) else module.linear
+
+    def deployed_weights(self) -> dict[str, torch.Tensor]:
+        """Per weight layer, the float weight it computes with (dequantized codes, masks baked)."""
+        out = {}
+        for L in self.layers:
+            if L.has_weights:
+                op = self._op(L.name)
+                out[L.name] = op.dequantized_weight() if hasattr(op, "dequantized_weight") else op.weight
+        return out
+
+    def pattern_masks(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for L in self.layers:
+            if L.has_weights and getattr(self._op(L.name), "weight_mask", None) is not None:
+                out[L.name] = self._op(L.name).weight_mask
+        return out
+
+    def float_network(self) -> "MobileNetSubnet":
+        """A plain `MobileNetSubnet` with the deployed float weights and no activation fake-quantizers."""
+        net = MobileNetSubnet(list(self.layers), self.n_stages)
+        weights = self.deployed_weights()
+        with torch.no_grad():
+            for name, w in weights.items():
+                src, dst = self._op(name), net._op(name)
+                dst.weight.copy_(w)
+                if src.bias is not None:
+                    dst.bias.copy_(src.bias)
+                else:
+                    dst.bias.zero_()
+        return net.eval().requires_grad_(False)
+
+    def quantization(self) -> dict[str, LayerQuantization]:
+        """Per layer runtimes run int8 (int8 weights and inputs): its weight scales and, where the
+        search fake-quantized its input, that quantizer's calibrated scale and zero point."""
+        out: dict[str, LayerQuantization] = {}
+        for L in self.layers:
+            if L.int_bits >= FLOAT_BITS:
+                continue
+            op = self._op(L.name)
+            scales = op.weight_scales.detach().cpu().numpy().astype(np.float32) if getattr(op, "weight_scales", None) is not None else None
+            quant = getattr(op, "input_quant", None)
+            out[L.name] = LayerQuantization(scales, float(quant.scale), int(quant.zero_point)) if quant is not None else LayerQuantization(scales)
+        return out
 
 
 def _init_weights(net: MobileNetSubnet, seed: int) -> None:

@@ -21,20 +21,13 @@ import zlib
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ...kernels.patterns import make_mask
 from ..candidate import Candidate
 from ..compression import parse_pattern
+from ..images import fit_input
 from .space import ViTSpace, kept_count
-
-
-def fit_input(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Images ``x`` at ``size`` x ``size`` (bilinear, antialiased when shrinking; unchanged at that size)."""
-    if tuple(x.shape[-2:]) == (size, size):
-        return x
-    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=bool(size < max(x.shape[-2:])))
 
 
 def trunc_normal(shape: Any, generator: torch.Generator) -> torch.Tensor:
@@ -143,6 +136,10 @@ class ViT(nn.Module):
         self.norm = nn.LayerNorm(embed)
         self.head = LinearAct(embed, space.num_classes)
         self.layers = layers
+        #: Set by `ViTSupernet.extract`: the pattern masks baked into the weights, and per int8
+        #: layer the search's weight scales and input range (`tritune.kernels.quant.LayerQuantization`).
+        self.masks: dict[str, torch.Tensor] = {}
+        self.kept_quantization: dict[str, Any] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(fit_input(x, self.image_size)).flatten(2).transpose(1, 2)
@@ -151,6 +148,29 @@ class ViT(nn.Module):
         for i in range(self.depth):
             x, attention = getattr(self, f"b{i}")(x, attention)
         return self.head(self.norm(x[:, 0]))
+
+    # ----- a deployable network (`tritune.spaces.weight_sharing.DeployableNetwork`) -------------
+    @property
+    def input_size(self) -> int:
+        return int(self.image_size)
+
+    def deployed_weights(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for L in self.layers:
+            if L.has_weights:
+                module = self.get_submodule(L.name)
+                out[L.name] = (module.linear if isinstance(module, LinearAct) else module).weight
+        return out
+
+    def pattern_masks(self) -> dict[str, torch.Tensor]:
+        return dict(self.masks)
+
+    def float_network(self) -> "ViT":
+        """The network itself: its weights are the deployed float ones and it has no fake quantizers."""
+        return self
+
+    def quantization(self) -> dict[str, Any]:
+        return dict(self.kept_quantization)
 
 
 def _init(net: ViT, seed: int) -> None:

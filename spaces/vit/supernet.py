@@ -36,7 +36,8 @@ from ..candidate import Candidate
 from ..compression import FLOAT_BITS, CompressionLimit, parse_pattern
 from ..layers import LayerSpec
 from ..weight_sharing import DIMENSIONS, check_dimensions
-from .network import TokenSelect, ViT, fit_input, trunc_normal
+from ..images import fit_input
+from .network import TokenSelect, ViT, trunc_normal
 from .space import ViTSpace, kept_count
 
 #: The training-schedule dimension of each vit gene (by the gene name's last part).
@@ -309,11 +310,18 @@ class ViTSupernet(nn.Module):
 
     # ----- one candidate as a standalone network -------------------------------------------------
     @torch.no_grad()
-    def extract(self, candidate: Candidate) -> ViT:
-        """The candidate's standalone float network (`tritune.spaces.vit.network.ViT`) with its
-        slices of the shared weights, masks applied (quantization is the runtime's business)."""
+    def extract(self, candidate: Candidate, batches: Iterable[torch.Tensor] | None = None) -> ViT:
+        """The candidate's standalone network (`tritune.spaces.vit.network.ViT`) with its slices
+        of the shared weights, masks applied and weights rounded to their bits (the float values
+        of their codes); activations stay float, and per int8 layer the weight scales and the
+        calibrated input range are kept for a runtime (``kept_quantization``; the input range only
+        with ``batches``, on which the candidate's quantizer ranges are recalibrated first)."""
+        from ...kernels.quant import LayerQuantization
+
         space = self.space
         cand = space.validate(candidate)
+        if batches is not None:
+            self.recalibrate(cand, batches)
         plan = self.plan(cand)
         net = ViT(space, cand)
         patch, e = int(cand["patch"]), int(cand["embed"])  # type: ignore[arg-type]
@@ -321,8 +329,15 @@ class ViTSupernet(nn.Module):
         def masked(name: str, w: torch.Tensor) -> torch.Tensor:
             spec = plan[name]
             if spec.sparsity > 0 and parse_pattern(spec.pattern).family not in ("dense", "channel"):
-                return w * make_mask(w, spec.pattern, spec.sparsity)
-            return w
+                mask = make_mask(w, spec.pattern, spec.sparsity)
+                net.masks[name] = mask
+                w = w * mask
+            if spec.int_bits < FLOAT_BITS:
+                quant = self.act_quant[name.replace(".", "_")]
+                scales = max_scales(w, spec.w_bits, 0).cpu().numpy().astype(np.float32)
+                net.kept_quantization[name] = (LayerQuantization(scales, float(quant.scale), int(quant.zero_point)) if batches is not None
+                                               else LayerQuantization(scales))  # a range of this candidate's own only
+            return _fake_weight(w, spec.w_bits)
 
         pe = self.patch_embed[str(patch)]
         net.patch_embed.weight.copy_(masked("patch_embed", pe.weight[:e]))

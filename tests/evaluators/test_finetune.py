@@ -21,7 +21,7 @@ from tritune.spaces.compression import LayerCompression, parse_pattern
 from tritune.spaces.mobilenet.space import SLOT_INDEX
 from tritune.kernels.timing import torch_threads
 from tritune.spaces.mobilenet.supernet import MobileNetSupernet, QuantizedConv2d, QuantizedLinear, extract, with_compression
-from tritune.spaces.mobilenet.supernet.network import resize_input
+from tritune.spaces.images import fit_input
 from tritune.spaces.mobilenet.supernet.trainable import TrainableSubnet, deploy, trainable_subnet
 
 pytestmark = pytest.mark.timeout(300)
@@ -197,7 +197,7 @@ def test_finetune_keeps_masks_exact_and_bits(space, data, supernet, method):
         assert any(not torch.equal(net.masks()[k], v) for k, v in inherited.items())
     # bits kept: the trained network's fake-quantized forward is what its int8 deploy form computes
     sub = deploy(net)
-    x = resize_input(data.test.tensors[0][:128], net.resolution)
+    x = fit_input(data.test.tensors[0][:128], net.resolution)
     with torch.no_grad():
         a, b = net.eval()(x), sub(x)
     assert float((a - b).abs().max()) <= 1e-3 * float(a.abs().max())

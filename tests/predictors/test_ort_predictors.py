@@ -88,8 +88,15 @@ def test_fusion_rules_detected_on_onnxruntime(detected):
     assert any("Conv[Relu]" in op for op in r.evidence["graphs"]["pw+bn+relu"])
     assert FusionRules.from_json(json.loads(json.dumps(r.to_json()))) == r
     # the built-in defaults are these measured rules
-    for field in ("fp32_conv_acts", "fp32_add_fused", "bn_fused", "int8_conv_acts", "int8_float_acts", "int8_add", "promote_acts"):
+    for field in ("fp32_conv_acts", "fp32_add_fused", "bn_fused", "int8_conv_acts", "int8_float_acts", "int8_add", "promote_acts",
+                  "gelu_fused", "skip_layernorm", "attention_fused", "int8_softmax"):
         assert set(np.atleast_1d(getattr(DEFAULT_RULES, field))) >= set(np.atleast_1d(getattr(r, field))), field
+    # transformers: a float GELU is its own node, the residual add stays before LayerNormalization,
+    # attention stays FusedMatMul -> Softmax -> MatMul, int8 attention has a QLinearSoftmax and an
+    # int8 linear's GELU runs as a float island (DQ -> Div -> Erf -> Q ...)
+    assert not r.gelu_fused and not r.skip_layernorm and not r.attention_fused
+    assert r.int8_softmax and "gelu" in r.int8_float_acts
+    assert "Gelu" in r.evidence["graphs"]["vit"] and "QLinearSoftmax" in r.evidence["graphs"]["vit:int8"]
 
 
 def test_kernels_group_a_small_ir():
@@ -138,6 +145,58 @@ def test_kernels_agree_with_the_graph_onnxruntime_runs():
     assert mine["s0.b0.dw"] == "int8" and mine["s2.b0.dw"] == "fp32"  # promoted (relu) / not (hswish)
     adds = {k.layers[0]: k.type for k in kernels(layers) if k.type.startswith("add")}
     assert adds["s0.b1.add"] == "add_i8" and sum(n["op"] == "QLinearAdd" for n in graph) == sum(t == "add_i8" for t in adds.values())
+
+
+def _vit_variant(space, cand, linear_bits: int, attn_bits: int, keep: dict | None = None):
+    base = space.dense(cand, keep)
+    plan = [LayerCompression("dense", 0.0, linear_bits, linear_bits) for _ in base.compression]
+    return base.replace(compression=plan, arch={"attn_bits": [attn_bits] * len(base["attn_bits"])})
+
+
+def test_vit_kernels_count_tokens_and_follow_transformer_rules():
+    space = create("vit")
+    big = space.largest()
+    ks = kernels(space.layers(big))
+    depth = big["depth"]
+    types = [k.type for k in ks]
+    assert types.count("ln_f32") == 2 * depth + 1 and types.count("mm_f32") == 2 * depth and types.count("softmax_f32") == depth
+    assert types.count("gelu_f32") == depth  # a float GELU is a kernel of its own
+    qkv = next(k for k in ks if k.layers == ("b0.qkv",))
+    tokens = space.tokens(big)[0]
+    assert qkv.hw_out == tokens and qkv.macs == qkv.cin * qkv.cout * tokens  # a linear runs once per token
+    # pruning tokens from block 2 on shrinks the work of every later block, not of the first two
+    pruned = space.dense(big, {2: 0.5})
+    kp = kernels(space.layers(pruned))
+    macs = lambda ks_, prefix: sum(k.macs for k in ks_ if k.layers and k.layers[0].startswith(prefix))  # noqa: E731
+    assert macs(kp, "b0.") == macs(ks, "b0.") and macs(kp, "b1.") == macs(ks, "b1.")
+    assert macs(kp, "b3.") < 0.6 * macs(ks, "b3.")
+    assert "select_f32" in [k.type for k in kp]
+    # int8 attention: int8 matmuls and softmax, one boundary into and one out of each attention
+    k8 = [k.type for k in kernels(space.layers(_vit_variant(space, big, 32, 8)))]
+    assert k8.count("mm_i8") == 2 * depth and k8.count("softmax_i8") == depth and "softmax_f32" not in k8
+    assert k8.count("q_elt") == depth and k8.count("dq_elt") == depth
+    # int8 linears: GELU becomes a float island; with GELU folded by a runtime, no GELU kernel at all
+    k88 = [k.type for k in kernels(space.layers(_vit_variant(space, big, 8, 8)))]
+    assert k88.count("gelu_i8") == depth and k88.count("fc_i8") == 4 * depth + 1
+    assert "gelu_f32" not in [k.type for k in kernels(space.layers(big), FusionRules(gelu_fused=True))]
+    # a runtime that fuses attention or the residual add into the layer norm runs fewer kernels
+    fused = [k.type for k in kernels(space.layers(big), FusionRules(attention_fused=True, skip_layernorm=True))]
+    assert fused.count("attn_f32") == depth and "mm_f32" not in fused and "softmax_f32" not in fused
+    assert fused.count("ln_fused") == 2 * depth and fused.count("add_f32") == 0
+
+
+def test_vit_kernels_agree_with_the_graph_onnxruntime_runs():
+    from tritune.targets.ort_cpu import OrtCpuTarget
+
+    space = create("vit")
+    target = OrtCpuTarget(threads=1)
+    rng = np.random.default_rng(5)
+    for cand in [space.sample(rng) for _ in range(3)] + [_vit_variant(space, space.largest(), 8, 8)]:
+        graph = [n["op"] for n in optimized_graph(target.build(cand, space=space).onnx_bytes)]
+        types = [k.type for k in kernels(space.layers(cand))]
+        assert graph.count("LayerNormalization") == types.count("ln_f32")
+        assert graph.count("QLinearSoftmax") == types.count("softmax_i8") and graph.count("Softmax") == types.count("softmax_f32")
+        assert graph.count("Gelu") == types.count("gelu_f32") and graph.count("Erf") == types.count("gelu_i8")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from tritune.search.export import (
 )
 from tritune.search.export.timing import PROCESSES
 from tritune.spaces.compression import LayerCompression
-from tritune.spaces.mobilenet.supernet import resize_input
+from tritune.spaces.images import fit_input
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -100,7 +100,7 @@ def _session(path: Path) -> ort.InferenceSession:
 
 def _onnx_accuracy(path: Path, weights: SupernetWeights, res: int) -> tuple[float, np.ndarray]:
     session = _session(path)
-    x = resize_input(weights.data.test.tensors[0], res).numpy()
+    x = fit_input(weights.data.test.tensors[0], res).numpy()
     logits = np.concatenate([session.run(None, {"input": x[i:i + 1]})[0] for i in range(len(x))])
     return 100.0 * float(np.mean(logits.argmax(1) == weights.data.test.tensors[1].numpy())), logits
 
@@ -298,7 +298,6 @@ def test_cli_export(run_dir, tmp_path, capsys):
 @pytest.mark.slow  # compiles a whole network's kernels on a fresh machine (~30 s on 2 busy cores)
 def test_codegen_export_loads_and_runs_without_compiling(run_dir, weights, tmp_path):
     from tritune.kernels.codegen import compiler
-    from tritune.search.export.onnx_model import float_subnet
     from tritune.targets.codegen_cpu import CodegenCpuTarget, ExportedModelError, load_exported
 
     res = export_run(run_dir, select=0, target="codegen-cpu", out=tmp_path, measure=False)[0]
@@ -311,7 +310,7 @@ def test_codegen_export_loads_and_runs_without_compiling(run_dir, weights, tmp_p
     assert compiler.stats()["compiles"] == before
     cand = load_run(run_dir).front[0].candidate
     res_px = int(cand["resolution"])
-    x = resize_input(weights.data.test.tensors[0][:40], res_px)
+    x = fit_input(weights.data.test.tensors[0][:40], res_px)
     # the loaded files compute what a fresh build of the same weights computes (integer layers included)
     fresh = CodegenCpuTarget().build(weights.subnet(cand), input_shape=tuple(x[:1].shape))
     want = np.concatenate([fresh.run(x[i:i + 1].numpy()) for i in range(len(x))])
@@ -319,7 +318,7 @@ def test_codegen_export_loads_and_runs_without_compiling(run_dir, weights, tmp_p
     assert np.abs(got - want).max() < 1e-5
     if not any(op.bits == 8 for op in runnable.ops):  # all float: also the float torch forward
         with torch.no_grad():
-            assert np.abs(got - float_subnet(weights.subnet(cand))(x).numpy()).max() < 1e-3
+            assert np.abs(got - weights.subnet(cand).float_network()(x).numpy()).max() < 1e-3
     assert res.manifest["accuracy_of"] == "codegen" and res.manifest["verification"]["codegen"]["images"] == len(weights.data.test)
     again = export_run(run_dir, select=0, target="codegen-cpu", out=tmp_path / "again", measure=False)[0].directory
     for name in ("weights.npz", "codegen.json", "model.onnx", "manifest.json", *(f"kernels/{p.name}" for p in (d / "kernels").iterdir())):

@@ -18,12 +18,12 @@ sparsity x bit-widths).
 """
 from .elastic import QUANT_BITS, DeployWeights, ElasticLayer
 from .extract import QuantizedConv2d, QuantizedLinear, extract
-from .network import MobileNetSupernet, SupernetConfig, resize_input
+from .network import MobileNetSupernet, SupernetConfig
 from .sampling import CandidateSampler, restrict_space, with_compression
 from .trainable import TrainableSubnet, deploy, trainable_subnet
 
 __all__ = [
     "QUANT_BITS", "CandidateSampler", "DeployWeights", "ElasticLayer", "MobileNetSupernet", "QuantizedConv2d",
-    "QuantizedLinear", "SupernetConfig", "TrainableSubnet", "deploy", "extract", "resize_input", "restrict_space",
+    "QuantizedLinear", "SupernetConfig", "TrainableSubnet", "deploy", "extract", "restrict_space",
     "trainable_subnet", "with_compression",
 ]

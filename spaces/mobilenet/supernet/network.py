@@ -36,6 +36,7 @@ from ....kernels.batchnorm import cumulative_batchnorm_stats
 from ....kernels.quant import ActFakeQuant, calibrate
 from ...candidate import Candidate
 from ...compression import FLOAT_BITS
+from ...images import fit_input
 from ...layers import LayerSpec
 from ..space import STAGES, MobileNetSpace
 from .elastic import QUANT_BITS, ElasticLayer
@@ -79,14 +80,6 @@ class SupernetConfig:
         if unknown:
             raise ValueError(f"supernet config: unknown fields {unknown}; allowed: {', '.join(sorted(allowed))}")
         return cls(**data)
-
-
-def resize_input(x: torch.Tensor, resolution: int) -> torch.Tensor:
-    """``x`` at ``resolution`` x ``resolution`` (bilinear; antialiased when shrinking)."""
-    if tuple(x.shape[-2:]) == (resolution, resolution):
-        return x
-    return F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False,
-                         antialias=bool(resolution < max(x.shape[-2:])))
 
 
 class _Block(nn.Module):
@@ -249,7 +242,7 @@ class MobileNetSupernet(nn.Module):
         plan = self.plan(cand)
         if x.dim() != 4 or x.shape[1] != self.space.in_channels:
             raise ValueError(f"supernet: input shape {tuple(x.shape)} not allowed; allowed: [N, {self.space.in_channels}, H, W]")
-        x = resize_input(x, int(cand["resolution"]))  # type: ignore[arg-type]
+        x = fit_input(x, int(cand["resolution"]))  # type: ignore[arg-type]
         x = self.stem(x, plan["stem"])
         x = self._block(self.first, "first", x, plan)
         for s in range(len(STAGES)):
@@ -283,6 +276,13 @@ class MobileNetSupernet(nn.Module):
                 m.clear_caches()
 
     @torch.no_grad()
+    def extract(self, candidate: Candidate, batches: Iterable[torch.Tensor] | None = None) -> Any:
+        """The candidate's standalone `MobileNetSubnet` (`tritune.spaces.mobilenet.supernet.extract`);
+        with ``batches``, recalibrated for it first."""
+        from .extract import extract
+
+        return extract(self, candidate, batches)
+
     def recalibrate(self, candidate: Candidate, batches: Iterable[torch.Tensor]) -> None:
         """Set the BN running statistics and activation-quantizer ranges for ``candidate``
         from ``batches`` (images only), touching nothing else.

@@ -47,7 +47,8 @@ from ..space import STAGES, MobileNetSpace
 from ..network import ConvAct, LinearAct, MobileNetSubnet
 from .elastic import DeployWeights
 from .extract import QuantizedConv2d, QuantizedLinear, _copy_plain
-from .network import MobileNetSupernet, resize_input
+from ...images import fit_input
+from .network import MobileNetSupernet
 
 __all__ = ["QATConv2d", "QATLinear", "TrainableSubnet", "deploy", "trainable_subnet"]
 
@@ -270,7 +271,7 @@ class TrainableSubnet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.space.in_channels:
             raise ValueError(f"TrainableSubnet: input shape {tuple(x.shape)} not allowed; allowed: [N, {self.space.in_channels}, H, W]")
-        x = resize_input(x, self.resolution)
+        x = fit_input(x, self.resolution)
         x = self.first(self.stem(x))
         for s in range(self.n_stages):
             x = getattr(self, f"s{s}")(x)
