@@ -95,6 +95,12 @@ def train_alone(candidate: dict, steps: int, seed: int) -> dict[str, Any]:
     return {"accuracy": 100.0 * accuracy(net, cand, data.test), "seconds": result.seconds}
 
 
+def write_doc(out: str, doc: dict[str, Any]) -> None:
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    print(f"written: {out}")
+
+
 def _cached(path: Path, fn, *args) -> Any:
     if path.is_file():
         return json.loads(path.read_text())
@@ -167,9 +173,7 @@ def main(argv: list[str] | None = None) -> int:
            "settings": {"steps": args.steps, "alone_steps": args.alone_steps, "train": TRAIN, "seed": args.seed, "dataset": DATASET},
            "supernet_s": timing["seconds"], "largest_inherited": largest, "kendall_tau": float(tau.statistic),
            "kendall_p": float(tau.pvalue), "noise_ceiling": ceiling, "spearman": float(spearman.statistic), "wall_s": time.perf_counter() - t0, "rows": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
-    print(f"written: {args.out}")
+    write_doc(args.out, doc)
     return 0
 
 

@@ -14,6 +14,9 @@ the best inherited accuracy whose predicted latency fits) is then
   compression active (accuracy, as `benchmarks/vit_ranking.py` measures it);
 * built and timed on ort-cpu side by side, single thread, two passes keeping each model's faster.
 
+The best dense and the best found model of each budget are then trained alone again for
+``--confirm-steps`` steps, to see whether the verdict survives longer training.
+
 The two budgets are the measured latencies of the 2nd and 4th fastest dense models (finalists
 are picked against a first timing of the dense models; the verdicts read the final one). Goal (issue
 20): at both budgets, the best found model that fits (measured) is more accurate than every dense
@@ -27,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
-import json
 import multiprocessing
 import platform
 import subprocess
@@ -117,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--alone-steps", type=int, default=800, help="steps of each model trained alone")
     ap.add_argument("--evaluations", type=int, default=160, help="search budget (supernet-accuracy queries)")
     ap.add_argument("--finalists", type=int, default=3, help="front members trained alone per budget")
+    ap.add_argument("--confirm-steps", type=int, default=3000,
+                    help="train the best dense and the best found model of each budget again this long (0: skip)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache", default=str(REPO / "runs" / "vit_search"))
@@ -179,6 +183,16 @@ def main(argv: list[str] | None = None) -> int:
         verdicts.append({"budget_ms": budget, "dense": best_dense and best_dense["candidate"], "found": best_found and best_found["candidate"],
                          "dense_alone": best_dense and best_dense["alone"], "found_alone": best_found and best_found["alone"],
                          "met": bool(best_found and best_dense and best_found["alone"] > best_dense["alone"])})
+    if args.confirm_steps:
+        by_id = {c.id: c for c in models}
+        ids = sorted({v[k] for v in verdicts for k in ("dense", "found") if v[k]})
+        with cf.ProcessPoolExecutor(max_workers=args.workers, mp_context=ctx) as pool:
+            jobs = {pool.submit(vr._cached, cache / f"alone-{i}-{args.confirm_steps}.json", vr.train_alone, by_id[i].to_json(),
+                                args.confirm_steps, args.seed): i for i in ids}
+            longer = {jobs[j]: j.result()["accuracy"] for j in tqdm(cf.as_completed(jobs), total=len(jobs), desc="confirm")}
+        for v in verdicts:
+            v.update(dense_confirm=longer.get(v["dense"]), found_confirm=longer.get(v["found"]),
+                     met_confirm=bool(v["dense"] and v["found"] and longer[v["found"]] > longer[v["dense"]]))
 
     print(f"vit search: supernet {args.steps} steps ({supernet_s:.0f} s), {found['evaluations']} evaluations ({found['wall_s']:.0f} s), "
           f"front of {len(found['front'])}; every model below trained alone {args.alone_steps} steps and timed side by side on ort-cpu")
@@ -188,19 +202,23 @@ def main(argv: list[str] | None = None) -> int:
         inh = "—" if r["inherited"] is None else f"{r['inherited']:.1f}"
         print(f"| {r['candidate']} | {r['kind']} | {' '.join(map(str, r['tokens']))} | {r['macs'] / 1e6:.2f} | {r['latency_ms']:.3f} "
               f"({100 * r['spread']:.0f} %) | {r['predicted_ms']:.3f} | {inh} | {r['alone']:.1f} |")
-    print("\n| budget ms | best dense (alone %) | best found (alone %) | goal met |\n|---|---|---|---|")
+    longer = f" | {args.confirm_steps} steps: dense / found % | goal met" if args.confirm_steps else ""
+    print(f"\n| budget ms | best dense (alone %) | best found (alone %) | goal met{longer} |\n|---|---|---|---|" + ("---|---|" if longer else ""))
+
+    def pct(value: float | None) -> str:
+        return "—" if value is None else f"{value:.1f}"
+
     for v in verdicts:
-        print(f"| {v['budget_ms']:.3f} | {v['dense']} ({v['dense_alone'] if v['dense_alone'] is None else round(v['dense_alone'], 1)}) | "
-              f"{v['found']} ({v['found_alone'] if v['found_alone'] is None else round(v['found_alone'], 1)}) | {'yes' if v['met'] else 'no'} |")
+        extra = (f" | {pct(v['dense_confirm'])} / {pct(v['found_confirm'])} | {'yes' if v['met_confirm'] else 'no'}" if longer else "")
+        print(f"| {v['budget_ms']:.3f} | {v['dense']} ({pct(v['dense_alone'])}) | {v['found']} ({pct(v['found_alone'])}) | "
+              f"{'yes' if v['met'] else 'no'}{extra} |")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
     doc = {"benchmark": "vit_search", "commit": commit, "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()},
            "settings": {"steps": args.steps, "alone_steps": args.alone_steps, "evaluations": args.evaluations, "finalists": args.finalists,
-                        "seed": args.seed, "predictor": args.predictor, "train": vr.TRAIN, "dataset": vr.DATASET},
+                        "seed": args.seed, "predictor": args.predictor, "confirm_steps": args.confirm_steps, "train": vr.TRAIN, "dataset": vr.DATASET},
            "supernet_s": supernet_s, "search_s": found["wall_s"], "front": found["front"], "rows": rows, "budgets": verdicts,
            "wall_s": time.perf_counter() - t0}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
-    print(f"written: {args.out}")
+    vr.write_doc(args.out, doc)
     return 0
 
 
