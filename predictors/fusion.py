@@ -27,11 +27,12 @@ those objects, from a space's integer code rows (`KernelBatch.from_codes`).
 
 IR conventions relied upon (those of `tritune.spaces.mobilenet` and `tritune.spaces.vit`):
 layers are in execution order and form a chain; ``linear``, ``layernorm``, ``matmul``,
-``softmax`` and ``token_select`` work on ``in_h`` rows (tokens), and an element-wise op on the
-rows of its producer, every other op on ``in_h`` x ``in_h`` pixels; a squeeze-excite group is ``global_pool`` -> ``conv`` on a 1x1 input
-(x2) -> ``mul`` and hangs off the tensor before it; an ``add`` sums the chain with the input of
-its block, which is the output of the last ``add`` or activation-free 1x1 ``conv`` (a linear
-bottleneck) before the block's project conv, else of the network's first layer.
+``softmax`` and ``token_select`` work on ``in_h`` rows (tokens), an element-wise op on the rows
+of its producer, every other op on ``in_h`` x ``in_h`` pixels; a squeeze-excite group is
+``global_pool`` -> ``conv`` on a 1x1 input (x2) -> ``mul`` and hangs off the tensor before it; an
+``add`` sums the chain with the input of its block, which is the output of the last ``add`` or
+activation-free 1x1 ``conv`` (a linear bottleneck) before the block's project conv, else of the
+network's first layer.
 """
 from __future__ import annotations
 
@@ -65,9 +66,9 @@ class FusionRules:
     int8 kernel. ``promote_acts``: a float conv with one of these activations, between an int8
     producer and a sole int8 consumer, is run as int8 by the runtime. Transformer rules:
     ``gelu_fused``: a float GELU folds into the linear before it; ``skip_layernorm``: a residual
-    add folds into the layer norm after it; ``attention_fused``: scores, softmax and context run as
-    one attention kernel; ``int8_softmax``: a softmax between int8 matmuls runs in int8. ``channel_block``: fp32
-    channel blocking (latency steps). ``evidence``: how each rule was decided (graph nodes seen,
+    add folds into the layer norm after it; ``attention_fused``: scores, softmax and context run
+    as one attention kernel; ``int8_softmax``: a softmax between int8 matmuls runs in int8.
+    ``channel_block``: fp32 channel blocking (latency steps). ``evidence``: how each rule was decided (graph nodes seen,
     micro-benchmark microseconds)."""
 
     source: str = "default"
