@@ -141,6 +141,10 @@ class SearchSpace(ABC):
         """Whether this space defines `supernet`."""
         return type(self).supernet is not SearchSpace.supernet
 
+    #: Whether the staged pipeline's fine-tuning stage can train this space's candidates alone
+    #: (`tritune.search.stages.finetune`; mobilenet only so far).
+    fine_tunes: bool = False
+
     # ----- derived operations ------------------------------------------------------------------
     @property
     def _genes(self) -> list[Gene]:

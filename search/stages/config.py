@@ -44,10 +44,10 @@ class SearchStage:
     strategies sample from every compression choice that alone costs more than this many
     accuracy points in the supernet's sensitivity table (measured in stage 1), so proposals
     with a crushed layer group are not drawn at all (None: the whole menu). ``references``:
-    evaluate first the networks an engineer would try by hand (smallest, middle and largest
-    architecture, each dense, int8 and channel-50 % + int8:
-    `tritune.spaces.mobilenet.supernet.sampling.reference_models`), so the front starts from them and the
-    search has to beat them; they count towards the budget."""
+    evaluate first the networks an engineer would try by hand, for a space that names them
+    (``space.reference_models()``; mobilenet: the smallest, middle and largest architecture, each
+    dense, int8 and channel-50 % + int8), so the front starts from them and the search has to beat
+    them; they count towards the budget."""
 
     max_drop: float | None = None
     references: bool = True

@@ -102,6 +102,10 @@ def _run(s: _Stages) -> PipelineResult:
 
     job, config = s.job, s.config
     result = PipelineResult(s.run_dir, s.records)
+    built = job.build_space()
+    if config.finetune is not None and not built.fine_tunes:
+        raise JobError(f"job.stages.finetune: the fine-tuning stage cannot train {built.name!r} candidates yet (mobilenet spaces "
+                       "only); set finetune: false and front: false, and export the search's front with `tritune export RUN_DIR`")
     if config.supernet is not None:
         s.stage("supernet", {"train": config.supernet.train}, lambda: ensure_supernet(job, config.supernet.train, progress=s.progress), 1)
 
@@ -110,10 +114,9 @@ def _run(s: _Stages) -> PipelineResult:
     pipeline = job.build_pipeline(space, problem)
 
     def search() -> dict[str, Any]:
-        from ...spaces.mobilenet.supernet.sampling import reference_models
-
         searched = _screened(job, space, config.search.max_drop)
-        first = list(reference_models(searched).values()) if config.search.references else []
+        references = getattr(searched, "reference_models", None)  # a family's hand-made networks, where it has them
+        first = list(references().values()) if config.search.references and callable(references) else []
         found = search_stage(s.store, job, s.run_dir, pipeline, space=searched, first=first, progress=s.progress)
         result.search = found
         excluded = sum(len(v) for _, v in searched.menu.exclude) - sum(len(v) for _, v in space.menu.exclude)

@@ -532,6 +532,15 @@ class MobileNetSpace(SearchSpace):
         return t.rows(*genes[1])[1]
 
     # ----- convenience -----------------------------------------------------------------------
+    fine_tunes = True
+
+    def reference_models(self) -> dict[str, Candidate]:
+        """The networks an engineer would try by hand, by name (the staged search evaluates them
+        first): `tritune.spaces.mobilenet.supernet.sampling.reference_models`."""
+        from .supernet.sampling import reference_models
+
+        return reference_models(self)
+
     def largest(self) -> Candidate:
         """The biggest dense architecture (used as the supernet's teacher)."""
         return self._extreme(max)

@@ -25,24 +25,23 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def job(tmp_path_factory):
-    """The example job, with a smaller budget, and its supernet trained 40 steps."""
+    """The example job with a smaller budget and 40 supernet steps, run: stage 1 trains the
+    supernet, stage 2 searches."""
     tmp = tmp_path_factory.mktemp("vit-export")
     data = yaml.safe_load(EXAMPLE.read_text())
     data["budget"] = {"evaluations": 8}
+    data["stages"]["supernet"]["train"]["steps"] = 40
     data["evaluators"][0]["checkpoint"] = str(tmp / "supernet.safetensors")
     data["run_dir"] = str(tmp / "run")
     path = tmp / "vit.yaml"
     path.write_text(yaml.safe_dump(data))
-    done = _cli("supernet", "train", str(path), "--steps", "40", "--optimizer", "adamw", "--lr", "0.002", "--no-sensitivity",
-                "--quiet", cwd=tmp)
+    done = _cli("search", str(path), "--quiet", cwd=tmp)
     assert done.returncode == 0, done.stderr[-2000:]
     return path
 
 
 def test_example_job_searches_and_exports_its_front(job):
     tmp = job.parent
-    done = _cli("search", str(job), "--quiet", cwd=tmp)
-    assert done.returncode == 0, done.stderr[-2000:]
     done = _cli("export", str(tmp / "run"), "--all", "--quiet", cwd=tmp)
     assert done.returncode == 0, done.stderr[-2000:]
     folders = sorted(p for p in (tmp / "run" / "export").iterdir() if p.is_dir())
@@ -94,3 +93,16 @@ def _optimized(model):
     from tritune.predictors.fusion import optimized_graph
 
     return optimized_graph(model)
+
+
+def test_a_vit_job_asking_for_fine_tuning_is_refused_before_any_work(tmp_path):
+    data = yaml.safe_load(EXAMPLE.read_text())
+    data["stages"].update(finetune={}, front={})
+    data["evaluators"][0]["checkpoint"] = str(tmp_path / "supernet.safetensors")
+    data["run_dir"] = str(tmp_path / "run")
+    path = tmp_path / "vit.yaml"
+    path.write_text(yaml.safe_dump(data))
+    done = _cli("search", str(path), "--quiet", cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "job.stages.finetune" in done.stderr and "finetune: false" in done.stderr
+    assert not (tmp_path / "supernet.safetensors").exists()  # nothing trained first
