@@ -86,9 +86,8 @@ def search(job_data: dict[str, Any]) -> dict[str, Any]:
     run_dir = Path(job_data["run_dir"])
     t0 = time.perf_counter()
     result = run_search(Job.from_dict(job_data), run_dir=run_dir, resume=(run_dir / "trials.db").exists(), progress=False)
-    done = [r for r in result.records if r.status == "ok" or r.metrics]
     return {"wall_s": time.perf_counter() - t0, "evaluations": result.evaluations,
-            "records": [{"candidate": r.candidate.to_json(), "id": r.candidate.id, **r.metrics} for r in done if "accuracy" in r.metrics],
+            "records": [{"candidate": r.candidate.to_json(), "id": r.candidate.id, **r.metrics} for r in result.records if "accuracy" in r.metrics],
             "front": [r.candidate.id for r in result.front]}
 
 

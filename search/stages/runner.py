@@ -102,15 +102,14 @@ def _run(s: _Stages) -> PipelineResult:
 
     job, config = s.job, s.config
     result = PipelineResult(s.run_dir, s.records)
-    built = job.build_space()
-    if config.finetune is not None and not built.fine_tunes:
-        raise JobError(f"job.stages.finetune: the fine-tuning stage cannot train {built.name!r} candidates yet (mobilenet spaces "
+    space = job.build_space()
+    if config.finetune is not None and not space.fine_tunes:
+        raise JobError(f"job.stages.finetune: the fine-tuning stage cannot train {space.name!r} candidates yet (mobilenet spaces "
                        "only); set finetune: false and front: false, and export the search's front with `tritune export RUN_DIR`")
     if config.supernet is not None:
         s.stage("supernet", {"train": config.supernet.train}, lambda: ensure_supernet(job, config.supernet.train, progress=s.progress), 1)
 
     problem = job.problem()
-    space = job.build_space()
     pipeline = job.build_pipeline(space, problem)
 
     def search() -> dict[str, Any]:

@@ -191,11 +191,8 @@ class MobileNetSubnet(nn.Module):
         return out
 
     def pattern_masks(self) -> dict[str, torch.Tensor]:
-        out = {}
-        for L in self.layers:
-            if L.has_weights and getattr(self._op(L.name), "weight_mask", None) is not None:
-                out[L.name] = self._op(L.name).weight_mask
-        return out
+        masks = {L.name: getattr(self._op(L.name), "weight_mask", None) for L in self.layers if L.has_weights}
+        return {name: mask for name, mask in masks.items() if mask is not None}
 
     def float_network(self) -> "MobileNetSubnet":
         """A plain `MobileNetSubnet` with the deployed float weights and no activation fake-quantizers."""

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...kernels.patterns import make_mask
-from ...kernels.quant import ActFakeQuant, max_scales
+from ...kernels.quant import ActFakeQuant, LayerQuantization, max_scales
 from ..candidate import Candidate
 from ..compression import FLOAT_BITS, CompressionLimit, parse_pattern
 from ..layers import LayerSpec
@@ -316,8 +316,6 @@ class ViTSupernet(nn.Module):
         of their codes); activations stay float, and per int8 layer the weight scales and the
         calibrated input range are kept for a runtime (``kept_quantization``; the input range only
         with ``batches``, on which the candidate's quantizer ranges are recalibrated first)."""
-        from ...kernels.quant import LayerQuantization
-
         space = self.space
         cand = space.validate(candidate)
         if batches is not None:
