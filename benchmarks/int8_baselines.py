@@ -15,13 +15,9 @@ import numpy as np
 def _session(model: Any) -> Any:
     import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.intra_op_num_threads = 1
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    from tritune.targets.ort_cpu import session_options
+
+    return ort.InferenceSession(model.SerializeToString(), session_options(1), providers=["CPUExecutionProvider"])
 
 
 def ort_qlinearconv(qw: Any, bias: np.ndarray, in_quant: Any, out_quant: Any, hw: tuple[int, int]) -> Callable[[], Any]:

@@ -1,7 +1,8 @@
 """Fine-tuning one candidate with its compression kept: masks exact, bits kept, resumable.
 
-`Finetuner` trains a `tritune.spaces.mobilenet.supernet.TrainableSubnet` (the candidate's own network,
-built from a supernet by `trainable_subnet`) on an `ImageData`:
+`Finetuner` trains a `tritune.spaces.trainable.TrainableNetwork` (the candidate's own network,
+built from a supernet by its ``trainable(candidate)``; any family that defines
+``SearchSpace.trainable_network``) on an `ImageData`:
 
 * **masks** come from a pruning method of `tritune.kernels.pruning`, chosen by name
   (`METHODS`). Every method starts from the inherited *dense* weights of the masked layers
@@ -17,14 +18,15 @@ built from a supernet by `trainable_subnet`) on an `ImageData`:
 * **bits**: quantization-aware training -- the layers' weight and activation fake quantizers
   stay in the forward; activation ranges are re-estimated at the start of every epoch (and BN
   statistics with them at the first step and after a hard prune).
-* **schedule**: SGD with Nesterov momentum, cosine learning rate over the *total* steps of the
+* **schedule**: SGD with Nesterov momentum (or AdamW, as transformers train), cosine learning rate over the *total* steps of the
   model; batches of step ``t`` are fixed by ``(seed, epoch)`` (`batch_indices`). `run` may
   stop at any epoch count and continue later -- in another process through `save_state` /
   `Finetuner.load_state` -- and takes exactly the steps an uninterrupted run takes (same thread
   count), which is what successive halving needs.
-* **accuracy** is that of the network as it deploys: `deploy` (BN folded, int8 codes,
-  calibrated input ranges) after re-estimating BN statistics and ranges on fixed training
-  batches, as `SupernetAccuracy` scores inherited weights; in the middle of a method's search
+* **accuracy** is that of the network as it deploys: its ``deploy`` form (the supernet's
+  ``extract`` form: for mobilenet BN folded, int8 codes, calibrated input ranges) after
+  re-estimating BN statistics and ranges on fixed training batches, as `SupernetAccuracy`
+  scores inherited weights; in the middle of a method's search
   the masks it would apply now are applied to a copy first.
 
 State files are one safetensors file (tensors plus a JSON header, checksummed; no pickle):
@@ -52,9 +54,9 @@ from ..spaces.compression import parse_pattern
 from ..kernels.timing import torch_threads
 from ..spaces.checkpoint import tensors_checksum
 from ..spaces.images import fit_input
-from ..spaces.mobilenet.supernet.trainable import TrainableSubnet, deploy
+from ..spaces.trainable import TrainableNetwork, masked_pattern
 from .data import ImageData
-from .supernet_training import batch_indices, calibration_batches
+from .supernet_training import OPTIMIZERS, batch_indices, calibration_batches
 
 __all__ = ["DEFAULT_METHOD", "METHODS", "FinetuneConfig", "FinetuneResult", "FinetuneStateError", "Finetuner", "finetune"]
 
@@ -77,7 +79,8 @@ class FinetuneConfig:
 
     ``epochs``: the model's whole schedule (learning rate and pruning schedule span it; a call
     may stop earlier); ``method`` / ``method_options``: the pruning method and its constructor
-    options (`tritune.kernels.pruning`); ``prune_fraction``: share of the schedule in which
+    options (`tritune.kernels.pruning`); ``optimizer``: ``sgd`` (Nesterov, ``momentum``) or
+    ``adamw`` (``momentum`` is its beta1); ``prune_fraction``: share of the schedule in which
     gradual / admm / group_lasso search the masks; ``calib_batches`` x ``calib_batch_size``
     training images re-estimate BN statistics and activation ranges; ``threads``: torch
     intra-op threads (fixed: results are reproducible for a given count)."""
@@ -87,6 +90,7 @@ class FinetuneConfig:
     batch_size: int = 64
     method: str = DEFAULT_METHOD
     method_options: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    optimizer: str = "sgd"
     prune_fraction: float = 0.5
     momentum: float = 0.9
     weight_decay: float = 4e-5
@@ -100,6 +104,8 @@ class FinetuneConfig:
         where = "finetune"
         if self.method not in METHODS:
             raise ValueError(f"{where}.method: {self.method!r} not allowed; allowed: {', '.join(METHODS)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"{where}.optimizer: {self.optimizer!r} not allowed; allowed: {', '.join(OPTIMIZERS)}")
         if not isinstance(self.method_options, Mapping):
             raise ValueError(f"{where}.method_options: expected a mapping of option -> value, got {type(self.method_options).__name__}")
         object.__setattr__(self, "method_options", dict(self.method_options))
@@ -181,7 +187,7 @@ class FinetuneResult:
     loss: float
     masks_exact: bool
     sparsity: dict[str, float]
-    net: TrainableSubnet | None = field(default=None, repr=False, compare=False)
+    net: TrainableNetwork | None = field(default=None, repr=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "net"}
@@ -189,7 +195,7 @@ class FinetuneResult:
         return out
 
 
-def _check_data(net: TrainableSubnet, data: Any) -> ImageData:
+def _check_data(net: TrainableNetwork, data: Any) -> ImageData:
     if not isinstance(data, ImageData):
         raise ValueError(f"finetune.data: expected an ImageData (tritune.evaluators.data.load_dataset), got {type(data).__name__}")
     space = net.space
@@ -209,36 +215,31 @@ def data_fingerprint(data: ImageData) -> dict[str, Any]:
     return {"name": data.name, "train": len(data.train), "test": len(data.test), "train_sha256": h.hexdigest()}
 
 
-def _accuracy(model: torch.nn.Module, data: ImageData, resolution: int, batch_size: int = 500) -> float:
+def _accuracy(model: torch.nn.Module, data: ImageData, batch_size: int = 500) -> float:
+    """Top-1 test accuracy (%) of a deployable network (inputs fitted to its ``input_size``)."""
     x_all, y_all = data.test.tensors[0], data.test.tensors[1]
     device = next(model.parameters()).device
     correct = 0
     with torch.no_grad():
         for i in range(0, len(x_all), batch_size):
-            x = fit_input(x_all[i:i + batch_size].to(device), resolution)
+            x = fit_input(x_all[i:i + batch_size].to(device), model.input_size)
             correct += int((model(x).argmax(1) == y_all[i:i + batch_size].to(device)).sum())
     return 100.0 * correct / max(1, len(x_all))
 
 
-def mask_report(model: torch.nn.Module, layers: list) -> tuple[bool, dict[str, float]]:
-    """(every ``weight_mask`` of the masked layers passes `check_mask` and the weights are zero
-    outside it, zeros per layer) for a deployed `MobileNetSubnet` or a `TrainableSubnet`."""
-    from ..kernels.quant import dequantize_weight
-
+def mask_report(model: Any, layers: list) -> tuple[bool, dict[str, float]]:
+    """(every mask of the masked layers passes `check_mask` and the weights are zero outside it,
+    zeros per layer) for a deployed network (`tritune.spaces.weight_sharing.DeployableNetwork`)."""
     exact, sparsity = True, {}
+    masks, weights = model.pattern_masks(), model.deployed_weights()
     for spec in layers:
-        if not spec.has_weights or parse_pattern(spec.pattern).family in ("dense", "channel"):
+        if not masked_pattern(spec):
             continue
-        holder = model.get_submodule(spec.name)
-        op = holder.linear if hasattr(holder, "linear") else holder.conv
-        mask = getattr(op, "weight_mask", None)
+        mask = masks.get(spec.name)
         if mask is None:
             exact = False
             continue
-        if getattr(op, "weight", None) is not None:
-            w = op.weight.detach()
-        else:
-            w = dequantize_weight(op.weight_codes, op.weight_scales)
+        w = weights[spec.name].detach()
         try:
             check_mask(mask, spec.pattern, spec.sparsity)
         except ValueError:
@@ -250,15 +251,15 @@ def mask_report(model: torch.nn.Module, layers: list) -> tuple[bool, dict[str, f
 
 
 class Finetuner:
-    """Fine-tunes one `TrainableSubnet` on ``data`` with ``config`` (see the module docstring).
+    """Fine-tunes one `TrainableNetwork` on ``data`` with ``config`` (see the module docstring).
 
     Construction scores the inherited network, puts the masked layers' inherited dense weights
     back and attaches the pruning method; `run` trains (until an epoch count, or to the end);
     `save_state` / `load_state` carry a run over to another call or process."""
 
-    def __init__(self, net: TrainableSubnet, data: ImageData, config: FinetuneConfig | None = None, *, _fresh: bool = True) -> None:
-        if not isinstance(net, TrainableSubnet):
-            raise ValueError(f"Finetuner: expected a TrainableSubnet (tritune.spaces.mobilenet.supernet.trainable_subnet), got {type(net).__name__}")
+    def __init__(self, net: TrainableNetwork, data: ImageData, config: FinetuneConfig | None = None, *, _fresh: bool = True) -> None:
+        if not isinstance(net, torch.nn.Module) or not isinstance(net, TrainableNetwork):
+            raise ValueError(f"Finetuner: expected a trainable network (a supernet's trainable(candidate)), got {type(net).__name__}")
         self.net = net
         self.data = _check_data(net, data)
         self.config = config or FinetuneConfig()
@@ -291,12 +292,14 @@ class Finetuner:
                 op.weight.copy_(op.dense_weight)
                 op.dense_weight = None
 
-    def _make_optimizer(self) -> torch.optim.SGD:
+    def _make_optimizer(self) -> torch.optim.Optimizer:
         weights = [op.weight for op in self.net.ops().values()]
         ids = {id(p) for p in weights}
         rest = [p for p in self.net.parameters() if id(p) not in ids]
         groups = [{"params": weights, "weight_decay": float(self.config.weight_decay)}, {"params": rest, "weight_decay": 0.0}]
         momentum = float(self.config.momentum)
+        if self.config.optimizer == "adamw":
+            return torch.optim.AdamW(groups, lr=float(self.config.lr), betas=(momentum, 0.999))
         return torch.optim.SGD(groups, lr=float(self.config.lr), momentum=momentum, nesterov=momentum > 0)
 
     @property
@@ -355,13 +358,13 @@ class Finetuner:
                     op = net.get_submodule(name)
                     op.weight.mul_(mask)
                     op.weight_mask.copy_(mask)
-        return deploy(net, None, self.calib)
+        return net.deploy(self.calib)
 
     def evaluate(self) -> tuple[float, bool, dict[str, float]]:
         """(test accuracy in % of `deployable`, masks exact, zeros per masked layer)."""
         sub = self.deployable()
         exact, sparsity = mask_report(sub, self.net.layers)
-        return _accuracy(sub, self.data, self.net.resolution), exact, sparsity
+        return _accuracy(sub, self.data), exact, sparsity
 
     # ----- training ---------------------------------------------------------------------------------
     def train_step(self) -> float:
@@ -474,7 +477,7 @@ class Finetuner:
             "format": FORMAT, "schema": SCHEMA,
             "space": {"name": net.space.name, "config": net.space.config()},
             "candidate": net.candidate.to_json(),
-            "net": {"calibration": net.calibration, "bn_momentum": net.stem.bn.momentum, "bn_eps": net.stem.bn.eps},
+            "net": net.options(),
             "config": self.config.to_json(),
             "data": data_fingerprint(self.data),
             "step": self.step, "accuracy_before": self.accuracy_before, "history": self.history,
@@ -502,15 +505,11 @@ class Finetuner:
         where = f"fine-tuning state {str(p)!r}"
         header = read_state_header(p)
         try:
-            from ..spaces.mobilenet.space import MobileNetSpace
             from ..spaces.registry import create
 
             space = create(header["space"]["name"], **header["space"]["config"])
-            if not isinstance(space, MobileNetSpace):
-                raise ValueError(f"space {header['space']['name']!r} is not a mobilenet space")
             candidate = Candidate.from_json(header["candidate"])
-            net = TrainableSubnet(space, candidate, calibration=header["net"]["calibration"],
-                                  bn_momentum=float(header["net"]["bn_momentum"]), bn_eps=float(header["net"]["bn_eps"]))
+            net = space.trainable_network(candidate, **header["net"])
             config = FinetuneConfig.from_json(header["config"])
         except (ValueError, TypeError, KeyError) as exc:
             raise FinetuneStateError(f"{where}: cannot rebuild its network: {' '.join(str(exc).split())}") from None
@@ -609,11 +608,11 @@ def read_state_header(path: str | os.PathLike) -> dict[str, Any]:
     return header
 
 
-def finetune(net: TrainableSubnet | None, candidate: Candidate, data: ImageData, *, epochs: float, lr: float = 0.01,
+def finetune(net: TrainableNetwork | None, candidate: Candidate, data: ImageData, *, epochs: float, lr: float = 0.01,
              batch_size: int = 64, method: str = DEFAULT_METHOD, seed: int = 0, threads: int = 1,
              stop_after_epochs: float | None = None, state: str | os.PathLike | None = None, save_every: int = 0,
              progress: bool = False, **options: Any) -> FinetuneResult:
-    """Fine-tune ``candidate``'s network ``net`` (from `trainable_subnet`) on ``data`` for
+    """Fine-tune ``candidate``'s network ``net`` (a supernet's ``trainable(candidate)``) on ``data`` for
     ``epochs`` -- the model's whole schedule -- with its compression kept; stop early after
     ``stop_after_epochs`` (a rung of successive halving). ``options``: the other fields of
     `FinetuneConfig` (``method_options``, ``prune_fraction``, ``momentum``, ...).

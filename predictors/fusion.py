@@ -562,14 +562,12 @@ def optimized_graph(model: Any, threads: int = 1) -> list[dict[str, Any]]:
     import onnx
     import onnxruntime as ort
 
+    from ..targets.ort_cpu import session_options
+
     data = model if isinstance(model, (bytes, bytearray)) else model.SerializeToString()
     with tempfile.TemporaryDirectory(prefix="tritune-fusion-") as tmp:
         path = os.path.join(tmp, "opt.onnx")
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        so.log_severity_level = 3
+        so = session_options(threads)
         so.optimized_model_filepath = path
         ort.InferenceSession(bytes(data), so, providers=["CPUExecutionProvider"])
         opt = onnx.load(path)

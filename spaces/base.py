@@ -141,9 +141,18 @@ class SearchSpace(ABC):
         """Whether this space defines `supernet`."""
         return type(self).supernet is not SearchSpace.supernet
 
-    #: Whether the staged pipeline's fine-tuning stage can train this space's candidates alone
-    #: (`tritune.search.stages.finetune`; mobilenet only so far).
-    fine_tunes: bool = False
+    # ----- optional: fine-tuning one candidate alone --------------------------------------------
+    def trainable_network(self, candidate: Candidate, **options: Any) -> Any:
+        """The candidate's `tritune.spaces.trainable.TrainableNetwork` with seeded default
+        weights; ``options``: the network's own ``options()``. A space that defines it also has a
+        supernet with ``trainable(candidate)``: the same network holding the supernet's weights.
+        Spaces without one raise ValueError."""
+        raise ValueError(f"space {self.name!r} cannot fine-tune its candidates; define trainable_network() (see docs/extending.md)")
+
+    @property
+    def fine_tunes(self) -> bool:
+        """Whether this space defines `trainable_network` (the staged pipeline's fine-tuning stage)."""
+        return type(self).trainable_network is not SearchSpace.trainable_network
 
     # ----- derived operations ------------------------------------------------------------------
     @property

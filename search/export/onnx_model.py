@@ -99,14 +99,11 @@ def ort_layer_profile(onnx_bytes: bytes, layer_names: Sequence[str], x: np.ndarr
     crosses."""
     import onnxruntime as ort
 
+    from ...targets.ort_cpu import session_options
+
     names = set(layer_names)
     with tempfile.TemporaryDirectory(prefix="tritune-profile-") as tmp:
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.log_severity_level = 3
-        so.add_session_config_entry("session.set_denormal_as_zero", "1")
+        so = session_options(threads)
         so.enable_profiling = True
         so.profile_file_prefix = os.path.join(tmp, "ort")
         session = ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])

@@ -84,7 +84,8 @@ class FinetuneStage:
     Successive halving: every model trains ``epochs / eta ** (rungs - 1)`` epochs, the best
     ``1 / eta`` go on, until the last rung's survivors have trained ``epochs`` in all.
     ``method``: how each model reaches its masks (`tritune.evaluators.finetune.METHODS`);
-    ``oneshot`` keeps the inherited masks and was the most accurate at equal cost."""
+    ``oneshot`` keeps the inherited masks and was the most accurate at equal cost.
+    ``optimizer``: ``sgd`` (Nesterov momentum) or ``adamw`` (what transformers train with)."""
 
     top_k: int = 4
     epochs: float = 2.0
@@ -93,6 +94,7 @@ class FinetuneStage:
     lr: float = 0.05
     batch_size: int = 64
     method: str = "oneshot"
+    optimizer: str = "sgd"
 
     def __post_init__(self) -> None:
         for name in ("top_k", "rungs", "batch_size"):
@@ -103,9 +105,12 @@ class FinetuneStage:
         _positive(float(self.epochs), "job.stages.finetune.epochs")
         _positive(float(self.lr), "job.stages.finetune.lr")
         from ...evaluators.finetune import METHODS
+        from ...evaluators.supernet_training import OPTIMIZERS
 
         if self.method not in METHODS:
             raise ValueError(f"job.stages.finetune.method: {self.method!r} not allowed; allowed: {', '.join(METHODS)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"job.stages.finetune.optimizer: {self.optimizer!r} not allowed; allowed: {', '.join(OPTIMIZERS)}")
 
     def rung_epochs(self) -> list[float]:
         """Cumulative epochs at the end of each rung."""

@@ -1,7 +1,7 @@
 """Stage 4: fine-tune the best models, compression kept, by successive halving.
 
 The ``top_k`` models picked along the front of the joint and refined searches each start from
-their inherited supernet weights (`tritune.spaces.mobilenet.supernet.trainable_subnet`) and train with
+their inherited supernet weights (the supernet's ``trainable(candidate)``) and train with
 `tritune.evaluators.finetune.finetune` -- masks reached by the job's pruning method and kept
 exact, bits kept by quantization-aware training. Successive halving (Jamieson & Talwalkar,
 AISTATS 2016; the synchronous form of ASHA, Li et al., MLSys 2020): every model trains the first
@@ -57,15 +57,14 @@ def train_rung(candidate: Candidate, settings: FinetuneStage, until: float, stat
     """Train one model up to ``until`` epochs of its schedule (from its state file when there
     is one, else from the supernet at ``checkpoint``); returns the rung's record."""
     from ...evaluators.finetune import finetune
-    from ...spaces.mobilenet.supernet import trainable_subnet
     from ...spaces.checkpoint import load_checkpoint
 
     net = None
     if not state.is_file():
-        net = trainable_subnet(load_checkpoint(checkpoint).supernet, candidate)
+        net = load_checkpoint(checkpoint).supernet.trainable(candidate)
     state.parent.mkdir(parents=True, exist_ok=True)
     result = finetune(net, candidate, data, epochs=float(settings.epochs), lr=float(settings.lr), batch_size=int(settings.batch_size),
-                      method=settings.method, seed=int(seed), threads=1, stop_after_epochs=until, state=state,
+                      method=settings.method, optimizer=settings.optimizer, seed=int(seed), threads=1, stop_after_epochs=until, state=state,
                       save_every=SAVE_EVERY, progress=progress)
     return {"accuracy": float(result.accuracy), "inherited_accuracy": float(result.accuracy_before), "epochs": float(result.epochs),
             "masks_exact": bool(result.masks_exact), "seconds": round(float(result.seconds), 2), "sha256": file_sha256(state)}

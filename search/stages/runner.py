@@ -104,8 +104,9 @@ def _run(s: _Stages) -> PipelineResult:
     result = PipelineResult(s.run_dir, s.records)
     space = job.build_space()
     if config.finetune is not None and not space.fine_tunes:
-        raise JobError(f"job.stages.finetune: the fine-tuning stage cannot train {space.name!r} candidates yet (mobilenet spaces "
-                       "only); set finetune: false and front: false, and export the search's front with `tritune export RUN_DIR`")
+        raise JobError(f"job.stages.finetune: space {space.name!r} cannot fine-tune its candidates (it defines no "
+                       "trainable_network); set finetune: false and front: false, and export the search's front with "
+                       "`tritune export RUN_DIR`")
     if config.supernet is not None:
         s.stage("supernet", {"train": config.supernet.train}, lambda: ensure_supernet(job, config.supernet.train, progress=s.progress), 1)
 

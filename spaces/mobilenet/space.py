@@ -531,8 +531,14 @@ class MobileNetSpace(SearchSpace):
             return _slow_codes(self, cand)
         return t.rows(*genes[1])[1]
 
+    def trainable_network(self, candidate: Candidate, **options: Any) -> Any:
+        """`tritune.spaces.mobilenet.supernet.TrainableSubnet` of the candidate; ``options``:
+        ``calibration``, ``bn_momentum``, ``bn_eps``."""
+        from .supernet.trainable import TrainableSubnet
+
+        return TrainableSubnet(self, candidate, **options)
+
     # ----- convenience -----------------------------------------------------------------------
-    fine_tunes = True
 
     def reference_models(self) -> dict[str, Candidate]:
         """The networks an engineer would try by hand, by name (the staged search evaluates them

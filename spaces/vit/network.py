@@ -17,6 +17,7 @@ of another size than the space's ``image_size`` are resized first (mnist5k-hard'
 """
 from __future__ import annotations
 
+import copy
 import zlib
 from typing import Any
 
@@ -36,15 +37,17 @@ def trunc_normal(shape: Any, generator: torch.Generator) -> torch.Tensor:
 
 
 class LinearAct(nn.Module):
-    """One IR ``linear`` layer (+ GELU)."""
+    """One IR ``linear`` layer (+ GELU); ``input_quant``: the deploy form's fake quantizer of its
+    input (None: float)."""
 
     def __init__(self, c_in: int, c_out: int, act: str = "none") -> None:
         super().__init__()
         self.linear = nn.Linear(c_in, c_out)
         self.act = nn.GELU() if act == "gelu" else None
+        self.input_quant: nn.Module | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.linear(x)
+        x = self.linear(x if self.input_quant is None else self.input_quant(x))
         return self.act(x) if self.act is not None else x
 
 
@@ -95,6 +98,9 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(embed)
         self.fc1 = LinearAct(embed, hidden, "gelu")
         self.fc2 = LinearAct(hidden, embed)
+        #: Fake quantizers of the attention operands ``q``, ``k``, ``attn``, ``v`` (8-bit attention
+        #: in the trainable and deploy forms); None: float.
+        self.attn_quant: nn.ModuleDict | None = None
 
     def forward(self, x: torch.Tensor, cls_attention: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         if self.select is not None:
@@ -102,8 +108,12 @@ class Block(nn.Module):
         b, t, _ = x.shape
         qkv = self.qkv(self.norm1(x)).reshape(b, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0] * (self.head_dim ** -0.5), qkv[1], qkv[2]
+        quant = self.attn_quant
+        if quant is not None:
+            q, k, v = quant["q"](q), quant["k"](k), quant["v"](v)
         attention = self.softmax(self.scores(q, k.transpose(-2, -1)))
-        y = self.context(attention, v).transpose(1, 2).reshape(b, t, self.heads * self.head_dim)
+        probs = attention if quant is None else quant["attn"](attention)
+        y = self.context(probs, v).transpose(1, 2).reshape(b, t, self.heads * self.head_dim)
         x = x + self.proj(y)
         x = x + self.fc2(self.fc1(self.norm2(x)))
         return x, attention[:, :, 0, 1:].mean(1)
@@ -135,6 +145,8 @@ class ViT(nn.Module):
         self.depth = len(blocks)
         self.norm = nn.LayerNorm(embed)
         self.head = LinearAct(embed, space.num_classes)
+        #: The deploy form's fake quantizer of the patch embedding's input (None: float).
+        self.patch_quant: nn.Module | None = None
         self.layers = layers
         #: Set by `ViTSupernet.extract`: the pattern masks baked into the weights, and per int8
         #: layer the search's weight scales and input range (`tritune.kernels.quant.LayerQuantization`).
@@ -142,7 +154,8 @@ class ViT(nn.Module):
         self.kept_quantization: dict[str, Any] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.patch_embed(fit_input(x, self.image_size)).flatten(2).transpose(1, 2)
+        x = fit_input(x, self.image_size)
+        x = self.patch_embed(x if self.patch_quant is None else self.patch_quant(x)).flatten(2).transpose(1, 2)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
         attention = None
         for i in range(self.depth):
@@ -166,8 +179,37 @@ class ViT(nn.Module):
         return dict(self.masks)
 
     def float_network(self) -> "ViT":
-        """The network itself: its weights are the deployed float ones and it has no fake quantizers."""
-        return self
+        """The network with its deployed float weights and no activation fake quantizers (itself
+        when it has none)."""
+        if not self.activation_quantizers():
+            return self
+        net = copy.deepcopy(self)
+        net.quantize_activations({})
+        return net
+
+    def activation_quantizers(self) -> dict[str, nn.Module]:
+        """IR layer name (``patch_embed``, ``b0.qkv``, ...) or attention operand (``b0.q``, ``b0.k``,
+        ``b0.attn``, ``b0.v``) -> the fake quantizer of that input."""
+        out: dict[str, nn.Module] = {}
+        if self.patch_quant is not None:
+            out["patch_embed"] = self.patch_quant
+        for name, module in self.named_modules():
+            if isinstance(module, LinearAct) and module.input_quant is not None:
+                out[name] = module.input_quant
+            elif isinstance(module, Block) and module.attn_quant is not None:
+                out.update({f"{name}.{part}": q for part, q in module.attn_quant.items()})
+        return out
+
+    def quantize_activations(self, quantizers: dict[str, nn.Module]) -> None:
+        """Put the given fake quantizers (names as `activation_quantizers` gives them) on the inputs
+        they name and take every other one off: the deploy form's activation arithmetic."""
+        self.patch_quant = quantizers.get("patch_embed")
+        for name, module in list(self.named_modules()):
+            if isinstance(module, LinearAct):
+                module.input_quant = quantizers.get(name)
+            elif isinstance(module, Block):
+                parts = {part: quantizers[f"{name}.{part}"] for part in ("q", "k", "attn", "v") if f"{name}.{part}" in quantizers}
+                module.attn_quant = nn.ModuleDict(parts) if parts else None
 
     def quantization(self) -> dict[str, Any]:
         return dict(self.kept_quantization)

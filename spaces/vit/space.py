@@ -276,6 +276,12 @@ class ViTSpace(SearchSpace):
         check_options(ViTSupernetConfig, dict(config or {}), "supernet config", unknown="unknown fields")
         return ViTSupernet(self, ViTSupernetConfig(**dict(config or {})))
 
+    def trainable_network(self, candidate: Candidate, **options: Any) -> Any:
+        """`tritune.spaces.vit.trainable.TrainableViT` of the candidate; ``options``: ``calibration``."""
+        from .trainable import TrainableViT
+
+        return TrainableViT(self, candidate, **options)
+
     def largest(self) -> Candidate:
         """The biggest dense float network, pruning no tokens."""
         genome: Genome = {}

@@ -21,6 +21,7 @@ builds one.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Iterator, Mapping
@@ -37,7 +38,7 @@ from ..compression import FLOAT_BITS, CompressionLimit, parse_pattern
 from ..layers import LayerSpec
 from ..weight_sharing import DIMENSIONS, check_dimensions
 from ..images import fit_input
-from .network import TokenSelect, ViT, trunc_normal
+from .network import LinearAct, TokenSelect, ViT, trunc_normal
 from .space import ViTSpace, kept_count
 
 #: The training-schedule dimension of each vit gene (by the gene name's last part).
@@ -120,6 +121,16 @@ class ViTSampler:
         out += [self._draw(rng, dims, limit, smallest=False, dense=False) for _ in range(int(n_random))]
         out += [self._draw(rng, dims, limit, smallest=False, dense=True) for _ in range(int(n_dense))]
         return out
+
+
+def _quantized_inputs(plan: Mapping[str, LayerSpec], candidate: Candidate) -> list[str]:
+    """The inputs the candidate fake-quantizes: every weight layer's below 32 bits and, per block
+    with 8-bit attention, its operands ``q``, ``k``, ``attn``, ``v`` (names as ``act_quant``'s, dotted)."""
+    names = [name for name, spec in plan.items() if spec.has_weights and spec.a_bits < FLOAT_BITS]
+    for i, bits in enumerate(candidate["attn_bits"][: int(candidate["depth"])]):  # type: ignore[index, arg-type]
+        if int(bits) < FLOAT_BITS:
+            names += [f"b{i}.{part}" for part in ("q", "k", "attn", "v")]
+    return names
 
 
 def _fake_weight(w: torch.Tensor, bits: int) -> torch.Tensor:
@@ -309,22 +320,49 @@ class ViTSupernet(nn.Module):
         return self._linear(plan["head"], h, self.head, slice(None), slice(0, e))
 
     # ----- one candidate as a standalone network -------------------------------------------------
+    def _weight_slices(self, candidate: Candidate) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """IR layer name -> (weight, bias): the candidate's slices of the shared weights."""
+        space = self.space
+        patch, e = int(candidate["patch"]), int(candidate["embed"])  # type: ignore[arg-type]
+        pe = self.patch_embed[str(patch)]
+        out = {"patch_embed": (pe.weight[:e], pe.bias[:e])}
+        for i, width in enumerate(space.widths(candidate)):
+            blk = self.blocks[i]
+            heads, hidden = width["heads"], width["hidden"]
+            rows = self._qkv_rows(heads, blk.qkv.weight.device)
+            out[f"b{i}.qkv"] = (blk.qkv.weight[rows][:, :e], blk.qkv.bias[rows])
+            out[f"b{i}.proj"] = (blk.proj.weight[:e, :heads * space.head_dim], blk.proj.bias[:e])
+            out[f"b{i}.fc1"] = (blk.fc1.weight[:hidden, :e], blk.fc1.bias[:hidden])
+            out[f"b{i}.fc2"] = (blk.fc2.weight[:e, :hidden], blk.fc2.bias[:e])
+        out["head"] = (self.head.weight[:, :e], self.head.bias)
+        return out
+
+    def _copy_shared(self, net: ViT, candidate: Candidate) -> None:
+        """Copy the candidate's class token, position embedding and layer norms into ``net``."""
+        patch, e = int(candidate["patch"]), int(candidate["embed"])  # type: ignore[arg-type]
+        net.cls_token.copy_(self.cls_token[..., :e])
+        net.pos_embed.copy_(self.pos_embed[str(patch)][..., :e])
+        norms = [(net.norm, self.norm)] + [(getattr(getattr(net, f"b{i}"), n), getattr(self.blocks[i], n))
+                                           for i in range(net.depth) for n in ("norm1", "norm2")]
+        for out, src in norms:
+            out.weight.copy_(src.weight[:e])
+            out.bias.copy_(src.bias[:e])
+
     @torch.no_grad()
     def extract(self, candidate: Candidate, batches: Iterable[torch.Tensor] | None = None) -> ViT:
         """The candidate's standalone network (`tritune.spaces.vit.network.ViT`) with its slices
         of the shared weights, masks applied and weights rounded to their bits (the float values
-        of their codes); activations stay float, and per int8 layer the weight scales and the
-        calibrated input range are kept for a runtime (``kept_quantization``; the input range only
-        with ``batches``, on which the candidate's quantizer ranges are recalibrated first)."""
-        space = self.space
-        cand = space.validate(candidate)
+        of their codes), and per int8 layer the weight scales kept for a runtime
+        (``kept_quantization``). With ``batches`` the candidate's quantizer ranges are recalibrated
+        on them first, each int8 layer also keeps its input range, and the network fake-quantizes
+        the activations the supernet does (its logits are the supernet's eval logits); without,
+        activations stay float."""
+        cand = self.space.validate(candidate)
         if batches is not None:
             self.recalibrate(cand, batches)
         plan = self.plan(cand)
-        net = ViT(space, cand)
-        patch, e = int(cand["patch"]), int(cand["embed"])  # type: ignore[arg-type]
-
-        def masked(name: str, w: torch.Tensor) -> torch.Tensor:
+        net = ViT(self.space, cand).to(self.cls_token.device)
+        for name, (w, bias) in self._weight_slices(cand).items():
             spec = plan[name]
             if spec.sparsity > 0 and parse_pattern(spec.pattern).family not in ("dense", "channel"):
                 mask = make_mask(w, spec.pattern, spec.sparsity)
@@ -335,28 +373,47 @@ class ViTSupernet(nn.Module):
                 scales = max_scales(w, spec.w_bits, 0).cpu().numpy().astype(np.float32)
                 net.kept_quantization[name] = (LayerQuantization(scales, float(quant.scale), int(quant.zero_point)) if batches is not None
                                                else LayerQuantization(scales))  # a range of this candidate's own only
-            return _fake_weight(w, spec.w_bits)
-
-        pe = self.patch_embed[str(patch)]
-        net.patch_embed.weight.copy_(masked("patch_embed", pe.weight[:e]))
-        net.patch_embed.bias.copy_(pe.bias[:e])
-        net.cls_token.copy_(self.cls_token[..., :e])
-        net.pos_embed.copy_(self.pos_embed[str(patch)][..., :e])
-        for i, width in enumerate(space.widths(cand)):
-            blk, out = self.blocks[i], getattr(net, f"b{i}")
-            heads, hidden = width["heads"], width["hidden"]
-            rows = self._qkv_rows(heads, blk.qkv.weight.device)
-            for norm in ("norm1", "norm2"):
-                getattr(out, norm).weight.copy_(getattr(blk, norm).weight[:e])
-                getattr(out, norm).bias.copy_(getattr(blk, norm).bias[:e])
-            for name, w, bias in (("qkv", blk.qkv.weight[rows][:, :e], blk.qkv.bias[rows]),
-                                  ("proj", blk.proj.weight[:e, :heads * space.head_dim], blk.proj.bias[:e]),
-                                  ("fc1", blk.fc1.weight[:hidden, :e], blk.fc1.bias[:hidden]),
-                                  ("fc2", blk.fc2.weight[:e, :hidden], blk.fc2.bias[:e])):
-                getattr(out, name).linear.weight.copy_(masked(f"b{i}.{name}", w))
-                getattr(out, name).linear.bias.copy_(bias)
-        net.norm.weight.copy_(self.norm.weight[:e])
-        net.norm.bias.copy_(self.norm.bias[:e])
-        net.head.linear.weight.copy_(masked("head", self.head.weight[:, :e]))
-        net.head.linear.bias.copy_(self.head.bias)
+            holder = net.get_submodule(name)
+            target = holder.linear if isinstance(holder, LinearAct) else holder
+            target.weight.copy_(_fake_weight(w, spec.w_bits))
+            target.bias.copy_(bias)
+        self._copy_shared(net, cand)
+        if batches is not None:
+            net.quantize_activations({name: copy.deepcopy(self.act_quant[name.replace(".", "_")])
+                                      for name in _quantized_inputs(plan, cand)})
         return net.eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def trainable(self, candidate: Candidate) -> Any:
+        """The candidate as a `tritune.spaces.vit.trainable.TrainableViT` holding its slices of
+        these weights (masked, the unmasked slice kept as ``dense_weight``) and the activation
+        ranges of its quantizers (as last recalibrated)."""
+        from .trainable import ATTENTION_OPERANDS, TrainableViT
+
+        cand = self.space.validate(candidate)
+        net = TrainableViT(self.space, cand).to(self.cls_token.device)
+        ops = net.ops()
+        plan = self.plan(cand)
+        for name, (w, bias) in self._weight_slices(cand).items():
+            op, spec = ops[name], plan[name]
+            if op.weight_mask is not None:
+                mask = make_mask(w, spec.pattern, spec.sparsity)
+                op.weight.copy_(w * mask)
+                op.weight_mask.copy_(mask)
+                op.dense_weight = w.detach().clone()
+            else:
+                op.weight.copy_(w)
+            op.bias.copy_(bias)
+            if op.weight_quant is not None:
+                op.weight_quant.init_step(op.weight)
+        self._copy_shared(net, cand)
+        targets = {name: op.input_quant for name, op in ops.items()}
+        for i in range(net.depth):
+            quant = getattr(net, f"b{i}").attn_quant
+            targets.update({f"b{i}.{part}": quant[part] if quant is not None else None for part in ATTENTION_OPERANDS})
+        for name, target in targets.items():
+            source = self.act_quant[name.replace(".", "_")]
+            if target is not None and bool(source.calibrated) and target.bits == source.bits:
+                target.load_state_dict(source.state_dict())
+                target._sync_flags()
+        return net.train(self.training)

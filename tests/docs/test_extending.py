@@ -95,3 +95,11 @@ def test_a_plugin_family_trains_and_searches_with_its_own_supernet(tmp_path):
     # inherited weights, not chance (10 %): every candidate of the shared weights classifies digits
     assert min(accuracy) > 60.0, accuracy
     assert all(0.0 < v < 100.0 for v in latency), latency  # measured by ort-cpu on this machine
+    # the page's space has no trainable_network: a staged job asking to fine-tune is refused before any work
+    staged = tmp_path / "mlp-staged.yaml"
+    staged.write_text((tmp_path / "mlp-supernet.yaml").read_text().replace("run_dir: runs/mlp-supernet", "run_dir: runs/mlp-staged")
+                      + "stages: {search: {}, refine: false, finetune: {}, front: false}\n")
+    refused = _run(["-m", "tritune.cli.main", "search", "mlp-staged.yaml"], tmp_path, site)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr[-2000:]
+    assert "job.stages.finetune" in refused.stderr and "trainable_network" in refused.stderr
+    assert not (tmp_path / "runs" / "mlp-staged" / "trials.csv").exists()

@@ -93,9 +93,10 @@ def weights(run_dir) -> SupernetWeights:
 
 
 def _session(path: Path) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    """The file as README deploys it."""
+    from tritune.targets.ort_cpu import session_options
+
+    return ort.InferenceSession(str(path), session_options(1), providers=["CPUExecutionProvider"])
 
 
 def _onnx_accuracy(path: Path, weights: SupernetWeights, res: int) -> tuple[float, np.ndarray]:

@@ -1,5 +1,6 @@
-"""The vit family as a user runs it: the shipped example job, its supernet trained briefly, searched
-and its front exported to ONNX files that onnxruntime runs with the search's own int8 codes."""
+"""The vit family as a user runs it: the shipped example job, its supernet trained briefly, searched,
+its finalists fine-tuned and its front exported to ONNX files that onnxruntime runs with the
+search's own int8 codes."""
 from __future__ import annotations
 
 import json
@@ -25,12 +26,15 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def job(tmp_path_factory):
-    """The example job with a smaller budget and 40 supernet steps, run: stage 1 trains the
-    supernet, stage 2 searches."""
+    """The example job with a smaller budget, 40 supernet steps and a short fine-tune, run through
+    its stages: supernet, search, fine-tuning by successive halving, the measured front."""
     tmp = tmp_path_factory.mktemp("vit-export")
     data = yaml.safe_load(EXAMPLE.read_text())
+    assert {"finetune", "front"} <= set(data["stages"]) and data["stages"]["finetune"] and data["stages"]["front"] is not False
     data["budget"] = {"evaluations": 8}
     data["stages"]["supernet"]["train"]["steps"] = 40
+    data["stages"]["refine"] = False
+    data["stages"]["finetune"] = {"top_k": 2, "epochs": 0.5, "rungs": 2}
     data["evaluators"][0]["checkpoint"] = str(tmp / "supernet.safetensors")
     data["run_dir"] = str(tmp / "run")
     path = tmp / "vit.yaml"
@@ -40,21 +44,29 @@ def job(tmp_path_factory):
     return path
 
 
-def test_example_job_searches_and_exports_its_front(job):
-    tmp = job.parent
-    done = _cli("export", str(tmp / "run"), "--all", "--quiet", cwd=tmp)
-    assert done.returncode == 0, done.stderr[-2000:]
-    folders = sorted(p for p in (tmp / "run" / "export").iterdir() if p.is_dir())
-    assert folders
-    for folder in folders:
+def test_example_job_fine_tunes_and_exports_its_front(job):
+    run = job.parent / "run"
+    stages = json.loads((run / "stages.json").read_text())["stages"]
+    assert [s["name"] for s in stages] == ["supernet", "search", "finetune", "front"]
+    tuned = next(s for s in stages if s["name"] == "finetune")["summary"]["models"]
+    assert len(tuned) == 2 and all(m["masks_exact"] for m in tuned)
+    final = json.loads((run / "final.json").read_text())
+    assert final["front"]
+    by_id = {m["candidate_id"]: m for m in tuned}
+    for model in final["front"]:
+        folder = Path(model["folder"])
         manifest = json.loads((folder / "manifest.json").read_text())
         assert manifest["space"]["name"] == "vit" and manifest["target"] == "ort-cpu"
+        assert manifest["search_accuracy"] == pytest.approx(by_id[model["candidate_id"]]["accuracy"])  # the fine-tuned network's
         onnx.checker.check_model(onnx.load(folder / "model.onnx"), full_check=True)
         check = manifest["verification"]["model.onnx"]
         assert check["top1_agreement"] >= 0.9, check
         assert manifest["latency_measured_ms"] > 0
         names = [row["name"] for row in manifest["layers"]]
         assert names[0] == "patch_embed" and "b0.qkv" in names and names[-1] == "head"
+    again = _cli("export", str(run), "--all", "--quiet", "--out", str(job.parent / "again"), cwd=job.parent)  # the final front, exported again
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert {p.name for p in (job.parent / "again").iterdir() if p.is_dir()} == {m["candidate_id"] for m in final["front"]}
 
 
 def test_int8_linears_ship_the_search_codes(job, tmp_path):
@@ -93,16 +105,3 @@ def _optimized(model):
     from tritune.predictors.fusion import optimized_graph
 
     return optimized_graph(model)
-
-
-def test_a_vit_job_asking_for_fine_tuning_is_refused_before_any_work(tmp_path):
-    data = yaml.safe_load(EXAMPLE.read_text())
-    data["stages"].update(finetune={}, front={})
-    data["evaluators"][0]["checkpoint"] = str(tmp_path / "supernet.safetensors")
-    data["run_dir"] = str(tmp_path / "run")
-    path = tmp_path / "vit.yaml"
-    path.write_text(yaml.safe_dump(data))
-    done = _cli("search", str(path), "--quiet", cwd=tmp_path)
-    assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert "job.stages.finetune" in done.stderr and "finetune: false" in done.stderr
-    assert not (tmp_path / "supernet.safetensors").exists()  # nothing trained first

@@ -283,6 +283,13 @@ class MobileNetSupernet(nn.Module):
 
         return extract(self, candidate, batches)
 
+    def trainable(self, candidate: Candidate) -> Any:
+        """The candidate as a `TrainableSubnet` holding these weights
+        (`tritune.spaces.mobilenet.supernet.trainable_subnet`)."""
+        from .trainable import trainable_subnet
+
+        return trainable_subnet(self, candidate)
+
     def recalibrate(self, candidate: Candidate, batches: Iterable[torch.Tensor]) -> None:
         """Set the BN running statistics and activation-quantizer ranges for ``candidate``
         from ``batches`` (images only), touching nothing else.

@@ -28,21 +28,25 @@ candidate)`` and the deploy form compute. `TrainableSubnet.recalibrate` re-estim
 BN statistics and activation ranges exactly as `MobileNetSupernet.recalibrate` does, and
 `deploy` turns the network into the deploy form `extract` returns, so the exporter takes a
 fine-tuned network unchanged.
+
+It is the mobilenet family's `tritune.spaces.trainable.TrainableNetwork`; its conv and linear
+ops are that module's `QATConv2d` / `QATLinear`.
 """
 from __future__ import annotations
 
 import copy
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ....kernels.batchnorm import cumulative_batchnorm_stats
-from ....kernels.quant import ActFakeQuant, WeightFakeQuant, calibrate, dequantize_weight, quantize_weight
+from ....kernels.quant import dequantize_weight, quantize_weight
 from ...candidate import Candidate
-from ...compression import FLOAT_BITS, parse_pattern
+from ...compression import FLOAT_BITS
 from ...layers import LayerSpec
+from ...trainable import QATConv2d, QATLinear, TrainableOps
 from ..space import STAGES, MobileNetSpace
 from ..network import ConvAct, LinearAct, MobileNetSubnet
 from .elastic import DeployWeights
@@ -50,80 +54,9 @@ from .extract import QuantizedConv2d, QuantizedLinear, _copy_plain
 from ...images import fit_input
 from .network import MobileNetSupernet
 
-__all__ = ["QATConv2d", "QATLinear", "TrainableSubnet", "deploy", "trainable_subnet"]
+__all__ = ["TrainableSubnet", "deploy", "trainable_subnet"]
 
 _ACTIVATIONS = {"relu": nn.ReLU, "hswish": nn.Hardswish, "hsigmoid": nn.Hardsigmoid}
-
-
-def masked_pattern(spec: LayerSpec) -> bool:
-    """Whether the layer's pattern is a mask on its weight (not dense, not physical channel pruning)."""
-    return spec.has_weights and parse_pattern(spec.pattern).family not in ("dense", "channel")
-
-
-class _QATOp:
-    """What `QATConv2d` and `QATLinear` share: the input and weight fake quantizers, the
-    ``weight_mask`` buffer, and the batch-range mode used while re-estimating BN statistics."""
-
-    def _setup(self, spec: LayerSpec, calibration: str) -> None:
-        self.w_bits, self.a_bits = int(spec.w_bits), int(spec.a_bits)
-        self.weight_quant = WeightFakeQuant(self.w_bits, channel_axis=0) if self.w_bits < FLOAT_BITS else None
-        self.input_quant = ActFakeQuant(self.a_bits, calibration=calibration) if self.a_bits < FLOAT_BITS else None
-        if masked_pattern(spec):
-            self.register_buffer("weight_mask", torch.ones(self.weight.shape, dtype=torch.bool))
-        else:
-            self.weight_mask = None
-        self.register_buffer("dense_weight", None, persistent=False)
-        #: In the supernet's training-mode arithmetic the input range is each batch's min/max
-        #: (`TrainableSubnet.recalibrate` uses it, as `MobileNetSupernet.recalibrate` does).
-        self.batch_ranges = False
-
-    def quantized_weight(self) -> torch.Tensor:
-        """The weight the op computes with (fake-quantized when ``w_bits < 32``)."""
-        return self.weight_quant(self.weight) if self.weight_quant is not None else self.weight
-
-    def quantized_input(self, x: torch.Tensor) -> torch.Tensor:
-        q = self.input_quant
-        if q is None:
-            return x
-        if self.batch_ranges:
-            with torch.no_grad():
-                lo, hi = torch.aminmax(x.detach())
-                q.set_range(float(lo), float(hi))
-        return q(x)
-
-
-class QATConv2d(_QATOp, nn.Conv2d):
-    """``nn.Conv2d`` whose input and weight are fake-quantized (see the module docstring)."""
-
-    def __init__(self, spec: LayerSpec, *, bias: bool, calibration: str) -> None:
-        nn.Conv2d.__init__(self, spec.in_channels, spec.out_channels, spec.kernel, spec.stride, spec.kernel // 2,
-                           groups=spec.groups, bias=bias)
-        self._setup(spec, calibration)
-
-    def conv(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        """The "same"-padded convolution, its kernel cropped to the centre part that can touch
-        the input: on an ``n`` x ``n`` map a tap more than ``n - 1`` pixels from the centre only
-        meets padding, so late stages' large kernels on tiny maps cost what they compute."""
-        k = weight.shape[-1]
-        e = min(k, 2 * max(x.shape[-2], x.shape[-1]) - 1)
-        if e < k:
-            start = (k - e) // 2
-            weight = weight[..., start : start + e, start : start + e]
-        return F.conv2d(x, weight, bias, self.stride, e // 2, self.dilation, self.groups)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(self.quantized_input(x), self.quantized_weight(), self.bias)
-
-
-class QATLinear(_QATOp, nn.Linear):
-    """``nn.Linear`` whose input and weight are fake-quantized (see the module docstring)."""
-
-    def __init__(self, spec: LayerSpec, *, calibration: str) -> None:
-        nn.Linear.__init__(self, spec.in_channels, spec.out_channels, bias=True)
-        self._setup(spec, calibration)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.quantized_input(x), self.quantized_weight(), self.bias)
 
 
 class ConvBNAct(nn.Module):
@@ -188,7 +121,7 @@ class _Block(nn.Module):
         return y + x if self.residual else y
 
 
-class TrainableSubnet(nn.Module):
+class TrainableSubnet(TrainableOps, nn.Module):
     """The candidate's network with trainable float weights, unfolded BN and fake quantizers.
 
     Built empty (seeded default initialisation) from the space and the candidate -- which is
@@ -204,6 +137,7 @@ class TrainableSubnet(nn.Module):
         self.space = space
         self.candidate = space.validate(candidate)
         self.calibration = calibration
+        self.bn_momentum, self.bn_eps = float(bn_momentum), float(bn_eps)
         self.layers: list[LayerSpec] = space.layers(self.candidate)
         self.resolution = int(self.candidate["resolution"])  # type: ignore[arg-type]
         by_name = {spec.name: spec for spec in self.layers}
@@ -237,10 +171,6 @@ class TrainableSubnet(nn.Module):
                 op.weight_quant.init_step(op.weight)  # the lazily shaped scale buffer gets its shape
 
     # ----- structure ------------------------------------------------------------------------------
-    def weight_layers(self) -> Iterator[LayerSpec]:
-        """The IR layers that have weights, in network order."""
-        return (spec for spec in self.layers if spec.has_weights)
-
     def ops(self) -> dict[str, QATConv2d | QATLinear]:
         """IR layer name -> its `QATConv2d` / `QATLinear`."""
         out = {}
@@ -257,15 +187,9 @@ class TrainableSubnet(nn.Module):
             raise ValueError(f"TrainableSubnet: no weight layer {layer!r}")
         return f"{layer}.linear" if spec.op == "linear" else f"{layer}.conv"
 
-    def pruning_plan(self) -> dict[str, tuple[str, float]]:
-        """Module name -> (pattern, sparsity) of every masked layer: the plan
-        `tritune.kernels.pruning.resolve_plan` takes. Dense layers and channel pruning (already
-        physical) are not in it."""
-        return {self.module_name(s.name): (s.pattern, float(s.sparsity)) for s in self.weight_layers() if masked_pattern(s)}
-
-    def masks(self) -> dict[str, torch.Tensor]:
-        """IR layer name -> the ``weight_mask`` of every masked layer."""
-        return {name: op.weight_mask for name, op in self.ops().items() if op.weight_mask is not None}
+    def options(self) -> dict[str, float | str]:
+        """What rebuilds this network with the space and candidate (`MobileNetSpace.trainable_network`)."""
+        return {"calibration": self.calibration, "bn_momentum": self.bn_momentum, "bn_eps": self.bn_eps}
 
     # ----- compute --------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -277,17 +201,6 @@ class TrainableSubnet(nn.Module):
             x = getattr(self, f"s{s}")(x)
         x = self.pool(self.final_expand(x)).flatten(1)
         return self.classifier(self.feature_mix(x))
-
-    def quantizers(self) -> list[ActFakeQuant]:
-        """The activation quantizers, in network order."""
-        return [op.input_quant for op in self.ops().values() if op.input_quant is not None]
-
-    @torch.no_grad()
-    def calibrate_ranges(self, batches: Iterable[torch.Tensor]) -> None:
-        """Set every activation quantizer's range from ``batches`` (eval mode, BN fixed), with
-        the network's ``calibration`` method."""
-        if self.quantizers():
-            calibrate(self, list(batches), method=self.calibration)
 
     @torch.no_grad()
     def recalibrate(self, batches: Iterable[torch.Tensor]) -> None:
@@ -317,19 +230,9 @@ class TrainableSubnet(nn.Module):
         finally:
             self.train(was_training)
 
-    def copy(self) -> "TrainableSubnet":
-        """An independent copy (weights, statistics, ranges, masks; no hooks)."""
-        other = TrainableSubnet(self.space, self.candidate, calibration=self.calibration)
-        device = next(self.parameters()).device
-        other.to(device).load_state_dict(self.state_dict())
-        mine_ops = self.ops()
-        for name, op in other.ops().items():
-            mine = mine_ops[name]
-            op.dense_weight = None if mine.dense_weight is None else mine.dense_weight.clone()
-            if op.input_quant is not None:
-                op.input_quant._sync_flags()
-        other.train(self.training)
-        return other
+    def deploy(self, batches: Iterable[torch.Tensor] | None = None) -> MobileNetSubnet:
+        """`deploy` of this network (recalibrated on ``batches`` first, on a copy)."""
+        return deploy(self, None, batches)
 
 
 def _copy_bn(target: nn.BatchNorm2d, source: nn.BatchNorm2d, out: int) -> None:
