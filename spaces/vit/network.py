@@ -8,7 +8,8 @@ says); every other pattern is a magnitude mask with the pattern's structure
 (`tritune.kernels.patterns.make_mask`) on seeded random weights.
 
 Token pruning (`TokenSelect`, EViT-style): the class token's attention to the other tokens in the
-block before, averaged over heads, ranks them; the top ``keep`` stay in order of rank and the rest
+block before, averaged over heads, ranks them (the attention probabilities as the block's context
+matmul takes them: rounded to 8 bits where the attention is 8-bit, as an int8 runtime ranks them); the top ``keep`` stay in order of rank and the rest
 are fused into one package token, their attention-weighted mean. Token counts are fixed per
 candidate, so the exported graph has static shapes.
 
@@ -116,7 +117,7 @@ class Block(nn.Module):
         y = self.context(probs, v).transpose(1, 2).reshape(b, t, self.heads * self.head_dim)
         x = x + self.proj(y)
         x = x + self.fc2(self.fc1(self.norm2(x)))
-        return x, attention[:, :, 0, 1:].mean(1)
+        return x, probs[:, :, 0, 1:].mean(1)
 
 
 class ViT(nn.Module):

@@ -309,8 +309,8 @@ class ViTSupernet(nn.Module):
             bits = int(candidate["attn_bits"][i])  # type: ignore[index]
             q = self._act(f"{p}.q", q * hd ** -0.5, bits)
             k, v = self._act(f"{p}.k", k, bits), self._act(f"{p}.v", v, bits)
-            att = torch.softmax(q @ k.transpose(-2, -1), dim=-1)
-            y = (self._act(f"{p}.attn", att, bits) @ v).transpose(1, 2).reshape(b, t, heads * hd)
+            att = self._act(f"{p}.attn", torch.softmax(q @ k.transpose(-2, -1), dim=-1), bits)
+            y = (att @ v).transpose(1, 2).reshape(b, t, heads * hd)
             x = x + self._linear(plan[f"{p}.proj"], y, blk.proj, slice(0, e), slice(0, heads * hd))
             h = F.layer_norm(x, (e,), blk.norm2.weight[:e], blk.norm2.bias[:e], blk.norm2.eps)
             h = F.gelu(self._linear(plan[f"{p}.fc1"], h, blk.fc1, slice(0, hidden), slice(0, e)))

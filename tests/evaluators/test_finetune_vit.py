@@ -100,6 +100,20 @@ def test_finetuning_a_vit_learns_keeps_masks_and_bits(space, data, supernet):
         assert len(torch.unique(w[0])) > 3  # and not collapsed
 
 
+def test_a_fine_tuned_vit_exports_as_it_scored(space, data, supernet, tmp_path):
+    """int8 linears and attention, tokens pruned: onnxruntime ranks tokens by its int8 softmax,
+    and so does the network, so the file agrees with it."""
+    from tritune.search.export.exporter import export_model
+
+    cand = mixed(space)
+    tuner = Finetuner(supernet.trainable(cand), data, FinetuneConfig(epochs=4.0, lr=3e-3, optimizer="adamw", weight_decay=0.05, **FAST))
+    r = tuner.run()
+    res = export_model(cand, tuner.deployable(), data=data, calibration=tuner.calib, out_dir=tmp_path, space=space, measure=False)
+    assert res.manifest["torch_accuracy"] == pytest.approx(r.accuracy)
+    v = res.manifest["verification"]["model.onnx"]
+    assert v["top1_agreement"] >= 0.97 and abs(v["accuracy"] - r.accuracy) <= 1.0, v
+
+
 @pytest.mark.parametrize("method", ["gradual", "admm"])
 def test_pruning_methods_reach_exact_masks_on_a_vit(space, data, supernet, method):
     cand = mixed(space)
