@@ -149,6 +149,7 @@ def rounding_sensitivity(net: torch.nn.Module, x: torch.Tensor, labels: Any) -> 
 
     ref = logits()
     modules = dict(net.named_modules())
+    weighted = [L for L in net.layers if L.has_weights]
     accs, agree = [], []
     for seed in range(SENSITIVITY_DRAWS):
         gen = torch.Generator().manual_seed(seed)
@@ -159,7 +160,7 @@ def rounding_sensitivity(net: torch.nn.Module, x: torch.Tensor, labels: Any) -> 
             sign = torch.where(torch.rand(out.shape, generator=gen) < 0.5, -1.0, 1.0)
             return out + moved * sign * step
 
-        hooks = [modules[L.name].register_forward_hook(nudge) for L in net.layers if L.has_weights and L.name != "classifier"]
+        hooks = [modules[L.name].register_forward_hook(nudge) for L in weighted[:-1]]  # every layer but the logits
         try:
             out = logits()
         finally:
@@ -210,7 +211,7 @@ def _sensitivities(run_dir: Path, run: Any, rows: list[dict[str, Any]]) -> dict[
         manifest = json.loads((run_dir / "export" / r["target"] / cid / "manifest.json").read_text())
         candidate = Candidate.from_json(manifest["candidate"])
         net = _deployed(run_dir, cid, weights, candidate)
-        x = fit_input(weights.data.test.tensors[0], int(candidate["resolution"]))
+        x = fit_input(weights.data.test.tensors[0], int(net.input_size))
         out[cid] = rounding_sensitivity(net, x, labels)
         print(f"  {cid}: rounding sensitivity {_span({'rounding_sensitivity': out[cid]}, 'perturbed_accuracy', '.1f')} %", flush=True)
     return out
