@@ -61,7 +61,9 @@ def test_units_are_the_targets_steps(plan):
     cand = _plan(space, PLANS[plan], resolution=64)
     runnable = CodegenCpuTarget(fuse_min_bytes=1 << 16).for_profiling().build(cand, space=space)
     steps = {s["name"]: s["ms"] for s in runnable.step_times(repeats=3)}
-    pred = CodegenLatencyPredictor(space=space, fuse_min_bytes=1 << 16)
+    from tritune.kernels.codegen import vector_width
+
+    pred = CodegenLatencyPredictor(space=space, vector_width=vector_width(), fuse_min_bytes=1 << 16)  # the target's settings
     b = pred.unit_batch([cand], named=True)
     ms = step_times(b, [steps])
     assert np.isfinite(ms).all(), [n for n, v in zip(b.names, ms) if not np.isfinite(v)]  # every unit is a step
