@@ -12,9 +12,15 @@ from ..store import TrialRecord
 
 def spread(records: Sequence[TrialRecord], problem: Problem, n: int) -> list[TrialRecord]:
     """Up to ``n`` members of the Pareto front of ``records``, evenly spaced along it (sorted by
-    the first objective, both ends included) with the knee replacing its nearest pick."""
+    the first objective, both ends included) with the knee replacing its nearest pick. A front of
+    fewer than ``n`` is topped up from the next fronts (non-dominated sorting), spread alike."""
     best = front(records, problem)
-    if len(best) <= n:
+    if len(best) < n:
+        taken = {id(r) for r in best}
+        rest = [r for r in records if id(r) not in taken]
+        more = spread(rest, problem, n - len(best)) if rest and best else []
+        return best + more
+    if len(best) == n:
         return best
     picks = [int(round(i)) for i in np.linspace(0, len(best) - 1, n)]
     k = knee(best, problem)

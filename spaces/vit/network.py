@@ -74,7 +74,9 @@ class TokenSelect(nn.Module):
         if self.kept == self.others:
             return torch.cat([cls, kept], dim=1)
         dropped = order[:, self.kept:]
-        weights = torch.gather(cls_attention, 1, dropped).unsqueeze(-1)
+        # fixed weights: 8-bit attention rounds many of them to zero, and a gradient through the
+        # normalising sum would then be the fused tokens divided by the clamp
+        weights = torch.gather(cls_attention, 1, dropped).unsqueeze(-1).detach()
         tokens = torch.gather(rest, 1, dropped.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
         package = (tokens * weights).sum(1, keepdim=True) / weights.sum(1, keepdim=True).clamp_min(1e-6)
         return torch.cat([cls, kept, package], dim=1)
