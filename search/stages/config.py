@@ -85,7 +85,8 @@ class FinetuneStage:
     ``1 / eta`` go on, until the last rung's survivors have trained ``epochs`` in all.
     ``method``: how each model reaches its masks (`tritune.evaluators.finetune.METHODS`);
     ``oneshot`` keeps the inherited masks and was the most accurate at equal cost.
-    ``optimizer``: ``sgd`` (Nesterov momentum) or ``adamw`` (what transformers train with)."""
+    ``optimizer``: ``sgd`` (Nesterov momentum) or ``adamw`` (what transformers train with), with
+    ``weight_decay`` on the weights."""
 
     top_k: int = 4
     epochs: float = 2.0
@@ -95,6 +96,7 @@ class FinetuneStage:
     batch_size: int = 64
     method: str = "oneshot"
     optimizer: str = "sgd"
+    weight_decay: float = 4e-5
 
     def __post_init__(self) -> None:
         for name in ("top_k", "rungs", "batch_size"):
@@ -104,6 +106,8 @@ class FinetuneStage:
             raise ValueError(f"job.stages.finetune.eta: {self.eta!r} not allowed; expected an integer >= 2")
         _positive(float(self.epochs), "job.stages.finetune.epochs")
         _positive(float(self.lr), "job.stages.finetune.lr")
+        if isinstance(self.weight_decay, bool) or not isinstance(self.weight_decay, (int, float)) or not 0.0 <= self.weight_decay < 1.0:
+            raise ValueError(f"job.stages.finetune.weight_decay: {self.weight_decay!r} not allowed; allowed: a number in [0, 1)")
         from ...evaluators.finetune import METHODS
         from ...evaluators.supernet_training import OPTIMIZERS
 

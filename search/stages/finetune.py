@@ -64,7 +64,8 @@ def train_rung(candidate: Candidate, settings: FinetuneStage, until: float, stat
         net = load_checkpoint(checkpoint).supernet.trainable(candidate)
     state.parent.mkdir(parents=True, exist_ok=True)
     result = finetune(net, candidate, data, epochs=float(settings.epochs), lr=float(settings.lr), batch_size=int(settings.batch_size),
-                      method=settings.method, optimizer=settings.optimizer, seed=int(seed), threads=1, stop_after_epochs=until, state=state,
+                      method=settings.method, optimizer=settings.optimizer,
+                      weight_decay=float(settings.weight_decay), seed=int(seed), threads=1, stop_after_epochs=until, state=state,
                       save_every=SAVE_EVERY, progress=progress)
     return {"accuracy": float(result.accuracy), "inherited_accuracy": float(result.accuracy_before), "epochs": float(result.epochs),
             "masks_exact": bool(result.masks_exact), "seconds": round(float(result.seconds), 2), "sha256": file_sha256(state)}
