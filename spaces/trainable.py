@@ -126,6 +126,12 @@ class TrainableOps:
         """The activation quantizers, in module order."""
         return [m for m in self.modules() if isinstance(m, ActFakeQuant)]  # type: ignore[attr-defined]
 
+    def check_masks_final(self) -> None:
+        """ValueError while a pruned weight is not zero (a pruning method still searching its masks)."""
+        for name, op in self.ops().items():  # type: ignore[attr-defined]
+            if op.weight_mask is not None and bool((op.weight.detach()[~op.weight_mask] != 0).any()):
+                raise ValueError(f"deploy: layer {name} has non-zero weights outside its mask; finish pruning (finalize) first")
+
     def copy(self) -> Any:
         """An independent copy (weights, statistics, ranges, masks, ``dense_weight``; no hooks),
         built as ``type(self)(space, candidate, **options())``."""

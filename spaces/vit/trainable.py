@@ -95,9 +95,7 @@ class TrainableViT(TrainableOps, ViT):
         scales and input range in ``kept_quantization``, and the calibrated activation fake
         quantizers on the inputs they quantize. With ``batches`` the activation ranges are
         re-estimated first (on a copy). ValueError while a pruned weight is not zero."""
-        for name, op in self.ops().items():
-            if op.weight_mask is not None and bool((op.weight.detach()[~op.weight_mask] != 0).any()):
-                raise ValueError(f"deploy: layer {name} has non-zero weights outside its mask; finish pruning (finalize) first")
+        self.check_masks_final()
         src = self
         if batches is not None:
             src = self.copy()

@@ -322,9 +322,7 @@ def deploy(net: TrainableSubnet, candidate: Candidate | None = None,
         raise ValueError(f"deploy: expected a TrainableSubnet, got {type(net).__name__}")
     if candidate is not None and net.space.validate(candidate) != net.candidate:
         raise ValueError(f"deploy: the network is candidate {net.candidate.id}, not {candidate.id}")
-    for name, op in net.ops().items():
-        if op.weight_mask is not None and bool((op.weight.detach()[~op.weight_mask] != 0).any()):
-            raise ValueError(f"deploy: layer {name} has non-zero weights outside its mask; finish pruning (finalize) first")
+    net.check_masks_final()
     src = net
     if calibration_batches is not None:
         src = net.copy()
