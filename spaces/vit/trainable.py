@@ -81,11 +81,7 @@ class TrainableViT(TrainableOps, ViT):
         batches = list(batches)
         if not batches:
             raise ValueError("recalibrate: batches is empty; pass at least one batch of images")
-        was_training = self.training
-        try:
-            self.calibrate_ranges(batches)
-        finally:
-            self.train(was_training)
+        self.calibrate_ranges(batches)  # `calibrate` puts every module's training flag back
 
     # ----- deploy form ----------------------------------------------------------------------------
     @torch.no_grad()
