@@ -22,6 +22,7 @@ __all__ = [
     "hypervolume",
     "knee_point",
     "crowding_distance",
+    "spread_rows",
 ]
 
 DIRECTIONS: tuple[str, str] = ("minimize", "maximize")
@@ -397,3 +398,49 @@ def crowding_distance(values: np.ndarray) -> np.ndarray:
         if span > 0:
             dist[order[1:-1]] += (col[2:] - col[:-2]) / span
     return dist
+
+
+def _even_along(v: np.ndarray, n: int) -> list[int]:
+    """``n`` positions in one front of minimization values ``v``, sorted by its first column,
+    evenly spaced by arc length in the front's own normalised units (both ends first)."""
+    span = v.max(axis=0) - v.min(axis=0)
+    z = np.divide(v - v.min(axis=0), span, out=np.zeros_like(v), where=span > 0)
+    walked = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(z, axis=0), axis=1))])
+    targets = np.linspace(0.0, walked[-1], n)
+    order = [0, n - 1] + list(range(1, n - 1)) if n > 1 else [0]
+    picks: list[int] = []
+    for t in order:
+        free = [i for i in range(len(v)) if i not in picks]
+        picks.append(min(free, key=lambda i: (abs(walked[i] - targets[t]), i)))
+    return picks
+
+
+def spread_rows(values: np.ndarray, directions: Sequence[str], n: int, knee: bool = True) -> list[int]:
+    """Row indices of up to ``n`` rows, front by front (non-dominated order, each front in order
+    of its first objective): whole fronts while they fit, then the next front thinned to rows
+    evenly spaced along it (arc length, each objective scaled to the front's range): both its
+    ends, then, with ``knee``, its knee (`knee_point`) in place of the nearest pick between
+    them. A single pick is the knee.
+
+    This is the promotion rule of multi-objective successive halving (Schmucker et al.,
+    "Multi-objective asynchronous successive halving", 2021), with an even spread as the
+    tie-break so that what is kept covers the whole trade-off, not one end of it."""
+    v = to_minimization(values, directions)
+    chosen: list[int] = []
+    for members in non_dominated_sort(v, ["minimize"] * v.shape[1]):
+        room = n - len(chosen)
+        if room <= 0:
+            break
+        members = members[np.lexsort(v[members].T[::-1])]
+        if len(members) <= room:
+            chosen += members.tolist()
+            continue
+        picks = _even_along(v[members], room)
+        if knee and room != 2 and np.all(np.isfinite(v[members])):
+            at = knee_point(v[members], ["minimize"] * v.shape[1])
+            if at not in picks:
+                inner = range(2, room) if room > 2 else range(room)
+                nearest = min(inner, key=lambda i: (abs(picks[i] - at), i))
+                picks[nearest] = at
+        chosen += [int(members[i]) for i in sorted(picks)]
+    return chosen

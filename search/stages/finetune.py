@@ -5,9 +5,10 @@ their inherited supernet weights (the supernet's ``trainable(candidate)``) and t
 `tritune.evaluators.finetune.finetune` -- masks reached by the job's pruning method and kept
 exact, bits kept by quantization-aware training. Successive halving (Jamieson & Talwalkar,
 AISTATS 2016; the synchronous form of ASHA, Li et al., MLSys 2020): every model trains the first
-rung's epochs, the best ``1/eta`` go on, until the last rung's survivors have trained the whole
-schedule. Rungs run to their end before the next starts, so the survivors -- and so the results
--- do not depend on which worker was faster.
+rung's epochs, ``1/eta`` of them go on -- spread over the front of accuracy so far against the
+search's other objectives, as multi-objective ASHA promotes -- until the last rung's survivors
+have trained the whole schedule. Rungs run to their end before the next starts, so the
+survivors -- and so the results -- do not depend on which worker was faster.
 
 Each model's state file (``RUN_DIR/finetune/<candidate id>/state.safetensors``) is written as it
 trains and each finished rung is recorded in the store, so a resumed run continues every model
@@ -20,7 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
+
+from ...evaluators.problem import Problem
 from ...spaces import Candidate
+from ..pareto import spread_rows
 from ..run import file_sha256
 from ..store import TrialRecord
 from .config import FinetuneStage
@@ -71,9 +76,28 @@ def train_rung(candidate: Candidate, settings: FinetuneStage, until: float, stat
             "masks_exact": bool(result.masks_exact), "seconds": round(float(result.seconds), 2), "sha256": file_sha256(state)}
 
 
+def promoted(alive: Sequence[TrialRecord], accuracy: dict[str, float], problem: Problem, keep: int) -> list[TrialRecord]:
+    """The ``keep`` models that go on to the next rung, spread over the front of their accuracy
+    so far against the search's other objectives (`tritune.search.pareto.spread_rows`): the
+    fast end of the trade-off trains as long as the accurate end, where ranking by accuracy
+    alone would stop every fast model first. A missing objective counts as the worst."""
+    objectives = [("accuracy", "maximize")] + [(m, d) for m, d in zip(problem.metrics, problem.directions) if m != "accuracy"]
+
+    def value(record: TrialRecord, metric: str, direction: str) -> float:
+        v = accuracy[record.candidate.id] if metric == "accuracy" else record.metrics.get(metric)
+        if not isinstance(v, (int, float)) or math.isnan(v):
+            return -math.inf if direction == "maximize" else math.inf
+        return float(v)
+
+    values = np.array([[value(rec, m, d) for m, d in objectives] for rec in alive])
+    rows = spread_rows(values, [d for _, d in objectives], keep)
+    return [alive[i] for i in sorted(rows)]
+
+
 def finetune_models(picks: Sequence[TrialRecord], settings: FinetuneStage, *, run_dir: Path, log: StageLog, checkpoint: str,
-                    data: Any, seed: int, progress: bool = True) -> list[FinetunedModel]:
-    """Successive halving over ``picks``; every pick comes back with its last rung's result."""
+                    data: Any, seed: int, problem: Problem, progress: bool = True) -> list[FinetunedModel]:
+    """Successive halving over ``picks`` (`promoted` picks who goes on); every pick comes back
+    with its last rung's result."""
     from tqdm.auto import tqdm
 
     folder = run_dir / "finetune"
@@ -95,7 +119,7 @@ def finetune_models(picks: Sequence[TrialRecord], settings: FinetuneStage, *, ru
         bar.close()
         if r + 1 < len(rungs):
             keep = max(1, math.ceil(len(alive) / settings.eta))
-            alive = sorted(alive, key=lambda rec: (-last[rec.candidate.id][1]["accuracy"], rec.number))[:keep]
+            alive = promoted(alive, {cid: item["accuracy"] for cid, (_, item) in last.items()}, problem, keep)
     out = []
     for record in picks:
         r, item = last[record.candidate.id]

@@ -153,13 +153,13 @@ def _run(s: _Stages) -> PipelineResult:
 
         def run_finetune() -> dict[str, Any]:
             tuned.extend(finetune_models(picks, config.finetune, run_dir=s.run_dir, log=s.log, checkpoint=str(where.checkpoint),
-                                         data=data, seed=job.seed, progress=s.progress))
+                                         data=data, seed=job.seed, problem=problem, progress=s.progress))
             return {"models": [m.to_json() for m in tuned]}
 
         s.stage("finetune", vars(config.finetune).copy(), run_finetune, 4)
         if not tuned:
             tuned = finetune_models(picks, config.finetune, run_dir=s.run_dir, log=s.log, checkpoint=str(where.checkpoint),
-                                    data=data, seed=job.seed, progress=False)
+                                    data=data, seed=job.seed, problem=problem, progress=False)
 
         if config.front is not None:
             target, options = _latency_target(job, config.front.target)

@@ -1,32 +1,33 @@
-"""Picking a few models from a front: spread along it, the knee always among them."""
+"""Picking a few models from a search: spread along its front, the knee always among them."""
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import numpy as np
 
 from ...evaluators.problem import Problem
-from ..report import front, knee
+from ..pareto import spread_rows
 from ..store import TrialRecord
 
 
+def rankable(records: Sequence[TrialRecord], problem: Problem) -> list[TrialRecord]:
+    """The complete trials with a value for every objective, each candidate once."""
+    seen: dict[str, TrialRecord] = {}
+    for r in records:
+        if r.status == "complete" and r.candidate.id not in seen and all(
+                isinstance(r.metrics.get(m), float) and not math.isnan(r.metrics[m]) for m in problem.metrics):
+            seen[r.candidate.id] = r
+    return list(seen.values())
+
+
 def spread(records: Sequence[TrialRecord], problem: Problem, n: int) -> list[TrialRecord]:
-    """Up to ``n`` members of the Pareto front of ``records``, evenly spaced along it (sorted by
-    the first objective, both ends included) with the knee replacing its nearest pick. A front of
-    fewer than ``n`` is topped up from the next fronts (non-dominated sorting), spread alike."""
-    best = front(records, problem)
-    if len(best) < n:
-        taken = {id(r) for r in best}
-        rest = [r for r in records if id(r) not in taken]
-        more = spread(rest, problem, n - len(best)) if rest and best else []
-        return best + more
-    if len(best) == n:
-        return best
-    picks = [int(round(i)) for i in np.linspace(0, len(best) - 1, n)]
-    k = knee(best, problem)
-    if k is not None:
-        at = best.index(k)
-        if at not in picks:
-            nearest = min(range(len(picks)), key=lambda i: (abs(picks[i] - at), i))
-            picks[nearest] = at
-    return [best[i] for i in sorted(set(picks))]
+    """Up to ``n`` models, the Pareto front of ``records`` first: a longer front is thinned to
+    members evenly spaced along it (both ends included, the knee in place of its nearest pick),
+    a shorter one is topped up from the next fronts alike (`tritune.search.pareto.spread_rows`)."""
+    pool = rankable(records, problem)
+    if not pool:
+        return []
+    values = np.stack([problem.values(r.metrics) for r in pool])
+    return [pool[i] for i in spread_rows(values, problem.directions, n)]
+
