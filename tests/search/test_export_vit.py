@@ -44,6 +44,22 @@ def job(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="module")
+def supernet_path(tmp_path_factory):
+    """The example job's vit supernet, trained 40 steps (enough for calibrated int8 codes)."""
+    from tritune.evaluators.data import load_dataset
+    from tritune.evaluators.supernet_training import TrainConfig, train_supernet
+    from tritune.spaces import create
+
+    options = dict(yaml.safe_load(EXAMPLE.read_text())["space"])
+    space = create(options.pop("name"), **options)
+    path = tmp_path_factory.mktemp("vit-supernet") / "supernet.safetensors"
+    config = TrainConfig(steps=40, batch_size=64, lr=2e-3, optimizer="adamw", weight_decay=0.05, sensitivity_images=0)
+    train_supernet(space.supernet({"seed": 0}), load_dataset("mnist5k-hard", seed=0), config, checkpoint=path, progress=False)
+    return path
+
+
+@pytest.mark.slow
 def test_example_job_fine_tunes_and_exports_its_front(job):
     run = job.parent / "run"
     stages = json.loads((run / "stages.json").read_text())["stages"]
@@ -69,14 +85,14 @@ def test_example_job_fine_tunes_and_exports_its_front(job):
     assert {p.name for p in (job.parent / "again").iterdir() if p.is_dir()} == {m["candidate_id"] for m in final["front"]}
 
 
-def test_int8_linears_ship_the_search_codes(job, tmp_path):
+def test_int8_linears_ship_the_search_codes(supernet_path, tmp_path):
     """Every linear w8a8 or w4a8 with a sparsity pattern, 8-bit attention: the file runs them as int8
     kernels whose weights are the supernet's codes (4-bit layers: at most 15 levels), and agrees
     with the network it came from."""
     from tritune.evaluators.data import load_dataset
     from tritune.evaluators.supernet_training import calibration_batches
 
-    supernet = load_checkpoint(str(job.parent / "supernet.safetensors")).supernet
+    supernet = load_checkpoint(str(supernet_path)).supernet
     space = supernet.space
     base = space.dense(space.largest(), {2: 0.5})
     four = ("qkv", "fc1")  # 4-bit block-sparse; the other linears 8-bit unstructured

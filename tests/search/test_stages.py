@@ -227,6 +227,7 @@ def _killed_in(stage: str, run: Path, tmp_path: Path):
     return lambda: any((run / "export").glob("*/manifest.json"))
 
 
+@pytest.mark.slow
 def test_sigkill_during_finetuning_then_resume_finishes_every_model_once(tmp_path):
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(staged_job(tmp_path)))
