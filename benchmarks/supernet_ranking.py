@@ -66,6 +66,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "clip-total": {"clip_mode": "total"},
     "untied-training": {"tie": "none"},
     "batch-32": {"batch_size": 32, "steps_factor": 2},
+    "dense-1": {"n_dense": 1},
     "issue-recipe": {"phases": None, "lower_end": "harshest", "kd_alpha": 1.0, "tie": "none"},
 }
 VARIANT_NOTES = {
@@ -76,6 +77,7 @@ VARIANT_NOTES = {
     "clip-total": "candidates' gradients summed, then the sum clipped",
     "untied-training": "trained on the untied space (78 slots) with the same menu",
     "batch-32": "batch 32, twice the steps (same images)",
+    "dense-1": "one random dense float architecture per step besides the sandwich (n_dense 1)",
     "issue-recipe": "the trainer's former defaults: no schedule, harshest end, KD only, untied",
 }
 

@@ -63,7 +63,9 @@ def _stage_line(record) -> str:
         return f"{s.get('how', '?')}: {s.get('steps', '?')} steps, {s.get('checkpoint', '')}"
     if record.name == "search":
         refs = f" ({s['references_on_front']} of {s['references']} hand-made references on it)" if s.get("references") else ""
-        return f"{s.get('evaluations', '?')} evaluations, {s.get('trials', '?')} trials, front of {s.get('front', '?')}{refs}"
+        menu = f"; {s['choices_excluded']} choices off the menu" if s.get("choices_excluded") else ""
+        fast = f" (only what {s['target_menu']} runs faster kept)" if s.get("target_menu") else ""
+        return f"{s.get('evaluations', '?')} evaluations, {s.get('trials', '?')} trials, front of {s.get('front', '?')}{refs}{menu}{fast}"
     if record.name == "refine":
         return f"{len(s.get('finalists', []))} finalists, {sum((s.get('evaluations') or {}).values())} evaluations"
     if record.name == "finetune":

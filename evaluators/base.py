@@ -25,11 +25,15 @@ class Evaluator(ABC):
     * ``cheap``: True for look-ups / predictions, False for queries that spend the search budget.
     * ``queries``: candidates submitted to `evaluate` so far (failed batches included: a failed
       training run still cost its budget).
+    * ``measures_accuracy``: every metric is an accuracy, or an estimate of one.
     """
 
     metrics: tuple[str, ...] = ()
     cheap: bool = False
     queries: int = 0
+    #: True when every metric is an accuracy (or an estimate of one), which compressing a layer
+    #: never improves; a search may then drop the choices its target gives no speed of their own.
+    measures_accuracy: bool = False
 
     @property
     def label(self) -> str:

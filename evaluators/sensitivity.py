@@ -152,6 +152,7 @@ class SensitivityDrop(Evaluator):
     at construction, then sums of table entries."""
 
     cheap = True
+    measures_accuracy = True
 
     def __init__(self, checkpoint: str | os.PathLike, *, metric: str = "accuracy_drop") -> None:
         where = "evaluator sensitivity"

@@ -60,6 +60,7 @@ class SupernetAccuracy(Evaluator):
     call, so evaluation can interleave with training."""
 
     cheap = False
+    measures_accuracy = True
 
     def __init__(self, checkpoint: str | os.PathLike | None = None, *, supernet: Supernet | None = None,
                  dataset: Any = None, calib_batches: int = 4, calib_batch_size: int = 128, eval_batch_size: int = 500,

@@ -27,6 +27,7 @@ class TabularAccuracy(Evaluator):
     """
 
     cheap = False
+    measures_accuracy = True
 
     def __init__(
         self, dataset: str = "cifar10", path: str | os.PathLike | None = None, metric: str = "accuracy",

@@ -125,9 +125,9 @@ class SensitivityTable:
 def screened_space(space: SearchSpace, table: SensitivityTable, max_drop: float) -> SearchSpace:
     """``space`` without the choices `SensitivityTable.exclusions` names (its candidates are
     candidates of ``space``)."""
-    config = space.config()
-    config["compression"] = space.menu.replace(exclude=table.exclusions(space, max_drop))
-    return type(space)(**config)
+    from .screens import with_exclusions
+
+    return with_exclusions(space, table.exclusions(space, max_drop))
 
 
 def table_from_extra(extra: Mapping[str, Any], where: str = "supernet checkpoint") -> SensitivityTable | None:

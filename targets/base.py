@@ -9,6 +9,10 @@ A target answers four questions:
 * ``capabilities()`` -- what it accelerates: the sparsity ``patterns`` and ``bit_widths`` it runs
   faster than dense float, the ``spaces`` it knows, and whether it can ``build`` / ``measure``.
 * ``supports(space_name)`` -- whether it can give latencies for candidates of that space.
+* ``runs_as(choice)`` (optional; default: itself) -- the compression choice whose speed a layer
+  compressed as ``choice`` gets: a target that runs a mask at dense speed runs the masked layer
+  *as* dense. A search whose only cost is this target's latency drops a choice when what it runs
+  as is also on the menu: same speed, less accuracy.
 * ``latency(candidates)`` -- latency in milliseconds, one float per candidate, batched
   (``np.ndarray`` of shape ``(n,)``, float64; NaN where a value is unknown).
 
@@ -29,6 +33,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..spaces.candidate import Candidate
+from ..spaces.compression import LayerCompression
 
 #: Keys every fingerprint carries (extra keys are welcome).
 FINGERPRINT_KEYS = ("target", "device", "runtime", "version", "threads")
@@ -66,6 +71,11 @@ class Target(ABC):
         """Latency in ms for each candidate (float64 array of shape ``(len(candidates),)``).
         ``space``: the configured space the candidates come from (None: the space registered
         under the candidates' space name, with its default options)."""
+
+    def runs_as(self, choice: LayerCompression) -> LayerCompression:
+        """The choice whose speed this target gives a layer compressed as ``choice`` (by default
+        every choice runs as itself)."""
+        return choice
 
     # ----- optional: targets that run models ------------------------------------------------
     def _cannot(self, what: str) -> str:

@@ -58,6 +58,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from ..spaces.candidate import Candidate
+from ..spaces.compression import FLOAT_BITS, INT_MAX_BITS, LayerCompression, integer_bits
 from .base import Target
 from ..kernels.timing import Measurement, Protocol, measure_target, torch_threads
 from .space_support import SUPPORTED_SPACES, BuildsMobileNets
@@ -394,6 +395,13 @@ class CodegenCpuTarget(BuildsMobileNets, Target):
             "threads": self.threads, "cpu": cpu, "isa": cpu["isa"], "compiler": command, "compiler_version": banner,
             "flags": flags, "vector_width": lanes, "autotune": self.autotune, "fuse_min_bytes": self.fuse_min_bytes,
         }
+
+    def runs_as(self, choice: LayerCompression) -> LayerCompression:
+        """Weight-only or activation-only quantization runs as float; integer layers compute
+        4-bit codes (2-4 bit weights) or 8-bit codes (5-8 bit weights) on 8-bit inputs."""
+        if integer_bits(choice.w_bits, choice.a_bits) == FLOAT_BITS:
+            return LayerCompression(choice.pattern, choice.sparsity, FLOAT_BITS, FLOAT_BITS)
+        return LayerCompression(choice.pattern, choice.sparsity, 4 if choice.w_bits <= 4 else INT_MAX_BITS, INT_MAX_BITS)
 
     def capabilities(self) -> dict[str, Any]:
         return {

@@ -56,7 +56,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from ..spaces.candidate import Candidate
-from ..spaces.compression import FLOAT_BITS
+from ..spaces.compression import FLOAT_BITS, INT_MAX_BITS, LayerCompression, integer_bits, parse_pattern
 from .base import Target
 from ..kernels.quant import LayerQuantization
 from ..kernels.timing import Measurement, Protocol, measure_target, torch_threads
@@ -68,6 +68,9 @@ EXPORTERS = ("torchscript", "dynamo")
 #: ISA flags of /proc/cpuinfo that matter to ONNX Runtime's kernels (fp32 and int8 GEMM/conv).
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16")
 QUANTIZED_OPS = ("Conv", "Gemm", "MatMul")
+#: Pattern families that run faster than dense here: channel pruning removes the channels; every
+#: other mask multiplies its zeros at dense speed (no sparse kernels in onnxruntime's CPU provider).
+RUNS_FASTER = ("dense", "channel")
 
 
 def _cpuinfo() -> dict[str, str]:
@@ -296,7 +299,7 @@ class OrtCpuTarget(BuildsNetworks, Target):
             "spaces": list(SUPPORTED_SPACES),
             # Faster than dense float: physically removed channels. unstructured / N:M / block /
             # kernel-pattern / gather-scatter masks run at dense speed: no sparse kernels here.
-            "patterns": ["dense", "channel"],
+            "patterns": list(RUNS_FASTER),
             "dense_speed_patterns": ["unstructured", "nm", "block", "kernel_pattern", "gather_scatter"],
             # 32 = float; 8 = int8 QDQ. Weight bit-widths 2-7 run as int8, 16 as float.
             "bit_widths": [32, 8],
@@ -305,6 +308,14 @@ class OrtCpuTarget(BuildsNetworks, Target):
             "builds": True,
             "measures": True,
         }
+
+    def runs_as(self, choice: LayerCompression) -> LayerCompression:
+        """Masks other than channel pruning run at dense speed; a layer runs int8 only with
+        weights and inputs of at most 8 bits, and then at int8 speed whatever its bits."""
+        structured = parse_pattern(choice.pattern).family in RUNS_FASTER
+        pattern, sparsity = (choice.pattern, choice.sparsity) if structured else ("dense", 0.0)
+        bits = INT_MAX_BITS if integer_bits(choice.w_bits, choice.a_bits) != FLOAT_BITS else FLOAT_BITS
+        return LayerCompression(pattern, sparsity, bits, bits)
 
     # ----- building -----------------------------------------------------------------------
 

@@ -5,6 +5,7 @@
     stages:
       supernet: {steps: 1500}                 # train the job's supernet (or load a matching one)
       search: {max_drop: 5}                    # the joint search, off the choices that alone cost > 5 points
+                                               # and those the latency target runs no faster
       refine: {finalists: 3, evaluations: 12}  # ratios and bits of the best joint-search results
       finetune: {top_k: 4, epochs: 2}          # the best refined models, compression kept
       front: {}                                # fine-tuned accuracy x measured latency, exported
@@ -47,14 +48,20 @@ class SearchStage:
     evaluate first the networks an engineer would try by hand, for a space that names them
     (``space.reference_models()``; mobilenet: the smallest, middle and largest architecture, each
     dense, int8 and channel-50 % + int8), so the front starts from them and the search has to beat
-    them; they count towards the budget."""
+    them; they count towards the budget. ``target_menu``: when the job's only cost is the latency
+    of one target, take off the menu (here and in refinement) every choice that target runs *as*
+    another choice on the menu (`tritune.targets.base.Target.runs_as`; on ``ort-cpu``: masks other
+    than channel pruning, weight-only or activation-only quantization, bits below 8): such a
+    choice is as slow as the lighter one and less accurate."""
 
     max_drop: float | None = None
     references: bool = True
+    target_menu: bool = True
 
     def __post_init__(self) -> None:
-        if not isinstance(self.references, bool):
-            raise ValueError(f"job.stages.search.references: {self.references!r} not allowed; expected true or false")
+        for name in ("references", "target_menu"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"job.stages.search.{name}: {getattr(self, name)!r} not allowed; expected true or false")
         if self.max_drop is not None:
             if isinstance(self.max_drop, bool) or not isinstance(self.max_drop, (int, float)) or not (math.isfinite(self.max_drop) and self.max_drop >= 0):
                 raise ValueError(f"job.stages.search.max_drop: {self.max_drop!r} not allowed; expected a number of points >= 0, or null")

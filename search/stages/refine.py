@@ -105,9 +105,11 @@ def sensitivity_weights(space: SearchSpace, checkpoint: Any) -> dict[str, dict[s
 
 
 def refine_finalist(job: Any, pipeline: Any, base: Candidate, index: int, settings: Any, run_dir: Any, *,
-                    sensitivity: dict[str, dict[str, float]] | None = None, progress: bool = True) -> list[Any]:
+                    space: SearchSpace | None = None, sensitivity: dict[str, dict[str, float]] | None = None,
+                    progress: bool = True) -> list[Any]:
     """Refine one finalist in its own store ``RUN_DIR/refine/<candidate id>/trials.db``;
-    returns its finished trials. Resumable like any search (same seed, same proposals)."""
+    returns its finished trials. Resumable like any search (same seed, same proposals).
+    ``space``: the menu the moves draw from (default: the job's space)."""
     from pathlib import Path
 
     from tqdm.auto import tqdm
@@ -116,7 +118,7 @@ def refine_finalist(job: Any, pipeline: Any, base: Candidate, index: int, settin
     from ..run import run_driver
     from ..store import TrialStore
 
-    space, problem = job.build_space(), job.problem()
+    space, problem = space if space is not None else job.build_space(), job.problem()
     folder = Path(run_dir) / "refine" / base.id
     folder.mkdir(parents=True, exist_ok=True)
     strategy = RefineStrategy(space, problem, seed=job.seed + 1 + index, oracle=pipeline.oracle, base=base,

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from ...spaces.screens import runs_as_exclusions, with_exclusions
 from ..job import Job, JobError
 from ..lock import RunLock
 from ..run import RunResult, open_run, prepare_run, search_stage
@@ -112,9 +113,13 @@ def _run(s: _Stages) -> PipelineResult:
 
     problem = job.problem()
     pipeline = job.build_pipeline(space, problem)
+    runs_as = _cost_target(pipeline, problem) if config.search.target_menu else None
+    fast_menu = space if runs_as is None else with_exclusions(space, runs_as_exclusions(space, runs_as.runs_as))
 
     def search() -> dict[str, Any]:
         searched = _screened(job, space, config.search.max_drop)
+        if runs_as is not None:
+            searched = with_exclusions(searched, runs_as_exclusions(searched, runs_as.runs_as))
         references = getattr(searched, "reference_models", None)  # a family's hand-made networks, where it has them
         first = list(references().values()) if config.search.references and callable(references) else []
         found = search_stage(s.store, job, s.run_dir, pipeline, space=searched, first=first, progress=s.progress)
@@ -123,6 +128,7 @@ def _run(s: _Stages) -> PipelineResult:
         on_front = {r.candidate.id for r in found.front} & {c.id for c in first}
         return {"evaluations": found.evaluations, "trials": len(found.records), "front": len(found.front),
                 "knee": None if found.knee is None else found.knee.candidate.id, "choices_excluded": excluded,
+                "target_menu": None if runs_as is None else runs_as.name,
                 "references": len(first), "references_on_front": len(on_front)}
 
     s.stage("search", {"strategy": job.strategy, "budget": job.budget, **vars(config.search)}, search, 2)
@@ -136,7 +142,8 @@ def _run(s: _Stages) -> PipelineResult:
             per = {}
             weights = sensitivity_weights(space, SupernetSpec.of(job).checkpoint)
             for i, final in enumerate(finalists):
-                trials = refine_finalist(job, pipeline, final.candidate, i, refine, s.run_dir, sensitivity=weights, progress=s.progress)
+                trials = refine_finalist(job, pipeline, final.candidate, i, refine, s.run_dir, space=fast_menu,
+                                         sensitivity=weights, progress=s.progress)
                 per[final.candidate.id] = sum(t.status == "complete" for t in trials)
             return {"finalists": list(per), "evaluations": per}
 
@@ -183,6 +190,24 @@ def _run(s: _Stages) -> PipelineResult:
                                        f["folder"], f["finetuned_accuracy"], f["search_metrics"]) for f in final["front"]]
             result.knee = next((m for m in result.final if m.candidate.id == final["knee"]), None)
     return result
+
+
+def _cost_target(pipeline: Any, problem: Any) -> Any | None:
+    """The target whose latency is the job's only cost: every other metric the objectives and
+    constraints name is an accuracy (None when another metric could reward compression, or
+    several targets time the job)."""
+    from ...evaluators.tabular import TargetLatency
+
+    named = {o.metric for o in problem.objectives} | {c.metric for c in problem.constraints}
+    targets = []
+    for evaluator in pipeline.evaluators:
+        if not named & set(evaluator.metrics):
+            continue
+        if isinstance(evaluator, TargetLatency):
+            targets.append(evaluator.target)
+        elif not evaluator.measures_accuracy:
+            return None
+    return targets[0] if len(targets) == 1 and callable(getattr(targets[0], "runs_as", None)) else None
 
 
 def _screened(job: Job, space: Any, max_drop: float | None) -> Any:

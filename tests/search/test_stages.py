@@ -156,6 +156,8 @@ def test_search_max_drop_samples_only_choices_the_sensitivity_table_allows(tmp_p
 
     data = staged_job(tmp_path, search={"max_drop": 2.0}, refine=False, finetune=False, front=False)
     data["space"]["compression"] = {"tie": "role"}  # few enough probes for the table to be measured after training
+    data["stages"]["supernet"]["train"]["sensitivity_images"] = 128
+    data["evaluators"], data["objectives"] = data["evaluators"][:1], data["objectives"][:1]  # no latency to measure
     data["budget"] = {"evaluations": 9}
     job = Job.from_dict(data)
     run_pipeline(job, progress=False)
@@ -174,9 +176,47 @@ def test_search_max_drop_samples_only_choices_the_sensitivity_table_allows(tmp_p
             assert genome[f"comp:{gene}"].token not in costly
 
 
-def test_search_max_drop_without_a_sensitivity_table_is_a_clean_error(tmp_path):
-    data = staged_job(tmp_path, search={"max_drop": 2.0}, refine=False, finetune=False, front=False)
-    data["stages"]["supernet"]["train"]["sensitivity_images"] = 0  # no table measured
+def test_search_and_refinement_draw_only_choices_the_latency_target_runs_faster(finished):
+    from tritune.targets.ort_cpu import OrtCpuTarget
+
+    run = finished / "run"
+    stages = json.loads((run / "stages.json").read_text())["stages"]
+    assert stages[1]["summary"]["target_menu"] == "ort-cpu"
+    runs_as = OrtCpuTarget().runs_as
+    stores = [run / "trials.db", *sorted(run.glob("refine/*/trials.db"))]
+    assert len(stores) == 2
+    for db in stores:
+        with TrialStore(db, readonly=True) as store:
+            for record in store.all():
+                assert all(runs_as(c) == c for c in record.candidate.compression), record.candidate.id
+
+
+def test_other_cost_metrics_or_target_menu_false_keep_the_whole_menu(finished, tmp_path):
+    from tritune.search.stages.runner import _cost_target
+
+    data = staged_job(finished, search={"target_menu": False}, refine=False, finetune=False, front=False)
+    data["budget"] = {"evaluations": 4}
+    data["run_dir"] = str(tmp_path / "run")  # the finished run's supernet, loaded
+    run_pipeline(Job.from_dict(data), progress=False)
+    stages = json.loads((tmp_path / "run" / "stages.json").read_text())["stages"]
+    assert stages[0]["summary"]["how"] == "loaded" and stages[1]["summary"]["target_menu"] is None
+    data = staged_job(finished)
+    data["evaluators"].append({"kind": "latency", "target": "ort-cpu", "metric": "latency_2t", "threads": 2})
+    data["constraints"] = [{"metric": "latency_2t", "max": 100.0}]
+    job = Job.from_dict(data)
+    space, problem = job.build_space(), job.problem()
+    assert _cost_target(job.build_pipeline(space, problem), problem) is None  # two targets time the job
+    del data["constraints"]
+    job = Job.from_dict(data)
+    assert _cost_target(job.build_pipeline(space, job.problem()), job.problem()).name == "ort-cpu"
+
+
+def test_search_max_drop_without_a_sensitivity_table_is_a_clean_error(finished, tmp_path):
+    from tritune.evaluators.sensitivity import load_sensitivity
+
+    assert load_sensitivity(finished / "supernet.safetensors") is None  # too many untied probes to measure after training
+    data = staged_job(finished, search={"max_drop": 2.0}, refine=False, finetune=False, front=False)
+    data["run_dir"] = str(tmp_path / "run")
     with pytest.raises(JobError, match="holds no sensitivity table"):
         run_pipeline(Job.from_dict(data), progress=False)
 
@@ -188,6 +228,7 @@ def test_search_max_drop_without_a_sensitivity_table_is_a_clean_error(tmp_path):
     ({"search": {"max_drop": float("nan")}}, "max_drop"),
     ({"search": {"budget": 3}}, "budget"),
     ({"search": {"references": "yes"}}, "references"),
+    ({"search": {"target_menu": 1}}, "target_menu"),
 ])
 def test_bad_search_stage_options_are_refused_by_name(tmp_path, section, message):
     data = staged_job(tmp_path)
