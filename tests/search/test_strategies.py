@@ -346,10 +346,11 @@ def random_mean_hv() -> float:
 # is on par with random search at 100 evaluations: one random generation plus one generation of
 # children. With the latency budget, the screened suggestions it learns from for free let it
 # progress further; see the report in the strategy module.)
-QUALITY_CASES = [("evolution", {}), ("nsga2", {}), ("tpe", {}), ("predictor", {}), ("predictor", {"acquisition": "hv"})]
+QUALITY_CASES = [("evolution", {}), ("nsga2", {}), ("tpe", {}), ("predictor", {}),
+                 pytest.param("predictor", {"acquisition": "hv"}, marks=pytest.mark.slow)]
 
 
-@pytest.mark.parametrize(("name", "opts"), QUALITY_CASES, ids=[n + "".join(f"-{v}" for v in o.values()) for n, o in QUALITY_CASES])
+@pytest.mark.parametrize(("name", "opts"), QUALITY_CASES, ids=["evolution", "nsga2", "tpe", "predictor", "predictor-hv"])
 def test_beats_random_search(name: str, opts: dict) -> None:
     """Latency budget + latency oracle, 100 evaluations, mean hypervolume over 5 seeds."""
     baseline = random_mean_hv()

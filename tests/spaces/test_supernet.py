@@ -54,7 +54,7 @@ def batches(n: int = 2, size: int = 8, res: int = 20, seed: int = 1) -> list[tor
 
 
 # ----- forward over the joint space ------------------------------------------------------------
-def test_thousand_random_candidates_run(space):
+def test_random_candidates_of_every_pattern_run(space):
     # training mode (batch statistics and activation ranges): a fresh supernet has no
     # calibrated ranges for eval mode yet; eval mode is exercised by the extraction tests
     net = MobileNetSupernet(space).train()
@@ -62,7 +62,7 @@ def test_thousand_random_candidates_run(space):
     x = torch.randn(2, 1, 20, 20)
     seen = set()
     with torch.no_grad():
-        for _ in range(1000):
+        for _ in range(300):
             cand = space.sample(rng)
             out = net(x, cand)
             assert out.shape == (2, 4) and torch.isfinite(out).all()
