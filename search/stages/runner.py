@@ -114,12 +114,12 @@ def _run(s: _Stages) -> PipelineResult:
     problem = job.problem()
     pipeline = job.build_pipeline(space, problem)
     runs_as = _cost_target(pipeline, problem) if config.search.target_menu else None
-    fast_menu = space if runs_as is None else with_exclusions(space, runs_as_exclusions(space, runs_as.runs_as))
+
+    def fast(menu: Any) -> Any:  # without the choices the cost target runs as another choice on ``menu``
+        return menu if runs_as is None else with_exclusions(menu, runs_as_exclusions(menu, runs_as.runs_as))
 
     def search() -> dict[str, Any]:
-        searched = _screened(job, space, config.search.max_drop)
-        if runs_as is not None:
-            searched = with_exclusions(searched, runs_as_exclusions(searched, runs_as.runs_as))
+        searched = fast(_screened(job, space, config.search.max_drop))
         references = getattr(searched, "reference_models", None)  # a family's hand-made networks, where it has them
         first = list(references().values()) if config.search.references and callable(references) else []
         found = search_stage(s.store, job, s.run_dir, pipeline, space=searched, first=first, progress=s.progress)
@@ -141,8 +141,9 @@ def _run(s: _Stages) -> PipelineResult:
         def run_refine() -> dict[str, Any]:
             per = {}
             weights = sensitivity_weights(space, SupernetSpec.of(job).checkpoint)
+            menu = fast(space)
             for i, final in enumerate(finalists):
-                trials = refine_finalist(job, pipeline, final.candidate, i, refine, s.run_dir, space=fast_menu,
+                trials = refine_finalist(job, pipeline, final.candidate, i, refine, s.run_dir, space=menu,
                                          sensitivity=weights, progress=s.progress)
                 per[final.candidate.id] = sum(t.status == "complete" for t in trials)
             return {"finalists": list(per), "evaluations": per}
