@@ -4,8 +4,9 @@ The pipeline runs the job (default: the example ``search/examples/mobilenet_mnis
 supernet to exported front. Then, in the same run and on the same machine, the obvious models a
 person would build by hand from the same supernet get the *same* fine-tuning budget (the
 pipeline's full schedule: ``stages.finetune.epochs`` with its lr, batch size and method) and are
-exported and timed the same way (`tritune.search.export.export_model`, on the target, interleaved
-with the target's own build):
+exported the same way (`tritune.search.export.export_model`), and every file, baselines and found
+models alike, is timed together (`time_exported`: one interleaved group, beside the target's own
+builds, in fresh processes):
 
 * the dense smallest, middle and largest architectures (float);
 * each of them with uniform int8 (w8a8);
@@ -42,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tritune.search.export import SearchScores, export_model, read_manifest
+from tritune.search.export import ExportedModel, SearchScores, export_model, read_manifest, time_exported
 from tritune.search.job import Job
 from tritune.search.pareto import hypervolume
 from tritune.search.stages.runner import run_pipeline
@@ -72,12 +73,14 @@ def finetuned(candidate, supernet_path: str, data, stage, state: Path):
     return Finetuner.load_state(state, data)
 
 
-def exported(candidate, tuner, *, out_dir: Path, target: str, data, calibration, space, accuracy: float) -> dict:
+def exported(candidate, tuner, *, out_dir: Path, target: str, data, calibration, space, accuracy: float) -> ExportedModel:
+    """The candidate's export (read back when its folder exists), not yet timed."""
     folder = out_dir / candidate.id
     if (folder / "manifest.json").is_file():
-        return read_manifest(folder / "manifest.json")
+        return ExportedModel(folder, read_manifest(folder / "manifest.json"))
     return export_model(candidate, tuner.deployable(), data=data, calibration=calibration, out_dir=out_dir, space=space,
-                        target=target, scores=SearchScores(accuracy=accuracy), weights={"source": "benchmark fine-tune"}).manifest
+                        target=target, scores=SearchScores(accuracy=accuracy), weights={"source": "benchmark fine-tune"},
+                        measure=False)
 
 
 def best_within(points: list[tuple[float, float]], budget: float) -> float:
@@ -135,23 +138,27 @@ def main() -> None:
         tuners[name] = finetuned(cand, spec["checkpoint"], data, stage, run_dir / "baselines" / cand.id / "state.safetensors")
         print(f"baseline {name:26s} {cand.id}: fine-tuned accuracy {tuners[name].history[-1]['accuracy'] if tuners[name].history else float('nan'):.2f} %", flush=True)
     for target in targets:
-        rows = {}
+        models: dict[str, ExportedModel] = {}
         for name, cand in bases.items():
             if "block8x1" in name and target != "codegen-cpu":
                 continue
-            tuner = tuners[name]
-            m = exported(cand, tuner, out_dir=run_dir / "benchmark" / target, target=target, data=data, calibration=calibration,
-                         space=space, accuracy=math.nan)
-            rows[name] = {"candidate_id": cand.id, "accuracy": m["accuracy"], "latency_ms": m["latency_measured_ms"]}
-        found = {}
+            models[name] = exported(cand, tuners[name], out_dir=run_dir / "benchmark" / target, target=target, data=data,
+                                    calibration=calibration, space=space, accuracy=math.nan)
         for model in final["models"]:
-            # exported again beside the baselines, so that both are timed under the same load
+            # exported again beside the baselines, into a folder of their own: a found model may be a baseline's
+            # architecture and plan with the pipeline's weights (a reference the search kept, fine-tuned by its schedule)
             state = run_dir / "finetune" / model["candidate_id"] / "state.safetensors"
             tuner = Finetuner.load_state(state, data)
-            cand = tuner.net.candidate
-            m = exported(cand, tuner, out_dir=run_dir / "benchmark" / target, target=target,
-                         data=data, calibration=calibration, space=space, accuracy=model["finetuned_accuracy"])
-            found[model["candidate_id"]] = {"accuracy": m["accuracy"], "latency_ms": m["latency_measured_ms"]}
+            models[model["candidate_id"]] = exported(tuner.net.candidate, tuner, out_dir=run_dir / "benchmark" / target / "found", target=target,
+                                                     data=data, calibration=calibration, space=space,
+                                                     accuracy=model["finetuned_accuracy"])
+        # every file timed in the same fresh processes, interleaved, so that no slow phase favours a row
+        print(f"timing {len(models)} models together on {target}", flush=True)
+        timed = dict(zip(models, time_exported(list(models.values()), target)))
+        rows = {name: {"candidate_id": timed[name].candidate_id, "accuracy": timed[name].manifest["accuracy"],
+                       "latency_ms": timed[name].manifest["latency_measured_ms"]} for name in bases if name in timed}
+        found = {cid: {"accuracy": timed[cid].manifest["accuracy"], "latency_ms": timed[cid].manifest["latency_measured_ms"]}
+                 for cid in (m["candidate_id"] for m in final["models"])}
         ref_ms = rows["largest dense"]["latency_ms"]
         base_pts = [(r["accuracy"], r["latency_ms"]) for r in rows.values()]
         found_pts = [(r["accuracy"], r["latency_ms"]) for r in found.values()]

@@ -217,6 +217,35 @@ def _sensitivities(run_dir: Path, run: Any, rows: list[dict[str, Any]]) -> dict[
     return out
 
 
+def front_stage_rows(run_dir: Path) -> list[dict[str, Any]]:
+    """A staged run's own front-stage manifests: the latency the stages before predicted (what
+    fine-tuning picked with) and the search's first timing, against the front stage's measurement."""
+    final = run_dir / "final.json"
+    if not final.is_file():
+        return []
+    rows = []
+    for model in json.loads(final.read_text())["models"]:
+        m = json.loads((Path(model["folder"]) / "manifest.json").read_text())
+        predicted, measured = m.get("latency_predicted_ms"), m.get("latency_measured_ms")
+        first = model["search_metrics"].get("latency_search", model["search_metrics"].get("latency"))
+        ratio = None if not predicted or measured is None else measured / predicted
+        rows.append({"candidate_id": m["candidate_id"], "epochs": m["origin"].get("epochs"), "search_first_ms": first,
+                     "predicted_ms": predicted, "predictor": (m.get("latency_predictor") or {}).get("how"),
+                     "measured_ms": measured, "ratio": ratio, "ratio_to_search_first": None if not first or measured is None else measured / first,
+                     "latency_goal_met": None if ratio is None else abs(ratio - 1.0) <= LATENCY_GOAL})
+    return rows
+
+
+def front_stage_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| candidate | epochs | search's first timing ms | predicted ms | front stage ms | measured / predicted | measured / first | goal |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        goal = "–" if r["latency_goal_met"] is None else ("yes" if r["latency_goal_met"] else "NO")
+        lines.append(f"| {r['candidate_id']} | {_fmt(r['epochs'], 'g')} | {_fmt(r['search_first_ms'], '.4f')} | {_fmt(r['predicted_ms'], '.4f')} | "
+                     f"{_fmt(r['measured_ms'], '.4f')} | {_fmt(r['ratio'], '.3f')} | {_fmt(r['ratio_to_search_first'], '.3f')} | {goal} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--job", default=str(REPO / "search/examples/mobilenet_mnist.yaml"))
@@ -247,7 +276,12 @@ def main() -> None:
     lat = [r for r in rows if r["latency_goal_met"] is not None]
     print(f"\naccuracy within {ACCURACY_GOAL_POINTS} points: {sum(r['accuracy_goal_met'] for r in acc)}/{len(acc)}; "
           f"latency within ±{LATENCY_GOAL:.0%}: {sum(r['latency_goal_met'] for r in lat)}/{len(lat)}")
+    front_rows = front_stage_rows(run_dir)
+    if front_rows:
+        print("\nthe front stage's own manifests: measured against the prediction the stages before made\n")
+        print(front_stage_table(front_rows))
     doc = {
+        "front_stage": front_rows,
         "benchmark": "export_fidelity", "run_dir": str(run_dir), "job": run.job.name, "front_size": len(run.front),
         "goals": {"accuracy_points": ACCURACY_GOAL_POINTS, "latency_relative": LATENCY_GOAL},
         "export_seconds": timings, "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()},

@@ -20,6 +20,7 @@ __all__ = [
     "non_dominated_sort",
     "pareto_mask",
     "hypervolume",
+    "hypervolume_rows",
     "knee_point",
     "crowding_distance",
     "spread_rows",
@@ -444,3 +445,38 @@ def spread_rows(values: np.ndarray, directions: Sequence[str], n: int, knee: boo
                 picks[nearest] = at
         chosen += [int(members[i]) for i in sorted(picks)]
     return chosen
+
+
+def hypervolume_rows(values: np.ndarray, directions: Sequence[str], n: int, margin: float = 0.1) -> list[int]:
+    """Row indices of up to ``n`` rows chosen greedily by hypervolume contribution: each step
+    adds the row that grows the chosen set's hypervolume most (ties: the lower index), against a
+    reference ``margin`` x each objective's range beyond its worst finite value, so that both ends
+    of a front can count. The row that alone bounds the most volume comes first: a front's knee
+    rather than an end of it. Rows that add nothing (dominated by the chosen ones, or with a
+    non-finite objective) follow in `spread_rows` order. The selection rule of SMS-EMOA (Beume,
+    Naujoks and Emmerich, "SMS-EMOA: multiobjective selection based on dominated hypervolume",
+    2007); more than 3 objectives fall back to `spread_rows`."""
+    v = to_minimization(_as_values(values), directions)
+    k = v.shape[1]
+    if k not in (2, 3):
+        return spread_rows(values, directions, n)
+    finite = np.all(np.isfinite(v), axis=1)
+    chosen: list[int] = []
+    if finite.any():
+        low, high = v[finite].min(axis=0), v[finite].max(axis=0)
+        span = np.where(high > low, high - low, np.maximum(np.abs(high), 1.0))
+        reference = high + margin * span
+        minimize = ["minimize"] * k
+        volume = 0.0
+        while len(chosen) < n:
+            gains = [(hypervolume(v[chosen + [i]], minimize, reference) - volume, -i) for i in np.flatnonzero(finite) if i not in chosen]
+            if not gains or max(gains)[0] <= 0.0:
+                break
+            gain, i = max(gains)
+            chosen.append(-i)
+            volume += gain
+    rest = [i for i in range(len(v)) if i not in chosen]
+    if len(chosen) < n and rest:
+        chosen += [rest[j] for j in spread_rows(np.asarray(values, dtype=float)[rest], directions, n - len(chosen))]
+    return sorted(int(i) for i in chosen)
+

@@ -9,11 +9,12 @@
 See `tritune.search.export.exporter` for what a folder holds and
 `tritune.targets.codegen_cpu.load_exported` for running a ``codegen-cpu`` export.
 """
-from .exporter import TARGETS, ExportedModel, SearchScores, SupernetWeights, export_model, export_run
+from .exporter import TARGETS, ExportedModel, SearchScores, SupernetWeights, export_model, export_run, time_exported
 from .manifest import FORMAT, SCHEMA, TIMING_FIELDS, ManifestError, read_manifest, without_timings
 from .runs import ExportError, FrontMember, RunData, load_run
 
 __all__ = [
     "FORMAT", "SCHEMA", "TARGETS", "TIMING_FIELDS", "ExportError", "ExportedModel", "FrontMember", "ManifestError", "RunData",
-    "SearchScores", "SupernetWeights", "export_model", "export_run", "load_run", "read_manifest", "without_timings",
+    "SearchScores", "SupernetWeights", "export_model", "export_run", "load_run", "read_manifest", "time_exported",
+    "without_timings",
 ]

@@ -31,7 +31,7 @@ from ...spaces.weight_sharing import DeployableNetwork
 from . import manifest as mf
 from .onnx_model import build_onnx, layer_notes
 from .runs import ExportError, FrontMember, RunData, file_sha256, load_run
-from .timing import measure_folder
+from .timing import measure_folders
 
 #: Targets an export builds for (both run on this machine, so their latency is measured too).
 TARGETS = ("ort-cpu", "codegen-cpu")
@@ -220,12 +220,6 @@ def export_model(candidate: Candidate, network: DeployableNetwork, *, data: Imag
             shipped = sorted(p for p in tmp.rglob("*") if p.suffix == ".so" or p.name == "weights.npz")
             doc["size_bytes"] = sum(p.stat().st_size for p in shipped)
             doc["size_of"] = ["kernels/*.so", "weights.npz"]
-        if measure:
-            say(f"{candidate.id}: timing on {target}")
-            (tmp / "manifest.json").write_text(mf.dumps(doc))
-            doc.update(measure_folder(tmp, target, target_options))
-            for row in doc["layers"]:
-                row["latency_ms"] = doc["layer_latency"]["ms"].get(row["name"])
         doc["files"] = _files(tmp)
         (tmp / "manifest.json").write_text(mf.dumps(doc))
         final = root / candidate.id
@@ -233,7 +227,28 @@ def export_model(candidate: Candidate, network: DeployableNetwork, *, data: Imag
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return ExportedModel(final, mf.jsonable(doc))
+    exported = ExportedModel(final, mf.jsonable(doc))
+    if measure:
+        say(f"{candidate.id}: timing on {target}")
+        exported = time_exported([exported], target, target_options)[0]
+    return exported
+
+
+def time_exported(models: Sequence[ExportedModel], target: str, target_options: Mapping[str, Any] | None = None) -> list[ExportedModel]:
+    """Time exported models together on this machine (`measure_folders`: every file in the same
+    fresh processes, so a slow phase of the machine cannot favour one) and write the timings and
+    per-layer profiles into their manifests."""
+    timings = measure_folders([m.directory for m in models], target, target_options)
+    out = []
+    for model, timing in zip(models, timings):
+        doc = {**model.manifest, **timing}
+        doc["layers"] = [{**row, "latency_ms": timing["layer_latency"]["ms"].get(row["name"])} for row in doc["layers"]]
+        path = model.directory / "manifest.json"
+        tmp = path.with_name(".manifest.json.tmp")
+        tmp.write_text(mf.dumps(doc))
+        tmp.replace(path)
+        out.append(ExportedModel(model.directory, mf.jsonable(doc)))
+    return out
 
 
 # ----- a run --------------------------------------------------------------------------------------
@@ -337,9 +352,18 @@ def export_run(run_dir: str | os.PathLike, *, select: str | int = "knee", target
         )
         results.append(export_model(member.candidate, weights.subnet(member.candidate), data=weights.data,
                                     calibration=weights.calibration, out_dir=out_dir, space=space, target=target,
-                                    target_options=options, scores=scores, weights=weights.info, measure=measure, progress=say))
+                                    target_options=options, scores=scores, weights=weights.info, measure=False, progress=say))
     bar.close()
-    return results
+    return _timed(results, target, options, measure, say)
+
+
+def _timed(models: list[ExportedModel], target: str, options: Mapping[str, Any], measure: bool,
+           say: Callable[[str], None] | None) -> list[ExportedModel]:
+    if not measure or not models:
+        return models
+    if say is not None:
+        say(f"timing {len(models)} model(s) on {target}")
+    return time_exported(models, target, options)
 
 
 def final_front_members(run_dir: Path, select: str | int) -> list[dict[str, Any]] | None:
@@ -404,9 +428,9 @@ def _export_final(models: list[dict[str, Any]], run: Any, weights: SupernetWeigh
         info = {"source": "fine-tuned by the pipeline's finetune stage", "state": str(state), "sha256": digest}
         results.append(export_model(candidate, tuner.deployable(), data=weights.data, calibration=weights.calibration, out_dir=out_dir,
                                     space=weights.evaluator.supernet.space, target=target, target_options=options, scores=scores,
-                                    weights=info, measure=measure, progress=say))
+                                    weights=info, measure=False, progress=say))
     bar.close()
-    return results
+    return _timed(results, target, options, measure, say)
 
 
-__all__ = ["ExportedModel", "FrontMember", "SearchScores", "SupernetWeights", "TARGETS", "export_model", "export_run"]
+__all__ = ["ExportedModel", "FrontMember", "SearchScores", "SupernetWeights", "TARGETS", "export_model", "export_run", "time_exported"]

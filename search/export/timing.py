@@ -1,19 +1,18 @@
-"""Time an exported folder in a fresh Python process, as a device would run it.
+"""Time exported folders in fresh Python processes, as a device would run them.
 
 A pipeline's process has trained a supernet and built dozens of models by the time it exports;
 onnxruntime runs measurably slower in it than in a process that only loads and runs the file (the
 exported model and the target's own build alike), so a number timed there would not be the one a
-user sees. `measure_folder` therefore starts ``python -m tritune.search.export.timing FOLDER
---target T``: the child reads the folder's ``manifest.json`` (written beforehand, without
-timings), times the shipped files interleaved with the target's own build of the candidate
-(`tritune.kernels.timing.measure_passes`), profiles them per layer and prints one JSON object.
-The child reads only numbers and the files of the folder it is pointed at.
+user sees. `measure_folders` therefore starts ``python -m tritune.search.export.timing FOLDER...
+--target T``: the child reads each folder's ``manifest.json`` (written beforehand, without
+timings), times every shipped model interleaved with the target's own build of its candidate, all
+folders in one group (`tritune.kernels.timing.measure_passes`), profiles them per layer and
+prints one JSON list. The child reads only numbers and the files of the folders it is pointed at.
 
 It does so in `PROCESSES` children, one after the other, and each contender keeps its fastest:
 a shared machine has slow phases that last seconds and cover a whole child (every model in it,
-the exported file and the reference build alike, 1.4-1.5x slower), which two passes inside one
-process cannot step out of.
-"""
+1.4-1.5x slower), which two passes inside one process cannot step out of. Timing the folders of
+one front together keeps such a phase from making one member look slower than the others."""
 from __future__ import annotations
 
 import argparse
@@ -21,7 +20,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from .runs import ExportError
 
@@ -52,15 +51,24 @@ def _scaled(profile: dict[str, Any], latency_ms: float) -> dict[str, Any]:
     return {**profile, "raw_ms": raw, "raw_total_ms": total, "scale": factor, "ms": {k: v * factor for k, v in raw.items()}}
 
 
-def measure_folder(folder: str | Path, target: str, target_options: Mapping[str, Any] | None = None,
-                   timeout: float = 900.0, processes: int = PROCESSES) -> dict[str, Any]:
+def measure_folders(folders: Sequence[str | Path], target: str, target_options: Mapping[str, Any] | None = None,
+                    timeout: float = 900.0, processes: int = PROCESSES) -> list[dict[str, Any]]:
     """The manifest's timing fields (``latency_measured_ms``, ``latency_measurement``,
-    ``layer_latency``) for the exported ``folder``, measured in ``processes`` fresh processes:
-    the fastest child's numbers, the reference build's fastest beside them, every child's latency
-    and their spread."""
+    ``layer_latency``) for each exported folder, all timed together in ``processes`` fresh
+    processes: per folder its fastest child's numbers, the reference build's fastest beside them,
+    every child's latency and their spread."""
     if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
         raise ValueError(f"processes: {processes!r} not allowed; allowed: an integer >= 1")
-    children = [_time_in_child(Path(folder), target, target_options, timeout) for _ in range(processes)]
+    paths = [Path(f) for f in folders]
+    if not paths:
+        return []
+    children = [_time_in_child(paths, target, target_options, timeout * len(paths)) for _ in range(processes)]
+    return [_fastest([child[i] for child in children]) for i in range(len(paths))]
+
+
+def _fastest(children: list[dict[str, Any]]) -> dict[str, Any]:
+    """One folder's timing fields from its numbers in every child."""
+    processes = len(children)
     best = min(children, key=lambda c: c["latency_measured_ms"])
     latencies = [c["latency_measured_ms"] for c in children]
     builds = [c["latency_measurement"]["reference_build_ms"] for c in children]
@@ -74,52 +82,73 @@ def measure_folder(folder: str | Path, target: str, target_options: Mapping[str,
     return {**best, "latency_measurement": measurement}
 
 
-def _time_in_child(folder: Path, target: str, target_options: Mapping[str, Any] | None, timeout: float) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "tritune.search.export.timing", str(folder), "--target", target,
+def _time_in_child(folders: list[Path], target: str, target_options: Mapping[str, Any] | None, timeout: float) -> list[dict[str, Any]]:
+    cmd = [sys.executable, "-m", "tritune.search.export.timing", *map(str, folders), "--target", target,
            "--options", json.dumps(dict(target_options or {}), sort_keys=True)]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
-        raise ExportError(f"{str(folder)!r}: timing on {target} took over {timeout:g} s") from None
+        raise ExportError(f"{_names(folders)}: timing on {target} took over {timeout:g} s") from None
     if done.returncode != 0:
         lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
-        raise ExportError(f"{str(folder)!r}: timing on {target} failed: {lines[-1] if lines else f'exit code {done.returncode}'}")
+        raise ExportError(f"{_names(folders)}: timing on {target} failed: {lines[-1] if lines else f'exit code {done.returncode}'}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _timings(folder: Path, target_name: str, options: Mapping[str, Any]) -> dict[str, Any]:
-    """What the child computes (see the module docstring)."""
-    import numpy as np
+def _names(folders: list[Path]) -> str:
+    return ", ".join(repr(str(f)) for f in folders)
 
+
+def _timings(folders: list[Path], target_name: str, options: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """What the child computes (see the module docstring)."""
+    from ...kernels.timing import measure_passes
+    from .exporter import _target
+
+    tgt = _target(target_name, options)
+    loaded = [_load(folder, target_name, tgt) for folder in folders]
+    group = [r for runnable, reference, _ in loaded for r in (runnable, reference)]
+    measured = measure_passes([group], tgt.protocol, passes=MEASURE_PASSES)[0]
+    return [_folder_timing(folder, target_name, tgt, runnable, doc, measured[2 * i], measured[2 * i + 1])
+            for i, (folder, (runnable, _, doc)) in enumerate(zip(folders, loaded))]
+
+
+def _load(folder: Path, target_name: str, tgt: Any) -> tuple[Any, Any, dict[str, Any]]:
+    """A folder's shipped model, the target's own build of its candidate, and its manifest."""
     from ...spaces import create as create_space
     from ...spaces.candidate import Candidate
-    from ...kernels.timing import measure_passes
     from ...targets.ort_cpu import OrtRunnable
-    from .exporter import _target
-    from .onnx_model import ort_layer_profile
 
     doc = json.loads((folder / "manifest.json").read_text())
-    tgt = _target(target_name, options)
     candidate = Candidate.from_json(doc["candidate"])
     space = create_space(doc["space"]["name"], **doc["space"]["config"])
     shape = tuple(int(d) for d in doc["input"]["shape"])
-    onnx_bytes = (folder / "model.onnx").read_bytes()
     if target_name == "codegen-cpu":
         from ...targets.codegen_cpu import load_exported
 
         runnable: Any = load_exported(folder)
     else:
+        onnx_bytes = (folder / "model.onnx").read_bytes()
         runnable = OrtRunnable(tgt.session(onnx_bytes), str(doc["input"]["name"]), shape, tgt.threads, name=candidate.id,
                                onnx_bytes=onnx_bytes)
-    reference = tgt.build(candidate, space=space)
-    exported_m, reference_m = measure_passes([[runnable, reference]], tgt.protocol, passes=MEASURE_PASSES)[0]
+    return runnable, tgt.build(candidate, space=space), doc
+
+
+def _folder_timing(folder: Path, target_name: str, tgt: Any, runnable: Any, doc: dict[str, Any], exported_m: Any,
+                   reference_m: Any) -> dict[str, Any]:
+    """One folder's timing fields, with its per-layer profile."""
+    import numpy as np
+
+    from .onnx_model import ort_layer_profile
+
     if target_name == "codegen-cpu":
         layer_latency = {"source": "tritune codegen-cpu profile(): median time of each op inside whole inferences "
                                    "(a fused block is one op, named by its block)",
                          "ms": {op["name"]: op["ms"] for op in runnable.profile(repeats=PROFILE_RUNS)}, "runs": PROFILE_RUNS}
     else:
+        shape = tuple(int(d) for d in doc["input"]["shape"])
         x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-        layer_latency = ort_layer_profile(onnx_bytes, [row["name"] for row in doc["layers"]], x, threads=tgt.threads)
+        layer_latency = ort_layer_profile((folder / "model.onnx").read_bytes(), [row["name"] for row in doc["layers"]], x,
+                                          threads=tgt.threads)
     return {"latency_measured_ms": exported_m.latency_ms,
             "latency_measurement": _measurement_json(exported_m, reference_m, tgt.protocol),
             "layer_latency": _scaled(layer_latency, exported_m.latency_ms)}
@@ -127,11 +156,11 @@ def _timings(folder: Path, target_name: str, options: Mapping[str, Any]) -> dict
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tritune.search.export.timing", description=__doc__.splitlines()[0])
-    parser.add_argument("folder")
+    parser.add_argument("folders", nargs="+")
     parser.add_argument("--target", required=True)
     parser.add_argument("--options", default="{}", help="target options, a JSON object")
     args = parser.parse_args(argv)
-    print(json.dumps(_timings(Path(args.folder), args.target, json.loads(args.options)), sort_keys=True))
+    print(json.dumps(_timings([Path(f) for f in args.folders], args.target, json.loads(args.options)), sort_keys=True))
     return 0
 
 

@@ -88,12 +88,15 @@ class FinetuneStage:
     """Fine-tune the ``top_k`` best models of the joint and refined searches from their
     inherited weights, masks kept exact and bits kept by quantization-aware training.
 
-    Successive halving: every model trains ``epochs / eta ** (rungs - 1)`` epochs, the best
-    ``1 / eta`` go on, until the last rung's survivors have trained ``epochs`` in all.
+    Successive halving: every model trains ``epochs / eta ** (rungs - 1)`` epochs; every model on
+    the front of accuracy so far against the other objectives goes on, and at least ``1 / eta``
+    of them, until the last rung's survivors have trained ``epochs`` in all.
     ``method``: how each model reaches its masks (`tritune.evaluators.finetune.METHODS`);
     ``oneshot`` keeps the inherited masks and was the most accurate at equal cost.
     ``optimizer``: ``sgd`` (Nesterov momentum) or ``adamw`` (what transformers train with), with
-    ``weight_decay`` on the weights."""
+    ``weight_decay`` on the weights. ``retime``: before picking, time the leading fronts again,
+    together in fresh processes, when the job measures latency on a target
+    (`tritune.search.stages.retime`)."""
 
     top_k: int = 4
     epochs: float = 2.0
@@ -104,8 +107,11 @@ class FinetuneStage:
     method: str = "oneshot"
     optimizer: str = "sgd"
     weight_decay: float = 4e-5
+    retime: bool = True
 
     def __post_init__(self) -> None:
+        if not isinstance(self.retime, bool):
+            raise ValueError(f"job.stages.finetune.retime: {self.retime!r} not allowed; allowed: true, false")
         for name in ("top_k", "rungs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"job.stages.finetune.{name}: {getattr(self, name)!r} not allowed; expected an integer >= 1")

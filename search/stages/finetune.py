@@ -25,7 +25,7 @@ import numpy as np
 
 from ...evaluators.problem import Problem
 from ...spaces import Candidate
-from ..pareto import spread_rows
+from ..pareto import hypervolume_rows, pareto_mask
 from ..run import file_sha256
 from ..store import TrialRecord
 from .config import FinetuneStage
@@ -77,10 +77,13 @@ def train_rung(candidate: Candidate, settings: FinetuneStage, until: float, stat
 
 
 def promoted(alive: Sequence[TrialRecord], accuracy: dict[str, float], problem: Problem, keep: int) -> list[TrialRecord]:
-    """The ``keep`` models that go on to the next rung, spread over the front of their accuracy
-    so far against the search's other objectives (`tritune.search.pareto.spread_rows`): the
-    fast end of the trade-off trains as long as the accurate end, where ranking by accuracy
-    alone would stop every fast model first. A missing objective counts as the worst."""
+    """The models that go on to the next rung: every model on the front of their accuracy so far
+    against the search's other objectives, and at least ``keep``, those that add the most
+    hypervolume to it (`tritune.search.pareto.hypervolume_rows`). Successive halving stops the
+    poor ones, the dominated: the front stage exports every fine-tuned model, and a front member
+    stopped early would reach the final front under-trained. Where fewer than ``keep`` are on the
+    front, the knee goes on before the ends, and fast models train as long as accurate ones. A
+    missing objective counts as the worst."""
     objectives = [("accuracy", "maximize")] + [(m, d) for m, d in zip(problem.metrics, problem.directions) if m != "accuracy"]
 
     def value(record: TrialRecord, metric: str, direction: str) -> float:
@@ -90,7 +93,10 @@ def promoted(alive: Sequence[TrialRecord], accuracy: dict[str, float], problem: 
         return float(v)
 
     values = np.array([[value(rec, m, d) for m, d in objectives] for rec in alive])
-    rows = spread_rows(values, [d for _, d in objectives], keep)
+    directions = [d for _, d in objectives]
+    finite = np.all(np.isfinite(values), axis=1)
+    on_front = int(pareto_mask(values[finite], directions).sum()) if finite.any() else 0
+    rows = hypervolume_rows(values, directions, max(keep, on_front))
     return [alive[i] for i in sorted(rows)]
 
 

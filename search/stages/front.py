@@ -52,32 +52,43 @@ def final_front(models: Sequence[FinalModel]) -> tuple[list[FinalModel], FinalMo
 
 
 def export_final(models: Sequence[Any], *, subnet_of: Callable[[Any], Any], data: Any, calibration: Sequence[Any], space: Any,
-                 target: str, target_options: dict[str, Any], out_dir: Path, progress: bool = True) -> list[FinalModel]:
-    """Export and measure each fine-tuned model (``models``: `FinetunedModel` s); a model whose
-    folder already holds a manifest for the same weights is read back, not exported again."""
+                 target: str, target_options: dict[str, Any], out_dir: Path, latency_source: dict[str, Any] | None = None,
+                 progress: bool = True) -> list[FinalModel]:
+    """Export each fine-tuned model (``models``: `FinetunedModel` s) and time them all together
+    (`tritune.search.export.time_exported`); ``latency_source`` says where the latency the
+    stages before reported came from (the manifests' ``latency_predictor``). A folder whose
+    manifest already holds an export of the same weights is read back, and when every one is
+    timed, nothing is timed again."""
     from tqdm.auto import tqdm
 
-    from ..export import SearchScores, export_model, read_manifest
+    from ..export import ExportedModel, SearchScores, export_model, read_manifest, time_exported
 
-    out: list[FinalModel] = []
-    for m in tqdm(models, desc="front: export and measure", unit="model", disable=not progress, leave=False):
+    exported: list[ExportedModel] = []
+    for m in tqdm(models, desc="front: export", unit="model", disable=not progress, leave=False):
         folder = out_dir / m.candidate.id
-        manifest = None
         if (folder / "manifest.json").is_file():
             found = read_manifest(folder / "manifest.json")
             if found.get("weights", {}).get("sha256") == m.weights_sha256 and found.get("target") == target:
-                manifest = found
-        if manifest is None:
-            scores = SearchScores(accuracy=m.accuracy, latency_ms=m.search_metrics.get("latency"),
-                                  origin={"stage": "finetune", "epochs": m.epochs, "inherited_accuracy": m.inherited_accuracy,
-                                          "metrics": dict(m.search_metrics)})
-            weights = {"source": f"fine-tuned {m.epochs:g} epochs ({m.method})", "state": str(m.state), "sha256": m.weights_sha256}
-            manifest = export_model(m.candidate, subnet_of(m), data=data, calibration=calibration, out_dir=out_dir, space=space,
-                                    target=target, target_options=target_options, scores=scores, weights=weights).manifest
+                exported.append(ExportedModel(folder, found))
+                continue
+        scores = SearchScores(accuracy=m.accuracy, latency_ms=m.search_metrics.get("latency"),
+                              latency_source=latency_source,
+                              origin={"stage": "finetune", "epochs": m.epochs, "inherited_accuracy": m.inherited_accuracy,
+                                      "metrics": dict(m.search_metrics)})
+        weights = {"source": f"fine-tuned {m.epochs:g} epochs ({m.method})", "state": str(m.state), "sha256": m.weights_sha256}
+        exported.append(export_model(m.candidate, subnet_of(m), data=data, calibration=calibration, out_dir=out_dir, space=space,
+                                     target=target, target_options=target_options, scores=scores, weights=weights, measure=False))
+    if exported and any(e.manifest.get("latency_measured_ms") is None for e in exported):
+        if progress:
+            print(f"front: timing {len(exported)} models together on {target}", flush=True)
+        exported = time_exported(exported, target, target_options)
+    out: list[FinalModel] = []
+    for m, e in zip(models, exported):
+        manifest = e.manifest
         latency = manifest.get("latency_measured_ms")
         spread = (manifest.get("latency_measurement") or {}).get("spread")
         out.append(FinalModel(m.candidate, float(manifest["accuracy"]), math.nan if latency is None else float(latency),
-                              math.nan if spread is None else float(spread), str(folder), m.accuracy, dict(m.search_metrics)))
+                              math.nan if spread is None else float(spread), str(e.directory), m.accuracy, dict(m.search_metrics)))
     return out
 
 

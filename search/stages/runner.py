@@ -98,6 +98,7 @@ def run_pipeline(job: Job, run_dir: str | Path | None = None, resume: bool = Fal
 def _run(s: _Stages) -> PipelineResult:
     from .finetune import deployed_subnet, finetune_models
     from .refine import refine_finalist, sensitivity_weights
+    from .retime import RETIMED_FILE, measured_latency, retimed
     from .select import spread
     from .supernet import SupernetSpec, ensure_supernet
 
@@ -153,6 +154,11 @@ def _run(s: _Stages) -> PipelineResult:
             with TrialStore(s.run_dir / "refine" / final.candidate.id / "trials.db", readonly=True) as sub:
                 records += [r for r in sub.all() if r.status != "running"]
 
+    latency = measured_latency(job, pipeline, problem)
+    retime = config.finetune is not None and config.finetune.retime and latency is not None
+    if retime:
+        records = retimed(records, problem, config.finetune.top_k, latency=latency, space=space, run_dir=s.run_dir,
+                          progress=s.progress)
     picks = spread(records, problem, config.finetune.top_k) if config.finetune is not None else []
     if config.finetune is not None:
         where = SupernetSpec.of(job)
@@ -173,10 +179,16 @@ def _run(s: _Stages) -> PipelineResult:
             target, options = _latency_target(job, config.front.target)
             evaluator = _supernet_evaluator(pipeline)
 
+            source = None
+            if latency is not None and latency.target == target:
+                how = (f"timed again with the leading fronts, together in fresh processes, before fine-tuning ({RETIMED_FILE})"
+                       if retime else "measured by the search on the target's own build of the candidate (random seeded weights)")
+                source = {"kind": "target", "name": target, "options": dict(latency.options), "how": how}
+
             def run_front() -> dict[str, Any]:
                 models = export_final(tuned, subnet_of=lambda m: deployed_subnet(m, data), data=data, calibration=list(evaluator.calib),
                                       space=space, target=target, target_options=options, out_dir=s.run_dir / "export",
-                                      progress=s.progress)
+                                      latency_source=source, progress=s.progress)
                 best, knee = write_final(models, s.run_dir / "final.json", {"job": job.name, "target": target})
                 return {"target": target, "models": len(models), "front": [m.candidate.id for m in best],
                         "knee": None if knee is None else knee.candidate.id}

@@ -346,12 +346,13 @@ def test_a_relative_checkpoint_is_found_where_the_search_read_it(run_dir, tmp_pa
 
 
 def test_timing_a_folder_that_is_not_an_export_is_a_clean_error(tmp_path):
-    from tritune.search.export.timing import measure_folder
+    from tritune.search.export.timing import measure_folders
 
     with pytest.raises(ValueError, match="processes: 0 not allowed"):
-        measure_folder(tmp_path, "ort-cpu", processes=0)
+        measure_folders([tmp_path], "ort-cpu", processes=0)
+    assert measure_folders([], "ort-cpu") == []
 
     (tmp_path / "manifest.json").write_text("{}")
     with pytest.raises(ExportError, match=r"timing on ort-cpu failed: KeyError") as err:
-        measure_folder(tmp_path, "ort-cpu")
+        measure_folders([tmp_path], "ort-cpu")
     assert "\n" not in str(err.value)

@@ -53,15 +53,49 @@ def test_a_clustered_front_is_spread_by_distance_not_by_count():
     assert spread_rows(values, ["maximize", "minimize"], 1) == [knee_point(values, ["maximize", "minimize"])]
 
 
-def test_successive_halving_promotes_along_the_front_not_by_accuracy_alone():
+def test_successive_halving_stops_the_dominated_and_keeps_every_front_member():
     records = _records([(0.0, 10.0), (0.0, 9.0), (0.0, 8.0), (0.0, 1.0)])
     problem = Problem((Objective("accuracy", "maximize"), Objective("lat", "minimize")))
-    accuracy = {r.candidate.id: a for r, a in zip(records, [95.0, 94.0, 93.0, 80.0])}
-    kept = promoted(records, accuracy, problem, 2)
-    assert [r.number for r in kept] == [0, 3]  # the most accurate and the fastest, not the two most accurate
+    accuracy = {r.candidate.id: a for r, a in zip(records, [95.0, 92.0, 93.0, 80.0])}  # row 1 is dominated by row 2
+    assert [r.number for r in promoted(records, accuracy, problem, 2)] == [0, 2, 3]  # the front, not half of it
+    assert [r.number for r in promoted(records, accuracy, problem, 4)] == [0, 1, 2, 3]
+    assert [r.number for r in promoted(records, accuracy, problem, 1)] == [0, 2, 3]
     dominated = {**accuracy, records[3].candidate.id: 80.0}
     records[3].metrics["lat"] = 11.0  # now slower and less accurate than every other: it stops
     assert 3 not in [r.number for r in promoted(records, dominated, problem, 3)]
     records[3].metrics["lat"] = float("nan")  # a missing objective counts as the worst
     assert 3 not in [r.number for r in promoted(records, accuracy, problem, 3)]
+    assert [r.number for r in promoted(records, accuracy, problem, 4)] == [0, 1, 2, 3]
 
+
+def test_leading_fronts_take_whole_fronts_until_enough():
+    from tritune.search.stages.retime import leading_fronts
+
+    front0 = [(60.0, 1.0), (70.0, 2.0)]
+    front1 = [(55.0, 1.5), (65.0, 2.5), (68.0, 4.0)]
+    front2 = [(50.0, 3.0)]
+    records = _records(front2 + front1 + front0)
+    ids = lambda rs: sorted(r.candidate.id for r in rs)  # noqa: E731
+    assert ids(leading_fronts(records, PROBLEM, 1)) == ids(records[-2:])
+    assert ids(leading_fronts(records, PROBLEM, 3)) == ids(records[1:])  # the second front whole, not one of it
+    assert ids(leading_fronts(records, PROBLEM, 10)) == ids(records)
+    assert leading_fronts([], PROBLEM, 3) == []
+
+
+def test_hypervolume_promotion_keeps_the_knee_where_spreading_keeps_the_ends():
+    from tritune.search.pareto import hypervolume_rows
+
+    # a rung of successive halving as the example job saw it: fastest, knee, most accurate, one dominated
+    values = np.array([(75.2, 0.124), (78.5, 0.264), (81.0, 0.524), (79.2, 0.666)])
+    directions = ["maximize", "minimize"]
+    assert sorted(spread_rows(values, directions, 2)) == [0, 2]
+    assert hypervolume_rows(values, directions, 2) == [1, 2]
+    assert hypervolume_rows(values, directions, 1) == [knee_point(values[:3], directions)] == [1]
+    assert hypervolume_rows(values, directions, 3) == [0, 1, 2]  # the dominated one only when nothing else is left
+    assert hypervolume_rows(values, directions, 4) == [0, 1, 2, 3]
+    with_nan = np.vstack([values, [(-np.inf, 0.1)]])  # a missing accuracy counts as the worst
+    assert hypervolume_rows(with_nan, directions, 5) == [0, 1, 2, 3, 4]
+    assert 4 not in hypervolume_rows(with_nan, directions, 3)
+    four = np.array([(90.0, 1.0, 2.0, 3.0), (80.0, 0.5, 1.0, 1.0), (85.0, 0.7, 1.5, 2.0)])
+    four_dirs = ["maximize"] + ["minimize"] * 3
+    assert hypervolume_rows(four, four_dirs, 2) == spread_rows(four, four_dirs, 2)  # more than 3 objectives: spread

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -64,6 +65,16 @@ def stage_items(run_dir: Path) -> dict[str, str]:
     return dict(rows)
 
 
+def rung_front(run_dir: Path, tuned: list[dict]) -> set[str]:
+    """The models on the front of the first rung's accuracy against the latency they were picked with."""
+    from tritune.search.pareto import pareto_mask
+
+    items = stage_items(run_dir)
+    ids = [m["candidate_id"] for m in tuned]
+    points = [(json.loads(items[f"item:finetune:{m['candidate_id']}:0"])["accuracy"], m["search_metrics"]["latency"]) for m in tuned]
+    return {cid for cid, keep in zip(ids, pareto_mask(np.array(points), ["maximize", "minimize"])) if keep}
+
+
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     """One whole pipeline run through the command line, shared by the tests that only read it."""
@@ -81,13 +92,22 @@ def test_every_stage_runs_and_the_front_is_exported_and_measured(finished):
     assert stages[0]["summary"]["steps"] == 40
     tuned = stages[3]["summary"]["models"]
     assert len(tuned) == 2 and all(m["masks_exact"] for m in tuned)
-    assert sorted(m["epochs"] for m in tuned) == [0.25, 0.5]  # successive halving stopped one model after rung 1
+    # successive halving keeps 1 of 2 and every model on the front of rung 1's accuracy against latency
+    assert {m["candidate_id"] for m in tuned if m["epochs"] == 0.5} == rung_front(run, tuned)
+    assert sorted(m["epochs"] for m in tuned)[-1] == 0.5
     final = json.loads((run / "final.json").read_text())
     assert final["front"] and final["knee"] in [m["candidate_id"] for m in final["front"]]
+    retimed = json.loads((run / "retimed.json").read_text())  # the pool the picks came from, timed again together
+    timed = {t["candidate_id"]: t for t in retimed["timings"]}
+    assert retimed["latency"]["target"] == "ort-cpu" and len(timed) >= retimed["pool_size"] == 6
+    assert all(len(t["process_latencies_ms"]) == 3 and t["latency_ms"] == min(t["process_latencies_ms"]) for t in timed.values())
     for model in final["models"]:
         manifest = json.loads((Path(model["folder"]) / "manifest.json").read_text())
         assert manifest["candidate_id"] == model["candidate_id"]
         assert manifest["latency_measured_ms"] > 0 and manifest["accuracy"] == model["accuracy"]
+        assert manifest["latency_predicted_ms"] == timed[model["candidate_id"]]["latency_ms"] == model["search_metrics"]["latency"]
+        assert model["search_metrics"]["latency_search"] > 0 and "timed again" in manifest["latency_predictor"]["how"]
+        assert len(manifest["latency_measurement"]["process_latencies_ms"]) == 3
     references = [c.id for c in reference_models(Job.from_dict(staged_job(finished)).build_space()).values()]
     with TrialStore(run / "trials.db", readonly=True) as store:  # the search began with the hand-made references
         searched = [r.candidate.id for r in store.all()]
@@ -279,7 +299,10 @@ def test_sigkill_during_finetuning_then_resume_finishes_every_model_once(tmp_pat
     assert cli_main(["search", str(path), "--resume", "--quiet"]) == 0
     after = stage_items(run)
     assert all(after[k] == v for k, v in done_before.items())  # nothing finished was redone
-    assert len([k for k in after if k.startswith("item:finetune")]) == 3  # 2 models in rung 1, 1 in rung 2
+    tuned = json.loads((run / "stages.json").read_text())["stages"][3]["summary"]["models"]
+    promoted = rung_front(run, tuned)  # 2 models in rung 1; in rung 2 those on its front
+    assert sorted(k for k in after if k.startswith("item:finetune")) == sorted(
+        [f"item:finetune:{m['candidate_id']}:0" for m in tuned] + [f"item:finetune:{cid}:1" for cid in promoted])
     assert json.loads((run / "final.json").read_text())["front"]
 
 

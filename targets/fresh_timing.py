@@ -1,0 +1,95 @@
+"""Time a pool of candidates together, in fresh processes, as a device would run them.
+
+A search times each batch of proposals once, inside a process that has trained a supernet and
+built many models: a slow phase of a shared machine inflates a whole batch, and onnxruntime runs
+slower in such a process than in one that only runs models. Numbers taken that way rank the
+members of one batch fairly but not members of different batches, and they are not the numbers
+an exported file shows. `time_fresh` times every candidate of a pool in one interleaved group
+(`tritune.kernels.timing.measure_passes`) inside each of ``processes`` fresh processes
+(``python -m tritune.targets.fresh_timing``, fed a JSON document on stdin: only numbers, names
+and the candidates' genes), and each candidate keeps its fastest process.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from ..spaces.candidate import Candidate
+
+#: Fresh processes per pool; each candidate keeps its fastest.
+PROCESSES = 3
+#: Passes of the interleaved protocol per process; the faster one counts.
+PASSES = 2
+
+
+@dataclass(frozen=True)
+class FreshTiming:
+    """One candidate's latency from `time_fresh`: its fastest process, and every process's."""
+
+    candidate_id: str
+    latency_ms: float
+    process_latencies_ms: tuple[float, ...]
+
+    @property
+    def process_spread(self) -> float:
+        """(slowest - fastest) / fastest over the processes."""
+        low = min(self.process_latencies_ms)
+        return (max(self.process_latencies_ms) - low) / low if low > 0 else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"candidate_id": self.candidate_id, "latency_ms": self.latency_ms,
+                "process_latencies_ms": list(self.process_latencies_ms), "process_spread": self.process_spread}
+
+
+def time_fresh(candidates: Sequence[Candidate], space: Any, target: str, options: Mapping[str, Any] | None = None, *,
+               processes: int = PROCESSES, passes: int = PASSES, timeout: float = 1800.0) -> list[FreshTiming]:
+    """Latency of each candidate (in order) on ``target`` (a registered name with its
+    ``options``): all timed interleaved in each of ``processes`` fresh processes."""
+    for name, value in (("processes", processes), ("passes", passes)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}: {value!r} not allowed; allowed: an integer >= 1")
+    if not candidates:
+        return []
+    request = json.dumps({"target": target, "options": dict(options or {}), "passes": passes,
+                          "space": {"name": space.name, "config": space.config()},
+                          "candidates": [c.to_json() for c in candidates]})
+    runs = [_run_child(request, timeout) for _ in range(processes)]
+    return [FreshTiming(c.id, min(run[i] for run in runs), tuple(run[i] for run in runs)) for i, c in enumerate(candidates)]
+
+
+def _run_child(request: str, timeout: float) -> list[float]:
+    cmd = [sys.executable, "-m", "tritune.targets.fresh_timing"]
+    try:
+        done = subprocess.run(cmd, input=request, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"fresh-process timing took over {timeout:g} s") from None
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+        raise RuntimeError(f"fresh-process timing failed: {lines[-1] if lines else f'exit code {done.returncode}'}")
+    return [float(v) for v in json.loads(done.stdout.strip().splitlines()[-1])]
+
+
+def _child(request: Mapping[str, Any]) -> list[float]:
+    """What the child computes: every candidate built by the target and timed in one group."""
+    from ..kernels.timing import measure_passes, torch_threads
+    from ..spaces import create as create_space
+    from .registry import create_target
+
+    target = create_target(str(request["target"]), **dict(request["options"]))
+    space = create_space(str(request["space"]["name"]), **dict(request["space"]["config"]))
+    with torch_threads(1):
+        runnables = [target.build(Candidate.from_json(c), space=space) for c in request["candidates"]]
+    protocol = getattr(target, "protocol", None)
+    return [m.latency_ms for m in measure_passes([runnables], protocol, passes=int(request["passes"]))[0]]
+
+
+def main() -> int:
+    print(json.dumps(_child(json.loads(sys.stdin.read()))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
