@@ -48,6 +48,13 @@ def create_evaluator(kind: str, /, **options: Any) -> Evaluator:
     return EVALUATORS.create(kind, **options)
 
 
+def latency_target_options(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The target options of a job's ``latency`` evaluator entry: its ``target_options`` and the
+    options given inline beside the evaluator's own (kind, target, metric, cheap)."""
+    inline = {k: v for k, v in spec.items() if k not in ("kind", "target", "metric", "cheap", "target_options")}
+    return {**dict(spec.get("target_options") or {}), **inline}
+
+
 def _latency(target: str | Target | None = None, metric: str = "latency", cheap: bool = True,
              target_options: Mapping[str, Any] | None = None, **more: Any) -> TargetLatency:
     if target is None:

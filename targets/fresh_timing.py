@@ -60,16 +60,36 @@ def time_fresh(candidates: Sequence[Candidate], space: Any, target: str, options
     return [FreshTiming(c.id, min(run[i] for run in runs), tuple(run[i] for run in runs)) for i, c in enumerate(candidates)]
 
 
-def _run_child(request: str, timeout: float) -> list[float]:
-    cmd = [sys.executable, "-m", "tritune.targets.fresh_timing"]
+class FreshProcessError(RuntimeError):
+    """A fresh process failed (``detail``: its last line on stderr, or its exit code) or ran past
+    its timeout (``timed_out``)."""
+
+    def __init__(self, detail: str, timed_out: bool = False) -> None:
+        super().__init__(detail)
+        self.detail, self.timed_out = detail, timed_out
+
+
+def run_fresh(module: str, args: Sequence[str] = (), request: str | None = None, timeout: float = 1800.0) -> Any:
+    """Run ``python -m module args...`` in a fresh process, ``request`` on its stdin, and return
+    the last line it prints, read as JSON."""
+    cmd = [sys.executable, "-m", module, *args]
     try:
         done = subprocess.run(cmd, input=request, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
-        raise RuntimeError(f"fresh-process timing took over {timeout:g} s") from None
+        raise FreshProcessError(f"over {timeout:g} s", timed_out=True) from None
     if done.returncode != 0:
         lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
-        raise RuntimeError(f"fresh-process timing failed: {lines[-1] if lines else f'exit code {done.returncode}'}")
-    return [float(v) for v in json.loads(done.stdout.strip().splitlines()[-1])]
+        raise FreshProcessError(lines[-1] if lines else f"exit code {done.returncode}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _run_child(request: str, timeout: float) -> list[float]:
+    try:
+        return [float(v) for v in run_fresh("tritune.targets.fresh_timing", request=request, timeout=timeout)]
+    except FreshProcessError as exc:
+        if exc.timed_out:
+            raise RuntimeError(f"fresh-process timing took over {timeout:g} s") from None
+        raise RuntimeError(f"fresh-process timing failed: {exc.detail}") from None
 
 
 def _child(request: Mapping[str, Any]) -> list[float]:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ...evaluators.data import ImageData
+from ...evaluators.registry import latency_target_options
 from ...kernels.timing import torch_threads
 from ...spaces.candidate import Candidate
 from ...spaces.images import fit_input
@@ -310,7 +311,7 @@ def _latency_source(run: RunData) -> tuple[str | None, str, dict[str, Any]]:
     spec = run.latency_evaluator()
     if spec is None:
         return None, "latency", {}
-    options = {k: v for k, v in spec.items() if k not in ("kind", "target", "metric", "cheap")}
+    options = latency_target_options(spec)
     name = spec.get("target") if isinstance(spec.get("target"), str) else None
     return name, str(spec.get("metric", "latency")), {
         "kind": "target", "name": name, "options": options,

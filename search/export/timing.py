@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -83,16 +82,15 @@ def _fastest(children: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _time_in_child(folders: list[Path], target: str, target_options: Mapping[str, Any] | None, timeout: float) -> list[dict[str, Any]]:
-    cmd = [sys.executable, "-m", "tritune.search.export.timing", *map(str, folders), "--target", target,
-           "--options", json.dumps(dict(target_options or {}), sort_keys=True)]
+    from ...targets.fresh_timing import FreshProcessError, run_fresh
+
+    args = [*map(str, folders), "--target", target, "--options", json.dumps(dict(target_options or {}), sort_keys=True)]
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired:
-        raise ExportError(f"{_names(folders)}: timing on {target} took over {timeout:g} s") from None
-    if done.returncode != 0:
-        lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
-        raise ExportError(f"{_names(folders)}: timing on {target} failed: {lines[-1] if lines else f'exit code {done.returncode}'}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+        return run_fresh("tritune.search.export.timing", args, timeout=timeout)
+    except FreshProcessError as exc:
+        if exc.timed_out:
+            raise ExportError(f"{_names(folders)}: timing on {target} took over {timeout:g} s") from None
+        raise ExportError(f"{_names(folders)}: timing on {target} failed: {exc.detail}") from None
 
 
 def _names(folders: list[Path]) -> str:

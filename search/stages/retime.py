@@ -44,6 +44,7 @@ class MeasuredLatency:
 def measured_latency(job: Any, pipeline: Any, problem: Problem) -> MeasuredLatency | None:
     """The job's latency metric that an objective or constraint names and a target measures by
     building and running candidates (None for predictors, tables, or no such metric)."""
+    from ...evaluators.registry import latency_target_options
     from ...evaluators.tabular import TargetLatency
 
     named = problem.metrics + tuple(c.metric for c in problem.constraints)
@@ -51,8 +52,7 @@ def measured_latency(job: Any, pipeline: Any, problem: Problem) -> MeasuredLaten
         if isinstance(evaluator, TargetLatency) and evaluator.metric in named and callable(getattr(evaluator.target, "build", None)):
             name = evaluator.target.name
             spec = next((e for e in job.evaluators if e.get("kind") == "latency" and e.get("target") == name), {})
-            options = {k: v for k, v in spec.items() if k not in ("kind", "target", "metric", "cheap")}
-            return MeasuredLatency(evaluator.metric, name, options)
+            return MeasuredLatency(evaluator.metric, name, latency_target_options(spec))
     return None
 
 
