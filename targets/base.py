@@ -19,7 +19,9 @@ A target answers four questions:
 Targets that run real code (an ONNX Runtime CPU session, generated C kernels, a GPU) also provide
 
 * ``build(candidate, space=None, **options)`` -- turn a candidate into a deployable artefact, and
-* ``measure(artifact, **options)`` -- time that artefact on the device (returns ms statistics).
+* ``measure(artifact, **options)`` -- time that artefact on the device (returns ms statistics);
+* optionally ``save_build(artifact, path)`` / ``load_build(path)`` -- hand a built artefact to
+  another process as a file (fresh-process timing builds each model once).
 
 The base class implements these two as raising `NotImplementedError` with a message naming the
 target, so a caller can always ask and get a clear answer. Nothing in tritune special-cases any
@@ -27,6 +29,7 @@ particular target: every part goes through this interface and `capabilities()`.
 """
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from typing import Any, Sequence
 
@@ -88,6 +91,16 @@ class Target(ABC):
     def measure(self, artifact: Any, **options: Any) -> dict[str, float]:
         """Time a built artefact on the device, in ms (only targets that run models)."""
         raise NotImplementedError(self._cannot("measure"))
+
+    def save_build(self, artifact: Any, path: str | os.PathLike) -> bool:
+        """Write a built artefact to the file ``path`` for `load_build` in another process, so
+        a model timed in several fresh processes is built once; False where this target cannot
+        (each process then builds the candidate itself)."""
+        return False
+
+    def load_build(self, path: str | os.PathLike) -> Any:
+        """The artefact `save_build` wrote to ``path``, ready to time."""
+        raise NotImplementedError(self._cannot("load_build"))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"

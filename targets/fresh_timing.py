@@ -6,15 +6,19 @@ slower in such a process than in one that only runs models. Numbers taken that w
 members of one batch fairly but not members of different batches, and they are not the numbers
 an exported file shows. `time_fresh` times every candidate of a pool in one interleaved group
 (`tritune.kernels.timing.measure_passes`) inside each of ``processes`` fresh processes
-(``python -m tritune.targets.fresh_timing``, fed a JSON document on stdin: only numbers, names
-and the candidates' genes), and each candidate keeps its fastest process.
+(``python -m tritune.targets.fresh_timing``, fed a JSON document on stdin: only numbers, names,
+the candidates' genes and the paths of their builds), and each candidate keeps its fastest
+process. Where the target can hand a build over as a file (`Target.save_build`), each candidate
+is built once, here, and the processes load it; otherwise each process builds it.
 """
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..spaces.candidate import Candidate
@@ -53,11 +57,43 @@ def time_fresh(candidates: Sequence[Candidate], space: Any, target: str, options
             raise ValueError(f"{name}: {value!r} not allowed; allowed: an integer >= 1")
     if not candidates:
         return []
-    request = json.dumps({"target": target, "options": dict(options or {}), "passes": passes,
-                          "space": {"name": space.name, "config": space.config()},
-                          "candidates": [c.to_json() for c in candidates]})
-    runs = [_run_child(request, timeout) for _ in range(processes)]
+    from .registry import create_target
+
+    with tempfile.TemporaryDirectory(prefix="tritune-builds-") as tmp:
+        builds = prebuild(create_target(target, **dict(options or {})), candidates, space, Path(tmp))
+        request = json.dumps({"target": target, "options": dict(options or {}), "passes": passes,
+                              "space": {"name": space.name, "config": space.config()},
+                              "candidates": [c.to_json() for c in candidates], "builds": builds})
+        runs = [_run_child(request, timeout) for _ in range(processes)]
     return [FreshTiming(c.id, min(run[i] for run in runs), tuple(run[i] for run in runs)) for i, c in enumerate(candidates)]
+
+
+def can_save_builds(target: Any) -> bool:
+    """Whether ``target`` hands builds to other processes as files (overrides `Target.save_build`)."""
+    from .base import Target
+
+    method = getattr(type(target), "save_build", None)
+    return method is not None and method is not Target.save_build
+
+
+def prebuild(target: Any, candidates: Sequence[Candidate], space: Any, directory: Path) -> list[str | None]:
+    """Build each candidate once, in this process, into a file under ``directory`` for fresh
+    processes to load (`load_or_build`); all None where the target cannot save builds."""
+    if not can_save_builds(target):
+        return [None] * len(candidates)
+    from ..kernels.timing import torch_threads
+
+    paths: list[str | None] = []
+    with torch_threads(1):
+        for i, candidate in enumerate(candidates):
+            path = directory / f"{i}-{candidate.id}"
+            paths.append(str(path) if target.save_build(target.build(candidate, space=space), path) else None)
+    return paths
+
+
+def load_or_build(target: Any, path: str | None, candidate: Candidate, space: Any) -> Any:
+    """The artefact `prebuild` saved at ``path``, or the candidate built here when there is none."""
+    return target.load_build(path) if path is not None else target.build(candidate, space=space)
 
 
 class FreshProcessError(RuntimeError):
@@ -100,8 +136,9 @@ def _child(request: Mapping[str, Any]) -> list[float]:
 
     target = create_target(str(request["target"]), **dict(request["options"]))
     space = create_space(str(request["space"]["name"]), **dict(request["space"]["config"]))
+    builds = request.get("builds") or [None] * len(request["candidates"])
     with torch_threads(1):
-        runnables = [target.build(Candidate.from_json(c), space=space) for c in request["candidates"]]
+        runnables = [load_or_build(target, path, Candidate.from_json(c), space) for c, path in zip(request["candidates"], builds)]
     protocol = getattr(target, "protocol", None)
     return [m.latency_ms for m in measure_passes([runnables], protocol, passes=int(request["passes"]))[0]]
 

@@ -42,8 +42,10 @@ features, not a per-layer int8 speed-up.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import io
+import json
 import logging
 import os
 import platform
@@ -51,6 +53,7 @@ import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -229,6 +232,36 @@ class OrtRunnable:
 
 
 
+class _BuildMemo:
+    """The ONNX bytes of the candidates built in this process, least recently used dropped
+    beyond ``max_bytes``: a pipeline times its leading candidates again, and exports beside
+    the target's own build, models its search already built. Builds are deterministic (seeded
+    weights and calibration inputs), so a hit is the model a new build would give."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes, self.size = int(max_bytes), 0
+        self._items: collections.OrderedDict[str, bytes] = collections.OrderedDict()
+
+    def get(self, key: str) -> bytes | None:
+        data = self._items.get(key)
+        if data is not None:
+            self._items.move_to_end(key)
+        return data
+
+    def put(self, key: str, data: bytes) -> None:
+        if key in self._items or len(data) > self.max_bytes:
+            return
+        self._items[key] = data
+        self.size += len(data)
+        while self.size > self.max_bytes:
+            self.size -= len(self._items.popitem(last=False)[1])
+
+
+#: Candidate builds kept in memory per process (`OrtCpuTarget.build` of a candidate with the
+#: default calibration).
+_BUILDS = _BuildMemo(256 * 2**20)
+
+
 def session_options(threads: int = 1) -> Any:
     """The onnxruntime settings of every tritune session: every graph optimisation, ``threads``
     intra-op threads, one inter-op thread, sequential, denormals flushed to zero, and exact int8
@@ -355,15 +388,27 @@ class OrtCpuTarget(BuildsNetworks, Target):
         (`LayerQuantization`), so its int8 weights are its own codes."""
         t0 = time.perf_counter()
         times: dict[str, float] = {}
+        memo_key = None
         if isinstance(candidate, Candidate):
             space = self.resolve_space(candidate, space)
             cand = space.validate(candidate)
-            with torch_threads(1):
-                module = space.network(cand, seed=self.seed)
             shape = tuple(input_shape or space.input_shape(cand))
             if quantize is None:
                 quantize = [L.name for L in space.layers(cand) if L.int_bits < FLOAT_BITS]
             label = name or cand.id
+            if calibration is None and layer_quantization is None:
+                memo_key = self._memo_key(cand, space, shape, quantize)
+                data = _BUILDS.get(memo_key)
+                if data is not None:
+                    session = self.session(data)
+                    total = time.perf_counter() - t0
+                    return OrtRunnable(
+                        session=session, input_name=session.get_inputs()[0].name, input_shape=shape, threads=self.threads,
+                        name=label, candidate=cand, quantized_layers=tuple(quantize), onnx_bytes=data, exporter=self.exporter,
+                        seed=self.seed, build_s={"net": 0.0, "export": 0.0, "quantize": 0.0, "session": total, "total": total, "memo": 1.0},
+                    )
+            with torch_threads(1):
+                module = space.network(cand, seed=self.seed)
         else:
             import torch
 
@@ -390,11 +435,22 @@ class OrtCpuTarget(BuildsNetworks, Target):
         session = self.session(data)
         times["session"] = time.perf_counter() - t
         times["total"] = time.perf_counter() - t0
+        if memo_key is not None:
+            _BUILDS.put(memo_key, data)
         return OrtRunnable(
             session=session, input_name=session.get_inputs()[0].name, input_shape=shape, threads=self.threads, name=label,
             candidate=cand, quantized_layers=tuple(quantize), build_s=times, onnx_bytes=data, exporter=self.exporter,
             seed=self.seed,
         )
+
+    def _memo_key(self, candidate: Candidate, space: Any, shape: Sequence[int], quantize: Sequence[str]) -> str:
+        """What a candidate's build depends on: the candidate, its space's settings, the input
+        shape, the int8 layers and this target's build settings."""
+        config = dict(space.config())
+        if isinstance(config.get("compression"), dict):  # the menu's exclusions limit what is sampled, not how it is built
+            config["compression"] = {k: v for k, v in config["compression"].items() if k != "exclude"}
+        return json.dumps([candidate.to_json(), space.name, config, list(shape), sorted(quantize), self.exporter,
+                           self.seed, self.calibration_samples], sort_keys=True, default=str)
 
     def _quantize(self, model: Any, layers: Sequence[str], shape: Sequence[int], calibration: Sequence[np.ndarray] | None = None,
                   layer_quantization: Mapping[str, LayerQuantization] | None = None) -> Any:
@@ -442,6 +498,22 @@ class OrtCpuTarget(BuildsNetworks, Target):
         import onnxruntime as ort
 
         return ort.InferenceSession(model, session_options(self.threads), providers=["CPUExecutionProvider"])
+
+    def save_build(self, artifact: Any, path: str | os.PathLike) -> bool:
+        """Write a built model's ONNX file (what `load_build` reads back)."""
+        if not isinstance(artifact, OrtRunnable) or not artifact.onnx_bytes:
+            return False
+        artifact.save(path)
+        return True
+
+    def load_build(self, path: str | os.PathLike) -> OrtRunnable:
+        """A model `save_build` wrote, as a runnable with this target's session settings (its
+        input name and static shape read from the file)."""
+        data = Path(path).read_bytes()
+        session = self.session(data)
+        first = session.get_inputs()[0]
+        return OrtRunnable(session=session, input_name=first.name, input_shape=tuple(int(d) for d in first.shape),
+                           threads=self.threads, name=Path(path).stem, onnx_bytes=data, exporter=self.exporter, seed=self.seed)
 
     # ----- timing -------------------------------------------------------------------------
     def measure(self, runnables: Any, protocol: Protocol | None = None, **options: Any) -> Measurement | list[Measurement]:

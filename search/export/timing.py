@@ -9,6 +9,10 @@ timings), times every shipped model interleaved with the target's own build of i
 folders in one group (`tritune.kernels.timing.measure_passes`), profiles them per layer and
 prints one JSON list. The child reads only numbers and the files of the folders it is pointed at.
 
+The target's own build of each candidate is made once, in the calling process, and handed to the
+children as a file where the target can (`tritune.targets.fresh_timing.prebuild`); the first
+child alone profiles per layer, and the profile is scaled to each folder's fastest latency.
+
 It does so in `PROCESSES` children, one after the other, and each contender keeps its fastest:
 a shared machine has slow phases that last seconds and cover a whole child (every model in it,
 1.4-1.5x slower), which two passes inside one process cannot step out of. Timing the folders of
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -61,14 +66,41 @@ def measure_folders(folders: Sequence[str | Path], target: str, target_options: 
     paths = [Path(f) for f in folders]
     if not paths:
         return []
-    children = [_time_in_child(paths, target, target_options, timeout * len(paths)) for _ in range(processes)]
+    with tempfile.TemporaryDirectory(prefix="tritune-builds-") as tmp:
+        builds = _reference_builds(paths, target, target_options, Path(tmp))
+        children = [_time_in_child(paths, target, target_options, builds, i == 0, timeout * len(paths)) for i in range(processes)]
     return [_fastest([child[i] for child in children]) for i in range(len(paths))]
 
 
+def _reference_builds(folders: list[Path], target_name: str, options: Mapping[str, Any] | None, directory: Path) -> list[str | None]:
+    """The target's own build of each folder's candidate, made once here for the children."""
+    from ...spaces import create as create_space
+    from ...spaces.candidate import Candidate
+    from ...targets.fresh_timing import can_save_builds, prebuild
+    from .exporter import _target
+
+    tgt = _target(target_name, dict(options or {}))
+    if not can_save_builds(tgt):
+        return [None] * len(folders)
+    paths: list[str | None] = []
+    for i, folder in enumerate(folders):
+        try:
+            doc = json.loads((folder / "manifest.json").read_text())
+            space = create_space(doc["space"]["name"], **doc["space"]["config"])
+            candidate = Candidate.from_json(doc["candidate"])
+        except (OSError, KeyError, TypeError, ValueError) as exc:
+            raise ExportError(f"{_names([folder])}: timing on {target_name} failed: {type(exc).__name__}: {exc}") from None
+        (directory / str(i)).mkdir()
+        paths += prebuild(tgt, [candidate], space, directory / str(i))
+    return paths
+
+
 def _fastest(children: list[dict[str, Any]]) -> dict[str, Any]:
-    """One folder's timing fields from its numbers in every child."""
+    """One folder's timing fields from its numbers in every child (the per-layer profile from
+    the child that took it, scaled to the fastest latency)."""
     processes = len(children)
     best = min(children, key=lambda c: c["latency_measured_ms"])
+    profile = next(c["layer_profile"] for c in children if c.get("layer_profile") is not None)
     latencies = [c["latency_measured_ms"] for c in children]
     builds = [c["latency_measurement"]["reference_build_ms"] for c in children]
     fastest_build = min(range(processes), key=lambda i: builds[i])
@@ -78,13 +110,16 @@ def _fastest(children: list[dict[str, Any]]) -> dict[str, Any]:
                    "reference_build_cpu_ms": children[fastest_build]["latency_measurement"]["reference_build_cpu_ms"],
                    "reference_build_process_latencies_ms": builds}
     measurement["statistic"] = f"the fastest of {processes} fresh processes x {MEASURE_PASSES} passes (min of round medians)"
-    return {**best, "latency_measurement": measurement}
+    fields = {k: v for k, v in best.items() if k != "layer_profile"}
+    return {**fields, "latency_measurement": measurement, "layer_latency": _scaled(profile, best["latency_measured_ms"])}
 
 
-def _time_in_child(folders: list[Path], target: str, target_options: Mapping[str, Any] | None, timeout: float) -> list[dict[str, Any]]:
+def _time_in_child(folders: list[Path], target: str, target_options: Mapping[str, Any] | None, builds: list[str | None],
+                   profile: bool, timeout: float) -> list[dict[str, Any]]:
     from ...targets.fresh_timing import FreshProcessError, run_fresh
 
-    args = [*map(str, folders), "--target", target, "--options", json.dumps(dict(target_options or {}), sort_keys=True)]
+    args = [*map(str, folders), "--target", target, "--options", json.dumps(dict(target_options or {}), sort_keys=True),
+            "--builds", json.dumps(builds), *(["--profile"] if profile else [])]
     try:
         return run_fresh("tritune.search.export.timing", args, timeout=timeout)
     except FreshProcessError as exc:
@@ -97,23 +132,27 @@ def _names(folders: list[Path]) -> str:
     return ", ".join(repr(str(f)) for f in folders)
 
 
-def _timings(folders: list[Path], target_name: str, options: Mapping[str, Any]) -> list[dict[str, Any]]:
+def _timings(folders: list[Path], target_name: str, options: Mapping[str, Any], builds: list[str | None] | None = None,
+             profile: bool = True) -> list[dict[str, Any]]:
     """What the child computes (see the module docstring)."""
     from ...kernels.timing import measure_passes
     from .exporter import _target
 
     tgt = _target(target_name, options)
-    loaded = [_load(folder, target_name, tgt) for folder in folders]
+    builds = builds if builds is not None else [None] * len(folders)
+    loaded = [_load(folder, target_name, tgt, build) for folder, build in zip(folders, builds)]
     group = [r for runnable, reference, _ in loaded for r in (runnable, reference)]
     measured = measure_passes([group], tgt.protocol, passes=MEASURE_PASSES)[0]
-    return [_folder_timing(folder, target_name, tgt, runnable, doc, measured[2 * i], measured[2 * i + 1])
+    return [_folder_timing(folder, target_name, tgt, runnable, doc, measured[2 * i], measured[2 * i + 1], profile)
             for i, (folder, (runnable, _, doc)) in enumerate(zip(folders, loaded))]
 
 
-def _load(folder: Path, target_name: str, tgt: Any) -> tuple[Any, Any, dict[str, Any]]:
-    """A folder's shipped model, the target's own build of its candidate, and its manifest."""
+def _load(folder: Path, target_name: str, tgt: Any, build: str | None = None) -> tuple[Any, Any, dict[str, Any]]:
+    """A folder's shipped model, the target's own build of its candidate (loaded from ``build``
+    when the caller made it), and its manifest."""
     from ...spaces import create as create_space
     from ...spaces.candidate import Candidate
+    from ...targets.fresh_timing import load_or_build
     from ...targets.ort_cpu import OrtRunnable
 
     doc = json.loads((folder / "manifest.json").read_text())
@@ -128,16 +167,19 @@ def _load(folder: Path, target_name: str, tgt: Any) -> tuple[Any, Any, dict[str,
         onnx_bytes = (folder / "model.onnx").read_bytes()
         runnable = OrtRunnable(tgt.session(onnx_bytes), str(doc["input"]["name"]), shape, tgt.threads, name=candidate.id,
                                onnx_bytes=onnx_bytes)
-    return runnable, tgt.build(candidate, space=space), doc
+    return runnable, load_or_build(tgt, build, candidate, space), doc
 
 
 def _folder_timing(folder: Path, target_name: str, tgt: Any, runnable: Any, doc: dict[str, Any], exported_m: Any,
-                   reference_m: Any) -> dict[str, Any]:
-    """One folder's timing fields, with its per-layer profile."""
+                   reference_m: Any, profile: bool) -> dict[str, Any]:
+    """One folder's timing fields, with its per-layer profile (``layer_profile``, unscaled) when ``profile``."""
     import numpy as np
 
     from .onnx_model import ort_layer_profile
 
+    fields = {"latency_measured_ms": exported_m.latency_ms, "latency_measurement": _measurement_json(exported_m, reference_m, tgt.protocol)}
+    if not profile:
+        return {**fields, "layer_profile": None}
     if target_name == "codegen-cpu":
         layer_latency = {"source": "tritune codegen-cpu profile(): median time of each op inside whole inferences "
                                    "(a fused block is one op, named by its block)",
@@ -147,9 +189,7 @@ def _folder_timing(folder: Path, target_name: str, tgt: Any, runnable: Any, doc:
         x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
         layer_latency = ort_layer_profile((folder / "model.onnx").read_bytes(), [row["name"] for row in doc["layers"]], x,
                                           threads=tgt.threads)
-    return {"latency_measured_ms": exported_m.latency_ms,
-            "latency_measurement": _measurement_json(exported_m, reference_m, tgt.protocol),
-            "layer_latency": _scaled(layer_latency, exported_m.latency_ms)}
+    return {**fields, "layer_profile": layer_latency}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,8 +197,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("folders", nargs="+")
     parser.add_argument("--target", required=True)
     parser.add_argument("--options", default="{}", help="target options, a JSON object")
+    parser.add_argument("--builds", default=None, help="per folder, the file of the target's build of its candidate (JSON list; null: build it)")
+    parser.add_argument("--profile", action="store_true", help="profile each model per layer")
     args = parser.parse_args(argv)
-    print(json.dumps(_timings([Path(f) for f in args.folders], args.target, json.loads(args.options)), sort_keys=True))
+    builds = json.loads(args.builds) if args.builds else None
+    print(json.dumps(_timings([Path(f) for f in args.folders], args.target, json.loads(args.options), builds, args.profile), sort_keys=True))
     return 0
 
 

@@ -156,23 +156,24 @@ def _run(s: _Stages) -> PipelineResult:
 
     latency = measured_latency(job, pipeline, problem)
     retime = config.finetune is not None and config.finetune.retime and latency is not None
-    if retime:
-        records = retimed(records, problem, config.finetune.top_k, latency=latency, space=space, run_dir=s.run_dir,
-                          progress=s.progress)
-    picks = spread(records, problem, config.finetune.top_k) if config.finetune is not None else []
     if config.finetune is not None:
         where = SupernetSpec.of(job)
         data = _data(pipeline)
         tuned: list[Any] = []
 
+        def picks(progress: bool) -> list[Any]:  # the leading fronts re-timed first (read back from RETIMED_FILE on resume)
+            ranked = retimed(records, problem, config.finetune.top_k, latency=latency, space=space, run_dir=s.run_dir,
+                             progress=progress) if retime else records
+            return spread(ranked, problem, config.finetune.top_k)
+
         def run_finetune() -> dict[str, Any]:
-            tuned.extend(finetune_models(picks, config.finetune, run_dir=s.run_dir, log=s.log, checkpoint=str(where.checkpoint),
+            tuned.extend(finetune_models(picks(s.progress), config.finetune, run_dir=s.run_dir, log=s.log, checkpoint=str(where.checkpoint),
                                          data=data, seed=job.seed, problem=problem, progress=s.progress))
             return {"models": [m.to_json() for m in tuned]}
 
         s.stage("finetune", vars(config.finetune).copy(), run_finetune, 4)
         if not tuned:
-            tuned = finetune_models(picks, config.finetune, run_dir=s.run_dir, log=s.log, checkpoint=str(where.checkpoint),
+            tuned = finetune_models(picks(False), config.finetune, run_dir=s.run_dir, log=s.log, checkpoint=str(where.checkpoint),
                                     data=data, seed=job.seed, problem=problem, progress=False)
 
         if config.front is not None:

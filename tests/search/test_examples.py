@@ -28,7 +28,7 @@ def test_supernet_examples_run_every_stage(name):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1200)  # the whole main job: about 9 minutes on a quiet 2-core machine
+@pytest.mark.timeout(1200)  # the whole main job: under 10 minutes on a 2-core machine
 def test_main_job_runs_supernet_search_export_and_report(tmp_path, capsys):
     data = yaml.safe_load((EXAMPLES / "quickstart.yaml").read_text())
     for spec in data["evaluators"]:

@@ -215,3 +215,27 @@ def test_dynamo_exporter_maps_layers_too(space):
     x = r.example_input()
     ref = _torch(space, cand, x)
     assert np.linalg.norm(r.run(x) - ref) / np.linalg.norm(ref) < INT8_REL_L2
+
+
+def test_a_candidate_built_again_in_a_process_is_the_same_model_from_memory():
+    from tritune.spaces.screens import with_exclusions
+    from tritune.targets import ort_cpu
+
+    space = create("mobilenet", resolutions=[16, 24], widths=[0.25, 0.5], depths=[2, 3], in_channels=1, num_classes=10)
+    target = OrtCpuTarget(threads=1, seed=7)  # a seed no other test builds with: the first build is a real one
+    cand = space.sample(np.random.default_rng(11))
+    first = target.build(cand, space=space)
+    again = OrtCpuTarget(threads=1, seed=7).build(cand, space=space)  # another instance, same settings
+    assert "memo" not in first.build_s and again.build_s["memo"] == 1.0
+    assert again.onnx_bytes == first.onnx_bytes and again.quantized_layers == first.quantized_layers
+    np.testing.assert_array_equal(again.run(), first.run())
+    screened = with_exclusions(space, {"stem": ["dense@0/w4a32"]})  # a search's narrower menu builds the same network
+    assert OrtCpuTarget(threads=1, seed=7).build(cand, space=screened).build_s.get("memo") == 1.0
+    other = OrtCpuTarget(threads=1, seed=8).build(cand, space=space)  # other weights: built anew
+    assert "memo" not in other.build_s and other.onnx_bytes != first.onnx_bytes
+
+    memo = ort_cpu._BuildMemo(max_bytes=10)
+    memo.put("a", b"12345"), memo.put("b", b"6789"), memo.get("a"), memo.put("c", b"00")
+    assert memo.get("b") is None and memo.get("a") == b"12345" and memo.get("c") == b"00" and memo.size == 7
+    memo.put("huge", b"x" * 11)
+    assert memo.get("huge") is None

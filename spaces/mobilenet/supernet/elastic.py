@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ....kernels.small_maps import depthwise_conv2d, pointwise_conv2d
 from ....kernels.patterns import make_mask
 from ....kernels.quant import ALLOWED_BITS as QUANT_BITS
 from ....kernels.quant import ActFakeQuant, WeightFakeQuant, dequantize_weight, quantize_weight
@@ -205,7 +206,11 @@ class ElasticLayer(nn.Module):
         if k < spec.kernel:
             start = (spec.kernel - k) // 2
             w = w[..., start : start + k, start : start + k]
-        return F.conv2d(x, w, b, spec.stride, k // 2, 1, spec.out_channels if self.op == "dwconv" else 1)
+        if self.op == "dwconv":
+            return depthwise_conv2d(x, w, b, spec.stride, k // 2)
+        if k == 1 and spec.stride == 1:
+            return pointwise_conv2d(x, w, b)
+        return F.conv2d(x, w, b, spec.stride, k // 2)
 
     def _batch_norm(self, y: torch.Tensor, out: int) -> torch.Tensor:
         bn = self.bn

@@ -290,6 +290,7 @@ class MobileNetSupernet(nn.Module):
 
         return trainable_subnet(self, candidate)
 
+    @torch.no_grad()
     def recalibrate(self, candidate: Candidate, batches: Iterable[torch.Tensor]) -> None:
         """Set the BN running statistics and activation-quantizer ranges for ``candidate``
         from ``batches`` (images only), touching nothing else.
