@@ -81,15 +81,13 @@ class QATConv2d(_QATOp, nn.Conv2d):
         the input: on an ``n`` x ``n`` map a tap more than ``n - 1`` pixels from the centre only
         meets padding, so late stages' large kernels on tiny maps cost what they compute."""
         k = weight.shape[-1]
-        depthwise = self.groups > 1 and self.groups == self.in_channels == self.out_channels and self.dilation == (1, 1)
         if self.padding[0] != k // 2:
-            if depthwise and self.padding[0] == self.padding[1] and self.stride[0] == self.stride[1]:
-                return depthwise_conv2d(x, weight, bias, self.stride[0], self.padding[0])
             return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
         e = min(k, 2 * max(x.shape[-2], x.shape[-1]) - 1)
         if e < k:
             start = (k - e) // 2
             weight = weight[..., start : start + e, start : start + e]
+        depthwise = self.groups > 1 and self.groups == self.in_channels == self.out_channels and self.dilation == (1, 1)
         if depthwise and self.stride[0] == self.stride[1]:
             return depthwise_conv2d(x, weight, bias, self.stride[0], e // 2)
         if k == 1 and self.groups == 1 and self.stride == (1, 1) and self.dilation == (1, 1):

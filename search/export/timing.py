@@ -74,8 +74,6 @@ def measure_folders(folders: Sequence[str | Path], target: str, target_options: 
 
 def _reference_builds(folders: list[Path], target_name: str, options: Mapping[str, Any] | None, directory: Path) -> list[str | None]:
     """The target's own build of each folder's candidate, made once here for the children."""
-    from ...spaces import create as create_space
-    from ...spaces.candidate import Candidate
     from ...targets.fresh_timing import can_save_builds, prebuild
     from .exporter import _target
 
@@ -85,14 +83,21 @@ def _reference_builds(folders: list[Path], target_name: str, options: Mapping[st
     paths: list[str | None] = []
     for i, folder in enumerate(folders):
         try:
-            doc = json.loads((folder / "manifest.json").read_text())
-            space = create_space(doc["space"]["name"], **doc["space"]["config"])
-            candidate = Candidate.from_json(doc["candidate"])
+            _, candidate, space = _manifest(folder)
         except (OSError, KeyError, TypeError, ValueError) as exc:
             raise ExportError(f"{_names([folder])}: timing on {target_name} failed: {type(exc).__name__}: {exc}") from None
-        (directory / str(i)).mkdir()
+        (directory / str(i)).mkdir()  # one folder each: two folders may hold the same candidate
         paths += prebuild(tgt, [candidate], space, directory / str(i))
     return paths
+
+
+def _manifest(folder: Path) -> tuple[dict[str, Any], Any, Any]:
+    """A folder's manifest, its candidate and its configured space."""
+    from ...spaces import create as create_space
+    from ...spaces.candidate import Candidate
+
+    doc = json.loads((folder / "manifest.json").read_text())
+    return doc, Candidate.from_json(doc["candidate"]), create_space(doc["space"]["name"], **doc["space"]["config"])
 
 
 def _fastest(children: list[dict[str, Any]]) -> dict[str, Any]:
@@ -150,14 +155,10 @@ def _timings(folders: list[Path], target_name: str, options: Mapping[str, Any], 
 def _load(folder: Path, target_name: str, tgt: Any, build: str | None = None) -> tuple[Any, Any, dict[str, Any]]:
     """A folder's shipped model, the target's own build of its candidate (loaded from ``build``
     when the caller made it), and its manifest."""
-    from ...spaces import create as create_space
-    from ...spaces.candidate import Candidate
     from ...targets.fresh_timing import load_or_build
     from ...targets.ort_cpu import OrtRunnable
 
-    doc = json.loads((folder / "manifest.json").read_text())
-    candidate = Candidate.from_json(doc["candidate"])
-    space = create_space(doc["space"]["name"], **doc["space"]["config"])
+    doc, candidate, space = _manifest(folder)
     shape = tuple(int(d) for d in doc["input"]["shape"])
     if target_name == "codegen-cpu":
         from ...targets.codegen_cpu import load_exported
